@@ -1,0 +1,159 @@
+//! The catalog: every SQL statement the control plane runs against its control database.
+//!
+//! Durability notes: a tenant row is written *before* anything is created on a database
+//! server and records each finished provisioning step (`provision_steps`), so a crash at
+//! any point leaves enough in the catalog to undo or resume. Every change to a tenant row
+//! bumps its `version` and fires `empresas_changed` (a trigger), which is how routers learn
+//! about it.
+
+mod runs;
+mod servers;
+mod tenants;
+
+pub use runs::{RunCounts, RunTenantRow};
+pub use servers::{NewServer, ServerRecord, TemplateRecord};
+pub use tenants::{NewTenant, TenantFilter, TenantRecord};
+
+use crate::crypto::SecretBox;
+use crate::error::{Error, Result};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+
+mod embedded {
+    refinery::embed_migrations!("catalog-migrations");
+}
+
+/// Advisory-lock key serializing placement decisions (capacity checks + insert).
+const PLACEMENT_LOCK: i64 = 0x0000_706c_6163_6521;
+/// Advisory-lock key serializing catalog schema migrations between replicas.
+const CATALOG_MIGRATION_LOCK: i64 = 0x0063_6174_5f6d_6967;
+
+/// Handle to the control database.
+#[derive(Clone)]
+pub struct Catalog {
+    pool: Pool,
+    secrets: SecretBox,
+    pg_config: tokio_postgres::Config,
+}
+
+impl Catalog {
+    /// Opens a bounded pool (`pool_size` connections) to the catalog.
+    pub fn connect(url: &str, pool_size: usize, secrets: SecretBox) -> Result<Catalog> {
+        let pg_config: tokio_postgres::Config = url.parse().map_err(|_| {
+            Error::InvalidArgument("catalog_url is not a valid PostgreSQL URL".into())
+        })?;
+        let manager = Manager::from_config(
+            pg_config.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .map_err(|e| Error::internal("catalog pool", e))?;
+        Ok(Catalog {
+            pool,
+            secrets,
+            pg_config,
+        })
+    }
+
+    /// Brings the catalog schema up to date (serialized between replicas).
+    pub async fn migrate(&self) -> Result<()> {
+        let mut client = self.dedicated().await?;
+        client
+            .query_one("SELECT pg_advisory_lock($1)", &[&CATALOG_MIGRATION_LOCK])
+            .await?;
+        let result = embedded::migrations::runner().run_async(&mut client).await;
+        let _ = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&CATALOG_MIGRATION_LOCK])
+            .await;
+        result.map_err(|e| Error::internal("catalog migration", e))?;
+        Ok(())
+    }
+
+    /// A connection of its own, outside the pool (for LISTEN and long-held session locks).
+    pub async fn dedicated(&self) -> Result<tokio_postgres::Client> {
+        let (client, conn) = self
+            .pg_config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| Error::internal("catalog connect", e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "dedicated catalog connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Connection settings of the catalog (for the change listener).
+    pub fn pg_config(&self) -> &tokio_postgres::Config {
+        &self.pg_config
+    }
+
+    /// The secret box sealing stored credentials.
+    pub fn secrets(&self) -> &SecretBox {
+        &self.secrets
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Appends to the audit log.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        tenant_id: Option<i64>,
+        target: &str,
+        details: serde_json::Value,
+    ) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO auditoria (ator, acao, empresa_id, alvo, detalhes) VALUES ($1, $2, $3, $4, $5)",
+                &[&actor, &action, &tenant_id, &target, &details],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Stores an unroutable webhook body.
+    pub async fn dead_letter(
+        &self,
+        source: &str,
+        phone_number_id: Option<&str>,
+        body: &[u8],
+    ) -> Result<i64> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO webhooks_nao_roteados (fonte, phone_number_id, corpo) VALUES ($1, $2, $3) RETURNING id",
+                &[&source, &phone_number_id, &body],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+}
+
+/// The name of the violated unique constraint, if `err` is a unique violation.
+pub(crate) fn unique_violation(err: &tokio_postgres::Error) -> Option<String> {
+    let db = err.as_db_error()?;
+    (db.code() == &SqlState::UNIQUE_VIOLATION)
+        .then(|| db.constraint().unwrap_or_default().to_string())
+}
+
+/// Milliseconds since the epoch, computed in SQL to avoid a time crate.
+pub(crate) const EPOCH_MS: &str = "(extract(epoch FROM {}) * 1000)::int8";
+
+pub(crate) fn epoch_ms(column: &str) -> String {
+    EPOCH_MS.replace("{}", column)
+}

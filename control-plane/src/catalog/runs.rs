@@ -1,0 +1,139 @@
+//! Fleet migration runs and their per-tenant results.
+
+use super::Catalog;
+use crate::error::Result;
+
+/// Final tallies of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    pub migrated: u32,
+    pub skipped: u32,
+    pub failed: u32,
+    pub busy: u32,
+    pub not_started: u32,
+}
+
+/// One tenant's result in a run.
+#[derive(Debug, Clone)]
+pub struct RunTenantRow {
+    pub tenant_id: i64,
+    pub outcome: &'static str,
+    pub from: (i32, i32),
+    pub to: (i32, i32),
+    pub applied: u32,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+fn int(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+impl Catalog {
+    /// Opens a run record.
+    pub async fn start_run(&self, actor: &str, request: &serde_json::Value) -> Result<i64> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO migration_runs (iniciado_por, pedido) VALUES ($1, $2) RETURNING id",
+                &[&actor, request],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Stores one tenant's result.
+    pub async fn record_run_tenant(&self, run_id: i64, r: &RunTenantRow) -> Result<()> {
+        let duration = i64::try_from(r.duration_ms).unwrap_or(i64::MAX);
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO migration_run_tenants (run_id, empresa_id, outcome, from_schema_version, to_schema_version, \
+                 from_sector_schema_version, to_sector_schema_version, applied, erro, duracao_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (run_id, empresa_id) DO UPDATE SET outcome = EXCLUDED.outcome, \
+                 to_schema_version = EXCLUDED.to_schema_version, to_sector_schema_version = EXCLUDED.to_sector_schema_version, \
+                 applied = EXCLUDED.applied, erro = EXCLUDED.erro, duracao_ms = EXCLUDED.duracao_ms",
+                &[
+                    &run_id,
+                    &r.tenant_id,
+                    &r.outcome,
+                    &r.from.0,
+                    &r.to.0,
+                    &r.from.1,
+                    &r.to.1,
+                    &int(r.applied),
+                    &r.error,
+                    &duration,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Closes a run record with its tallies.
+    pub async fn finish_run(&self, run_id: i64, counts: RunCounts, aborted: bool) -> Result<()> {
+        let status = if aborted { "aborted" } else { "finished" };
+        self.client()
+            .await?
+            .execute(
+                "UPDATE migration_runs SET status = $2, migrated = $3, skipped = $4, failed = $5, busy = $6, \
+                 not_started = $7, terminado_em = now() WHERE id = $1",
+                &[
+                    &run_id,
+                    &status,
+                    &int(counts.migrated),
+                    &int(counts.skipped),
+                    &int(counts.failed),
+                    &int(counts.busy),
+                    &int(counts.not_started),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Outcomes stored for a run, as `(slug, outcome, error)` by slug.
+    pub async fn run_results(&self, run_id: i64) -> Result<Vec<(String, String, Option<String>)>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT e.slug, r.outcome, r.erro FROM migration_run_tenants r JOIN empresas e ON e.id = r.empresa_id \
+                 WHERE r.run_id = $1 ORDER BY e.slug",
+                &[&run_id],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Tenant counts per status and per `(schema_version, sector_schema_version)`.
+    pub async fn fleet_counts(&self) -> Result<(Vec<(String, u32)>, Vec<(String, u32)>)> {
+        let client = self.client().await?;
+        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+        let by_status = client
+            .query(
+                "SELECT status, count(*) FROM empresas GROUP BY status ORDER BY status",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get::<_, String>(0), count(r.get(1))))
+            .collect();
+        let by_schema = client
+            .query(
+                "SELECT setor || ' v' || schema_version || '.' || sector_schema_version, count(*) FROM empresas \
+                 WHERE status NOT IN ('deleted', 'failed') GROUP BY 1 ORDER BY 1",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get::<_, String>(0), count(r.get(1))))
+            .collect();
+        Ok((by_status, by_schema))
+    }
+}

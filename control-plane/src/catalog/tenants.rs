@@ -1,0 +1,396 @@
+//! Tenant (empresa) rows: creation with placement, lookups, lifecycle transitions.
+
+use super::{epoch_ms, unique_violation, Catalog, ServerRecord};
+use crate::error::{Error, Result};
+use crate::model::{Sector, Slug, Status, TenantKey};
+use std::sync::OnceLock;
+use tokio_postgres::Row;
+
+/// A tenant to record before provisioning starts.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    pub slug: Slug,
+    pub name: String,
+    pub sector: Sector,
+    pub phone_number_id: Option<String>,
+    pub display_phone: Option<String>,
+    pub plan: String,
+    pub server: Option<String>,
+}
+
+/// A tenant as the catalog holds it.
+#[derive(Debug, Clone)]
+pub struct TenantRecord {
+    pub id: i64,
+    pub slug: String,
+    pub name: String,
+    pub sector: Sector,
+    pub status: Status,
+    pub status_reason: Option<String>,
+    pub server_id: i64,
+    pub server_name: String,
+    pub host: String,
+    pub port: u16,
+    pub connection_budget: u32,
+    pub database: String,
+    pub role: String,
+    /// Sealed role password (open with [`Catalog::tenant_password`]).
+    pub sealed_password: Vec<u8>,
+    pub phone_number_id: Option<String>,
+    pub display_phone: Option<String>,
+    pub plan: String,
+    pub schema_version: i32,
+    pub sector_schema_version: i32,
+    pub migration_status: String,
+    pub migration_error: Option<String>,
+    pub provision_steps: Vec<String>,
+    pub version: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Filters for [`Catalog::list_tenants`].
+#[derive(Debug, Clone, Default)]
+pub struct TenantFilter {
+    pub status: Option<Status>,
+    pub server: Option<String>,
+    /// Restrict to these slugs or ids (empty: all).
+    pub keys: Vec<TenantKey>,
+}
+
+fn tenant_select() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT e.id, e.slug, e.nome, e.setor, e.status, e.status_motivo, e.servidor_id, s.nome, s.host, s.porta, \
+             s.orcamento_conexoes, e.banco, e.papel, e.senha_cifrada, e.phone_number_id, e.telefone_exibicao, e.plano, \
+             e.schema_version, e.sector_schema_version, e.migration_status, e.migration_error, e.provision_steps, \
+             e.version, {}, {} FROM empresas e JOIN servidores s ON s.id = e.servidor_id",
+            epoch_ms("e.criado_em"),
+            epoch_ms("e.atualizado_em")
+        )
+    })
+}
+
+fn tenant_from_row(row: &Row) -> Result<TenantRecord> {
+    let sector: String = row.get(3);
+    let status: String = row.get(4);
+    Ok(TenantRecord {
+        id: row.get(0),
+        slug: row.get(1),
+        name: row.get(2),
+        sector: Sector::parse(&sector)
+            .ok_or_else(|| Error::Internal(format!("catalog holds sector {sector:?}")))?,
+        status: Status::parse(&status)
+            .map_err(|_| Error::Internal(format!("catalog holds status {status:?}")))?,
+        status_reason: row.get(5),
+        server_id: row.get(6),
+        server_name: row.get(7),
+        host: row.get(8),
+        port: u16::try_from(row.get::<_, i32>(9)).unwrap_or(0),
+        connection_budget: u32::try_from(row.get::<_, i32>(10)).unwrap_or(0),
+        database: row.get(11),
+        role: row.get(12),
+        sealed_password: row.get(13),
+        phone_number_id: row.get(14),
+        display_phone: row.get(15),
+        plan: row.get(16),
+        schema_version: row.get(17),
+        sector_schema_version: row.get(18),
+        migration_status: row.get(19),
+        migration_error: row.get(20),
+        provision_steps: row.get(21),
+        version: row.get(22),
+        created_at_ms: row.get(23),
+        updated_at_ms: row.get(24),
+    })
+}
+
+fn password_context(slug: &str) -> String {
+    format!("tenant:{slug}:password")
+}
+
+impl Catalog {
+    /// Records a new tenant as `provisioning` on a server chosen by placement, with a sealed
+    /// role password. Nothing exists on any database server yet.
+    pub async fn insert_tenant(
+        &self,
+        new: &NewTenant,
+        password: &str,
+    ) -> Result<(TenantRecord, ServerRecord)> {
+        let sealed = self
+            .secrets()
+            .seal(password, &password_context(new.slug.as_str()))
+            .map_err(|e| Error::internal("seal", e))?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let server = Catalog::place(&tx, new.server.as_deref()).await?;
+        let row = tx
+            .query_one(
+                "INSERT INTO empresas (slug, nome, setor, status, servidor_id, banco, papel, senha_cifrada, \
+                 phone_number_id, telefone_exibicao, plano) \
+                 VALUES ($1, $2, $3, 'provisioning', $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                &[
+                    &new.slug.as_str(),
+                    &new.name,
+                    &new.sector.as_str(),
+                    &server.id,
+                    &new.slug.database_name(),
+                    &new.slug.role_name(),
+                    &sealed,
+                    &new.phone_number_id,
+                    &new.display_phone,
+                    &new.plan,
+                ],
+            )
+            .await
+            .map_err(|e| insert_error(e, new))?;
+        let id: i64 = row.get(0);
+        tx.commit().await?;
+        let tenant = self
+            .tenant_by_id(id)
+            .await?
+            .ok_or_else(|| Error::Internal("tenant vanished".into()))?;
+        Ok((tenant, server))
+    }
+
+    /// The plaintext role password of a tenant.
+    pub fn tenant_password(&self, tenant: &TenantRecord) -> Result<String> {
+        self.secrets()
+            .open(&tenant.sealed_password, &password_context(&tenant.slug))
+            .map_err(|e| Error::internal("tenant password", e))
+    }
+
+    /// One tenant by id or slug (rows marked `deleted` included).
+    pub async fn tenant(&self, key: &TenantKey) -> Result<Option<TenantRecord>> {
+        match key {
+            TenantKey::Id(id) => self.tenant_by_id(*id).await,
+            TenantKey::Slug(slug) => self.tenant_where("e.slug = $1", &slug.as_str()).await,
+        }
+    }
+
+    /// One tenant by id.
+    pub async fn tenant_by_id(&self, id: i64) -> Result<Option<TenantRecord>> {
+        self.tenant_where("e.id = $1", &id).await
+    }
+
+    /// One tenant by WhatsApp `phone_number_id`.
+    pub async fn tenant_by_phone(&self, phone_number_id: &str) -> Result<Option<TenantRecord>> {
+        self.tenant_where("e.phone_number_id = $1", &phone_number_id)
+            .await
+    }
+
+    async fn tenant_where(
+        &self,
+        predicate: &str,
+        param: &(dyn tokio_postgres::types::ToSql + Sync),
+    ) -> Result<Option<TenantRecord>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("{} WHERE {predicate}", tenant_select()))
+            .await?;
+        client
+            .query_opt(&stmt, &[param])
+            .await?
+            .as_ref()
+            .map(tenant_from_row)
+            .transpose()
+    }
+
+    /// Tenants matching `filter`, by id.
+    pub async fn list_tenants(&self, filter: &TenantFilter) -> Result<Vec<TenantRecord>> {
+        let status = filter.status.map(Status::as_str);
+        let ids: Vec<i64> = filter
+            .keys
+            .iter()
+            .filter_map(|k| match k {
+                TenantKey::Id(id) => Some(*id),
+                TenantKey::Slug(_) => None,
+            })
+            .collect();
+        let slugs: Vec<&str> = filter
+            .keys
+            .iter()
+            .filter_map(|k| match k {
+                TenantKey::Slug(s) => Some(s.as_str()),
+                TenantKey::Id(_) => None,
+            })
+            .collect();
+        let any_key = !filter.keys.is_empty();
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "{} WHERE ($1::text IS NULL OR e.status = $1) AND ($2::text IS NULL OR s.nome = $2) \
+                     AND (NOT $3 OR e.id = ANY($4) OR e.slug = ANY($5)) ORDER BY e.id",
+                    tenant_select()
+                ),
+                &[&status, &filter.server, &any_key, &ids, &slugs],
+            )
+            .await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    /// Records a finished provisioning step.
+    pub async fn add_provision_step(&self, id: i64, step: &str) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE empresas SET provision_steps = array_append(provision_steps, $2), \
+                 atualizado_em = now(), version = version + 1 WHERE id = $1",
+                &[&id, &step],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Marks provisioning finished: `active`, versions recorded, steps cleared.
+    pub async fn mark_active(
+        &self,
+        id: i64,
+        schema_version: i32,
+        sector_schema_version: i32,
+    ) -> Result<TenantRecord> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE empresas SET status = 'active', status_motivo = NULL, schema_version = $2, \
+                 sector_schema_version = $3, migration_status = 'ok', migration_error = NULL, \
+                 provision_steps = '{}', atualizado_em = now(), version = version + 1 WHERE id = $1",
+                &[&id, &schema_version, &sector_schema_version],
+            )
+            .await?;
+        self.tenant_by_id(id)
+            .await?
+            .ok_or_else(|| Error::Internal("tenant vanished".into()))
+    }
+
+    /// Marks provisioning failed with a reason; its steps have been undone.
+    pub async fn mark_failed(&self, id: i64, reason: &str) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE empresas SET status = 'failed', status_motivo = $2, provision_steps = '{}', \
+                 atualizado_em = now(), version = version + 1 WHERE id = $1",
+                &[&id, &reason],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a tenant row that never got anything created for it.
+    pub async fn delete_tenant_row(&self, id: i64) -> Result<()> {
+        self.client()
+            .await?
+            .execute("DELETE FROM empresas WHERE id = $1", &[&id])
+            .await?;
+        Ok(())
+    }
+
+    /// Takes over a `failed` tenant, or a `provisioning` one untouched for
+    /// `stale_after_secs` (its control plane died), for another provisioning attempt.
+    /// Returns `None` when the tenant is in any other state or someone else holds it.
+    pub async fn restart_provisioning(
+        &self,
+        slug: &Slug,
+        stale_after_secs: u64,
+    ) -> Result<Option<TenantRecord>> {
+        let stale = i64::try_from(stale_after_secs).unwrap_or(i64::MAX);
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "UPDATE empresas SET status = 'provisioning', status_motivo = NULL, atualizado_em = now(), \
+                 version = version + 1 WHERE slug = $1 AND (status = 'failed' OR (status = 'provisioning' \
+                 AND atualizado_em < now() - make_interval(secs => $2::int8::float8))) RETURNING id",
+                &[&slug.as_str(), &stale],
+            )
+            .await?;
+        match row {
+            Some(row) => self.tenant_by_id(row.get(0)).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Moves a tenant from one of `from` to `to`; `FailedPrecondition` otherwise.
+    pub async fn transition(
+        &self,
+        key: &TenantKey,
+        from: &[Status],
+        to: Status,
+    ) -> Result<TenantRecord> {
+        let tenant = self
+            .tenant(key)
+            .await?
+            .ok_or_else(|| Error::NotFound("tenant not found".into()))?;
+        if tenant.status == to {
+            return Ok(tenant);
+        }
+        let from_names: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let updated = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE empresas SET status = $2, atualizado_em = now(), version = version + 1 \
+                 WHERE id = $1 AND status = ANY($3)",
+                &[&tenant.id, &to.as_str(), &from_names],
+            )
+            .await?;
+        if updated == 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "tenant {} is {}; it must be {} to become {}",
+                tenant.slug,
+                tenant.status.as_str(),
+                from_names.join(" or "),
+                to.as_str()
+            )));
+        }
+        self.tenant_by_id(tenant.id)
+            .await?
+            .ok_or_else(|| Error::Internal("tenant vanished".into()))
+    }
+
+    /// Records the outcome of migrating one tenant.
+    pub async fn record_migration(
+        &self,
+        id: i64,
+        schema_version: i32,
+        sector_schema_version: i32,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let status = if error.is_some() { "failed" } else { "ok" };
+        self.client()
+            .await?
+            .execute(
+                "UPDATE empresas SET schema_version = $2, sector_schema_version = $3, migration_status = $4, \
+                 migration_error = $5, atualizado_em = now(), version = version + 1 WHERE id = $1",
+                &[&id, &schema_version, &sector_schema_version, &status, &error],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn insert_error(err: tokio_postgres::Error, new: &NewTenant) -> Error {
+    match unique_violation(&err).as_deref() {
+        Some("empresas_slug_key") => {
+            Error::AlreadyExists(format!("slug {:?} is already taken", new.slug.as_str()))
+        }
+        Some("empresas_phone_number_id_key") => Error::AlreadyExists(format!(
+            "phone_number_id {:?} already belongs to another tenant",
+            new.phone_number_id.as_deref().unwrap_or_default()
+        )),
+        Some("empresas_servidor_banco_key") => Error::AlreadyExists(format!(
+            "database name for slug {:?} is already taken on that server",
+            new.slug.as_str()
+        )),
+        Some(other) => Error::AlreadyExists(format!("a unique value is already taken ({other})")),
+        None => match err.as_db_error().map(|d| d.code().clone()) {
+            Some(tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+                Error::InvalidArgument(format!("unknown plan {:?}", new.plan))
+            }
+            _ => err.into(),
+        },
+    }
+}

@@ -1,0 +1,584 @@
+//! `tenantctl`: one function per subcommand over the control plane's `TenantAdmin` API.
+//!
+//! Exit codes: 0 success; 1 other failure; 2 bad usage or invalid argument; 3 not found;
+//! 4 conflict (already exists, wrong state); 5 unavailable (control plane or database
+//! server); 6 not authenticated; 7 a migration run finished with failed or busy tenants.
+
+mod output;
+
+use clap::{Args, Parser, Subcommand};
+use proto::control::v1 as pb;
+use proto::control::v1::tenant_admin_client::TenantAdminClient;
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(
+    name = "tenantctl",
+    version,
+    about = "Operate the tenant fleet through the control plane"
+)]
+struct Cli {
+    /// Control-plane gRPC endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTCTL_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    endpoint: String,
+    /// Admin token (prefer the environment variable: flags show up in `ps`).
+    #[arg(
+        long,
+        global = true,
+        env = "TENANTCTL_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    token: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Database servers.
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Create (or resume creating) a tenant with its own database.
+    Create(CreateArgs),
+    /// List tenants.
+    List {
+        /// Only tenants in this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only tenants on this server.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Show one tenant.
+    Show { tenant: String },
+    /// Fleet overview: tenants per status and schema version, servers.
+    Status,
+    /// Suspend a tenant (routers stop serving it).
+    Suspend { tenant: String },
+    /// Resume a suspended tenant.
+    Resume { tenant: String },
+    /// Migrate tenant databases.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Subcommand)]
+enum ServerCommand {
+    /// Register a PostgreSQL server. The admin password is read from
+    /// TENANTCTL_ADMIN_PASSWORD or, when unset, from the first line of stdin.
+    Add {
+        name: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 5432)]
+        port: u32,
+        #[arg(long)]
+        admin_user: String,
+        /// Connections all routers together may hold to this server.
+        #[arg(long, default_value_t = 80)]
+        connection_budget: u32,
+        /// Tenants this server may hold.
+        #[arg(long, default_value_t = 1000)]
+        capacity: u32,
+    },
+    /// List registered servers.
+    List,
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    slug: String,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    sector: String,
+    #[arg(long)]
+    phone_number_id: Option<String>,
+    #[arg(long)]
+    display_phone: Option<String>,
+    /// Place on this server instead of the least loaded one.
+    #[arg(long)]
+    server: Option<String>,
+    #[arg(long)]
+    plan: Option<String>,
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// Tenants (slugs or ids) to migrate.
+    tenants: Vec<String>,
+    /// Every active or suspended tenant.
+    #[arg(long, conflicts_with = "tenants")]
+    all: bool,
+    /// Tenants at once (overall).
+    #[arg(long, default_value_t = 0)]
+    concurrency: u32,
+    /// Tenants at once per database server.
+    #[arg(long, default_value_t = 0)]
+    per_server: u32,
+    /// Migrate this many tenants first; stop if any of them fails.
+    #[arg(long, default_value_t = 0)]
+    canary: u32,
+    /// Stop launching tenants after this many failures (0: never).
+    #[arg(long, default_value_t = 0)]
+    max_failures: u32,
+    /// Show what would be applied, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only tenants whose last migration failed.
+    #[arg(long)]
+    retry_failed: bool,
+}
+
+type Client = TenantAdminClient<InterceptedService<Channel, Auth>>;
+
+#[derive(Clone)]
+struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Failure {
+        use tonic::Code;
+        let code = match s.code() {
+            Code::InvalidArgument | Code::OutOfRange => 2,
+            Code::NotFound => 3,
+            Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => 4,
+            Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => 5,
+            Code::Unauthenticated | Code::PermissionDenied => 6,
+            _ => 1,
+        };
+        let message = match s.code() {
+            Code::Unavailable if s.message().contains("transport") || s.message().is_empty() => {
+                "control plane unreachable".to_string()
+            }
+            _ => s.message().to_string(),
+        };
+        Failure { code, message }
+    }
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Entry point of the `tenantctl` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantctl: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("tenantctl: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let endpoint = Channel::from_shared(cli.endpoint.clone())
+        .map_err(|_| fail(2, format!("invalid endpoint {:?}", cli.endpoint)))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|_| fail(5, format!("control plane unreachable at {}", cli.endpoint)))?;
+    let token = if cli.token.is_empty() {
+        None
+    } else {
+        Some(
+            format!("Bearer {}", cli.token)
+                .parse()
+                .map_err(|_| fail(2, "the token holds characters not allowed in a header"))?,
+        )
+    };
+    Ok(TenantAdminClient::with_interceptor(channel, Auth(token))
+        .max_decoding_message_size(64 << 20))
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let mut client = connect(&cli).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Server(ServerCommand::Add {
+            name,
+            host,
+            port,
+            admin_user,
+            connection_budget,
+            capacity,
+        }) => {
+            let admin_password = read_admin_password()?;
+            let s = client
+                .add_server(pb::AddServerRequest {
+                    name,
+                    host,
+                    port,
+                    admin_user,
+                    admin_password,
+                    connection_budget,
+                    capacity,
+                })
+                .await?
+                .into_inner();
+            if json {
+                output::json(&output::server_json(&s));
+            } else {
+                output::line(&format!(
+                    "server {} registered ({} tenants max, {} connections)",
+                    s.name, s.capacity, s.connection_budget
+                ));
+            }
+        }
+        Command::Server(ServerCommand::List) => {
+            let servers = client
+                .list_servers(pb::ListServersRequest {})
+                .await?
+                .into_inner()
+                .servers;
+            print_servers(&servers, json);
+        }
+        Command::Create(a) => {
+            let t = client
+                .create_tenant(pb::CreateTenantRequest {
+                    slug: a.slug,
+                    name: a.name,
+                    sector: a.sector,
+                    phone_number_id: a.phone_number_id.unwrap_or_default(),
+                    display_phone: a.display_phone.unwrap_or_default(),
+                    server: a.server.unwrap_or_default(),
+                    plan: a.plan.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if json {
+                output::json(&output::tenant_json(&t));
+            } else {
+                output::line(&format!(
+                    "tenant {} is {} on server {} (database {})",
+                    t.slug, t.status, t.server, t.database
+                ));
+            }
+        }
+        Command::List { status, server } => {
+            let tenants = client
+                .list_tenants(pb::ListTenantsRequest {
+                    status: status.unwrap_or_default(),
+                    server: server.unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .tenants;
+            if json {
+                output::json(&serde_json::Value::Array(
+                    tenants.iter().map(output::tenant_json).collect(),
+                ));
+            } else {
+                let rows: Vec<_> = tenants.iter().map(output::tenant_row).collect();
+                output::table(output::TENANT_HEADERS, &rows);
+            }
+        }
+        Command::Show { tenant } => {
+            let t = client
+                .get_tenant(pb::TenantRef { tenant })
+                .await?
+                .into_inner();
+            if json {
+                output::json(&output::tenant_json(&t));
+            } else {
+                output::tenant_detail(&t);
+            }
+        }
+        Command::Status => {
+            let s = client.status(pb::StatusRequest {}).await?.into_inner();
+            print_status(&s, json);
+        }
+        Command::Suspend { tenant } | Command::Resume { tenant } if tenant.is_empty() => {
+            return Err(fail(2, "name a tenant"));
+        }
+        Command::Suspend { tenant } => {
+            let t = client
+                .suspend_tenant(pb::TenantRef { tenant })
+                .await?
+                .into_inner();
+            print_tenant_change(&t, json);
+        }
+        Command::Resume { tenant } => {
+            let t = client
+                .resume_tenant(pb::TenantRef { tenant })
+                .await?
+                .into_inner();
+            print_tenant_change(&t, json);
+        }
+        Command::Migrate(a) => return migrate(&mut client, a, json).await,
+    }
+    Ok(0)
+}
+
+fn read_admin_password() -> Result<String, Failure> {
+    if let Ok(p) = std::env::var("TENANTCTL_ADMIN_PASSWORD") {
+        return Ok(p);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("admin password (input is not hidden; prefer TENANTCTL_ADMIN_PASSWORD):");
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| fail(2, format!("cannot read the admin password from stdin: {e}")))?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        return Err(fail(
+            2,
+            "no admin password: set TENANTCTL_ADMIN_PASSWORD or pipe it on stdin",
+        ));
+    }
+    Ok(password)
+}
+
+fn print_tenant_change(t: &pb::Tenant, json: bool) {
+    if json {
+        output::json(&output::tenant_json(t));
+    } else {
+        output::line(&format!(
+            "tenant {} is {} (version {})",
+            t.slug, t.status, t.version
+        ));
+    }
+}
+
+fn print_servers(servers: &[pb::Server], json: bool) {
+    if json {
+        output::json(&serde_json::Value::Array(
+            servers.iter().map(output::server_json).collect(),
+        ));
+        return;
+    }
+    let rows: Vec<_> = servers
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                format!("{}:{}", s.host, s.port),
+                s.state.clone(),
+                format!("{}/{}", s.tenants, s.capacity),
+                s.connection_budget.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        &["NAME", "ADDRESS", "STATE", "TENANTS", "CONN_BUDGET"],
+        &rows,
+    );
+}
+
+fn print_status(s: &pb::StatusResponse, json: bool) {
+    let pairs = |v: &[pb::CountByKey]| {
+        v.iter()
+            .map(|c| (c.key.clone(), serde_json::json!(c.count)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    if json {
+        output::json(&serde_json::json!({
+            "target_schema_version": s.target_schema_version,
+            "pending_migration": s.pending_migration,
+            "by_status": pairs(&s.by_status),
+            "by_schema": pairs(&s.by_schema),
+            "servers": s.servers.iter().map(output::server_json).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    output::line(&format!(
+        "shipped common schema: v{}; tenants behind it: {}",
+        s.target_schema_version, s.pending_migration
+    ));
+    output::line("");
+    let rows: Vec<_> = s
+        .by_status
+        .iter()
+        .map(|c| vec![c.key.clone(), c.count.to_string()])
+        .collect();
+    output::table(&["STATUS", "TENANTS"], &rows);
+    output::line("");
+    let rows: Vec<_> = s
+        .by_schema
+        .iter()
+        .map(|c| vec![c.key.clone(), c.count.to_string()])
+        .collect();
+    output::table(&["SECTOR SCHEMA", "TENANTS"], &rows);
+    output::line("");
+    print_servers(&s.servers, false);
+}
+
+async fn migrate(client: &mut Client, a: MigrateArgs, json: bool) -> Result<u8, Failure> {
+    if !a.all && a.tenants.is_empty() {
+        return Err(fail(2, "name tenants to migrate or pass --all"));
+    }
+    let mut stream = client
+        .migrate_tenants(pb::MigrateRequest {
+            tenants: a.tenants,
+            all: a.all,
+            concurrency: a.concurrency,
+            per_server_concurrency: a.per_server,
+            canary: a.canary,
+            max_failures: a.max_failures,
+            dry_run: a.dry_run,
+            retry_failed: a.retry_failed,
+        })
+        .await?
+        .into_inner();
+    let bar = indicatif::ProgressBar::hidden();
+    if std::io::stderr().is_terminal() && !json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    }
+    let mut results = Vec::new();
+    let mut plan_json = serde_json::Value::Null;
+    let mut code = 0u8;
+    while let Some(event) = stream.message().await? {
+        use pb::migrate_event::Event;
+        match event.event {
+            Some(Event::Plan(p)) => {
+                bar.set_length(u64::from(p.to_migrate));
+                if let Ok(style) =
+                    indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tenants {msg}")
+                {
+                    bar.set_style(style);
+                }
+                if a.dry_run {
+                    print_plan(&p, json);
+                }
+                plan_json = serde_json::json!({"run_id": p.run_id, "total": p.total, "to_migrate": p.to_migrate, "already_current": p.already_current});
+            }
+            Some(Event::Tenant(t)) => {
+                bar.inc(1);
+                if t.outcome == "failed" {
+                    bar.println(format!("{}: failed: {}", t.slug, t.error));
+                }
+                results.push(t);
+            }
+            Some(Event::Summary(s)) => {
+                bar.finish_and_clear();
+                if s.failed > 0 || s.busy > 0 {
+                    code = 7;
+                }
+                if a.dry_run {
+                    continue;
+                }
+                print_summary(&s, &results, &plan_json, json);
+            }
+            None => {}
+        }
+    }
+    Ok(code)
+}
+
+fn print_plan(p: &pb::MigratePlan, json: bool) {
+    if json {
+        output::json(&serde_json::json!({
+            "dry_run": true, "total": p.total, "to_migrate": p.to_migrate, "already_current": p.already_current,
+            "pending": p.pending.iter().map(|t| serde_json::json!({
+                "slug": t.slug, "from": [t.from_schema_version, t.from_sector_schema_version],
+                "to": [t.to_schema_version, t.to_sector_schema_version], "migrations": t.pending_migrations,
+                "canary": t.canary,
+            })).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    output::line(&format!(
+        "dry run: {} tenants, {} to migrate, {} already current",
+        p.total, p.to_migrate, p.already_current
+    ));
+    let rows: Vec<_> = p
+        .pending
+        .iter()
+        .map(|t| {
+            vec![
+                t.slug.clone(),
+                format!("{}.{}", t.from_schema_version, t.from_sector_schema_version),
+                format!("{}.{}", t.to_schema_version, t.to_sector_schema_version),
+                t.pending_migrations.join(", "),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        output::table(&["SLUG", "FROM", "TO", "PENDING"], &rows);
+    }
+}
+
+fn print_summary(
+    s: &pb::MigrateSummary,
+    results: &[pb::TenantMigrationResult],
+    plan: &serde_json::Value,
+    json: bool,
+) {
+    if json {
+        output::json(&serde_json::json!({
+            "run_id": s.run_id, "plan": plan, "migrated": s.migrated, "skipped": s.skipped, "failed": s.failed,
+            "busy": s.busy, "not_started": s.not_started, "aborted": s.aborted, "duration_ms": s.duration_ms,
+            "tenants": results.iter().map(|t| serde_json::json!({
+                "slug": t.slug, "outcome": t.outcome, "schema_version": t.schema_version,
+                "sector_schema_version": t.sector_schema_version, "applied": t.applied,
+                "error": if t.error.is_empty() { serde_json::Value::Null } else { t.error.clone().into() },
+                "duration_ms": t.duration_ms,
+            })).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    output::line(&format!(
+        "run {}: {} migrated, {} already current, {} failed, {} busy, {} not started{} in {} ms",
+        s.run_id,
+        s.migrated,
+        s.skipped,
+        s.failed,
+        s.busy,
+        s.not_started,
+        if s.aborted { " (stopped early)" } else { "" },
+        s.duration_ms
+    ));
+    let failed: Vec<_> = results.iter().filter(|t| t.outcome != "migrated").collect();
+    if !failed.is_empty() {
+        let rows: Vec<_> = failed
+            .iter()
+            .map(|t| vec![t.slug.clone(), t.outcome.clone(), t.error.clone()])
+            .collect();
+        output::table(&["SLUG", "OUTCOME", "ERROR"], &rows);
+    }
+}

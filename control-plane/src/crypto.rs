@@ -1,0 +1,153 @@
+//! Encryption of stored credentials (XChaCha20-Poly1305) and generation of role passwords.
+//!
+//! Ciphertexts are `nonce (24 bytes) || sealed`, with the catalog row's purpose bound in as
+//! associated data, so a ciphertext copied into another row or column does not decrypt.
+
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+const NONCE_LEN: usize = 24;
+
+/// Why a secret could not be sealed or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// The master key in the configuration is not 32 base64-encoded bytes.
+    #[error("master_key must be 32 bytes encoded as base64 (generate one with: openssl rand -base64 32)")]
+    BadKey,
+    /// The ciphertext is damaged, was made with another key, or belongs to another record.
+    #[error("stored secret cannot be decrypted (wrong master key or damaged record)")]
+    Open,
+    /// Encryption failed (never expected; reported rather than unwrapped).
+    #[error("encryption failed")]
+    Seal,
+}
+
+/// Seals and opens secrets with the control plane's master key.
+#[derive(Clone)]
+pub struct SecretBox {
+    cipher: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for SecretBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretBox(..)")
+    }
+}
+
+impl SecretBox {
+    /// Builds from a base64-encoded 32-byte key.
+    pub fn from_base64(key: &str) -> Result<SecretBox, CryptoError> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(key.trim())
+            .map_err(|_| CryptoError::BadKey)?;
+        if bytes.len() != 32 {
+            return Err(CryptoError::BadKey);
+        }
+        let cipher = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?;
+        Ok(SecretBox { cipher })
+    }
+
+    /// Encrypts `plain`, binding `context` (e.g. `"tenant:42:password"`).
+    pub fn seal(&self, plain: &str, context: &str) -> Result<Vec<u8>, CryptoError> {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = self
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plain.as_bytes(),
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| CryptoError::Seal)?;
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Decrypts what [`SecretBox::seal`] made with the same `context`.
+    pub fn open(&self, sealed: &[u8], context: &str) -> Result<String, CryptoError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(CryptoError::Open);
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let plain = self
+            .cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| CryptoError::Open)?;
+        String::from_utf8(plain).map_err(|_| CryptoError::Open)
+    }
+}
+
+/// A fresh random password: 32 bytes from the OS generator, URL-safe base64 (43 chars).
+pub fn random_password() -> String {
+    use chacha20poly1305::aead::rand_core::RngCore;
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A fresh random master key, base64-encoded (for `control-plane --generate-key`).
+pub fn random_master_key() -> String {
+    use chacha20poly1305::aead::rand_core::RngCore;
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_roundtrip_and_binding() {
+        let key = random_master_key();
+        let sb = SecretBox::from_base64(&key).unwrap();
+        let sealed = sb.seal("s3cret", "tenant:1:password").unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"s3cret"));
+        assert_eq!(sb.open(&sealed, "tenant:1:password").unwrap(), "s3cret");
+        assert!(matches!(
+            sb.open(&sealed, "tenant:2:password"),
+            Err(CryptoError::Open)
+        ));
+        let other = SecretBox::from_base64(&random_master_key()).unwrap();
+        assert!(matches!(
+            other.open(&sealed, "tenant:1:password"),
+            Err(CryptoError::Open)
+        ));
+        assert!(matches!(
+            sb.open(&sealed[..10], "tenant:1:password"),
+            Err(CryptoError::Open)
+        ));
+    }
+
+    #[test]
+    fn bad_keys_are_rejected() {
+        assert!(matches!(
+            SecretBox::from_base64("short"),
+            Err(CryptoError::BadKey)
+        ));
+        assert!(matches!(
+            SecretBox::from_base64("not base64 !!"),
+            Err(CryptoError::BadKey)
+        ));
+    }
+
+    #[test]
+    fn passwords_are_random_and_safe_in_sql() {
+        let a = random_password();
+        assert_ne!(a, random_password());
+        assert_eq!(a.len(), 43);
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    }
+}

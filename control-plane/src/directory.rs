@@ -1,0 +1,164 @@
+//! The route directory routers read: lookups and a fan-out of tenant changes.
+//!
+//! Changes come from the catalog itself (`NOTIFY empresas_changed` fired by a trigger on
+//! every tenant row change), so every control-plane replica sees changes made by any other
+//! and tells its own watchers. One listener task per replica loads each changed route once
+//! and broadcasts it; watchers that fall more than [`CHANGE_BUFFER`] changes behind are
+//! disconnected so they resynchronize instead of silently missing a change.
+
+use crate::catalog::{Catalog, TenantRecord};
+use crate::error::{Error, Result};
+use futures_util::StreamExt;
+use proto::control::v1 as pb;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_postgres::AsyncMessage;
+use tokio_util::sync::CancellationToken;
+
+/// Changes buffered per watcher before it is cut off as lagging.
+pub const CHANGE_BUFFER: usize = 4096;
+
+/// How a router names the tenant it wants.
+#[derive(Debug, Clone)]
+pub enum ResolveKey {
+    Id(i64),
+    Slug(String),
+    PhoneNumberId(String),
+}
+
+/// Route lookups plus the change broadcast.
+#[derive(Clone)]
+pub struct Directory {
+    catalog: Catalog,
+    changes: broadcast::Sender<Arc<pb::Route>>,
+}
+
+impl Directory {
+    /// A directory over `catalog`; start [`Directory::listen`] to feed changes.
+    pub fn new(catalog: Catalog) -> Directory {
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        Directory { catalog, changes }
+    }
+
+    /// A new watcher of changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::Route>> {
+        self.changes.subscribe()
+    }
+
+    /// The route of one tenant (any status but `deleted`; the router decides what a
+    /// status means for a call).
+    pub async fn resolve(&self, key: &ResolveKey) -> Result<pb::Route> {
+        let tenant = match key {
+            ResolveKey::Id(id) => self.catalog.tenant_by_id(*id).await?,
+            ResolveKey::Slug(slug) => {
+                let slug = crate::model::Slug::parse(slug)?;
+                self.catalog
+                    .tenant(&crate::model::TenantKey::Slug(slug))
+                    .await?
+            }
+            ResolveKey::PhoneNumberId(p) => {
+                let p = crate::model::phone_number_id(p)?;
+                self.catalog.tenant_by_phone(&p).await?
+            }
+        };
+        match tenant {
+            Some(t) if t.status != crate::model::Status::Deleted => self.route(&t),
+            _ => Err(Error::NotFound("tenant not found".into())),
+        }
+    }
+
+    fn route(&self, t: &TenantRecord) -> Result<pb::Route> {
+        Ok(pb::Route {
+            tenant_id: t.id,
+            slug: t.slug.clone(),
+            status: t.status.as_str().to_string(),
+            sector: t.sector.as_str().to_string(),
+            server: t.server_name.clone(),
+            host: t.host.clone(),
+            port: u32::from(t.port),
+            database: t.database.clone(),
+            role: t.role.clone(),
+            password: self.catalog.tenant_password(t)?,
+            phone_number_id: t.phone_number_id.clone().unwrap_or_default(),
+            version: t.version,
+            server_connection_budget: t.connection_budget,
+            plan: t.plan.clone(),
+        })
+    }
+
+    /// Listens for catalog changes until `cancel` fires, reconnecting with backoff.
+    pub async fn listen(self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.listen_once(&cancel).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "change listener lost the catalog; reconnecting")
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn listen_once(&self, cancel: &CancellationToken) -> Result<()> {
+        let (client, mut conn) = self
+            .catalog
+            .pg_config()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| Error::internal("listen connect", e))?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(CHANGE_BUFFER);
+        let driver = async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        if tx.send(n.payload().to_string()).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(Error::internal("listen", e)),
+                }
+            }
+            Err(Error::Internal("listen connection closed".into()))
+        };
+        tokio::pin!(driver);
+        tokio::select! {
+            r = &mut driver => return r,
+            r = client.batch_execute("LISTEN empresas_changed") => r.map_err(|e| Error::internal("listen", e))?,
+        }
+        tracing::info!("listening for tenant changes");
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = &mut driver => return r,
+                Some(payload) = rx.recv() => self.publish(&payload).await,
+            }
+        }
+    }
+
+    async fn publish(&self, payload: &str) {
+        let Ok(id) = payload.parse::<i64>() else {
+            return;
+        };
+        if self.changes.receiver_count() == 0 {
+            return;
+        }
+        match self.catalog.tenant_by_id(id).await.and_then(|t| match t {
+            Some(t) => self.route(&t).map(Some),
+            None => Ok(None),
+        }) {
+            Ok(Some(route)) => {
+                let _ = self.changes.send(Arc::new(route));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(tenant_id = id, error = %e, "cannot load changed tenant"),
+        }
+    }
+}

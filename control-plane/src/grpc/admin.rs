@@ -1,0 +1,438 @@
+//! `TenantAdmin`: the operators' API (tenantctl). Validates every field before anything
+//! touches the catalog or a database server.
+
+use super::directory::async_stream;
+use crate::catalog::{Catalog, NewServer, NewTenant, ServerRecord, TenantFilter, TenantRecord};
+use crate::dbserver;
+use crate::error::Error;
+use crate::fleet::{Fleet, FleetEvent, FleetRequest};
+use crate::model::{self, Slug, Status, TenantKey};
+use crate::provision::Provisioner;
+use proto::control::v1 as pb;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+/// Who the audit log names for calls authenticated with the admin token.
+const ACTOR: &str = "admin-token";
+
+/// The gRPC face of provisioning, lifecycle and fleet operations.
+pub struct AdminService {
+    catalog: Catalog,
+    provisioner: Provisioner,
+    fleet: Fleet,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    connect_timeout: Duration,
+}
+
+impl AdminService {
+    /// Long operations (provisioning, fleet runs) run on `tasks`, so a client that hangs up
+    /// does not cut them off half way; `shutdown` stops fleet runs from launching more.
+    pub fn new(
+        catalog: Catalog,
+        provisioner: Provisioner,
+        fleet: Fleet,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+        connect_timeout: Duration,
+    ) -> AdminService {
+        AdminService {
+            catalog,
+            provisioner,
+            fleet,
+            tasks,
+            shutdown,
+            connect_timeout,
+        }
+    }
+
+    async fn tenant(&self, raw: &str) -> Result<TenantRecord, Error> {
+        let key = TenantKey::parse(raw)?;
+        self.catalog
+            .tenant(&key)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("tenant {raw:?} not found")))
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    let t = s.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+fn new_tenant(req: pb::CreateTenantRequest) -> Result<NewTenant, Error> {
+    let plan = non_empty(req.plan).unwrap_or_else(|| "basico".to_string());
+    Ok(NewTenant {
+        slug: Slug::parse(&req.slug)?,
+        name: model::tenant_name(&req.name)?,
+        sector: model::sector(&req.sector)?,
+        phone_number_id: non_empty(req.phone_number_id)
+            .map(|p| model::phone_number_id(&p))
+            .transpose()?,
+        display_phone: non_empty(req.display_phone)
+            .map(|p| model::display_phone(&p))
+            .transpose()?,
+        plan,
+        server: non_empty(req.server)
+            .map(|s| model::server_name(&s))
+            .transpose()?,
+    })
+}
+
+fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
+    let target = tenant_migrations::targets(t.sector);
+    pb::Tenant {
+        id: t.id,
+        slug: t.slug.clone(),
+        name: t.name.clone(),
+        sector: t.sector.as_str().to_string(),
+        status: t.status.as_str().to_string(),
+        server: t.server_name.clone(),
+        database: t.database.clone(),
+        role: t.role.clone(),
+        phone_number_id: t.phone_number_id.clone().unwrap_or_default(),
+        display_phone: t.display_phone.clone().unwrap_or_default(),
+        plan: t.plan.clone(),
+        schema_version: t.schema_version,
+        sector_schema_version: t.sector_schema_version,
+        version: t.version,
+        status_reason: t
+            .status_reason
+            .clone()
+            .or_else(|| {
+                t.migration_error
+                    .clone()
+                    .map(|e| format!("last migration failed: {e}"))
+            })
+            .unwrap_or_default(),
+        created_at_ms: t.created_at_ms,
+        updated_at_ms: t.updated_at_ms,
+        migration_pending: matches!(t.status, Status::Active | Status::Suspended)
+            && target != (t.schema_version, t.sector_schema_version),
+    }
+}
+
+fn server_pb(s: &ServerRecord) -> pb::Server {
+    pb::Server {
+        name: s.name.clone(),
+        host: s.host.clone(),
+        port: u32::from(s.port),
+        admin_user: s.admin_user.clone(),
+        connection_budget: s.connection_budget,
+        capacity: s.capacity,
+        state: s.state.clone(),
+        tenants: s.tenants,
+    }
+}
+
+fn migrate_event(e: FleetEvent) -> pb::MigrateEvent {
+    use pb::migrate_event::Event;
+    let event = match e {
+        FleetEvent::Plan {
+            run_id,
+            total,
+            already_current,
+            target_common,
+            pending,
+        } => Event::Plan(pb::MigratePlan {
+            run_id,
+            total,
+            to_migrate: u32::try_from(pending.len()).unwrap_or(u32::MAX),
+            already_current,
+            target_schema_version: target_common,
+            pending: pending
+                .into_iter()
+                .map(|p| pb::PendingTenant {
+                    slug: p.slug,
+                    from_schema_version: p.from.0,
+                    to_schema_version: p.to.0,
+                    from_sector_schema_version: p.from.1,
+                    to_sector_schema_version: p.to.1,
+                    pending_migrations: p.pending,
+                    canary: p.canary,
+                })
+                .collect(),
+        }),
+        FleetEvent::Tenant(t) => Event::Tenant(pb::TenantMigrationResult {
+            slug: t.slug,
+            outcome: t.outcome.to_string(),
+            schema_version: t.versions.0,
+            sector_schema_version: t.versions.1,
+            applied: t.applied,
+            error: t.error.unwrap_or_default(),
+            duration_ms: t.duration_ms,
+        }),
+        FleetEvent::Summary {
+            run_id,
+            counts,
+            aborted,
+            duration_ms,
+        } => Event::Summary(pb::MigrateSummary {
+            run_id,
+            migrated: counts.migrated,
+            skipped: counts.skipped,
+            failed: counts.failed,
+            busy: counts.busy,
+            not_started: counts.not_started,
+            aborted,
+            duration_ms,
+        }),
+    };
+    pb::MigrateEvent { event: Some(event) }
+}
+
+type MigrateStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<pb::MigrateEvent, GrpcStatus>> + Send>,
+>;
+
+#[tonic::async_trait]
+impl pb::tenant_admin_server::TenantAdmin for AdminService {
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, GrpcStatus> {
+        let new = new_tenant(request.into_inner())?;
+        let provisioner = self.provisioner.clone();
+        // Owned by the tracker: a client hanging up mid-saga must not leave it half done.
+        let job = self
+            .tasks
+            .spawn(async move { provisioner.create(&new, ACTOR).await });
+        let tenant = job
+            .await
+            .map_err(|e| Error::internal("provisioning task", e))??;
+        Ok(Response::new(tenant_pb(&tenant)))
+    }
+
+    async fn get_tenant(
+        &self,
+        request: Request<pb::TenantRef>,
+    ) -> Result<Response<pb::Tenant>, GrpcStatus> {
+        let tenant = self.tenant(&request.into_inner().tenant).await?;
+        Ok(Response::new(tenant_pb(&tenant)))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        let filter = TenantFilter {
+            status: non_empty(req.status)
+                .map(|s| Status::parse(&s))
+                .transpose()?,
+            server: non_empty(req.server)
+                .map(|s| model::server_name(&s))
+                .transpose()?,
+            keys: Vec::new(),
+        };
+        let tenants = self.catalog.list_tenants(&filter).await?;
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: tenants.iter().map(tenant_pb).collect(),
+        }))
+    }
+
+    async fn suspend_tenant(
+        &self,
+        request: Request<pb::TenantRef>,
+    ) -> Result<Response<pb::Tenant>, GrpcStatus> {
+        let key = TenantKey::parse(&request.into_inner().tenant)?;
+        let t = self
+            .catalog
+            .transition(&key, &[Status::Active], Status::Suspended)
+            .await?;
+        self.catalog
+            .audit(
+                ACTOR,
+                "tenant.suspend",
+                Some(t.id),
+                &t.slug,
+                serde_json::json!({}),
+            )
+            .await?;
+        Ok(Response::new(tenant_pb(&t)))
+    }
+
+    async fn resume_tenant(
+        &self,
+        request: Request<pb::TenantRef>,
+    ) -> Result<Response<pb::Tenant>, GrpcStatus> {
+        let key = TenantKey::parse(&request.into_inner().tenant)?;
+        let t = self
+            .catalog
+            .transition(&key, &[Status::Suspended], Status::Active)
+            .await?;
+        self.catalog
+            .audit(
+                ACTOR,
+                "tenant.resume",
+                Some(t.id),
+                &t.slug,
+                serde_json::json!({}),
+            )
+            .await?;
+        Ok(Response::new(tenant_pb(&t)))
+    }
+
+    type MigrateTenantsStream = MigrateStream;
+
+    async fn migrate_tenants(
+        &self,
+        request: Request<pb::MigrateRequest>,
+    ) -> Result<Response<Self::MigrateTenantsStream>, GrpcStatus> {
+        let req = request.into_inner();
+        let keys = req
+            .tenants
+            .iter()
+            .map(|t| TenantKey::parse(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        if req.all && !keys.is_empty() {
+            return Err(
+                Error::InvalidArgument("give either tenants or all, not both".into()).into(),
+            );
+        }
+        let fleet_req = FleetRequest {
+            keys,
+            all: req.all,
+            concurrency: req.concurrency,
+            per_server: req.per_server_concurrency,
+            canary: req.canary,
+            max_failures: req.max_failures,
+            dry_run: req.dry_run,
+            retry_failed: req.retry_failed,
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        let fleet = self.fleet.clone();
+        let cancel = self.shutdown.child_token();
+        // The run is owned by the tracker and keeps going if the client disconnects;
+        // results land in the catalog either way.
+        let run = self
+            .tasks
+            .spawn(async move { fleet.run(fleet_req, ACTOR, tx, cancel).await });
+        let stream = async_stream(move |out| async move {
+            while let Some(event) = rx.recv().await {
+                let _ = out.send(Ok(migrate_event(event))).await;
+            }
+            match run.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    let _ = out.send(Err(GrpcStatus::from(e))).await;
+                }
+                Err(e) => {
+                    let _ = out.send(Err(Error::internal("fleet task", e).into())).await;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, GrpcStatus> {
+        let (by_status, by_schema) = self.catalog.fleet_counts().await?;
+        let servers = self.catalog.list_servers().await?;
+        let pending = self
+            .catalog
+            .list_tenants(&TenantFilter::default())
+            .await?
+            .iter()
+            .filter(|t| tenant_pb(t).migration_pending)
+            .count();
+        let count = |v: Vec<(String, u32)>| {
+            v.into_iter()
+                .map(|(key, count)| pb::CountByKey { key, count })
+                .collect()
+        };
+        Ok(Response::new(pb::StatusResponse {
+            target_schema_version: tenant_migrations::MigrationSet::Common.target(),
+            by_status: count(by_status),
+            by_schema: count(by_schema),
+            servers: servers.iter().map(server_pb).collect(),
+            pending_migration: u32::try_from(pending).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn add_server(
+        &self,
+        request: Request<pb::AddServerRequest>,
+    ) -> Result<Response<pb::Server>, GrpcStatus> {
+        let req = request.into_inner();
+        let port = u16::try_from(req.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("invalid port {}: expected 1 to 65535", req.port))
+            })?;
+        if req.admin_password.is_empty() {
+            return Err(Error::InvalidArgument("the admin password is empty".into()).into());
+        }
+        let new = NewServer {
+            name: model::server_name(&req.name)?,
+            host: model::host(&req.host)?,
+            port,
+            admin_user: model::admin_user(&req.admin_user)?,
+            admin_password: req.admin_password,
+            connection_budget: if req.connection_budget == 0 {
+                80
+            } else {
+                req.connection_budget
+            },
+            capacity: if req.capacity == 0 {
+                1000
+            } else {
+                req.capacity
+            },
+        };
+        if new.connection_budget > 100_000 || new.capacity > 1_000_000 {
+            return Err(Error::InvalidArgument(
+                "connection budget or capacity is implausibly large".into(),
+            )
+            .into());
+        }
+        // Verify the server and its credentials before it can be chosen by placement.
+        let admin = dbserver::connect(
+            &new.name,
+            &new.host,
+            new.port,
+            &new.admin_user,
+            &new.admin_password,
+            "postgres",
+            self.connect_timeout,
+        )
+        .await?;
+        let can: (bool, bool, bool) = admin
+            .query_one(
+                "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .map_err(|e| Error::Unavailable(format!("server {:?}: {}", new.name, dbserver::describe(&e))))?;
+        if !(can.0 || (can.1 && can.2)) {
+            return Err(Error::FailedPrecondition(format!(
+                "admin user of server {:?} needs SUPERUSER or both CREATEROLE and CREATEDB",
+                new.name
+            ))
+            .into());
+        }
+        let server = self.catalog.add_server(&new).await?;
+        self.catalog
+            .audit(ACTOR, "server.add", None, &server.name, serde_json::json!({
+                "port": server.port, "capacity": server.capacity, "connection_budget": server.connection_budget,
+            }))
+            .await?;
+        Ok(Response::new(server_pb(&server)))
+    }
+
+    async fn list_servers(
+        &self,
+        _request: Request<pb::ListServersRequest>,
+    ) -> Result<Response<pb::ListServersResponse>, GrpcStatus> {
+        let servers = self.catalog.list_servers().await?;
+        Ok(Response::new(pb::ListServersResponse {
+            servers: servers.iter().map(server_pb).collect(),
+        }))
+    }
+}

@@ -1,0 +1,117 @@
+//! `TenantDirectory`: how routers resolve tenants and follow their changes.
+
+use crate::directory::{Directory, ResolveKey};
+use futures_util::Stream;
+use proto::control::v1 as pb;
+use std::pin::Pin;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+/// The gRPC face of [`Directory`].
+pub struct DirectoryService {
+    directory: Directory,
+    shutdown: CancellationToken,
+}
+
+impl DirectoryService {
+    /// Serves `directory`; change streams end when `shutdown` fires.
+    pub fn new(directory: Directory, shutdown: CancellationToken) -> DirectoryService {
+        DirectoryService {
+            directory,
+            shutdown,
+        }
+    }
+}
+
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::RouteChange, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::Route>, Status> {
+        let key = match request.into_inner().key {
+            Some(pb::resolve_request::Key::Id(id)) => ResolveKey::Id(id),
+            Some(pb::resolve_request::Key::Slug(s)) => ResolveKey::Slug(s),
+            Some(pb::resolve_request::Key::PhoneNumberId(p)) => ResolveKey::PhoneNumberId(p),
+            None => {
+                return Err(Status::invalid_argument(
+                    "resolve needs an id, a slug or a phone_number_id",
+                ))
+            }
+        };
+        Ok(Response::new(self.directory.resolve(&key).await?))
+    }
+
+    type WatchRoutesStream = ChangeStream;
+
+    async fn watch_routes(
+        &self,
+        _request: Request<pb::WatchRoutesRequest>,
+    ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        let mut changes = self.directory.subscribe();
+        let shutdown = self.shutdown.clone();
+        let stream = async_stream(move |tx| async move {
+            loop {
+                let item = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = changes.recv() => r,
+                };
+                let msg = match item {
+                    Ok(route) => Ok(pb::RouteChange {
+                        route: Some((*route).clone()),
+                    }),
+                    Err(RecvError::Lagged(n)) => Err(Status::aborted(format!(
+                        "watcher fell {n} changes behind; resolve again and re-watch"
+                    ))),
+                    Err(RecvError::Closed) => return,
+                };
+                let stop = msg.is_err();
+                if tx.send(msg).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+}
+
+/// A stream fed by a producer future through a small bounded channel. The producer runs
+/// inside the stream (polled by whoever consumes it), so it stops when the client goes.
+pub(crate) fn async_stream<T, F, Fut>(producer: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let producer = producer(tx);
+    let rx = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Box::pin(ProducerStream {
+        producer: Some(Box::pin(producer)),
+        rx,
+    })
+}
+
+struct ProducerStream<T> {
+    producer: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    rx: tokio_stream::wrappers::ReceiverStream<T>,
+}
+
+impl<T> Stream for ProducerStream<T> {
+    type Item = T;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        if let Some(p) = self.producer.as_mut() {
+            if p.as_mut().poll(cx).is_ready() {
+                self.producer = None;
+            }
+        }
+        Pin::new(&mut self.rx).poll_next(cx)
+    }
+}

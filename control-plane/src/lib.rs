@@ -1,0 +1,20 @@
+//! Control plane of the tenancy platform: the `empresas` catalog, provisioning of tenant
+//! databases, fleet migrations, and the directory routers read their routes from.
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod dbserver;
+pub mod directory;
+pub mod error;
+pub mod fleet;
+pub mod grpc;
+pub mod model;
+pub mod provision;
+pub mod server;
+pub mod template;
+
+pub use config::Config;
+pub use error::Error;

@@ -1,0 +1,317 @@
+//! Validated catalog values: slugs, server names, phone numbers, statuses.
+//!
+//! Every input that ends up in a database name, a role name or the catalog passes through
+//! one of these parsers first, so SQL identifiers built from them need no further escaping
+//! and error messages can name the exact problem.
+
+use crate::error::Error;
+pub use tenant_migrations::Sector;
+
+/// A tenant slug: 3 to 40 of `[a-z0-9-]`, starting with a letter and not ending with `-`.
+///
+/// Starting with a letter keeps slugs apart from numeric tenant ids (`x-tenant: 42`) and
+/// makes the derived database and role names valid identifiers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Slug(String);
+
+impl Slug {
+    /// Parses and validates a slug.
+    pub fn parse(raw: &str) -> Result<Slug, Error> {
+        let bad = |why: &str| Error::InvalidArgument(format!("invalid slug {raw:?}: {why}"));
+        if raw.len() < 3 || raw.len() > 40 {
+            return Err(bad("must be 3 to 40 characters long"));
+        }
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(bad(
+                "only lowercase letters a-z, digits and '-' are allowed",
+            ));
+        }
+        if !raw.as_bytes()[0].is_ascii_lowercase() {
+            return Err(bad("must start with a letter"));
+        }
+        if raw.ends_with('-') || raw.contains("--") {
+            return Err(bad("must not end with '-' or contain '--'"));
+        }
+        Ok(Slug(raw.to_string()))
+    }
+
+    /// The slug text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Name of the tenant's database (`emp_` + slug with `-` as `_`; injective because
+    /// slugs hold no `_`).
+    pub fn database_name(&self) -> String {
+        format!("emp_{}", self.0.replace('-', "_"))
+    }
+
+    /// Name of the tenant's login role.
+    pub fn role_name(&self) -> String {
+        format!("emp_{}_app", self.0.replace('-', "_"))
+    }
+}
+
+/// A database server's name in the catalog: 1 to 40 of `[a-z0-9-]`.
+pub fn server_name(raw: &str) -> Result<String, Error> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 40
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid server name {raw:?}: use 1 to 40 lowercase letters, digits or '-'"
+        )))
+    }
+}
+
+/// A host name or IP address for a database server.
+pub fn host(raw: &str) -> Result<String, Error> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 253
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:_[]".contains(&b));
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(Error::InvalidArgument(
+            "invalid host: expected a host name or IP address".into(),
+        ))
+    }
+}
+
+/// A database user name for a server's admin (letters, digits, `_`, `-`, `.`, at most 63).
+pub fn admin_user(raw: &str) -> Result<String, Error> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 63
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(Error::InvalidArgument(
+            "invalid admin user: use letters, digits, '_', '-' or '.'".into(),
+        ))
+    }
+}
+
+/// A WhatsApp Cloud API `phone_number_id`: 5 to 25 digits.
+pub fn phone_number_id(raw: &str) -> Result<String, Error> {
+    if (5..=25).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(raw.to_string())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid phone_number_id {raw:?}: expected 5 to 25 digits"
+        )))
+    }
+}
+
+/// A display phone number in canonical E.164 (`+` and 8 to 15 digits).
+///
+/// Spaces, dashes, dots and parentheses are accepted and removed; anything else is an
+/// error. A number without `+` is rejected rather than guessed at.
+pub fn display_phone(raw: &str) -> Result<String, Error> {
+    let bad = |why: &str| Error::InvalidArgument(format!("invalid display phone {raw:?}: {why}"));
+    let trimmed = raw.trim();
+    let Some(rest) = trimmed.strip_prefix('+') else {
+        return Err(bad("use E.164 with the country code, e.g. +5511912345678"));
+    };
+    let mut digits = String::with_capacity(rest.len() + 1);
+    digits.push('+');
+    for c in rest.chars() {
+        match c {
+            '0'..='9' => digits.push(c),
+            ' ' | '-' | '.' | '(' | ')' => {}
+            _ => {
+                return Err(bad(
+                    "only digits, spaces, '-', '.', '(' and ')' may follow '+'",
+                ))
+            }
+        }
+    }
+    let n = digits.len() - 1;
+    if !(8..=15).contains(&n) {
+        return Err(bad("E.164 numbers have 8 to 15 digits"));
+    }
+    if digits.as_bytes()[1] == b'0' {
+        return Err(bad("a country code never starts with 0"));
+    }
+    Ok(digits)
+}
+
+/// A tenant's display name: 1 to 200 characters, no control characters.
+pub fn tenant_name(raw: &str) -> Result<String, Error> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(
+            "invalid name: use 1 to 200 printable characters".into(),
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// Parses a sector, naming the valid ones on error.
+pub fn sector(raw: &str) -> Result<Sector, Error> {
+    Sector::parse(raw).ok_or_else(|| {
+        let valid: Vec<&str> = Sector::ALL.iter().map(|s| s.as_str()).collect();
+        Error::InvalidArgument(format!(
+            "unknown sector {raw:?}: expected one of {}",
+            valid.join(", ")
+        ))
+    })
+}
+
+/// Lifecycle status of a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Provisioning,
+    Active,
+    Suspended,
+    Failed,
+    Moving,
+    Deleted,
+}
+
+impl Status {
+    /// Every status.
+    pub const ALL: [Status; 6] = [
+        Status::Provisioning,
+        Status::Active,
+        Status::Suspended,
+        Status::Failed,
+        Status::Moving,
+        Status::Deleted,
+    ];
+
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Provisioning => "provisioning",
+            Status::Active => "active",
+            Status::Suspended => "suspended",
+            Status::Failed => "failed",
+            Status::Moving => "moving",
+            Status::Deleted => "deleted",
+        }
+    }
+
+    /// Parses the catalog spelling.
+    pub fn parse(raw: &str) -> Result<Status, Error> {
+        Status::ALL
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown status {raw:?}")))
+    }
+}
+
+/// How a request names a tenant: a numeric id or a slug.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantKey {
+    Id(i64),
+    Slug(Slug),
+}
+
+impl TenantKey {
+    /// Digits are an id, anything else must be a valid slug.
+    pub fn parse(raw: &str) -> Result<TenantKey, Error> {
+        if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+            return raw
+                .parse()
+                .map(TenantKey::Id)
+                .map_err(|_| Error::InvalidArgument(format!("invalid tenant id {raw:?}")));
+        }
+        Slug::parse(raw).map(TenantKey::Slug)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        for ok in ["abc", "loja-do-ze", "a12", "x".repeat(40).as_str()] {
+            assert!(Slug::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ab",
+            "Abc",
+            "a b",
+            "a'b",
+            "a;drop",
+            "1abc",
+            "abc-",
+            "a--b",
+            "a_b",
+            "",
+            "é-loja",
+            "x".repeat(41).as_str(),
+            "'; DROP DATABASE x; --",
+        ] {
+            let err = Slug::parse(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid slug"), "{bad}: {err}");
+        }
+        let slug = Slug::parse("loja-do-ze").unwrap();
+        assert_eq!(slug.database_name(), "emp_loja_do_ze");
+        assert_eq!(slug.role_name(), "emp_loja_do_ze_app");
+    }
+
+    #[test]
+    fn phones() {
+        assert_eq!(
+            display_phone("+55 (11) 91234-5678").unwrap(),
+            "+5511912345678"
+        );
+        assert_eq!(display_phone("+5511912345678").unwrap(), "+5511912345678");
+        for bad in [
+            "5511912345678",
+            "+55 11 9abc",
+            "+0123456789",
+            "+123",
+            "+1234567890123456",
+            "",
+        ] {
+            assert!(display_phone(bad).is_err(), "{bad}");
+        }
+        assert!(phone_number_id("106540352242922").is_ok());
+        for bad in ["1234", "12a45", "", "1".repeat(26).as_str()] {
+            assert!(phone_number_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tenant_keys() {
+        assert_eq!(TenantKey::parse("42").unwrap(), TenantKey::Id(42));
+        assert!(matches!(
+            TenantKey::parse("acme").unwrap(),
+            TenantKey::Slug(_)
+        ));
+        assert!(TenantKey::parse("99999999999999999999999").is_err());
+        assert!(TenantKey::parse("Acme").is_err());
+    }
+
+    #[test]
+    fn sectors_and_names() {
+        assert_eq!(sector("veiculos").unwrap(), Sector::Veiculos);
+        let err = sector("padaria").unwrap_err().to_string();
+        assert!(err.contains("padaria") && err.contains("veiculos"), "{err}");
+        assert!(tenant_name("  ").is_err());
+        assert!(tenant_name("Loja\u{0}").is_err());
+        assert_eq!(
+            tenant_name(" Auto Center São Paulo ").unwrap(),
+            "Auto Center São Paulo"
+        );
+        assert!(server_name("pg-1").is_ok());
+        assert!(server_name("PG 1").is_err());
+        assert!(host("db.internal").is_ok());
+        assert!(host("db internal").is_err());
+    }
+}

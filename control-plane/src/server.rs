@@ -1,0 +1,138 @@
+//! Assembles the control plane and serves it until shutdown.
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::crypto::SecretBox;
+use crate::directory::Directory;
+use crate::fleet::Fleet;
+use crate::grpc::{AdminService, BearerAuth, DirectoryService};
+use crate::provision::Provisioner;
+use proto::control::v1 as pb;
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long in-flight provisioning and fleet work may take to finish after shutdown starts.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Why the control plane could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Startup(String),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the control plane on `listener` until `shutdown` completes: migrates the catalog,
+/// starts the change listener and serves `TenantAdmin`, `TenantDirectory`, health and
+/// reflection. On shutdown it stops accepting, lets running work finish (up to
+/// [`SHUTDOWN_GRACE`]) and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let secrets = SecretBox::from_base64(&config.master_key)
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    let catalog = Catalog::connect(&config.catalog_url, config.catalog_pool_size, secrets)
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    catalog
+        .migrate()
+        .await
+        .map_err(|e| ServeError::Startup(format!("cannot prepare the catalog: {e}")))?;
+
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let directory = Directory::new(catalog.clone());
+    tasks.spawn(directory.clone().listen(cancel.child_token()));
+
+    let connect_timeout = Duration::from_millis(config.provisioning.connect_timeout_ms);
+    let admin = AdminService::new(
+        catalog.clone(),
+        Provisioner::new(catalog.clone(), config.provisioning.clone()),
+        Fleet::new(catalog.clone(), config.fleet.clone(), connect_timeout),
+        tasks.clone(),
+        cancel.clone(),
+        connect_timeout,
+    );
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::tenant_admin_server::TenantAdminServer<AdminService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::tenant_directory_server::TenantDirectoryServer<DirectoryService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
+
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    tracing::info!(%addr, "control plane listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let stop = cancel.clone();
+    let served = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(
+            pb::tenant_admin_server::TenantAdminServer::with_interceptor(
+                admin,
+                BearerAuth::new(&config.admin_token),
+            ),
+        )
+        .add_service(
+            pb::tenant_directory_server::TenantDirectoryServer::with_interceptor(
+                DirectoryService::new(directory, cancel.clone()),
+                BearerAuth::new(&config.directory_token),
+            ),
+        )
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new calls; finishing running work");
+            stop.cancel();
+        })
+        .await;
+    cancel.cancel();
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = tasks.len(),
+            "work still running at the end of the shutdown grace period"
+        );
+    }
+    served?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

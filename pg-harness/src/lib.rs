@@ -1,0 +1,326 @@
+//! Throwaway PostgreSQL servers for tests, built from the machine's own server binaries.
+//!
+//! Each [`PgServer`] is a fresh cluster (`initdb` into a temporary directory) on a free
+//! loopback port with password (SCRAM) authentication, so role and `CONNECT` isolation is
+//! enforced exactly as in production. When the tests run as root, the server runs as
+//! `nobody` (PostgreSQL refuses to run as root).
+//!
+//! Clean-up cannot rely on `Drop` alone: servers shared by a whole test binary live in
+//! statics, which are never dropped, and a test process may abort. So every postmaster is
+//! started under a small supervisor shell that waits on a pipe held by the test process;
+//! when the process ends for any reason the pipe closes and the supervisor stops the
+//! server and deletes its directory.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Superuser of every harness cluster.
+pub const SUPERUSER: &str = "postgres";
+/// Superuser password of every harness cluster.
+pub const SUPERUSER_PASSWORD: &str = "harness-superuser-pw";
+
+/// A running throwaway PostgreSQL server.
+pub struct PgServer {
+    /// Loopback port the server listens on.
+    pub port: u16,
+    /// Cluster directory (removed when the server stops).
+    pub dir: PathBuf,
+    supervisor: Mutex<Option<(Child, ChildStdin)>>,
+}
+
+/// Why a harness server could not be started.
+#[derive(Debug)]
+pub struct HarnessError(pub String);
+
+impl std::fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for HarnessError {}
+
+fn err(msg: impl Into<String>) -> HarnessError {
+    HarnessError(msg.into())
+}
+
+/// Directory holding `initdb`, `postgres` and `pg_ctl`: `$PG_BINDIR`, else the newest
+/// `/usr/lib/postgresql/*/bin`, else whatever `postgres` is on `PATH`.
+pub fn pg_bindir() -> Result<PathBuf, HarnessError> {
+    if let Ok(dir) = std::env::var("PG_BINDIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    let out = Command::new("sh")
+        .args(["-c", "command -v postgres"])
+        .output()
+        .map_err(|e| err(format!("cannot look for postgres: {e}")))?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Path::new(&path)
+        .parent()
+        .filter(|_| !path.is_empty())
+        .map(Path::to_path_buf)
+        .ok_or_else(|| {
+            err("PostgreSQL server binaries not found: install postgresql or set PG_BINDIR")
+        })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A port nobody listens on right now (the kernel's pick; a tiny race remains, which
+/// [`PgServer::start`] absorbs by retrying).
+pub fn free_port() -> Result<u16, HarnessError> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("bind: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| err(e.to_string()))?
+        .port();
+    Ok(port)
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl PgServer {
+    /// Creates and starts a new cluster; waits until it accepts connections.
+    pub fn start() -> Result<PgServer, HarnessError> {
+        let bindir = pg_bindir()?;
+        let as_root = is_root();
+        let base = std::env::temp_dir().join(format!(
+            "pg-harness-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let data = base.join("data");
+        std::fs::create_dir_all(&base).map_err(|e| err(format!("mkdir {base:?}: {e}")))?;
+        let pwfile = base.join("pw");
+        std::fs::write(&pwfile, SUPERUSER_PASSWORD).map_err(|e| err(e.to_string()))?;
+        if as_root {
+            run(Command::new("chown")
+                .args(["-R", "nobody:nogroup"])
+                .arg(&base))?;
+        }
+        let mut initdb = wrap(as_root, &bindir.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                SUPERUSER,
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .args(["--locale=C", "-c", "fsync=off"])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        run(&mut initdb)?;
+        for attempt in 0..5 {
+            let port = free_port()?;
+            match Self::spawn(&bindir, as_root, &base, &data, port) {
+                Ok(server) => return Ok(server),
+                Err(e) if attempt == 4 => return Err(e),
+                Err(_) => continue,
+            }
+        }
+        Err(err("could not start postgres"))
+    }
+
+    fn spawn(
+        bindir: &Path,
+        as_root: bool,
+        base: &Path,
+        data: &Path,
+        port: u16,
+    ) -> Result<PgServer, HarnessError> {
+        let postgres = bindir.join("postgres");
+        let runner = if as_root {
+            "setpriv --reuid=nobody --regid=nogroup --clear-groups "
+        } else {
+            ""
+        };
+        // The supervisor: start postgres, block until our stdin closes (the test process
+        // ended, however it ended), then stop postgres fast and remove the cluster.
+        let script = format!(
+            r#"{runner}"{postgres}" -D "{data}" -p {port} -k "{base}" -c listen_addresses=127.0.0.1 \
+  -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
+  -c shared_buffers=32MB -c log_min_messages=fatal >"{base}/log" 2>&1 &
+pid=$!
+trap '' INT
+cat >/dev/null
+kill -INT $pid 2>/dev/null
+wait $pid
+rm -rf "{base}"
+"#,
+            postgres = postgres.display(),
+            data = data.display(),
+            base = base.display(),
+        );
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| err(format!("spawn supervisor: {e}")))?;
+        let stdin = child.stdin.take().ok_or_else(|| err("supervisor stdin"))?;
+        let server = PgServer {
+            port,
+            dir: base.to_path_buf(),
+            supervisor: Mutex::new(Some((child, stdin))),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let isready = bindir.join("pg_isready");
+        loop {
+            let ok = Command::new(&isready)
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(server);
+            }
+            if server.exited() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(base.join("log")).unwrap_or_default();
+                return Err(err(format!("postgres on port {port} did not start: {log}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn exited(&self) -> bool {
+        let mut guard = self.supervisor.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut() {
+            Some((child, _)) => matches!(child.try_wait(), Ok(Some(_))),
+            None => true,
+        }
+    }
+
+    /// Superuser connection URL for `database`.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}:{SUPERUSER_PASSWORD}@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+
+    /// Superuser `tokio_postgres` config for `database`.
+    pub fn config(&self, database: &str) -> tokio_postgres::Config {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(self.port)
+            .user(SUPERUSER)
+            .password(SUPERUSER_PASSWORD)
+            .dbname(database);
+        cfg
+    }
+
+    /// Connects as superuser to `database`; the connection task is spawned on the
+    /// current runtime and ends with the client.
+    pub async fn connect(
+        &self,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = self.config(database).connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// Creates a fresh, uniquely named database and returns its name.
+    pub async fn fresh_database(&self, prefix: &str) -> Result<String, tokio_postgres::Error> {
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let client = self.connect("postgres").await?;
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await?;
+        Ok(name)
+    }
+
+    /// Stops the server now (fast shutdown) and removes its directory.
+    pub fn stop(&self) {
+        let taken = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((mut child, mut stdin)) = taken {
+            let _ = stdin.flush();
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the server's process is still running.
+    pub fn is_running(&self) -> bool {
+        !self.exited()
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn wrap(as_root: bool, program: &Path) -> Command {
+    if as_root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<(), HarnessError> {
+    let out = cmd.output().map_err(|e| err(format!("{cmd:?}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+/// One server shared by every test of a test binary, started on first use.
+pub fn shared() -> &'static PgServer {
+    static SHARED: std::sync::OnceLock<PgServer> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| PgServer::start().expect("the shared test PostgreSQL server must start"))
+}
+
+/// A second shared server, for placement tests that need two.
+pub fn shared_second() -> &'static PgServer {
+    static SECOND: std::sync::OnceLock<PgServer> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| PgServer::start().expect("the second test PostgreSQL server must start"))
+}

@@ -1,0 +1,12 @@
+//! Generated gRPC types and services of the tenancy platform.
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+/// Control plane: `TenantAdmin` (operators) and `TenantDirectory` (routers).
+pub mod control {
+    pub mod v1 {
+        tonic::include_proto!("tenancy.control.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every proto in this crate, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

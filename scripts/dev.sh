@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Starts the whole system locally, in the foreground, on an embedded default:
+#   - a PostgreSQL cluster under .dev/pg (created on first run with the machine's
+#     PostgreSQL binaries, installed through apt-get when missing),
+#   - the control plane, with the local cluster registered as server "local".
+# When ready it writes .dev/env (source it to drive the system with tenantctl).
+# Ctrl-C (or SIGTERM) stops everything.
+#
+# Ports: DEV_PG_PORT (default 54329), DEV_CONTROL_PORT (50051).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+source scripts/lib.sh
+require_cargo
+
+DEV="$ROOT/.dev"
+PG_PORT="${DEV_PG_PORT:-54329}"
+CONTROL_PORT="${DEV_CONTROL_PORT:-50051}"
+ROUTER_GRPC_PORT="${DEV_ROUTER_GRPC_PORT:-50052}"
+ROUTER_HTTP_PORT="${DEV_ROUTER_HTTP_PORT:-8080}"
+BINDIR="$(pg_bindir)"
+mkdir -p "$DEV"
+rm -f "$DEV/env"
+
+# PostgreSQL refuses to run as root: run it as "nobody" then.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; else "$@"; fi
+}
+
+echo "==> building"
+cargo build --bins -q
+CP="$ROOT/target/debug/control-plane"
+CTL="$ROOT/target/debug/tenantctl"
+
+# Secrets persist across runs: the catalog's encrypted credentials need the same key.
+if [ ! -f "$DEV/secrets" ]; then
+  umask 077
+  {
+    echo "PG_PASSWORD=$(random_secret)"
+    echo "MASTER_KEY=$("$CP" --generate-key)"
+    echo "ADMIN_TOKEN=$(random_secret)"
+    echo "DIRECTORY_TOKEN=$(random_secret)"
+    echo "WHATSAPP_APP_SECRET=$(random_secret)"
+    echo "WHATSAPP_VERIFY_TOKEN=$(random_secret)"
+  } > "$DEV/secrets"
+  umask 022
+fi
+# shellcheck disable=SC1091
+source "$DEV/secrets"
+
+if [ ! -f "$DEV/pg/PG_VERSION" ]; then
+  echo "==> creating the PostgreSQL cluster in .dev/pg"
+  mkdir -p "$DEV/pg" "$DEV/run"
+  printf '%s' "$PG_PASSWORD" > "$DEV/pgpass"
+  [ "$(id -u)" = 0 ] && chown -R nobody:nogroup "$DEV/pg" "$DEV/run" "$DEV/pgpass"
+  as_pg "$BINDIR/initdb" -D "$DEV/pg" -U postgres --auth=scram-sha-256 --pwfile="$DEV/pgpass" -E UTF8 --locale=C >/dev/null
+  rm -f "$DEV/pgpass"
+fi
+mkdir -p "$DEV/run"
+[ "$(id -u)" = 0 ] && chown nobody:nogroup "$DEV/run"
+
+PIDS=()
+cleanup() {
+  trap "" INT TERM
+  trap - EXIT
+  echo "==> stopping"
+  rm -f "$DEV/env"
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  as_pg "$BINDIR/pg_ctl" -D "$DEV/pg" stop -m fast >/dev/null 2>&1 || true
+}
+trap cleanup INT TERM EXIT
+
+echo "==> starting PostgreSQL on 127.0.0.1:$PG_PORT"
+as_pg "$BINDIR/pg_ctl" -D "$DEV/pg" -l "$DEV/run/postgres.log" -w \
+  -o "-p $PG_PORT -k $DEV/run -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+PG_URL="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT"
+export PGPASSWORD="$PG_PASSWORD"
+if ! psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'tenancy_catalog'" | grep -q 1; then
+  psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qc "CREATE DATABASE tenancy_catalog" >/dev/null
+fi
+unset PGPASSWORD
+
+cat > "$DEV/control-plane.toml" <<TOML
+listen = "127.0.0.1:$CONTROL_PORT"
+catalog_url = "$PG_URL/tenancy_catalog"
+master_key = "$MASTER_KEY"
+admin_token = "$ADMIN_TOKEN"
+directory_token = "$DIRECTORY_TOKEN"
+TOML
+chmod 600 "$DEV/control-plane.toml"
+
+echo "==> starting the control plane on 127.0.0.1:$CONTROL_PORT"
+RUST_LOG="${RUST_LOG:-info}" "$CP" --config "$DEV/control-plane.toml" &
+PIDS+=($!)
+
+export TENANTCTL_ENDPOINT="http://127.0.0.1:$CONTROL_PORT" TENANTCTL_TOKEN="$ADMIN_TOKEN"
+for _ in $(seq 1 100); do
+  if "$CTL" server list >/dev/null 2>&1; then break; fi
+  if ! kill -0 "${PIDS[0]}" 2>/dev/null; then echo "control plane exited" >&2; exit 1; fi
+  sleep 0.1
+done
+if ! "$CTL" server list --json | grep -q '"name": "local"'; then
+  TENANTCTL_ADMIN_PASSWORD="$PG_PASSWORD" "$CTL" server add local --host 127.0.0.1 --port "$PG_PORT" \
+    --admin-user postgres --connection-budget 80 --capacity 1000 >/dev/null
+fi
+
+umask 077
+cat > "$DEV/env" <<ENV
+export TENANTCTL_ENDPOINT=http://127.0.0.1:$CONTROL_PORT
+export TENANTCTL_TOKEN=$ADMIN_TOKEN
+export CONTROL_PLANE_DIRECTORY_TOKEN=$DIRECTORY_TOKEN
+export ROUTER_GRPC_ENDPOINT=http://127.0.0.1:$ROUTER_GRPC_PORT
+export ROUTER_HTTP_ENDPOINT=http://127.0.0.1:$ROUTER_HTTP_PORT
+export CATALOG_DATABASE_URL=$PG_URL/tenancy_catalog
+export PG_ADMIN_URL=$PG_URL/postgres
+export WHATSAPP_APP_SECRET=$WHATSAPP_APP_SECRET
+export WHATSAPP_VERIFY_TOKEN=$WHATSAPP_VERIFY_TOKEN
+export PATH=$ROOT/target/debug:\$PATH
+ENV
+umask 022
+
+echo "==> ready. In another shell:  source .dev/env && tenantctl create acme --name 'ACME Veículos' --sector veiculos"
+echo "    (Ctrl-C here stops everything)"
+wait "${PIDS[0]}"

@@ -1,0 +1,32 @@
+# Shared helpers for the project's scripts (sourced, not run).
+
+# Prints the directory holding the PostgreSQL server binaries, installing them through the
+# OS package manager when the machine has none.
+pg_bindir() {
+  if [ -n "${PG_BINDIR:-}" ] && [ -x "$PG_BINDIR/postgres" ]; then echo "$PG_BINDIR"; return; fi
+  local found
+  found=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -n "$found" ] && [ -x "$found/postgres" ]; then echo "$found"; return; fi
+  if command -v postgres >/dev/null 2>&1; then dirname "$(command -v postgres)"; return; fi
+  echo "PostgreSQL server binaries not found; installing them with apt-get" >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-contrib >&2
+  found=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$found" ]; then echo "could not install PostgreSQL" >&2; return 1; fi
+  echo "$found"
+}
+
+# Makes sure cargo is there (the machine's toolchain; nothing is downloaded here).
+require_cargo() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
+    return 1
+  fi
+}
+
+# A random URL-safe secret of 32 bytes.
+random_secret() {
+  head -c 32 /dev/urandom | base64 | tr -d '\n=' | tr '+/' '-_'
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. The tests start their own throwaway PostgreSQL
+# servers from the machine's server binaries (installed here when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+require_cargo
+PG_BINDIR="$(pg_bindir)"
+export PG_BINDIR
+cargo test --workspace --all-targets "$@"

@@ -1,0 +1,345 @@
+//! refinery migrations of tenant databases and the runner that applies them safely.
+//!
+//! Every tenant database carries the common set (leads, conversations, messages, catalog)
+//! and at most one sector set. Each set has its own refinery history table, so the sets
+//! version independently. refinery takes no lock of its own, so [`migrate`] holds a
+//! per-database advisory lock around it: two runs (two operators, a fleet run and a
+//! provisioning) never migrate one database at once.
+
+use refinery::Runner;
+use std::fmt;
+use tokio_postgres::Client;
+
+mod sets {
+    pub mod common {
+        refinery::embed_migrations!("migrations/common");
+    }
+    pub mod veiculos {
+        refinery::embed_migrations!("migrations/veiculos");
+    }
+    pub mod imoveis {
+        refinery::embed_migrations!("migrations/imoveis");
+    }
+    pub mod produtos {
+        refinery::embed_migrations!("migrations/produtos");
+    }
+}
+
+/// Advisory-lock key taken in a tenant database while it is being migrated
+/// (ASCII "tnntmig"). Advisory locks are per database, so tenants never wait on each other.
+pub const MIGRATION_LOCK_KEY: i64 = 0x0074_6e6e_746d_6967;
+
+/// The business sector of a tenant; it decides which sector set its database gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sector {
+    Veiculos,
+    Imoveis,
+    Autopecas,
+    Varejo,
+    Servicos,
+}
+
+impl Sector {
+    /// Every sector, in catalog order.
+    pub const ALL: [Sector; 5] = [
+        Sector::Veiculos,
+        Sector::Imoveis,
+        Sector::Autopecas,
+        Sector::Varejo,
+        Sector::Servicos,
+    ];
+
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sector::Veiculos => "veiculos",
+            Sector::Imoveis => "imoveis",
+            Sector::Autopecas => "autopecas",
+            Sector::Varejo => "varejo",
+            Sector::Servicos => "servicos",
+        }
+    }
+
+    /// Parses the catalog spelling.
+    pub fn parse(s: &str) -> Option<Sector> {
+        Sector::ALL.into_iter().find(|sector| sector.as_str() == s)
+    }
+
+    /// The sector migration set this sector's databases carry, if any.
+    pub fn set(self) -> Option<MigrationSet> {
+        match self {
+            Sector::Veiculos => Some(MigrationSet::Veiculos),
+            Sector::Imoveis => Some(MigrationSet::Imoveis),
+            Sector::Autopecas | Sector::Varejo => Some(MigrationSet::Produtos),
+            Sector::Servicos => None,
+        }
+    }
+
+    /// Settings every new tenant of this sector starts with (rows of `configuracoes`).
+    pub fn seed_sql(self) -> String {
+        let funil = match self {
+            Sector::Veiculos => r#"["novo","test_drive","proposta","financiamento","vendido"]"#,
+            Sector::Imoveis => r#"["novo","visita","proposta","documentacao","fechado"]"#,
+            Sector::Autopecas | Sector::Varejo => r#"["novo","orcamento","pedido","entregue"]"#,
+            Sector::Servicos => r#"["novo","orcamento","agendado","concluido"]"#,
+        };
+        format!(
+            "INSERT INTO configuracoes (chave, valor) VALUES \
+             ('setor', '\"{sector}\"'), ('funil', '{funil}'), ('moeda', '\"BRL\"'), \
+             ('fuso_horario', '\"America/Sao_Paulo\"') ON CONFLICT (chave) DO NOTHING",
+            sector = self.as_str()
+        )
+    }
+}
+
+impl fmt::Display for Sector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One independently versioned set of migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MigrationSet {
+    Common,
+    Veiculos,
+    Imoveis,
+    Produtos,
+}
+
+impl MigrationSet {
+    /// Every set.
+    pub const ALL: [MigrationSet; 4] = [
+        MigrationSet::Common,
+        MigrationSet::Veiculos,
+        MigrationSet::Imoveis,
+        MigrationSet::Produtos,
+    ];
+
+    /// Name used in reports and in the checksum lock file.
+    pub fn name(self) -> &'static str {
+        match self {
+            MigrationSet::Common => "common",
+            MigrationSet::Veiculos => "veiculos",
+            MigrationSet::Imoveis => "imoveis",
+            MigrationSet::Produtos => "produtos",
+        }
+    }
+
+    /// The refinery history table of this set.
+    pub fn history_table(self) -> &'static str {
+        match self {
+            MigrationSet::Common => "refinery_schema_history",
+            MigrationSet::Veiculos => "refinery_schema_history_veiculos",
+            MigrationSet::Imoveis => "refinery_schema_history_imoveis",
+            MigrationSet::Produtos => "refinery_schema_history_produtos",
+        }
+    }
+
+    /// A configured refinery runner for this set (refuses divergent and missing versions).
+    pub fn runner(self) -> Runner {
+        let mut runner = match self {
+            MigrationSet::Common => sets::common::migrations::runner(),
+            MigrationSet::Veiculos => sets::veiculos::migrations::runner(),
+            MigrationSet::Imoveis => sets::imoveis::migrations::runner(),
+            MigrationSet::Produtos => sets::produtos::migrations::runner(),
+        };
+        runner.set_migration_table_name(self.history_table());
+        runner
+            .set_abort_divergent(true)
+            .set_abort_missing(true)
+            .set_grouped(false)
+    }
+
+    /// The embedded migrations of this set as `(version, name, checksum)`, ascending.
+    pub fn migrations(self) -> Vec<(i32, String, u64)> {
+        let mut all: Vec<_> = self
+            .runner()
+            .get_migrations()
+            .iter()
+            .map(|m| (m.version(), m.name().to_string(), m.checksum()))
+            .collect();
+        all.sort_by_key(|m| m.0);
+        all
+    }
+
+    /// Highest version this build ships for the set (0 when it ships none).
+    pub fn target(self) -> i32 {
+        self.migrations().last().map(|m| m.0).unwrap_or(0)
+    }
+}
+
+/// Target versions for a sector: `(common, sector set)`; the sector part is 0 for sectors
+/// without a set.
+pub fn targets(sector: Sector) -> (i32, i32) {
+    (
+        MigrationSet::Common.target(),
+        sector.set().map(MigrationSet::target).unwrap_or(0),
+    )
+}
+
+/// Names (`V<version>__<name>`) of the migrations a database at the given versions lacks.
+pub fn pending(sector: Sector, common_version: i32, sector_version: i32) -> Vec<String> {
+    let mut out: Vec<String> = MigrationSet::Common
+        .migrations()
+        .into_iter()
+        .filter(|m| m.0 > common_version)
+        .map(|m| format!("common/V{}__{}", m.0, m.1))
+        .collect();
+    if let Some(set) = sector.set() {
+        out.extend(
+            set.migrations()
+                .into_iter()
+                .filter(|m| m.0 > sector_version)
+                .map(|m| format!("{}/V{}__{}", set.name(), m.0, m.1)),
+        );
+    }
+    out
+}
+
+/// What one [`migrate`] call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Common set version after the run.
+    pub common_version: i32,
+    /// Sector set version after the run (0 when the sector has none).
+    pub sector_version: i32,
+    /// Migrations applied by this run.
+    pub applied: u32,
+}
+
+/// Why a tenant database could not be migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// Another run holds the database's migration lock.
+    #[error("another migration run holds this database's migration lock")]
+    Busy,
+    /// The database's history disagrees with the shipped migrations (edited or removed files).
+    #[error("migration history diverges from the shipped migrations: {0}")]
+    Divergent(String),
+    /// A migration failed; earlier ones stay applied (each runs in its own transaction).
+    #[error("migration failed: {0}")]
+    Failed(String),
+    /// The database itself failed (connection, lock, role).
+    #[error("database error: {0}")]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// Applies the common set and the sector's set to the database `client` is connected to.
+///
+/// Holds [`MIGRATION_LOCK_KEY`] for the duration (returns [`MigrateError::Busy`] at once if
+/// another session holds it). When `owner` is given the migrations run under
+/// `SET ROLE owner`, so the objects they create belong to the tenant's own role.
+pub async fn migrate(
+    client: &mut Client,
+    sector: Sector,
+    owner: Option<&str>,
+) -> Result<Outcome, MigrateError> {
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?
+        .get(0);
+    if !locked {
+        return Err(MigrateError::Busy);
+    }
+    let result = migrate_locked(client, sector, owner).await;
+    // Reset before unlocking; if the session is broken the lock dies with it anyway.
+    let _ = client
+        .batch_execute(&format!(
+            "RESET ROLE; SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"
+        ))
+        .await;
+    result
+}
+
+async fn migrate_locked(
+    client: &mut Client,
+    sector: Sector,
+    owner: Option<&str>,
+) -> Result<Outcome, MigrateError> {
+    if let Some(owner) = owner {
+        client
+            .batch_execute(&format!("SET ROLE {}", quote_ident(owner)))
+            .await?;
+    }
+    let mut applied = 0u32;
+    let common_version = run_set(client, MigrationSet::Common, &mut applied).await?;
+    let sector_version = match sector.set() {
+        Some(set) => run_set(client, set, &mut applied).await?,
+        None => 0,
+    };
+    Ok(Outcome {
+        common_version,
+        sector_version,
+        applied,
+    })
+}
+
+async fn run_set(
+    client: &mut Client,
+    set: MigrationSet,
+    applied: &mut u32,
+) -> Result<i32, MigrateError> {
+    let runner = set.runner();
+    match runner.run_async(client).await {
+        Ok(report) => {
+            *applied += u32::try_from(report.applied_migrations().len()).unwrap_or(u32::MAX);
+            let last = runner
+                .get_last_applied_migration_async(client)
+                .await
+                .map_err(|e| MigrateError::Failed(format!("{}: {e}", set.name())))?;
+            Ok(last.map(|m| m.version()).unwrap_or(0))
+        }
+        Err(e) => {
+            use refinery::error::Kind;
+            let msg = format!("{}: {e}", set.name());
+            match e.kind() {
+                Kind::DivergentVersion(..)
+                | Kind::MissingVersion(..)
+                | Kind::RepeatedVersion(..) => Err(MigrateError::Divergent(msg)),
+                _ => Err(MigrateError::Failed(msg)),
+            }
+        }
+    }
+}
+
+/// Quotes a PostgreSQL identifier.
+pub fn quote_ident(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The versions a database is at now, `(common, sector set)`, read from the history tables
+/// (0 for a set never applied).
+pub async fn current_versions(
+    client: &Client,
+    sector: Sector,
+) -> Result<(i32, i32), tokio_postgres::Error> {
+    async fn max_version(client: &Client, set: MigrationSet) -> Result<i32, tokio_postgres::Error> {
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&set.history_table()],
+            )
+            .await?
+            .get(0);
+        if !exists {
+            return Ok(0);
+        }
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT coalesce(max(version), 0)::int4 FROM {}",
+                    set.history_table()
+                ),
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+    let common = max_version(client, MigrationSet::Common).await?;
+    let sector_version = match sector.set() {
+        Some(set) => max_version(client, set).await?,
+        None => 0,
+    };
+    Ok((common, sector_version))
+}
