@@ -135,14 +135,20 @@ impl PgServer {
                 "UTF8",
                 "--no-sync",
             ])
-            .args(["--locale=C", "-c", "fsync=off"])
+            .arg("--locale=C")
             .arg(format!("--pwfile={}", pwfile.display()));
-        run(&mut initdb)?;
+        if let Err(e) = run(&mut initdb) {
+            let _ = std::fs::remove_dir_all(&base);
+            return Err(e);
+        }
         for attempt in 0..5 {
             let port = free_port()?;
             match Self::spawn(&bindir, as_root, &base, &data, port) {
                 Ok(server) => return Ok(server),
-                Err(e) if attempt == 4 => return Err(e),
+                Err(e) if attempt == 4 => {
+                    let _ = std::fs::remove_dir_all(&base);
+                    return Err(e);
+                }
                 Err(_) => continue,
             }
         }

@@ -1,0 +1,245 @@
+//! Test support: a real control-plane process over a fresh catalog database on a real
+//! PostgreSQL server, driven through the real `tenantctl` binary and real gRPC.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use pg_harness::PgServer;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const DIRECTORY_TOKEN: &str = "test-directory-token-0123456789";
+pub const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A running control plane.
+pub struct Plane {
+    child: Child,
+    pub endpoint: String,
+    pub catalog_db: String,
+    pub template_prefix: String,
+}
+
+/// What one tenantctl invocation did.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+pub fn control_plane_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_control-plane"))
+}
+
+impl Plane {
+    /// Starts a control plane whose catalog lives on the shared test server.
+    pub async fn start() -> Plane {
+        Plane::start_with(&[]).await
+    }
+
+    /// Same, with extra `CONTROL_PLANE__*` variables.
+    pub async fn start_with(env: &[(&str, &str)]) -> Plane {
+        let pg = pg_harness::shared();
+        let catalog_db = pg.fresh_database("catalog").await.unwrap();
+        let port = pg_harness::free_port().unwrap();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let template_prefix = format!("tpl_{}_{n}", std::process::id());
+        let mut cmd = control_plane_cmd();
+        cmd.env("CONTROL_PLANE__LISTEN", format!("127.0.0.1:{port}"))
+            .env("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog_db))
+            .env("CONTROL_PLANE__MASTER_KEY", MASTER_KEY)
+            .env("CONTROL_PLANE__ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("CONTROL_PLANE__DIRECTORY_TOKEN", DIRECTORY_TOKEN)
+            .env(
+                "CONTROL_PLANE__PROVISIONING__TEMPLATE_PREFIX",
+                &template_prefix,
+            )
+            .env("CONTROL_PLANE__PROVISIONING__CONNECT_TIMEOUT_MS", "2000")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let plane = Plane {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            catalog_db,
+            template_prefix,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if plane.ctl(&["server", "list"]).code == 0 {
+                return plane;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control plane did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs tenantctl against this control plane.
+    pub fn ctl(&self, args: &[&str]) -> Out {
+        self.ctl_env(args, &[], None)
+    }
+
+    /// Runs tenantctl with extra environment and optional stdin.
+    pub fn ctl_env(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Out {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantctl"));
+        cmd.args(args)
+            .env("TENANTCTL_ENDPOINT", &self.endpoint)
+            .env("TENANTCTL_TOKEN", ADMIN_TOKEN)
+            .env_remove("TENANTCTL_ADMIN_PASSWORD")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// tenantctl that must succeed.
+    pub fn ok(&self, args: &[&str]) -> Out {
+        let out = self.ctl(args);
+        assert_eq!(out.code, 0, "tenantctl {args:?} failed: {out:?}");
+        out
+    }
+
+    /// Registers a harness server under `name` with its superuser.
+    pub fn add_server(&self, name: &str, pg: &PgServer, capacity: u32) {
+        let port = pg.port.to_string();
+        let cap = capacity.to_string();
+        let out = self.ctl_env(
+            &[
+                "server",
+                "add",
+                name,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--admin-user",
+                pg_harness::SUPERUSER,
+                "--capacity",
+                &cap,
+            ],
+            &[("TENANTCTL_ADMIN_PASSWORD", pg_harness::SUPERUSER_PASSWORD)],
+            None,
+        );
+        assert_eq!(out.code, 0, "server add: {out:?}");
+    }
+
+    /// Superuser connection to this plane's catalog.
+    pub async fn catalog(&self) -> tokio_postgres::Client {
+        pg_harness::shared()
+            .connect(&self.catalog_db)
+            .await
+            .unwrap()
+    }
+
+    /// A gRPC channel to the control plane.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Sends SIGTERM and waits for the exit status (None if it did not exit in time).
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A request carrying a bearer token.
+pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+/// Whether a database exists on `pg`.
+pub async fn database_exists(pg: &PgServer, name: &str) -> bool {
+    let c = pg.connect("postgres").await.unwrap();
+    c.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Whether a role exists on `pg`.
+pub async fn role_exists(pg: &PgServer, name: &str) -> bool {
+    let c = pg.connect("postgres").await.unwrap();
+    c.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
