@@ -292,7 +292,7 @@ async fn run_set(
         }
         Err(e) => {
             use refinery::error::Kind;
-            let msg = format!("{}: {e}", set.name());
+            let msg = format!("{}: {}", set.name(), describe(&e));
             match e.kind() {
                 Kind::DivergentVersion(..)
                 | Kind::MissingVersion(..)
@@ -301,6 +301,26 @@ async fn run_set(
             }
         }
     }
+}
+
+/// refinery's message plus PostgreSQL's own (refinery only says "db error").
+fn describe(err: &refinery::Error) -> String {
+    let mut out = match err.kind() {
+        refinery::error::Kind::Connection(msg, _) => msg.trim_matches('`').to_string(),
+        other => other.to_string(),
+    };
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if let Some(pg) = s.downcast_ref::<tokio_postgres::Error>() {
+            if let Some(db) = pg.as_db_error() {
+                out.push_str(": ");
+                out.push_str(db.message());
+                return out;
+            }
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// Quotes a PostgreSQL identifier.

@@ -243,3 +243,25 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Turns a tenant back into what the previous release (common set at V1) provisioned:
+/// undoes V2 in its database and records version 1 in the catalog.
+pub async fn age_to_v1(plane: &Plane, pg: &PgServer, slug: &str) {
+    let db = format!("emp_{}", slug.replace('-', "_"));
+    let c = pg.connect(&db).await.unwrap();
+    c.batch_execute(
+        "ALTER TABLE leads DROP COLUMN tags; DROP INDEX conversas_recentes_idx; \
+         DELETE FROM refinery_schema_history WHERE version = 2",
+    )
+    .await
+    .unwrap();
+    plane
+        .catalog()
+        .await
+        .execute(
+            "UPDATE empresas SET schema_version = 1 WHERE slug = $1",
+            &[&slug],
+        )
+        .await
+        .unwrap();
+}
