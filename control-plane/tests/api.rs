@@ -1,0 +1,496 @@
+//! The control plane's gRPC surface: directory lookups and change stream, lifecycle,
+//! authentication, health and reflection, server registration, config and shutdown.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{authed, Plane, ADMIN_TOKEN, DIRECTORY_TOKEN};
+use proto::control::v1::{
+    resolve_request::Key, tenant_admin_client::TenantAdminClient,
+    tenant_directory_client::TenantDirectoryClient, ResolveRequest, WatchRoutesRequest,
+};
+use std::time::Duration;
+use tonic::Code;
+
+fn resolve(key: Key) -> ResolveRequest {
+    ResolveRequest { key: Some(key) }
+}
+
+#[tokio::test]
+async fn directory_resolves_by_id_slug_and_phone_and_streams_versioned_changes() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    let t = plane
+        .ok(&[
+            "create",
+            "dir-one",
+            "--name",
+            "Dir",
+            "--sector",
+            "varejo",
+            "--phone-number-id",
+            "5553003003",
+            "--json",
+        ])
+        .json();
+    let id = t["id"].as_i64().unwrap();
+    let mut dir = TenantDirectoryClient::new(plane.channel().await);
+    for key in [
+        Key::Id(id),
+        Key::Slug("dir-one".into()),
+        Key::PhoneNumberId("5553003003".into()),
+    ] {
+        let route = dir
+            .resolve(authed(resolve(key), DIRECTORY_TOKEN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(route.slug, "dir-one");
+        assert_eq!(route.database, "emp_dir_one");
+        assert_eq!(route.status, "active");
+        assert_eq!(route.port, u32::from(pg.port));
+        assert!(!route.password.is_empty());
+        assert_eq!(route.server_connection_budget, 80);
+    }
+    for (key, code) in [
+        (Key::Slug("nobody-here".into()), Code::NotFound),
+        (Key::Id(999_999), Code::NotFound),
+        (Key::PhoneNumberId("999999999".into()), Code::NotFound),
+        (Key::Slug("Bad Slug".into()), Code::InvalidArgument),
+        (Key::PhoneNumberId("12ab".into()), Code::InvalidArgument),
+    ] {
+        let err = dir
+            .resolve(authed(resolve(key.clone()), DIRECTORY_TOKEN))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{key:?}: {err:?}");
+    }
+    let empty = dir
+        .resolve(authed(ResolveRequest { key: None }, DIRECTORY_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+
+    // Suspend and resume show up on the change stream within a second, newer each time.
+    let mut watch = dir
+        .watch_routes(authed(WatchRoutesRequest {}, DIRECTORY_TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = t["version"].as_i64().unwrap();
+    plane.ok(&["suspend", "dir-one"]);
+    let change = tokio::time::timeout(Duration::from_secs(1), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let route = change.route.unwrap();
+    assert_eq!(
+        (route.slug.as_str(), route.status.as_str()),
+        ("dir-one", "suspended")
+    );
+    assert!(route.version > before);
+    plane.ok(&["resume", "dir-one"]);
+    let change = tokio::time::timeout(Duration::from_secs(1), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let resumed = change.route.unwrap();
+    assert_eq!(resumed.status, "active");
+    assert!(resumed.version > route.version);
+}
+
+#[tokio::test]
+async fn suspend_and_resume_follow_the_lifecycle() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&[
+        "create", "life-one", "--name", "Life", "--sector", "servicos",
+    ]);
+    let active = plane.ok(&["show", "life-one", "--json"]).json();
+    let again = plane.ok(&["resume", "life-one", "--json"]).json();
+    assert_eq!(
+        again["version"], active["version"],
+        "resuming an active tenant changes nothing"
+    );
+    let s = plane.ok(&["suspend", "life-one", "--json"]).json();
+    assert_eq!(s["status"], "suspended");
+    // Suspending twice is harmless.
+    assert_eq!(
+        plane.ok(&["suspend", "life-one", "--json"]).json()["version"],
+        s["version"]
+    );
+    assert_eq!(
+        plane
+            .ok(&["list", "--status", "suspended", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        plane.ok(&["resume", "life-one", "--json"]).json()["status"],
+        "active"
+    );
+    // A tenant whose provisioning failed cannot be suspended or resumed.
+    plane.ok(&[
+        "create", "life-two", "--name", "Life", "--sector", "servicos",
+    ]);
+    let catalog = plane.catalog().await;
+    catalog
+        .execute(
+            "UPDATE empresas SET status = 'failed' WHERE slug = 'life-two'",
+            &[],
+        )
+        .await
+        .unwrap();
+    for verb in ["suspend", "resume"] {
+        let out = plane.ctl(&[verb, "life-two"]);
+        assert_eq!(out.code, 4, "{verb}: {out:?}");
+        assert!(out.stderr.contains("tenant life-two is failed"), "{out:?}");
+    }
+    let out = plane.ctl(&["suspend", "ghost-tenant"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let out = plane.ctl(&["list", "--status", "sleepy"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let audit: i64 = plane
+        .catalog()
+        .await
+        .query_one(
+            "SELECT count(*) FROM auditoria WHERE acao IN ('tenant.suspend', 'tenant.resume')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(audit >= 2);
+}
+
+#[tokio::test]
+async fn callers_need_the_right_token() {
+    let plane = Plane::start().await;
+    let channel = plane.channel().await;
+    let mut admin = TenantAdminClient::new(channel.clone());
+    let mut dir = TenantDirectoryClient::new(channel);
+    let req = || proto::control::v1::ListServersRequest {};
+    assert_eq!(
+        admin.list_servers(req()).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        admin
+            .list_servers(authed(req(), "wrong-token"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        admin
+            .list_servers(authed(req(), DIRECTORY_TOKEN))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated,
+        "a router's token does not administer tenants"
+    );
+    admin
+        .list_servers(authed(req(), ADMIN_TOKEN))
+        .await
+        .unwrap();
+    let err = dir
+        .resolve(authed(resolve(Key::Id(1)), ADMIN_TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "the directory hands out credentials: routers only"
+    );
+    let out = plane.ctl_env(&["list"], &[("TENANTCTL_TOKEN", "nope")], None);
+    assert_eq!(out.code, 6, "{out:?}");
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let plane = Plane::start().await;
+    let channel = plane.channel().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in [
+        "",
+        "tenancy.control.v1.TenantAdmin",
+        "tenancy.control.v1.TenantDirectory",
+    ] {
+        let resp = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            resp.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service}"
+        );
+    }
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("{resp:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"tenancy.control.v1.TenantAdmin".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"tenancy.control.v1.TenantDirectory".to_string()),
+        "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn server_registration_checks_its_input_and_the_server() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    let port = pg.port.to_string();
+    let pw = [("TENANTCTL_ADMIN_PASSWORD", pg_harness::SUPERUSER_PASSWORD)];
+    let closed = pg_harness::free_port().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, i32, &str)> = vec![
+        (
+            vec![
+                "server",
+                "add",
+                "Bad Name",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--admin-user",
+                "postgres",
+            ],
+            pw.to_vec(),
+            2,
+            "invalid server name",
+        ),
+        (
+            vec![
+                "server",
+                "add",
+                "s1",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "70000",
+                "--admin-user",
+                "postgres",
+            ],
+            pw.to_vec(),
+            2,
+            "invalid port",
+        ),
+        (
+            vec![
+                "server",
+                "add",
+                "s1",
+                "--host",
+                "bad host",
+                "--port",
+                &port,
+                "--admin-user",
+                "postgres",
+            ],
+            pw.to_vec(),
+            2,
+            "invalid host",
+        ),
+        (
+            vec![
+                "server",
+                "add",
+                "s1",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &closed,
+                "--admin-user",
+                "postgres",
+            ],
+            pw.to_vec(),
+            5,
+            "is unreachable",
+        ),
+        (
+            vec![
+                "server",
+                "add",
+                "s1",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--admin-user",
+                "postgres",
+            ],
+            vec![("TENANTCTL_ADMIN_PASSWORD", "wrong")],
+            5,
+            "rejected the admin credentials",
+        ),
+    ];
+    for (args, env, code, msg) in cases {
+        let out = plane.ctl_env(&args, &env, None);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(msg), "{args:?}: {out:?}");
+        assert!(
+            !out.stderr.contains("wrong") && !out.stderr.contains(pg_harness::SUPERUSER_PASSWORD),
+            "{out:?}"
+        );
+    }
+    // No password at all (empty stdin) is refused before anything is sent.
+    let out = plane.ctl_env(
+        &[
+            "server",
+            "add",
+            "s1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--admin-user",
+            "postgres",
+        ],
+        &[],
+        Some(""),
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        plane
+            .ok(&["server", "list", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "nothing was registered"
+    );
+    plane.add_server("s1", pg, 10);
+    let out = plane.ctl_env(
+        &[
+            "server",
+            "add",
+            "s1",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--admin-user",
+            "postgres",
+        ],
+        &pw,
+        None,
+    );
+    assert_eq!(out.code, 4, "{out:?}");
+    let listed = plane.ok(&["server", "list"]).stdout;
+    assert!(
+        listed.contains("s1") && !listed.contains(pg_harness::SUPERUSER_PASSWORD),
+        "{listed}"
+    );
+    let sealed: Vec<u8> = plane
+        .catalog()
+        .await
+        .query_one("SELECT admin_senha_cifrada FROM servidores", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!String::from_utf8_lossy(&sealed).contains(pg_harness::SUPERUSER_PASSWORD));
+}
+
+#[tokio::test]
+async fn bad_configuration_is_refused_with_a_message_naming_it() {
+    let pg = pg_harness::shared();
+    let base = [
+        ("CONTROL_PLANE__LISTEN", "127.0.0.1:0".to_string()),
+        ("CONTROL_PLANE__CATALOG_URL", pg.url("postgres")),
+        ("CONTROL_PLANE__MASTER_KEY", common::MASTER_KEY.to_string()),
+        ("CONTROL_PLANE__ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+        (
+            "CONTROL_PLANE__DIRECTORY_TOKEN",
+            DIRECTORY_TOKEN.to_string(),
+        ),
+    ];
+    let cases = [
+        (Some(("CONTROL_PLANE__LISTN", "x")), None, "listn"),
+        (
+            Some(("CONTROL_PLANE__MASTER_KEY", "short")),
+            None,
+            "master_key must be 32 bytes",
+        ),
+        (
+            Some(("CONTROL_PLANE__FLEET__CONCURRENCY", "many")),
+            None,
+            "concurrency",
+        ),
+        (
+            Some(("CONTROL_PLANE__ADMIN_TOKEN", "short")),
+            None,
+            "at least 16 characters",
+        ),
+        (
+            None,
+            Some("listen = \"127.0.0.1:0\"\nsurprise = 1\n"),
+            "surprise",
+        ),
+    ];
+    for (env, file, msg) in cases {
+        let mut cmd = common::control_plane_cmd();
+        for (k, v) in &base {
+            cmd.env(k, v);
+        }
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let dir = std::env::temp_dir().join(format!("cp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(text) = file {
+            let path = dir.join("bad.toml");
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(&path);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{env:?} {file:?} was accepted");
+        assert!(stderr.contains(msg), "{env:?} {file:?}: {stderr}");
+        assert!(!stderr.contains(pg_harness::SUPERUSER_PASSWORD), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_gracefully() {
+    let mut plane = Plane::start().await;
+    let status = plane
+        .terminate(Duration::from_secs(10))
+        .expect("exited after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let out = plane.ctl(&["server", "list"]);
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.stderr.contains("control plane unreachable"), "{out:?}");
+}
