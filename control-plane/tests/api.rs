@@ -275,7 +275,8 @@ async fn server_registration_checks_its_input_and_the_server() {
     let port = pg.port.to_string();
     let pw = [("TENANTCTL_ADMIN_PASSWORD", pg_harness::SUPERUSER_PASSWORD)];
     let closed = pg_harness::free_port().unwrap().to_string();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, i32, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, i32, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![
                 "server",
