@@ -6,15 +6,27 @@
 # When ready it writes .dev/env (source it to drive the system with tenantctl).
 # Ctrl-C (or SIGTERM) stops everything.
 #
-# Ports: DEV_PG_PORT (default 54329), DEV_CONTROL_PORT (50051).
+# Ports: DEV_PG_PORT (default 54329), DEV_CONTROL_PORT (50051). State lives in DEV_DIR
+# (default .dev); delete it to start from scratch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 source scripts/lib.sh
 require_cargo
 
-DEV="$ROOT/.dev"
-PG_PORT="${DEV_PG_PORT:-54329}"
+DEV="${DEV_DIR:-$ROOT/.dev}"
+mkdir -p "$DEV"
+DEV="$(cd "$DEV" && pwd)"
+# The catalog remembers the cluster's port (server "local"): keep the one it was made with.
+if [ -f "$DEV/pg-port" ]; then
+  PG_PORT="$(cat "$DEV/pg-port")"
+  if [ -n "${DEV_PG_PORT:-}" ] && [ "$DEV_PG_PORT" != "$PG_PORT" ]; then
+    echo "$DEV was created for PostgreSQL port $PG_PORT; unset DEV_PG_PORT or delete $DEV" >&2
+    exit 2
+  fi
+else
+  PG_PORT="${DEV_PG_PORT:-54329}"
+fi
 CONTROL_PORT="${DEV_CONTROL_PORT:-50051}"
 ROUTER_GRPC_PORT="${DEV_ROUTER_GRPC_PORT:-50052}"
 ROUTER_HTTP_PORT="${DEV_ROUTER_HTTP_PORT:-8080}"
@@ -55,6 +67,7 @@ if [ ! -f "$DEV/pg/PG_VERSION" ]; then
   [ "$(id -u)" = 0 ] && chown -R nobody:nogroup "$DEV/pg" "$DEV/run" "$DEV/pgpass"
   as_pg "$BINDIR/initdb" -D "$DEV/pg" -U postgres --auth=scram-sha-256 --pwfile="$DEV/pgpass" -E UTF8 --locale=C >/dev/null
   rm -f "$DEV/pgpass"
+  echo "$PG_PORT" > "$DEV/pg-port"
 fi
 mkdir -p "$DEV/run"
 [ "$(id -u)" = 0 ] && chown nobody:nogroup "$DEV/run"
@@ -120,6 +133,6 @@ export PATH=$ROOT/target/debug:\$PATH
 ENV
 umask 022
 
-echo "==> ready. In another shell:  source .dev/env && tenantctl create acme --name 'ACME Veículos' --sector veiculos"
+echo "==> ready. In another shell:  source $DEV/env && tenantctl create acme --name 'ACME Veículos' --sector veiculos"
 echo "    (Ctrl-C here stops everything)"
 wait "${PIDS[0]}"

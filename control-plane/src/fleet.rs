@@ -200,23 +200,12 @@ impl Fleet {
             })
             .await;
         let planned_ids: std::collections::HashSet<i64> = planned.iter().map(|t| t.id).collect();
-        for t in eligible.iter().filter(|t| !planned_ids.contains(&t.id)) {
-            let v = (t.schema_version, t.sector_schema_version);
-            self.catalog
-                .record_run_tenant(
-                    run_id,
-                    &RunTenantRow {
-                        tenant_id: t.id,
-                        outcome: "skipped",
-                        from: v,
-                        to: v,
-                        applied: 0,
-                        error: None,
-                        duration_ms: 0,
-                    },
-                )
-                .await?;
-        }
+        let skipped: Vec<(i64, i32, i32)> = eligible
+            .iter()
+            .filter(|t| !planned_ids.contains(&t.id))
+            .map(|t| (t.id, t.schema_version, t.sector_schema_version))
+            .collect();
+        self.catalog.record_run_skipped(run_id, &skipped).await?;
         let servers = self
             .catalog
             .list_servers()

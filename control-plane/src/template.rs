@@ -31,15 +31,44 @@ fn lock_keys(server_id: i64, sector: Sector) -> (i32, i32) {
     )
 }
 
-/// Holds the shared template lock (a catalog transaction) while a clone runs.
-pub struct CloneGuard {
-    _client: deadpool_postgres::Object,
+/// A transaction-scoped advisory lock held on a pooled catalog connection.
+///
+/// Released by [`XactLock::release`]. If it is dropped instead (an early return, a
+/// cancelled task), the connection is taken out of the pool and closed, which ends the
+/// transaction and the lock: a connection inside an open transaction must never go back
+/// into the pool.
+pub struct XactLock {
+    client: Option<deadpool_postgres::Object>,
 }
 
-impl CloneGuard {
-    /// Releases the lock (ends the transaction).
-    pub async fn release(self) {
-        let _ = self._client.batch_execute("COMMIT").await;
+impl XactLock {
+    /// Begins a transaction and takes `lock_sql` (a `pg_advisory_xact_lock*` call).
+    async fn acquire(catalog: &Catalog, lock_sql: &str, k1: i32, k2: i32) -> Result<XactLock> {
+        let client = catalog.client().await?;
+        let mut guard = XactLock {
+            client: Some(client),
+        };
+        let c = guard.client.as_mut().expect("set just above");
+        c.batch_execute("BEGIN").await?;
+        c.execute(lock_sql, &[&k1, &k2]).await?;
+        Ok(guard)
+    }
+
+    /// Ends the transaction, releasing the lock, and returns the connection to the pool.
+    pub async fn release(mut self) {
+        if let Some(client) = self.client.take() {
+            if client.batch_execute("COMMIT").await.is_err() {
+                drop(deadpool_postgres::Object::take(client));
+            }
+        }
+    }
+}
+
+impl Drop for XactLock {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
     }
 }
 
@@ -52,7 +81,7 @@ pub async fn ready_for_clone(
     sector: Sector,
     prefix: &str,
     connect_timeout: Duration,
-) -> Result<(TemplateRecord, CloneGuard)> {
+) -> Result<(TemplateRecord, XactLock)> {
     let (common, sector_v) = tenant_migrations::targets(sector);
     let current = |t: &Option<TemplateRecord>| {
         t.as_ref()
@@ -71,16 +100,18 @@ pub async fn ready_for_clone(
         .await?;
     }
     let (k1, k2) = lock_keys(server.id, sector);
-    let client = catalog.client().await?;
-    client.batch_execute("BEGIN").await?;
-    client
-        .execute("SELECT pg_advisory_xact_lock_shared($1, $2)", &[&k1, &k2])
-        .await?;
+    let lock = XactLock::acquire(
+        catalog,
+        "SELECT pg_advisory_xact_lock_shared($1, $2)",
+        k1,
+        k2,
+    )
+    .await?;
     let record = catalog.template(server.id, sector.as_str()).await?;
     match record {
-        Some(t) if current(&Some(t.clone())) => Ok((t, CloneGuard { _client: client })),
+        Some(t) if current(&Some(t.clone())) => Ok((t, lock)),
         _ => {
-            let _ = client.batch_execute("ROLLBACK").await;
+            lock.release().await;
             Err(Error::Internal(
                 "template changed while waiting for its lock".into(),
             ))
@@ -98,12 +129,9 @@ pub async fn refresh(
     connect_timeout: Duration,
 ) -> Result<TemplateRecord> {
     let (k1, k2) = lock_keys(server.id, sector);
-    let lock = catalog.client().await?;
-    lock.batch_execute("BEGIN").await?;
-    lock.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&k1, &k2])
-        .await?;
+    let lock = XactLock::acquire(catalog, "SELECT pg_advisory_xact_lock($1, $2)", k1, k2).await?;
     let result = refresh_locked(catalog, server, admin, sector, name, connect_timeout).await;
-    let _ = lock.batch_execute("COMMIT").await;
+    lock.release().await;
     result
 }
 

@@ -72,6 +72,24 @@ impl Catalog {
         Ok(())
     }
 
+    /// Stores `skipped` for many tenants at once: `(tenant id, schema, sector schema)`.
+    pub async fn record_run_skipped(&self, run_id: i64, tenants: &[(i64, i32, i32)]) -> Result<()> {
+        let ids: Vec<i64> = tenants.iter().map(|t| t.0).collect();
+        let common: Vec<i32> = tenants.iter().map(|t| t.1).collect();
+        let sector: Vec<i32> = tenants.iter().map(|t| t.2).collect();
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO migration_run_tenants (run_id, empresa_id, outcome, from_schema_version, \
+                 to_schema_version, from_sector_schema_version, to_sector_schema_version) \
+                 SELECT $1, t.id, 'skipped', t.c, t.c, t.s, t.s \
+                 FROM unnest($2::int8[], $3::int4[], $4::int4[]) AS t(id, c, s)",
+                &[&run_id, &ids, &common, &sector],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Closes a run record with its tallies.
     pub async fn finish_run(&self, run_id: i64, counts: RunCounts, aborted: bool) -> Result<()> {
         let status = if aborted { "aborted" } else { "finished" };

@@ -1,0 +1,260 @@
+//! Control-plane benchmark (run it through `scripts/bench-control-plane.sh`).
+//!
+//! Starts a throwaway PostgreSQL server and the real control-plane binary, then measures:
+//! provisioning latency with and without the template database, a no-op fleet run, and a
+//! fleet run applying one additive migration. Prints a Markdown table.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use proto::control::v1 as pb;
+use proto::control::v1::tenant_admin_client::TenantAdminClient;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+struct Plane {
+    child: Child,
+    client: TenantAdminClient<Channel>,
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn req<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
+    r
+}
+
+async fn start_plane(pg: &pg_harness::PgServer, use_template: bool, prefix: &str) -> Plane {
+    let catalog = pg.fresh_database("bench_catalog").await.unwrap();
+    let port = pg_harness::free_port().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("control-plane");
+    let child = Command::new(bin)
+        .env("CONTROL_PLANE__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog))
+        .env("CONTROL_PLANE__MASTER_KEY", MASTER_KEY)
+        .env("CONTROL_PLANE__ADMIN_TOKEN", ADMIN_TOKEN)
+        .env(
+            "CONTROL_PLANE__DIRECTORY_TOKEN",
+            "bench-directory-token-0123456789",
+        )
+        .env(
+            "CONTROL_PLANE__PROVISIONING__USE_TEMPLATE",
+            use_template.to_string(),
+        )
+        .env("CONTROL_PLANE__PROVISIONING__TEMPLATE_PREFIX", prefix)
+        .env("CONTROL_PLANE__FLEET__MAX_CONCURRENCY", "64")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let channel = loop {
+        if let Ok(c) = Channel::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "control plane did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut client = TenantAdminClient::new(channel);
+    client
+        .add_server(req(pb::AddServerRequest {
+            name: "bench".into(),
+            host: "127.0.0.1".into(),
+            port: u32::from(pg.port),
+            admin_user: pg_harness::SUPERUSER.into(),
+            admin_password: pg_harness::SUPERUSER_PASSWORD.into(),
+            connection_budget: 80,
+            capacity: 100_000,
+        }))
+        .await
+        .unwrap();
+    Plane { child, client }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn provision(plane: &mut Plane, prefix: &str, n: usize) -> Vec<f64> {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        plane
+            .client
+            .create_tenant(req(pb::CreateTenantRequest {
+                slug: format!("{prefix}-{i}"),
+                name: "Bench".into(),
+                sector: "veiculos".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times
+}
+
+/// Creates `n` tenants with `workers` concurrent callers (setup, not measured).
+async fn provision_many(plane: &Plane, prefix: &str, n: usize, workers: usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let mut client = plane.client.clone();
+        let prefix = prefix.to_string();
+        tasks.spawn(async move {
+            for i in (w..n).step_by(workers) {
+                client
+                    .create_tenant(req(pb::CreateTenantRequest {
+                        slug: format!("{prefix}-{i}"),
+                        name: "Fleet".into(),
+                        sector: "servicos".into(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn migrate_all(plane: &mut Plane, concurrency: u32) -> (f64, pb::MigrateSummary) {
+    let started = Instant::now();
+    let mut stream = plane
+        .client
+        .migrate_tenants(req(pb::MigrateRequest {
+            all: true,
+            concurrency,
+            per_server_concurrency: concurrency,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut summary = None;
+    while let Some(ev) = stream.message().await.unwrap() {
+        if let Some(pb::migrate_event::Event::Summary(s)) = ev.event {
+            summary = Some(s);
+        }
+    }
+    (started.elapsed().as_secs_f64(), summary.unwrap())
+}
+
+/// Puts every fleet tenant back at common V1 (as the previous release left them).
+async fn age_fleet(pg: &pg_harness::PgServer, catalog_db: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        let db = format!("emp_{}_{i}", prefix.replace('-', "_"));
+        let c = pg.connect(&db).await.unwrap();
+        c.batch_execute(
+            "ALTER TABLE leads DROP COLUMN tags; DROP INDEX conversas_recentes_idx; \
+             DELETE FROM refinery_schema_history WHERE version = 2",
+        )
+        .await
+        .unwrap();
+    }
+    let cat = pg.connect(catalog_db).await.unwrap();
+    cat.execute(
+        "UPDATE empresas SET schema_version = 1 WHERE slug LIKE $1",
+        &[&format!("{prefix}-%")],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str, default: usize| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let provision_n = arg("--provision", 100);
+    let fleet_n = arg("--fleet", 1000);
+    let concurrency = arg("--concurrency", 8) as u32;
+
+    let pg = pg_harness::PgServer::start().unwrap();
+    let mut rows: Vec<String> = Vec::new();
+
+    let mut with_tpl = start_plane(&pg, true, "bench_tpl").await;
+    let t = provision(&mut with_tpl, "pt", provision_n).await;
+    rows.push(format!(
+        "| provision, template | {provision_n} | {:.1} ms | {:.1} ms | {:.1} ms |",
+        percentile(&t, 0.5),
+        percentile(&t, 0.95),
+        t[t.len() - 1]
+    ));
+    let mut without = start_plane(&pg, false, "bench_none").await;
+    let t = provision(&mut without, "pn", provision_n).await;
+    rows.push(format!(
+        "| provision, no template | {provision_n} | {:.1} ms | {:.1} ms | {:.1} ms |",
+        percentile(&t, 0.5),
+        percentile(&t, 0.95),
+        t[t.len() - 1]
+    ));
+    drop(without);
+
+    let setup = Instant::now();
+    provision_many(&with_tpl, "fl", fleet_n, 4).await;
+    eprintln!(
+        "fleet of {fleet_n} tenants provisioned in {:.1} s",
+        setup.elapsed().as_secs_f64()
+    );
+    let total = fleet_n + provision_n;
+    let (noop_s, s) = migrate_all(&mut with_tpl, concurrency).await;
+    assert_eq!(s.skipped as usize, total);
+    rows.push(format!(
+        "| fleet run, no-op | {total} | {:.2} s total | skipped {} | |",
+        noop_s, s.skipped
+    ));
+
+    let catalog_db = {
+        let c = pg.connect("postgres").await.unwrap();
+        let row = c
+            .query_one("SELECT datname FROM pg_database WHERE datname LIKE 'bench_catalog%' ORDER BY oid LIMIT 1", &[])
+            .await
+            .unwrap();
+        row.get::<_, String>(0)
+    };
+    age_fleet(&pg, &catalog_db, "fl", fleet_n).await;
+    let (mig_s, s) = migrate_all(&mut with_tpl, concurrency).await;
+    assert_eq!(s.migrated as usize, fleet_n, "{s:?}");
+    assert_eq!(s.failed, 0);
+    rows.push(format!(
+        "| fleet run, one additive migration (concurrency {concurrency}) | {fleet_n} | {:.2} s total | {:.1} ms/tenant | migrated {} |",
+        mig_s,
+        mig_s * 1000.0 / fleet_n as f64,
+        s.migrated
+    ));
+
+    println!("| scenario | tenants | p50 / total | p95 | max |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+}
