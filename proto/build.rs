@@ -3,7 +3,10 @@
 use prost::Message;
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["tenancy/control/v1/control.proto"];
+const PROTOS: &[&str] = &[
+    "tenancy/control/v1/control.proto",
+    "tenancy/domain/v1/domain.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -34,6 +34,10 @@ pub struct Config {
     pub admin_token: String,
     /// Bearer token routers present to `TenantDirectory`.
     pub directory_token: String,
+    /// HS256 key of the caller tokens `IssueToken` mints (routers verify them with the same
+    /// key, their `jwt_secret`). Unset: tokens cannot be issued.
+    #[serde(default)]
+    pub token_signing_key: Option<String>,
     /// Provisioning settings.
     #[serde(default)]
     pub provisioning: Provisioning,
@@ -162,6 +166,15 @@ impl Config {
         if self.admin_token.len() < 16 || self.directory_token.len() < 16 {
             return Err(ConfigError::Invalid(
                 "admin_token and directory_token must be at least 16 characters".into(),
+            ));
+        }
+        if self
+            .token_signing_key
+            .as_ref()
+            .is_some_and(|k| k.len() < 32)
+        {
+            return Err(ConfigError::Invalid(
+                "token_signing_key must be at least 32 characters".into(),
             ));
         }
         if self.catalog_url.parse::<tokio_postgres::Config>().is_err() {

@@ -60,6 +60,10 @@ pub async fn run(
         cancel.clone(),
         connect_timeout,
     );
+    let admin = match &config.token_signing_key {
+        Some(k) => admin.with_token_key(caller_auth::TokenKey::new(k.as_bytes())),
+        None => admin,
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::tenant_admin_server::TenantAdminServer<AdminService>>()

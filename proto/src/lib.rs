@@ -8,5 +8,12 @@ pub mod control {
     }
 }
 
+/// Domain API of the tenant router: `Leads`, `Conversations`, `Catalog`.
+pub mod domain {
+    pub mod v1 {
+        tonic::include_proto!("tenancy.domain.v1");
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every proto in this crate, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

@@ -71,6 +71,56 @@ enum Command {
     Resume { tenant: String },
     /// Migrate tenant databases.
     Migrate(MigrateArgs),
+    /// Caller tokens for the router.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token granting the named tenants (or all); prints only the token.
+    Issue {
+        /// A tenant the token grants (repeat for more).
+        #[arg(long = "tenant", required_unless_present = "all")]
+        tenants: Vec<String>,
+        /// Grant every tenant (platform services).
+        #[arg(long, conflicts_with = "tenants")]
+        all: bool,
+        /// Lifetime: seconds, or a number with s, m, h or d (default 1h).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Who the token is for.
+        #[arg(long, default_value = "")]
+        subject: String,
+    },
+}
+
+/// Parses `90`, `90s`, `15m`, `12h`, `30d` into seconds.
+fn parse_ttl(raw: &str) -> Result<u64, Failure> {
+    let bad = || {
+        fail(
+            2,
+            format!("invalid --ttl {raw:?}: use seconds or a number with s, m, h or d"),
+        )
+    };
+    let raw = raw.trim();
+    let (digits, unit) = match raw.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&raw[..i], c),
+        Some(_) => (raw, 's'),
+        None => return Err(bad()),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.checked_mul(60).ok_or_else(bad)?,
+        'h' => n.checked_mul(3600).ok_or_else(bad)?,
+        'd' => n.checked_mul(86_400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if secs == 0 {
+        return Err(bad());
+    }
+    Ok(secs)
 }
 
 #[derive(Subcommand)]
@@ -94,6 +144,20 @@ enum ServerCommand {
     },
     /// List registered servers.
     List,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ttls() {
+        assert_eq!(super::parse_ttl("90").ok(), Some(90));
+        assert_eq!(super::parse_ttl("15m").ok(), Some(900));
+        assert_eq!(super::parse_ttl("2h").ok(), Some(7200));
+        assert_eq!(super::parse_ttl("1d").ok(), Some(86_400));
+        for bad in ["", "0", "h", "5x", "-1", "99999999999999999999d"] {
+            assert!(super::parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 #[derive(Args)]
@@ -347,6 +411,28 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             print_tenant_change(&t, json);
         }
         Command::Migrate(a) => return migrate(&mut client, a, json).await,
+        Command::Token(TokenCommand::Issue {
+            tenants,
+            all,
+            ttl,
+            subject,
+        }) => {
+            let ttl_secs = parse_ttl(&ttl)?;
+            let t = client
+                .issue_token(pb::IssueTokenRequest {
+                    tenants,
+                    all,
+                    ttl_secs,
+                    subject,
+                })
+                .await?
+                .into_inner();
+            if json {
+                output::json(&serde_json::json!({"token": t.token, "expires_at": t.expires_at}));
+            } else {
+                output::line(&t.token);
+            }
+        }
     }
     Ok(0)
 }

@@ -25,7 +25,11 @@ pub struct AdminService {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     connect_timeout: Duration,
+    tokens: Option<caller_auth::TokenKey>,
 }
+
+/// Longest lifetime of a caller token: a year.
+const MAX_TOKEN_TTL_SECS: u64 = 365 * 24 * 3600;
 
 impl AdminService {
     /// Long operations (provisioning, fleet runs) run on `tasks`, so a client that hangs up
@@ -45,7 +49,14 @@ impl AdminService {
             tasks,
             shutdown,
             connect_timeout,
+            tokens: None,
         }
+    }
+
+    /// Enables `IssueToken` with this signing key.
+    pub fn with_token_key(mut self, key: caller_auth::TokenKey) -> AdminService {
+        self.tokens = Some(key);
+        self
     }
 
     async fn tenant(&self, raw: &str) -> Result<TenantRecord, Error> {
@@ -424,6 +435,67 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
             }))
             .await?;
         Ok(Response::new(server_pb(&server)))
+    }
+
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        let key = self.tokens.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "token issuing is off: set token_signing_key in the control-plane config".into(),
+            )
+        })?;
+        if req.all != req.tenants.is_empty() {
+            return Err(Error::InvalidArgument(
+                "name tenants or ask for all of them (not both)".into(),
+            )
+            .into());
+        }
+        let ttl = match req.ttl_secs {
+            0 => 3600,
+            n if n > MAX_TOKEN_TTL_SECS => {
+                return Err(Error::InvalidArgument(format!(
+                    "ttl must be at most {MAX_TOKEN_TTL_SECS} seconds"
+                ))
+                .into())
+            }
+            n => n,
+        };
+        let subject = if req.subject.trim().is_empty() {
+            "tenantctl".to_string()
+        } else {
+            model::tenant_name(&req.subject)?
+        };
+        let mut slugs = Vec::with_capacity(req.tenants.len());
+        for raw in &req.tenants {
+            slugs.push(self.tenant(raw).await?.slug);
+        }
+        let now = caller_auth::now_secs();
+        let claims = caller_auth::Claims {
+            sub: subject.clone(),
+            tenants: slugs.clone(),
+            all: req.all,
+            exp: now + ttl,
+            iat: now,
+        };
+        let token = key.sign(&claims).map_err(|e| Error::internal("token", e))?;
+        self.catalog
+            .audit(
+                ACTOR,
+                "token.issue",
+                None,
+                &subject,
+                serde_json::json!({
+                    "tenants": slugs, "all": req.all, "ttl_secs": ttl,
+                }),
+            )
+            .await?;
+        Ok(Response::new(pb::IssueTokenResponse {
+            token,
+            expires_at: i64::try_from(now + ttl).unwrap_or(i64::MAX),
+        }))
     }
 
     async fn list_servers(

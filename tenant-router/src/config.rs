@@ -1,0 +1,191 @@
+//! Router configuration: a TOML file overridden by `TENANT_ROUTER__*` environment variables
+//! (nested keys joined by `__`). Unknown keys are errors.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Why the configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading or parsing failed (unknown key, wrong type, missing field).
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value parsed but makes no sense.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole router configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address (domain API, health, reflection).
+    pub grpc_listen: SocketAddr,
+    /// HTTP listen address (`/metrics`, `/healthz`; webhooks later).
+    pub http_listen: SocketAddr,
+    /// The control plane's gRPC endpoint (`TenantDirectory`).
+    pub control_plane_endpoint: String,
+    /// Bearer token for `TenantDirectory`.
+    pub directory_token: String,
+    /// HS256 key callers' JWTs are signed with (the control plane's `token_signing_key`).
+    pub jwt_secret: String,
+    /// Route cache settings.
+    #[serde(default)]
+    pub routes: Routes,
+    /// Tenant pool settings.
+    #[serde(default)]
+    pub pools: Pools,
+}
+
+/// Route cache settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routes {
+    /// Most routes kept (each is cached under its slug and its id).
+    #[serde(default = "defaults::route_capacity")]
+    pub capacity: u64,
+    /// A route older than this is refreshed on use (served stale if the control plane is
+    /// unreachable), in seconds.
+    #[serde(default = "defaults::route_ttl_secs")]
+    pub ttl_secs: u64,
+    /// How long "no such tenant" is remembered, in milliseconds.
+    #[serde(default = "defaults::negative_ttl_ms")]
+    pub negative_ttl_ms: u64,
+}
+
+/// Tenant pool settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pools {
+    /// Connections one tenant's pool may hold.
+    #[serde(default = "defaults::per_tenant")]
+    pub max_per_tenant: usize,
+    /// Share of each server's connection budget this replica may use (1.0 for a single
+    /// replica, 0.5 for each of two, ...).
+    #[serde(default = "defaults::budget_share")]
+    pub budget_share: f64,
+    /// Most connections all cached pools together may hold (the pool cache's weight).
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u64,
+    /// A tenant pool unused this long is closed, in seconds.
+    #[serde(default = "defaults::idle_secs")]
+    pub idle_secs: u64,
+    /// Timeout to open one tenant connection, in milliseconds.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Deadline of calls that carry none, in milliseconds.
+    #[serde(default = "defaults::default_deadline_ms")]
+    pub default_deadline_ms: u64,
+    /// Consecutive connect failures after which a server fails fast.
+    #[serde(default = "defaults::fail_fast_after")]
+    pub fail_fast_after: u32,
+    /// How long a server fails fast, in milliseconds.
+    #[serde(default = "defaults::fail_fast_ms")]
+    pub fail_fast_ms: u64,
+}
+
+mod defaults {
+    pub fn route_capacity() -> u64 {
+        200_000
+    }
+    pub fn route_ttl_secs() -> u64 {
+        300
+    }
+    pub fn negative_ttl_ms() -> u64 {
+        2_000
+    }
+    pub fn per_tenant() -> usize {
+        4
+    }
+    pub fn budget_share() -> f64 {
+        1.0
+    }
+    pub fn max_connections() -> u64 {
+        10_000
+    }
+    pub fn idle_secs() -> u64 {
+        300
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        3_000
+    }
+    pub fn default_deadline_ms() -> u64 {
+        5_000
+    }
+    pub fn fail_fast_after() -> u32 {
+        3
+    }
+    pub fn fail_fast_ms() -> u64 {
+        2_000
+    }
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes {
+            capacity: defaults::route_capacity(),
+            ttl_secs: defaults::route_ttl_secs(),
+            negative_ttl_ms: defaults::negative_ttl_ms(),
+        }
+    }
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Pools {
+            max_per_tenant: defaults::per_tenant(),
+            budget_share: defaults::budget_share(),
+            max_connections: defaults::max_connections(),
+            idle_secs: defaults::idle_secs(),
+            connect_timeout_ms: defaults::connect_timeout_ms(),
+            default_deadline_ms: defaults::default_deadline_ms(),
+            fail_fast_after: defaults::fail_fast_after(),
+            fail_fast_ms: defaults::fail_fast_ms(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (if given) and the `TENANT_ROUTER__*` environment, then validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = path {
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("TENANT_ROUTER")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let cfg: Config = builder.build()?.try_deserialize()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.jwt_secret.len() < 32 {
+            return invalid("jwt_secret must be at least 32 characters");
+        }
+        if self.directory_token.len() < 16 {
+            return invalid("directory_token must be at least 16 characters");
+        }
+        if !(self.control_plane_endpoint.starts_with("http://")
+            || self.control_plane_endpoint.starts_with("https://"))
+        {
+            return invalid("control_plane_endpoint must be an http:// or https:// URL");
+        }
+        if !(self.pools.budget_share > 0.0 && self.pools.budget_share <= 1.0) {
+            return invalid("pools.budget_share must be in (0, 1]");
+        }
+        if self.pools.max_per_tenant == 0
+            || self.pools.max_connections == 0
+            || self.routes.capacity == 0
+        {
+            return invalid("pools.max_per_tenant, pools.max_connections and routes.capacity must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,241 @@
+//! gRPC side: the call pipeline every domain method goes through, and the services.
+//!
+//! A call: deadline (the caller's `grpc-timeout`, else the default) -> bearer token ->
+//! `x-tenant` -> grant check -> route (cache) -> tenant status -> connection (pool cache,
+//! server budget; an authentication failure refetches the route and retries once) -> the
+//! query, cancelled on the server if it outlives the deadline.
+
+mod services;
+
+pub use services::{CatalogService, ConversationsService, LeadsService};
+
+use crate::error::RouterError;
+use crate::metrics::Metrics;
+use crate::pools::{GetError, PgConn, Pools};
+use crate::routes::RouteCache;
+use caller_auth::{Claims, TokenKey};
+use futures_util::future::BoxFuture;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::task::TaskTracker;
+use tonic::metadata::MetadataMap;
+use tracing::Instrument;
+
+/// Everything a call needs, shared by the services.
+pub struct CallContext {
+    /// Tenant routes.
+    pub routes: Arc<RouteCache>,
+    /// Tenant pools and server budgets.
+    pub pools: Arc<Pools>,
+    /// Verifies callers' tokens.
+    pub tokens: TokenKey,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Owns the query-cancel tasks spawned at deadlines.
+    pub tasks: TaskTracker,
+    /// Deadline of calls that carry none.
+    pub default_deadline: Duration,
+}
+
+/// A tenant-scoped operation on one connection: `(connection, tenant sector, request)`.
+pub type Op<T, R> = Box<
+    dyn for<'c> FnOnce(&'c mut PgConn, &'c str, T) -> BoxFuture<'c, Result<R, RouterError>> + Send,
+>;
+
+impl CallContext {
+    /// Runs `op` for the tenant the call names, with every check of the pipeline.
+    pub async fn run<T: Send, R>(
+        &self,
+        method: &'static str,
+        request: tonic::Request<T>,
+        op: Op<T, R>,
+    ) -> Result<tonic::Response<R>, tonic::Status> {
+        let started = Instant::now();
+        let (meta, _, message) = request.into_parts();
+        let span = tracing::info_span!("call", method, tenant = tracing::field::Empty);
+        let result = self
+            .pipeline(&meta, message, op, started)
+            .instrument(span)
+            .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.metrics
+            .calls
+            .with_label_values(&[method, outcome])
+            .inc();
+        self.metrics
+            .call_seconds
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
+        result
+            .map(tonic::Response::new)
+            .map_err(tonic::Status::from)
+    }
+
+    async fn pipeline<T, R>(
+        &self,
+        meta: &MetadataMap,
+        message: T,
+        op: Op<T, R>,
+        started: Instant,
+    ) -> Result<R, RouterError> {
+        let deadline = started
+            + grpc_timeout(meta)
+                .unwrap_or(self.default_deadline)
+                .min(Duration::from_secs(300));
+        let claims = self.authenticate(meta)?;
+        let key = tenant_key(meta)?;
+        if !claims.all && key.parse::<i64>().is_err() && !claims.grants(&key) {
+            return Err(RouterError::PermissionDenied(key));
+        }
+        let mut cached = self.routes.get(&key).await?;
+        let route = &cached.route;
+        if !claims.grants(&route.slug) {
+            return Err(RouterError::PermissionDenied(key));
+        }
+        tracing::Span::current().record("tenant", route.slug.as_str());
+        check_status(&route.status)?;
+        let mut conn = match self.pools.get(route, deadline).await {
+            Ok(c) => c,
+            Err(GetError::Auth) => {
+                // Credentials rotated or tenant moved: drop what we knew and retry once.
+                tracing::info!("tenant database refused cached credentials; refetching the route");
+                self.pools.invalidate(route.tenant_id).await;
+                cached = self.routes.refetch(&key).await?;
+                check_status(&cached.route.status)?;
+                match self.pools.get(&cached.route, deadline).await {
+                    Ok(c) => c,
+                    Err(GetError::Auth) => {
+                        return Err(RouterError::Unavailable(
+                            "tenant database refused the stored credentials".into(),
+                        ))
+                    }
+                    Err(GetError::Other(e)) => return Err(e),
+                }
+            }
+            Err(GetError::Other(e)) => return Err(e),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let cancel = conn.client.cancel_token();
+        let sector = cached.route.sector.clone();
+        match tokio::time::timeout(remaining, op(&mut conn, &sector, message)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // Stop the query on the server too; the connection stays usable.
+                self.tasks.spawn(async move {
+                    let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                });
+                Err(RouterError::DeadlineExceeded)
+            }
+        }
+    }
+
+    fn authenticate(&self, meta: &MetadataMap) -> Result<Claims, RouterError> {
+        let header = meta
+            .get("authorization")
+            .ok_or_else(|| RouterError::Unauthenticated("missing bearer token".into()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                RouterError::Unauthenticated("authorization must be 'Bearer <token>'".into())
+            })?;
+        self.tokens
+            .verify(token)
+            .map_err(|e| RouterError::Unauthenticated(e.to_string()))
+    }
+}
+
+fn tenant_key(meta: &MetadataMap) -> Result<String, RouterError> {
+    let raw = meta
+        .get("x-tenant")
+        .ok_or_else(|| {
+            RouterError::InvalidArgument("x-tenant metadata (tenant slug or id) is required".into())
+        })?
+        .to_str()
+        .map_err(|_| RouterError::InvalidArgument("x-tenant must be a slug or an id".into()))?
+        .trim();
+    let is_id = !raw.is_empty() && raw.len() <= 18 && raw.bytes().all(|b| b.is_ascii_digit());
+    let is_slug = (3..=40).contains(&raw.len())
+        && raw.as_bytes()[0].is_ascii_lowercase()
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if is_id || is_slug {
+        Ok(raw.to_string())
+    } else {
+        Err(RouterError::InvalidArgument(
+            "x-tenant must be a tenant slug or a numeric id".into(),
+        ))
+    }
+}
+
+fn check_status(status: &str) -> Result<(), RouterError> {
+    match status {
+        "active" => Ok(()),
+        "suspended" => Err(RouterError::FailedPrecondition(
+            "tenant is suspended".into(),
+        )),
+        "deleted" => Err(RouterError::TenantNotFound),
+        other => Err(RouterError::FailedPrecondition(format!(
+            "tenant is {other}, not active"
+        ))),
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`).
+fn grpc_timeout(meta: &MetadataMap) -> Option<Duration> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(pairs: &[(&'static str, &str)]) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, v.parse().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn timeouts_and_keys() {
+        assert_eq!(
+            grpc_timeout(&meta(&[("grpc-timeout", "250m")])),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            grpc_timeout(&meta(&[("grpc-timeout", "2S")])),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(grpc_timeout(&meta(&[("grpc-timeout", "x")])), None);
+        assert_eq!(grpc_timeout(&meta(&[])), None);
+        assert_eq!(tenant_key(&meta(&[("x-tenant", "acme")])).unwrap(), "acme");
+        assert_eq!(tenant_key(&meta(&[("x-tenant", "42")])).unwrap(), "42");
+        for bad in ["Acme", "a", "acme'; --", "", "1234567890123456789012"] {
+            assert!(tenant_key(&meta(&[("x-tenant", bad)])).is_err(), "{bad}");
+        }
+        assert!(tenant_key(&meta(&[])).is_err());
+        assert!(check_status("active").is_ok());
+        assert!(matches!(
+            check_status("suspended"),
+            Err(RouterError::FailedPrecondition(_))
+        ));
+    }
+}

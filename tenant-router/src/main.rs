@@ -1,0 +1,35 @@
+//! The tenant-router daemon: `tenant-router [--config FILE]`.
+
+use clap::Parser;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Routes internal services' calls to each tenant's own database"
+)]
+struct Args {
+    /// TOML configuration file (TENANT_ROUTER__* environment variables override it).
+    #[arg(long, short, env = "TENANT_ROUTER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = tenant_router::Config::load(args.config.as_deref())?;
+    let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.grpc_listen))?;
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_listen))?;
+    tenant_router::server::run(config, grpc, http, tenant_router::server::shutdown_signal())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Prometheus metrics. Labels are bounded: method names, outcomes, cache results and server
+//! names, never tenants.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The router's metrics, registered in their own registry (no global state).
+pub struct Metrics {
+    registry: Registry,
+    /// Calls by gRPC method and outcome (`ok` or an error kind).
+    pub calls: IntCounterVec,
+    /// Call latency by method.
+    pub call_seconds: HistogramVec,
+    /// Route cache lookups by result (hit, stale, miss, negative_hit).
+    pub route_cache: IntCounterVec,
+    /// Route changes applied from the directory stream.
+    pub route_changes: IntCounter,
+    /// Pool cache lookups by result (hit, miss).
+    pub pool_cache: IntCounterVec,
+    /// Time spent waiting for a tenant connection.
+    pub connection_wait: Histogram,
+    /// Tenant pools open.
+    pub pools_open: IntGauge,
+    /// Routes cached (each counted under its slug and its id).
+    pub routes_cached: IntGauge,
+    /// Connections open per database server.
+    pub server_connections: IntGaugeVec,
+    /// Connection budget per database server.
+    pub server_budget: IntGaugeVec,
+}
+
+fn must<T>(r: Result<T, prometheus::Error>) -> T {
+    r.expect("metric definitions are static and valid")
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("tenant_router".into()), None)
+            .expect("static prefix is valid");
+        let calls = must(IntCounterVec::new(
+            Opts::new("calls_total", "gRPC calls by method and outcome"),
+            &["method", "outcome"],
+        ));
+        let call_seconds = must(HistogramVec::new(
+            HistogramOpts::new("call_duration_seconds", "gRPC call latency").buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["method"],
+        ));
+        let route_cache = must(IntCounterVec::new(
+            Opts::new("route_cache_total", "route cache lookups"),
+            &["result"],
+        ));
+        let route_changes = must(IntCounter::new(
+            "route_changes_total",
+            "route changes applied from the directory",
+        ));
+        let pool_cache = must(IntCounterVec::new(
+            Opts::new("pool_cache_total", "pool cache lookups"),
+            &["result"],
+        ));
+        let connection_wait = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "connection_wait_seconds",
+                "time waiting for a tenant connection",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+        ));
+        let pools_open = must(IntGauge::new("pools_open", "tenant pools open"));
+        let routes_cached = must(IntGauge::new("routes_cached", "route cache entries"));
+        let server_connections = must(IntGaugeVec::new(
+            Opts::new("server_connections", "connections open per database server"),
+            &["server"],
+        ));
+        let server_budget = must(IntGaugeVec::new(
+            Opts::new(
+                "server_connection_budget",
+                "connection budget per database server",
+            ),
+            &["server"],
+        ));
+        for c in [
+            Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(call_seconds.clone()),
+            Box::new(route_cache.clone()),
+            Box::new(route_changes.clone()),
+            Box::new(pool_cache.clone()),
+            Box::new(connection_wait.clone()),
+            Box::new(pools_open.clone()),
+            Box::new(routes_cached.clone()),
+            Box::new(server_connections.clone()),
+            Box::new(server_budget.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Metrics {
+            registry,
+            calls,
+            call_seconds,
+            route_cache,
+            route_changes,
+            pool_cache,
+            connection_wait,
+            pools_open,
+            routes_cached,
+            server_connections,
+            server_budget,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

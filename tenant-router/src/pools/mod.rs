@@ -1,0 +1,187 @@
+//! Pool cache: one deadpool pool per tenant, built once however many calls arrive for a cold
+//! tenant at the same moment, weighed by connections, closed after an idle time or when the
+//! tenant's route changes. Closing a pool drops its idle connections at once and in-use
+//! ones when their calls return them, so in-flight calls finish.
+
+mod budget;
+mod manager;
+
+pub use budget::ServerBudget;
+pub use manager::{ConnectError, PgConn, TenantManager};
+
+use crate::config;
+use crate::error::RouterError;
+use crate::metrics::Metrics;
+use deadpool::managed::{Object, Pool, PoolError};
+use proto::control::v1 as pb;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A tenant's pool and the route version it was built from.
+pub struct TenantPool {
+    pub pool: Pool<TenantManager>,
+    pub version: i64,
+    pub server: Arc<ServerBudget>,
+}
+
+/// Every tenant pool of this router and the servers' budgets.
+pub struct Pools {
+    cache: moka::future::Cache<i64, Arc<TenantPool>>,
+    servers: Mutex<HashMap<String, Arc<ServerBudget>>>,
+    cfg: config::Pools,
+    metrics: Arc<Metrics>,
+}
+
+/// A checked-out tenant connection.
+pub type Conn = Object<TenantManager>;
+
+impl Pools {
+    /// An empty pool cache.
+    pub fn new(cfg: config::Pools, metrics: Arc<Metrics>) -> Pools {
+        let per_tenant = cfg.max_per_tenant;
+        let cache = moka::future::Cache::builder()
+            .max_capacity(cfg.max_connections)
+            .weigher(move |_, _| u32::try_from(per_tenant).unwrap_or(u32::MAX))
+            .time_to_idle(Duration::from_secs(cfg.idle_secs))
+            .eviction_listener(|tenant: Arc<i64>, pool: Arc<TenantPool>, cause| {
+                tracing::debug!(tenant_id = *tenant, ?cause, "closing tenant pool");
+                pool.server.unregister(*tenant);
+                pool.pool.close();
+            })
+            .build();
+        Pools {
+            cache,
+            servers: Mutex::new(HashMap::new()),
+            cfg,
+            metrics,
+        }
+    }
+
+    fn server(&self, route: &pb::Route) -> Arc<ServerBudget> {
+        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let budget = ((f64::from(route.server_connection_budget) * self.cfg.budget_share).floor()
+            as u32)
+            .max(1);
+        Arc::clone(servers.entry(route.server.clone()).or_insert_with(|| {
+            Arc::new(ServerBudget::new(
+                &route.server,
+                budget,
+                self.cfg.fail_fast_after,
+                Duration::from_millis(self.cfg.fail_fast_ms),
+            ))
+        }))
+    }
+
+    /// The tenant's pool for this route version (building it if needed).
+    async fn pool(&self, route: &pb::Route) -> Result<Arc<TenantPool>, RouterError> {
+        if let Some(p) = self.cache.get(&route.tenant_id).await {
+            if p.version == route.version && !p.pool.is_closed() {
+                self.metrics.pool_cache.with_label_values(&["hit"]).inc();
+                return Ok(p);
+            }
+            self.cache.invalidate(&route.tenant_id).await;
+        }
+        self.metrics.pool_cache.with_label_values(&["miss"]).inc();
+        let built = self
+            .cache
+            .try_get_with(route.tenant_id, async { self.build(route) })
+            .await
+            .map_err(|e| RouterError::Internal(e.to_string()))?;
+        if built.version != route.version {
+            // Someone else built it for another version meanwhile; use a fresh one next time.
+            self.cache.invalidate(&route.tenant_id).await;
+        }
+        Ok(built)
+    }
+
+    fn build(&self, route: &pb::Route) -> Result<Arc<TenantPool>, RouterError> {
+        let server = self.server(route);
+        let port = u16::try_from(route.port)
+            .map_err(|_| RouterError::Internal("route port out of range".into()))?;
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&route.host)
+            .port(port)
+            .user(&route.role)
+            .password(&route.password)
+            .dbname(&route.database)
+            .application_name("tenant-router")
+            .connect_timeout(Duration::from_millis(self.cfg.connect_timeout_ms));
+        let manager = TenantManager {
+            pg,
+            server: Arc::clone(&server),
+            tenant: route.tenant_id,
+            connect_timeout: Duration::from_millis(self.cfg.connect_timeout_ms),
+        };
+        let size = self.cfg.max_per_tenant.min(server.budget as usize).max(1);
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .build()
+            .map_err(|e| RouterError::Internal(format!("pool: {e}")))?;
+        server.register(route.tenant_id, pool.weak());
+        Ok(Arc::new(TenantPool {
+            pool,
+            version: route.version,
+            server,
+        }))
+    }
+
+    /// A connection to the tenant's database, waiting at most until `deadline`.
+    pub async fn get(&self, route: &pb::Route, deadline: Instant) -> Result<Conn, GetError> {
+        let pool = self.pool(route).await.map_err(GetError::Other)?;
+        let started = Instant::now();
+        let remaining = deadline.saturating_duration_since(started);
+        let got = tokio::time::timeout(remaining, pool.pool.get()).await;
+        self.metrics
+            .connection_wait
+            .observe(started.elapsed().as_secs_f64());
+        match got {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(PoolError::Backend(ConnectError::Auth))) => Err(GetError::Auth),
+            Ok(Err(PoolError::Backend(e))) => Err(GetError::Other(e.into())),
+            Ok(Err(PoolError::Closed)) => Err(GetError::Other(RouterError::Unavailable(
+                "tenant pool closed; retry".into(),
+            ))),
+            Ok(Err(e)) => Err(GetError::Other(RouterError::Internal(format!("pool: {e}")))),
+            Err(_) => Err(GetError::Other(RouterError::ResourceExhausted(
+                "no connection to the tenant database became free before the deadline".into(),
+            ))),
+        }
+    }
+
+    /// Drops the tenant's pool (route changed).
+    pub async fn invalidate(&self, tenant: i64) {
+        self.cache.invalidate(&tenant).await;
+    }
+
+    /// Closes every pool (shutdown).
+    pub fn close_all(&self) {
+        for (_, pool) in self.cache.iter() {
+            pool.pool.close();
+        }
+        self.cache.invalidate_all();
+    }
+
+    /// Pools cached now.
+    pub fn open_pools(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// `(server, open connections, budget)` for every server seen.
+    pub fn server_connections(&self) -> Vec<(String, u32, u32)> {
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| (s.name.clone(), s.open(), s.budget))
+            .collect()
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug)]
+pub enum GetError {
+    /// PostgreSQL refused the route's credentials: refetch the route and retry once.
+    Auth,
+    Other(RouterError),
+}

@@ -1,0 +1,281 @@
+//! Route cache: where each tenant lives, learned from the control plane's `TenantDirectory`.
+//!
+//! Routes are cached under both the tenant's slug and its id (the two ways `x-tenant` may
+//! name it). Concurrent misses for one key share one `Resolve`. "Not found" is remembered
+//! for a short while. The directory's change stream replaces a cached route only with a
+//! newer `version`. A route older than its TTL, or fetched before the change stream last
+//! (re)connected (changes may have been missed), is refreshed on use; if the control plane
+//! cannot be reached, the old route keeps serving.
+
+use crate::error::RouterError;
+use crate::metrics::Metrics;
+use proto::control::v1 as pb;
+use proto::control::v1::tenant_directory_client::TenantDirectoryClient;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// A cached route and when it was fetched.
+#[derive(Debug)]
+pub struct CachedRoute {
+    /// The route as the directory sent it.
+    pub route: pb::Route,
+    fetched: Instant,
+    generation: u64,
+}
+
+/// Cache of tenant routes, fed by lookups and the directory's change stream.
+pub struct RouteCache {
+    /// Routes by `x-tenant` key (slug, and the id as decimal text).
+    routes: moka::future::Cache<String, Arc<CachedRoute>>,
+    /// Keys recently resolved as "no such tenant".
+    missing: moka::future::Cache<String, ()>,
+    directory: TenantDirectoryClient<Channel>,
+    token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    ttl: Duration,
+    /// Bumped whenever the change stream (re)connects: older entries may have missed changes.
+    generation: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// Called with the tenant id whenever a change replaces a cached route.
+pub type OnChange = Box<dyn Fn(i64) + Send + Sync>;
+
+impl RouteCache {
+    /// A cache over `directory` (lazily connected channel).
+    pub fn new(
+        directory: Channel,
+        token: &str,
+        cfg: &crate::config::Routes,
+        metrics: Arc<Metrics>,
+    ) -> Result<RouteCache, RouterError> {
+        let token = format!("Bearer {token}").parse().map_err(|_| {
+            RouterError::Internal("directory token is not a valid header value".into())
+        })?;
+        Ok(RouteCache {
+            routes: moka::future::Cache::builder()
+                .max_capacity(cfg.capacity.saturating_mul(2))
+                .build(),
+            missing: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_millis(cfg.negative_ttl_ms))
+                .build(),
+            directory: TenantDirectoryClient::new(directory),
+            token,
+            ttl: Duration::from_secs(cfg.ttl_secs),
+            generation: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    fn fresh(&self, cached: &CachedRoute) -> bool {
+        cached.fetched.elapsed() < self.ttl
+            && cached.generation == self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The route for an `x-tenant` value (already validated as a slug or an id).
+    pub async fn get(&self, key: &str) -> Result<Arc<CachedRoute>, RouterError> {
+        if let Some(cached) = self.routes.get(key).await {
+            if self.fresh(&cached) {
+                self.metrics.route_cache.with_label_values(&["hit"]).inc();
+                return Ok(cached);
+            }
+            self.metrics.route_cache.with_label_values(&["stale"]).inc();
+            return match self.resolve(key).await {
+                Ok(route) => Ok(self.store(route).await),
+                Err(RouterError::Unavailable(_)) => Ok(cached),
+                Err(e) => {
+                    if matches!(e, RouterError::TenantNotFound) {
+                        self.forget(&cached.route).await;
+                    }
+                    Err(e)
+                }
+            };
+        }
+        if self.missing.contains_key(key) {
+            self.metrics
+                .route_cache
+                .with_label_values(&["negative_hit"])
+                .inc();
+            return Err(RouterError::TenantNotFound);
+        }
+        self.metrics.route_cache.with_label_values(&["miss"]).inc();
+        let loaded = self
+            .routes
+            .try_get_with(key.to_string(), async {
+                let route = self.resolve(key).await?;
+                Ok::<_, RouterError>(Arc::new(CachedRoute {
+                    route,
+                    fetched: Instant::now(),
+                    generation: self.generation.load(Ordering::Relaxed),
+                }))
+            })
+            .await;
+        match loaded {
+            Ok(cached) => {
+                // Also reachable under its other key.
+                self.index(&cached).await;
+                Ok(cached)
+            }
+            Err(e) => {
+                let e = Arc::try_unwrap(e).unwrap_or_else(|shared| clone_error(&shared));
+                if matches!(e, RouterError::TenantNotFound) {
+                    self.missing.insert(key.to_string(), ()).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Fetches a route from the directory, bypassing the cache (after an authentication
+    /// failure, say), and caches it.
+    pub async fn refetch(&self, key: &str) -> Result<Arc<CachedRoute>, RouterError> {
+        let route = self.resolve(key).await?;
+        Ok(self.store(route).await)
+    }
+
+    async fn resolve(&self, key: &str) -> Result<pb::Route, RouterError> {
+        use pb::resolve_request::Key;
+        let k = match key.parse::<i64>() {
+            Ok(id) => Key::Id(id),
+            Err(_) => Key::Slug(key.to_string()),
+        };
+        let mut req = tonic::Request::new(pb::ResolveRequest { key: Some(k) });
+        req.metadata_mut()
+            .insert("authorization", self.token.clone());
+        req.set_timeout(Duration::from_secs(2));
+        let mut client = self.directory.clone();
+        match client.resolve(req).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::NotFound => Err(RouterError::TenantNotFound),
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                Err(RouterError::InvalidArgument(s.message().into()))
+            }
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), "directory lookup failed");
+                Err(RouterError::Unavailable(
+                    "tenant directory unavailable".into(),
+                ))
+            }
+        }
+    }
+
+    async fn store(&self, route: pb::Route) -> Arc<CachedRoute> {
+        let cached = Arc::new(CachedRoute {
+            route,
+            fetched: Instant::now(),
+            generation: self.generation.load(Ordering::Relaxed),
+        });
+        self.index(&cached).await;
+        cached
+    }
+
+    /// Puts a route under both keys unless a newer version is already there.
+    async fn index(&self, cached: &Arc<CachedRoute>) {
+        for key in [
+            cached.route.slug.clone(),
+            cached.route.tenant_id.to_string(),
+        ] {
+            self.missing.invalidate(&key).await;
+            let new = Arc::clone(cached);
+            self.routes
+                .entry(key)
+                .and_compute_with(|old| {
+                    let keep_old = old.is_some_and(|o| o.value().route.version > new.route.version);
+                    std::future::ready(if keep_old {
+                        moka::ops::compute::Op::Nop
+                    } else {
+                        moka::ops::compute::Op::Put(new)
+                    })
+                })
+                .await;
+        }
+    }
+
+    async fn forget(&self, route: &pb::Route) {
+        self.routes.invalidate(&route.slug).await;
+        self.routes.invalidate(&route.tenant_id.to_string()).await;
+    }
+
+    /// Applies one change from the stream; true if it replaced what was cached.
+    pub async fn apply(&self, route: pb::Route) -> bool {
+        let current = self.routes.get(&route.tenant_id.to_string()).await;
+        if current
+            .as_ref()
+            .is_some_and(|c| c.route.version >= route.version)
+        {
+            return false;
+        }
+        self.store(route).await;
+        true
+    }
+
+    /// Follows the directory's change stream until `cancel`, reconnecting with backoff.
+    /// `on_change` hears of every replaced route (the pool cache drops that tenant's pool).
+    pub async fn watch(self: Arc<Self>, on_change: OnChange, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut req = tonic::Request::new(pb::WatchRoutesRequest {});
+            req.metadata_mut()
+                .insert("authorization", self.token.clone());
+            let mut client = self.directory.clone();
+            let started = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = client.watch_routes(req) => r,
+            };
+            match started {
+                Ok(stream) => {
+                    // Changes made while disconnected were missed: refresh older routes on use.
+                    self.generation.fetch_add(1, Ordering::Relaxed);
+                    backoff = Duration::from_millis(100);
+                    tracing::info!("following tenant route changes");
+                    let mut stream = stream.into_inner();
+                    loop {
+                        let next = tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            m = stream.message() => m,
+                        };
+                        match next {
+                            Ok(Some(change)) => {
+                                if let Some(route) = change.route {
+                                    let id = route.tenant_id;
+                                    if self.apply(route).await {
+                                        self.metrics.route_changes.inc();
+                                        on_change(id);
+                                    }
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(s) => {
+                                tracing::warn!(code = ?s.code(), message = s.message(), "route change stream ended");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(s) => tracing::warn!(code = ?s.code(), "cannot follow route changes; retrying"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Routes cached (each counted once per key).
+    pub fn entries(&self) -> u64 {
+        self.routes.entry_count()
+    }
+}
+
+fn clone_error(e: &RouterError) -> RouterError {
+    match e {
+        RouterError::TenantNotFound => RouterError::TenantNotFound,
+        RouterError::InvalidArgument(m) => RouterError::InvalidArgument(m.clone()),
+        RouterError::Unavailable(m) => RouterError::Unavailable(m.clone()),
+        other => RouterError::Internal(other.to_string()),
+    }
+}

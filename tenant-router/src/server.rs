@@ -1,0 +1,156 @@
+//! Assembles the router and serves it until shutdown.
+
+use crate::config::Config;
+use crate::grpc::{CallContext, CatalogService, ConversationsService, LeadsService};
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::pools::Pools;
+use crate::routes::RouteCache;
+use proto::domain::v1 as pb;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long in-flight calls may take to finish after shutdown starts.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(20);
+
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Startup(String),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs the router on the given listeners until `shutdown` completes: stops accepting,
+/// drains in-flight calls (up to [`DRAIN_GRACE`]), closes every tenant pool.
+pub async fn run(
+    config: Config,
+    grpc: TcpListener,
+    http_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let metrics = Arc::new(Metrics::new());
+    let channel = tonic::transport::Endpoint::from_shared(config.control_plane_endpoint.clone())
+        .map_err(|_| ServeError::Startup("control_plane_endpoint is not a valid URL".into()))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let routes = Arc::new(
+        RouteCache::new(
+            channel,
+            &config.directory_token,
+            &config.routes,
+            Arc::clone(&metrics),
+        )
+        .map_err(|e| ServeError::Startup(e.to_string()))?,
+    );
+    let pools = Arc::new(Pools::new(config.pools.clone(), Arc::clone(&metrics)));
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let watch_pools = Arc::clone(&pools);
+    let on_change = Box::new(move |tenant: i64| {
+        // Credentials rotated, tenant moved or suspended: the next call builds a fresh pool.
+        let pools = Arc::clone(&watch_pools);
+        tokio::spawn(async move { pools.invalidate(tenant).await });
+    });
+    tasks.spawn(Arc::clone(&routes).watch(on_change, cancel.child_token()));
+    tasks.spawn(http::serve(
+        http_listener,
+        Arc::new(HttpState {
+            metrics: Arc::clone(&metrics),
+            pools: Arc::clone(&pools),
+            routes: Arc::clone(&routes),
+        }),
+        cancel.child_token(),
+    ));
+
+    let ctx = Arc::new(CallContext {
+        routes: Arc::clone(&routes),
+        pools: Arc::clone(&pools),
+        tokens: caller_auth::TokenKey::new(config.jwt_secret.as_bytes()),
+        metrics,
+        tasks: tasks.clone(),
+        default_deadline: Duration::from_millis(config.pools.default_deadline_ms),
+    });
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::leads_server::LeadsServer<LeadsService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::conversations_server::ConversationsServer<ConversationsService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::catalog_server::CatalogServer<CatalogService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
+
+    tracing::info!(grpc = ?grpc.local_addr().ok(), http = ?config.http_listen, "tenant router listening");
+    let stop = cancel.clone();
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(pb::leads_server::LeadsServer::new(LeadsService(
+            Arc::clone(&ctx),
+        )))
+        .add_service(pb::conversations_server::ConversationsServer::new(
+            ConversationsService(Arc::clone(&ctx)),
+        ))
+        .add_service(pb::catalog_server::CatalogServer::new(CatalogService(
+            Arc::clone(&ctx),
+        )))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining calls");
+                stop.cancel();
+            },
+        );
+    let served = tokio::time::timeout(DRAIN_GRACE + Duration::from_secs(1), served).await;
+    cancel.cancel();
+    pools.close_all();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(remaining = tasks.len(), "tasks still running at shutdown");
+    }
+    match served {
+        Ok(r) => r.map_err(ServeError::from),
+        Err(_) => {
+            tracing::warn!("calls still running after the drain grace period");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
