@@ -2,7 +2,8 @@
 # Starts the whole system locally, in the foreground, on an embedded default:
 #   - a PostgreSQL cluster under .dev/pg (created on first run with the machine's
 #     PostgreSQL binaries, installed through apt-get when missing),
-#   - the control plane, with the local cluster registered as server "local".
+#   - the control plane, with the local cluster registered as server "local",
+#   - the tenant router (gRPC domain API, /metrics).
 # When ready it writes .dev/env (source it to drive the system with tenantctl).
 # Ctrl-C (or SIGTERM) stops everything.
 #
@@ -42,6 +43,7 @@ as_pg() {
 echo "==> building"
 cargo build --bins -q
 CP="$ROOT/target/debug/control-plane"
+ROUTER="$ROOT/target/debug/tenant-router"
 CTL="$ROOT/target/debug/tenantctl"
 
 # Secrets persist across runs: the catalog's encrypted credentials need the same key.
@@ -59,6 +61,11 @@ if [ ! -f "$DEV/secrets" ]; then
 fi
 # shellcheck disable=SC1091
 source "$DEV/secrets"
+if [ -z "${JWT_SECRET:-}" ]; then
+  echo "JWT_SECRET=$(random_secret)" >> "$DEV/secrets"
+  # shellcheck disable=SC1091
+  source "$DEV/secrets"
+fi
 
 if [ ! -f "$DEV/pg/PG_VERSION" ]; then
   echo "==> creating the PostgreSQL cluster in .dev/pg"
@@ -100,8 +107,16 @@ catalog_url = "$PG_URL/tenancy_catalog"
 master_key = "$MASTER_KEY"
 admin_token = "$ADMIN_TOKEN"
 directory_token = "$DIRECTORY_TOKEN"
+token_signing_key = "$JWT_SECRET"
 TOML
-chmod 600 "$DEV/control-plane.toml"
+cat > "$DEV/tenant-router.toml" <<TOML
+grpc_listen = "127.0.0.1:$ROUTER_GRPC_PORT"
+http_listen = "127.0.0.1:$ROUTER_HTTP_PORT"
+control_plane_endpoint = "http://127.0.0.1:$CONTROL_PORT"
+directory_token = "$DIRECTORY_TOKEN"
+jwt_secret = "$JWT_SECRET"
+TOML
+chmod 600 "$DEV/control-plane.toml" "$DEV/tenant-router.toml"
 
 echo "==> starting the control plane on 127.0.0.1:$CONTROL_PORT"
 RUST_LOG="${RUST_LOG:-info}" "$CP" --config "$DEV/control-plane.toml" &
@@ -117,6 +132,15 @@ if ! "$CTL" server list --json | grep -q '"name": "local"'; then
   TENANTCTL_ADMIN_PASSWORD="$PG_PASSWORD" "$CTL" server add local --host 127.0.0.1 --port "$PG_PORT" \
     --admin-user postgres --connection-budget 80 --capacity 1000 >/dev/null
 fi
+
+echo "==> starting the tenant router on 127.0.0.1:$ROUTER_GRPC_PORT (gRPC) and :$ROUTER_HTTP_PORT (HTTP)"
+RUST_LOG="${RUST_LOG:-info}" "$ROUTER" --config "$DEV/tenant-router.toml" &
+PIDS+=($!)
+for _ in $(seq 1 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$ROUTER_HTTP_PORT") 2>/dev/null; then break; fi
+  if ! kill -0 "${PIDS[1]}" 2>/dev/null; then echo "tenant router exited" >&2; exit 1; fi
+  sleep 0.1
+done
 
 umask 077
 cat > "$DEV/env" <<ENV
@@ -134,5 +158,6 @@ ENV
 umask 022
 
 echo "==> ready. In another shell:  source $DEV/env && tenantctl create acme --name 'ACME Veículos' --sector veiculos"
+echo "    caller token for the router:  tenantctl token issue --tenant acme"
 echo "    (Ctrl-C here stops everything)"
-wait "${PIDS[0]}"
+wait -n "${PIDS[@]}"

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEV_PG_PORT="${DEV_PG_PORT:-54339}" DEV_CONTROL_PORT="${DEV_CONTROL_PORT:-50061}"
+export DEV_ROUTER_GRPC_PORT="${DEV_ROUTER_GRPC_PORT:-50062}" DEV_ROUTER_HTTP_PORT="${DEV_ROUTER_HTTP_PORT:-18080}"
 export DEV_DIR="$PWD/.dev-smoke"
 rm -rf "$DEV_DIR"
 log="$(mktemp)"
@@ -27,6 +28,13 @@ slug="smoke-$(date +%s)"
 tenantctl create "$slug" --name "Smoke" --sector varejo >/dev/null
 tenantctl show "$slug" --json | grep -q '"status": "active"'
 psql "$PG_ADMIN_URL" -tAc "SELECT 1 FROM pg_database WHERE datname = 'emp_${slug//-/_}'" | grep -q 1
+token="$(tenantctl token issue --tenant "$slug" --ttl 5m)"
+[ -n "$token" ] || { echo "smoke: no token" >&2; exit 1; }
+# The router answers on HTTP and serves metrics.
+exec 3<>"/dev/tcp/127.0.0.1/$DEV_ROUTER_HTTP_PORT"
+printf 'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
+grep -q "tenant_router_" <&3 || { echo "smoke: router /metrics did not answer" >&2; exit 1; }
+exec 3>&-
 stop
 trap - EXIT
 if pgrep -f "postgres -D $DEV_DIR/pg" >/dev/null; then echo "smoke: postgres still running after stop" >&2; exit 1; fi

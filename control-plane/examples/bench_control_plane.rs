@@ -37,7 +37,6 @@ fn req<T>(msg: T) -> tonic::Request<T> {
 
 async fn start_plane(pg: &pg_harness::PgServer, use_template: bool, prefix: &str) -> Plane {
     let catalog = pg.fresh_database("bench_catalog").await.unwrap();
-    let port = pg_harness::free_port().unwrap();
     let exe = std::env::current_exe().unwrap();
     let bin = exe
         .parent()
@@ -45,8 +44,8 @@ async fn start_plane(pg: &pg_harness::PgServer, use_template: bool, prefix: &str
         .parent()
         .unwrap()
         .join("control-plane");
-    let child = Command::new(bin)
-        .env("CONTROL_PLANE__LISTEN", format!("127.0.0.1:{port}"))
+    let mut child = Command::new(bin)
+        .env("CONTROL_PLANE__LISTEN", "127.0.0.1:0")
         .env("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog))
         .env("CONTROL_PLANE__MASTER_KEY", MASTER_KEY)
         .env("CONTROL_PLANE__ADMIN_TOKEN", ADMIN_TOKEN)
@@ -61,10 +60,23 @@ async fn start_plane(pg: &pg_harness::PgServer, use_template: bool, prefix: &str
         .env("CONTROL_PLANE__PROVISIONING__TEMPLATE_PREFIX", prefix)
         .env("CONTROL_PLANE__FLEET__MAX_CONCURRENCY", "64")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let line = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line
+    };
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("control plane started")
+        .to_string();
+    let endpoint = format!("http://{addr}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let channel = loop {
         if let Ok(c) = Channel::from_shared(endpoint.clone())

@@ -107,6 +107,19 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 impl PgServer {
     /// Creates and starts a new cluster; waits until it accepts connections.
     pub fn start() -> Result<PgServer, HarnessError> {
+        // A port picked by the kernel can be taken by someone else before postgres binds
+        // it; then the whole cluster is made again on another port.
+        let mut last = err("could not start postgres");
+        for _ in 0..3 {
+            match Self::start_once() {
+                Ok(server) => return Ok(server),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn start_once() -> Result<PgServer, HarnessError> {
         let bindir = pg_bindir()?;
         let as_root = is_root();
         let base = std::env::temp_dir().join(format!(
@@ -141,23 +154,13 @@ impl PgServer {
             let _ = std::fs::remove_dir_all(&base);
             return Err(e);
         }
-        for attempt in 0..5 {
-            let port = free_port()?;
-            match Self::spawn(&bindir, as_root, &base, &data, port) {
-                Ok(server) => return Ok(server),
-                Err(e) if attempt == 4 => {
-                    let _ = std::fs::remove_dir_all(&base);
-                    return Err(e);
-                }
-                Err(_) => continue,
-            }
-        }
-        Err(err("could not start postgres"))
+        // On failure the supervisor removes the directory when `spawn`'s server drops.
+        Self::spawn(as_root, &bindir, &base, &data, free_port()?)
     }
 
     fn spawn(
-        bindir: &Path,
         as_root: bool,
+        bindir: &Path,
         base: &Path,
         data: &Path,
         port: u16,
@@ -199,22 +202,26 @@ rm -rf "{base}"
             dir: base.to_path_buf(),
             supervisor: Mutex::new(Some((child, stdin))),
         };
+        // Ready when *our* postmaster says so in its pid file (line 4: port, line 8:
+        // status): another server answering on the same port must not pass for ours.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let isready = bindir.join("pg_isready");
+        let pidfile = data.join("postmaster.pid");
         loop {
-            let ok = Command::new(&isready)
-                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-                .status()
-                .map(|s| s.success())
+            let ready = std::fs::read_to_string(&pidfile)
+                .map(|t| {
+                    let lines: Vec<&str> = t.lines().collect();
+                    lines.get(3).map(|l| l.trim()) == Some(port.to_string().as_str())
+                        && lines.get(7).map(|l| l.trim()) == Some("ready")
+                })
                 .unwrap_or(false);
-            if ok {
+            if ready {
                 return Ok(server);
             }
-            if server.exited() || Instant::now() > deadline {
-                let log = std::fs::read_to_string(base.join("log")).unwrap_or_default();
+            let log = std::fs::read_to_string(base.join("log")).unwrap_or_default();
+            if log.contains("FATAL") || server.exited() || Instant::now() > deadline {
                 return Err(err(format!("postgres on port {port} did not start: {log}")));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

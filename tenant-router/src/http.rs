@@ -89,6 +89,7 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: Cance
             async move { Ok::<_, std::convert::Infallible>(resp) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(Duration::from_secs(10))
             .serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(conn);

@@ -18,6 +18,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -29,6 +30,16 @@ async fn main() -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_listen))?;
+    // One line on stdout with the bound addresses (ports may have been 0), for supervisors
+    // and tests; logs go to stderr.
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "listening grpc={} http={}",
+            grpc.local_addr()?,
+            http.local_addr()?
+        );
+    }
     tenant_router::server::run(config, grpc, http, tenant_router::server::shutdown_signal())
         .await?;
     Ok(())

@@ -28,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -36,6 +37,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    #[allow(clippy::print_stdout)]
+    {
+        println!("listening {}", listener.local_addr()?);
+    }
     control_plane::server::run(config, listener, control_plane::server::shutdown_signal()).await?;
     Ok(())
 }

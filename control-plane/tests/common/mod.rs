@@ -35,6 +35,21 @@ impl Out {
     }
 }
 
+/// The first stdout line of a daemon (`listening ...`, printed once its sockets are bound).
+pub fn listening_line(child: &mut Child) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("listening "),
+        "daemon did not start: {line:?}"
+    );
+    line.trim().to_string()
+}
+
 pub fn control_plane_cmd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_control-plane"))
 }
@@ -49,11 +64,10 @@ impl Plane {
     pub async fn start_with(env: &[(&str, &str)]) -> Plane {
         let pg = pg_harness::shared();
         let catalog_db = pg.fresh_database("catalog").await.unwrap();
-        let port = pg_harness::free_port().unwrap();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let template_prefix = format!("tpl_{}_{n}", std::process::id());
         let mut cmd = control_plane_cmd();
-        cmd.env("CONTROL_PLANE__LISTEN", format!("127.0.0.1:{port}"))
+        cmd.env("CONTROL_PLANE__LISTEN", "127.0.0.1:0")
             .env("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog_db))
             .env("CONTROL_PLANE__MASTER_KEY", MASTER_KEY)
             .env("CONTROL_PLANE__ADMIN_TOKEN", ADMIN_TOKEN)
@@ -65,14 +79,17 @@ impl Plane {
             .env("CONTROL_PLANE__PROVISIONING__CONNECT_TIMEOUT_MS", "2000")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .stdout(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn().unwrap();
+        let addr = listening_line(&mut child)
+            .trim_start_matches("listening ")
+            .to_string();
         let plane = Plane {
             child,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("http://{addr}"),
             catalog_db,
             template_prefix,
         };

@@ -71,8 +71,8 @@ macro_rules! per_sector {
 }
 
 const SEARCH: [&str; 4] = per_sector!(
-    "($1 = '' OR p.busca @@ websearch_to_tsquery('portuguese', $1)) AND ($2 = 0 OR p.preco_centavos >= $2) \
-     AND ($3 = 0 OR p.preco_centavos <= $3) AND ($4 OR p.ativo) AND p.id > $5 ORDER BY p.id LIMIT $6"
+    "($1 = '' OR p.busca @@ websearch_to_tsquery('portuguese', $1)) AND ($2::int8 = 0 OR p.preco_centavos >= $2) \
+     AND ($3::int8 = 0 OR p.preco_centavos <= $3) AND ($4 OR p.ativo) AND p.id > $5 ORDER BY p.id LIMIT $6"
 );
 const BY_ID: [&str; 4] = per_sector!("p.id = $1");
 const BY_SKU: [&str; 4] = per_sector!("p.sku = $1");

@@ -5,7 +5,7 @@
 //! never exceed `budget`, however many tenants are active. The semaphore is FIFO, so
 //! waiting calls are served in arrival order. When no permit is free, idle connections of
 //! other tenants on the server are closed to make room: first those unused for a while,
-//! then, if that frees nothing, any idle one beyond each pool's last.
+//! then, if that frees nothing, one idle connection of the pool holding the most idle ones.
 
 use super::manager::TenantManager;
 use crate::error::RouterError;
@@ -138,22 +138,22 @@ impl ServerBudget {
             .map(|p| p.retain(|_, m| m.last_used() < LONG_IDLE).removed.len())
             .sum();
         if freed == 0 {
-            for p in &pools {
-                let mut keep = 1usize;
+            // Nothing long idle: take one idle connection from the pool with the most idle.
+            let mut by_idle: Vec<_> = pools.iter().filter(|p| p.status().available > 0).collect();
+            by_idle.sort_by_key(|p| std::cmp::Reverse(p.status().available));
+            if let Some(p) = by_idle.first() {
+                let mut take = 1usize;
                 freed += p
                     .retain(|_, _| {
-                        if keep > 0 {
-                            keep -= 1;
-                            true
-                        } else {
+                        if take > 0 {
+                            take -= 1;
                             false
+                        } else {
+                            true
                         }
                     })
                     .removed
                     .len();
-                if freed > 0 {
-                    break;
-                }
             }
         }
         freed

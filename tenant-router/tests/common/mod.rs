@@ -1,0 +1,325 @@
+//! Router test support: the real control plane (in-process, real gRPC) over a fresh
+//! catalog, the real tenant-router binary, real PostgreSQL servers.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use proto::control::v1 as cp;
+use proto::control::v1::tenant_admin_client::TenantAdminClient;
+use proto::domain::v1 as dm;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub const ADMIN_TOKEN: &str = "router-test-admin-token-0123";
+pub const DIRECTORY_TOKEN: &str = "router-test-directory-token-0123";
+pub const JWT_SECRET: &str = "router-test-jwt-secret-0123456789abcdef";
+pub const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A control plane running inside the test process.
+pub struct Plane {
+    pub endpoint: String,
+    pub catalog_db: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Plane {
+    pub async fn start() -> Plane {
+        let pg = pg_harness::shared();
+        let catalog_db = pg.fresh_database("rt_catalog").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        Plane::start_on(catalog_db, listener, port).await
+    }
+
+    async fn start_on(catalog_db: String, listener: tokio::net::TcpListener, port: u16) -> Plane {
+        let pg = pg_harness::shared();
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let toml = format!(
+            "listen = \"127.0.0.1:{port}\"\ncatalog_url = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n\
+             admin_token = \"{ADMIN_TOKEN}\"\ndirectory_token = \"{DIRECTORY_TOKEN}\"\ntoken_signing_key = \"{JWT_SECRET}\"\n\
+             [provisioning]\ntemplate_prefix = \"rtpl_{}_{n}\"\n",
+            pg.url(&catalog_db),
+            std::process::id()
+        );
+        let path = std::env::temp_dir().join(format!("rt-cp-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, toml).unwrap();
+        let config = control_plane::Config::load(Some(&path)).unwrap();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            control_plane::server::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Plane {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            catalog_db,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the control plane and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+
+    pub async fn admin(&self) -> TenantAdminClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(ch) = Channel::from_shared(self.endpoint.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                return TenantAdminClient::new(ch);
+            }
+            assert!(Instant::now() < deadline, "control plane did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn add_server(&self, name: &str, pg: &pg_harness::PgServer, budget: u32) {
+        self.admin()
+            .await
+            .add_server(admin_req(cp::AddServerRequest {
+                name: name.into(),
+                host: "127.0.0.1".into(),
+                port: u32::from(pg.port),
+                admin_user: pg_harness::SUPERUSER.into(),
+                admin_password: pg_harness::SUPERUSER_PASSWORD.into(),
+                connection_budget: budget,
+                capacity: 10_000,
+            }))
+            .await
+            .unwrap();
+    }
+
+    pub async fn create(&self, slug: &str, sector: &str, server: &str) -> cp::Tenant {
+        self.admin()
+            .await
+            .create_tenant(admin_req(cp::CreateTenantRequest {
+                slug: slug.into(),
+                name: format!("Empresa {slug}"),
+                sector: sector.into(),
+                server: server.into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn token(&self, tenants: &[&str], all: bool) -> String {
+        self.admin()
+            .await
+            .issue_token(admin_req(cp::IssueTokenRequest {
+                tenants: tenants.iter().map(|s| s.to_string()).collect(),
+                all,
+                ttl_secs: 600,
+                subject: "tests".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    }
+
+    pub async fn suspend(&self, slug: &str) {
+        self.admin()
+            .await
+            .suspend_tenant(admin_req(cp::TenantRef {
+                tenant: slug.into(),
+            }))
+            .await
+            .unwrap();
+    }
+
+    pub async fn resume(&self, slug: &str) {
+        self.admin()
+            .await
+            .resume_tenant(admin_req(cp::TenantRef {
+                tenant: slug.into(),
+            }))
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn admin_req<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
+    r
+}
+
+/// A running tenant-router binary.
+pub struct Router {
+    child: Child,
+    pub grpc: String,
+    pub http: String,
+}
+
+impl Router {
+    pub async fn start(plane: &Plane, env: &[(&str, &str)]) -> Router {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenant-router"));
+        cmd.env("TENANT_ROUTER__GRPC_LISTEN", "127.0.0.1:0")
+            .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
+            .env("TENANT_ROUTER__CONTROL_PLANE_ENDPOINT", &plane.endpoint)
+            .env("TENANT_ROUTER__DIRECTORY_TOKEN", DIRECTORY_TOKEN)
+            .env("TENANT_ROUTER__JWT_SECRET", JWT_SECRET)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // "listening grpc=ADDR http=ADDR", printed once both sockets are bound.
+        let line = {
+            use std::io::BufRead;
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            line
+        };
+        let addr = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("router did not start: {line:?}"))
+                .to_string()
+        };
+        let router = Router {
+            child,
+            grpc: format!("http://{}", addr("grpc=")),
+            http: addr("http="),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Channel::from_shared(router.grpc.clone())
+            .unwrap()
+            .connect()
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "router did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        router
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.grpc.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// GET over plain HTTP/1.1; returns (status, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&self.http).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A domain request for `tenant` with `token`.
+pub fn call<T>(msg: T, tenant: &str, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("x-tenant", tenant.parse().unwrap());
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+pub fn upsert(phone: &str, name: &str) -> dm::UpsertLeadRequest {
+    dm::UpsertLeadRequest {
+        phone: phone.into(),
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+/// Connections tenant roles hold to a server right now.
+pub async fn tenant_connections(pg: &pg_harness::PgServer) -> i64 {
+    let c = pg.connect("postgres").await.unwrap();
+    c.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'emp\\_%'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Polls `check` until true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

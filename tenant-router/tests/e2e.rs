@@ -1,0 +1,735 @@
+//! The router end to end: real control plane, real router binary, two PostgreSQL servers.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{call, eventually, tenant_connections, upsert, Plane, Router};
+use proto::domain::v1 as dm;
+use proto::domain::v1::catalog_client::CatalogClient;
+use proto::domain::v1::conversations_client::ConversationsClient;
+use proto::domain::v1::leads_client::LeadsClient;
+use std::time::Duration;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_on_two_servers_are_served_and_isolated() {
+    let plane = Plane::start().await;
+    plane.add_server("one", pg_harness::shared(), 80).await;
+    plane
+        .add_server("two", pg_harness::shared_second(), 80)
+        .await;
+    plane.create("rt-alfa", "veiculos", "one").await;
+    plane.create("rt-bravo", "imoveis", "two").await;
+    let router = Router::start(&plane, &[]).await;
+    let ch = router.channel().await;
+    let mut leads = LeadsClient::new(ch.clone());
+    let alfa = plane.token(&["rt-alfa"], false).await;
+    let platform = plane.token(&[], true).await;
+
+    // Written and read through the router, on each server.
+    let a = leads
+        .upsert_lead(call(upsert("+55 11 8765-4321", "Ana"), "rt-alfa", &alfa))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.wa_id, "5511987654321", "the 9th digit is added");
+    let again = leads
+        .upsert_lead(call(upsert("5511987654321", ""), "rt-alfa", &alfa))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (again.id, again.name.as_str()),
+        (a.id, "Ana"),
+        "both spellings are one lead"
+    );
+    let b = leads
+        .upsert_lead(call(upsert("5521999990000", "Bia"), "rt-bravo", &platform))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = leads
+        .get_lead(call(
+            dm::GetLeadRequest {
+                key: Some(dm::get_lead_request::Key::Id(b.id)),
+            },
+            "rt-bravo",
+            &platform,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.name, "Bia");
+    assert!(pg_harness::shared_second()
+        .connect("emp_rt_bravo")
+        .await
+        .is_ok());
+
+    // Isolation: alfa's token cannot reach bravo (by slug or id), and data stays apart.
+    let err = leads
+        .list_leads(call(dm::ListLeadsRequest::default(), "rt-bravo", &alfa))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let bravo_id = plane
+        .admin()
+        .await
+        .get_tenant(common::admin_req(proto::control::v1::TenantRef {
+            tenant: "rt-bravo".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let err = leads
+        .list_leads(call(
+            dm::ListLeadsRequest::default(),
+            &bravo_id.to_string(),
+            &alfa,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let by_phone = dm::GetLeadRequest {
+        key: Some(dm::get_lead_request::Key::Phone("5511987654321".into())),
+    };
+    let err = leads
+        .get_lead(call(by_phone, "rt-bravo", &platform))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "alfa's lead is not in bravo's database"
+    );
+    let listed = leads
+        .list_leads(call(dm::ListLeadsRequest::default(), "rt-alfa", &alfa))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.leads.len(), 1);
+
+    // Conversations: one open conversation per lead, idempotent messages, paging, read marks.
+    let mut conv = ConversationsClient::new(ch.clone());
+    let open = |lead| {
+        call(
+            dm::OpenConversationRequest { lead_id: lead },
+            "rt-alfa",
+            &alfa,
+        )
+    };
+    let c1 = conv
+        .open_conversation(open(a.id))
+        .await
+        .unwrap()
+        .into_inner();
+    let c2 = conv
+        .open_conversation(open(a.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(c1.id, c2.id);
+    for i in 0..25 {
+        let m = dm::AppendMessageRequest {
+            conversation_id: c1.id,
+            direction: "entrada".into(),
+            body: format!("mensagem {i}"),
+            wamid: format!("wamid.{i}"),
+            r#type: String::new(),
+        };
+        conv.append_message(call(m, "rt-alfa", &alfa))
+            .await
+            .unwrap();
+    }
+    let dup = dm::AppendMessageRequest {
+        conversation_id: c1.id,
+        direction: "entrada".into(),
+        body: "other".into(),
+        wamid: "wamid.3".into(),
+        r#type: String::new(),
+    };
+    assert_eq!(
+        conv.append_message(call(dup, "rt-alfa", &alfa))
+            .await
+            .unwrap()
+            .into_inner()
+            .body,
+        "mensagem 3"
+    );
+    let page1 = conv
+        .list_messages(call(
+            dm::ListMessagesRequest {
+                conversation_id: c1.id,
+                page_size: 20,
+                page_token: String::new(),
+            },
+            "rt-alfa",
+            &alfa,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page1.messages.len(), 20);
+    let page2 = conv
+        .list_messages(call(
+            dm::ListMessagesRequest {
+                conversation_id: c1.id,
+                page_size: 20,
+                page_token: page1.next_page_token,
+            },
+            "rt-alfa",
+            &alfa,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page2.messages.len(), 5);
+    assert!(page2.next_page_token.is_empty());
+    let unread = conv
+        .open_conversation(open(a.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .unread;
+    assert_eq!(unread, 25);
+    let read = conv
+        .mark_read(call(
+            dm::MarkReadRequest {
+                conversation_id: c1.id,
+            },
+            "rt-alfa",
+            &alfa,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(read.into_inner().unread, 0);
+
+    // Catalog with the sector's own attributes.
+    let mut catalog = CatalogClient::new(ch);
+    let car = dm::CatalogItem {
+        sku: "GOL-2020".into(),
+        name: "Volkswagen Gol 1.0 completo".into(),
+        price_cents: 4_590_000,
+        active: true,
+        attributes: Some(dm::catalog_item::Attributes::Vehicle(dm::Vehicle {
+            make: "Volkswagen".into(),
+            model: "Gol".into(),
+            model_year: 2020,
+            mileage_km: 42_000,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let saved = catalog
+        .upsert_item(call(
+            dm::UpsertItemRequest {
+                item: Some(car.clone()),
+            },
+            "rt-alfa",
+            &alfa,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(saved.attributes, Some(dm::catalog_item::Attributes::Vehicle(ref v)) if v.model == "Gol")
+    );
+    let found = catalog
+        .search_items(call(
+            dm::SearchItemsRequest {
+                query: "gol completo".into(),
+                ..Default::default()
+            },
+            "rt-alfa",
+            &alfa,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.items.len(), 1);
+    let err = catalog
+        .upsert_item(call(
+            dm::UpsertItemRequest { item: Some(car) },
+            "rt-bravo",
+            &platform,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "a vehicle does not fit a real-estate tenant"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_callers_and_bad_input_get_clear_statuses() {
+    let plane = Plane::start().await;
+    plane.add_server("one", pg_harness::shared(), 80).await;
+    plane.create("rt-charlie", "varejo", "one").await;
+    let router = Router::start(&plane, &[]).await;
+    let mut leads = LeadsClient::new(router.channel().await);
+    let token = plane.token(&["rt-charlie"], false).await;
+    let platform = plane.token(&[], true).await;
+
+    let mut no_token = tonic::Request::new(upsert("5511912345678", "X"));
+    no_token
+        .metadata_mut()
+        .insert("x-tenant", "rt-charlie".parse().unwrap());
+    assert_eq!(
+        leads.upsert_lead(no_token).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let forged = caller_auth::TokenKey::new(b"someone-elses-key-someone-elses-key!")
+        .sign(&caller_auth::Claims {
+            sub: "x".into(),
+            tenants: vec![],
+            all: true,
+            exp: caller_auth::now_secs() + 60,
+            iat: 0,
+        })
+        .unwrap();
+    let err = leads
+        .upsert_lead(call(upsert("5511912345678", "X"), "rt-charlie", &forged))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let expired = caller_auth::TokenKey::new(common::JWT_SECRET.as_bytes())
+        .sign(&caller_auth::Claims {
+            sub: "x".into(),
+            tenants: vec![],
+            all: true,
+            exp: caller_auth::now_secs() - 600,
+            iat: 0,
+        })
+        .unwrap();
+    let err = leads
+        .upsert_lead(call(upsert("5511912345678", "X"), "rt-charlie", &expired))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::Unauthenticated, "token expired")
+    );
+
+    let mut no_tenant = tonic::Request::new(upsert("5511912345678", "X"));
+    no_tenant
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let err = leads.upsert_lead(no_tenant).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("x-tenant"), "{err:?}");
+    for bad in ["Bad Tenant", "x'; DROP"] {
+        let mut r = tonic::Request::new(upsert("5511912345678", "X"));
+        r.metadata_mut().insert("x-tenant", bad.parse().unwrap());
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {platform}").parse().unwrap(),
+        );
+        assert_eq!(
+            leads.upsert_lead(r).await.unwrap_err().code(),
+            Code::InvalidArgument,
+            "{bad}"
+        );
+    }
+    let err = leads
+        .upsert_lead(call(upsert("5511912345678", "X"), "rt-nobody", &platform))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.details(), b"TENANT_NOT_FOUND");
+
+    for (req, field) in [
+        (upsert("not a phone", "X"), "invalid phone"),
+        (upsert("123", "X"), "invalid phone"),
+        (
+            dm::UpsertLeadRequest {
+                phone: "5511912345678".into(),
+                name: "a\u{0}b".into(),
+                ..Default::default()
+            },
+            "control characters",
+        ),
+    ] {
+        let err = leads
+            .upsert_lead(call(req, "rt-charlie", &token))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains(field), "{err:?}");
+    }
+    let err = leads
+        .update_lead_status(call(
+            dm::UpdateLeadStatusRequest {
+                id: 1,
+                status: "vip".into(),
+            },
+            "rt-charlie",
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = leads
+        .list_leads(call(
+            dm::ListLeadsRequest {
+                page_token: "garbage".into(),
+                ..Default::default()
+            },
+            "rt-charlie",
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // Nothing was written by any of the refused calls.
+    let listed = leads
+        .list_leads(call(dm::ListLeadsRequest::default(), "rt-charlie", &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.leads.is_empty());
+    let mut conv = ConversationsClient::new(router.channel().await);
+    let err = conv
+        .open_conversation(call(
+            dm::OpenConversationRequest { lead_id: 999_999 },
+            "rt-charlie",
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        !err.message().contains("127.0.0.1") && !err.message().contains("INSERT"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_takes_effect_within_a_second_and_the_control_plane_can_go_away() {
+    let mut plane = Plane::start().await;
+    plane.add_server("one", pg_harness::shared(), 80).await;
+    plane.create("rt-delta", "servicos", "one").await;
+    let router = Router::start(&plane, &[]).await;
+    let mut leads = LeadsClient::new(router.channel().await);
+    let token = plane.token(&["rt-delta"], false).await;
+    let list = || call(dm::ListLeadsRequest::default(), "rt-delta", &token);
+    leads.list_leads(list()).await.unwrap();
+
+    plane.suspend("rt-delta").await;
+    let suspended = eventually(Duration::from_secs(1), || {
+        let mut leads = leads.clone();
+        let req = list();
+        async move {
+            leads.list_leads(req).await.err().map(|e| e.code()) == Some(Code::FailedPrecondition)
+        }
+    })
+    .await;
+    assert!(suspended, "suspension reached the router within a second");
+    plane.resume("rt-delta").await;
+    let resumed = eventually(Duration::from_secs(1), || {
+        let mut leads = leads.clone();
+        let req = list();
+        async move { leads.list_leads(req).await.is_ok() }
+    })
+    .await;
+    assert!(resumed, "resume reached the router within a second");
+
+    // With the control plane gone, known tenants are still served.
+    plane.stop().await;
+    for _ in 0..5 {
+        leads
+            .upsert_lead(call(
+                upsert("5511911112222", "Still here"),
+                "rt-delta",
+                &token,
+            ))
+            .await
+            .unwrap();
+    }
+    let err = leads
+        .list_leads(call(
+            dm::ListLeadsRequest::default(),
+            "rt-unknown",
+            &plane_token_all(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unavailable,
+        "unknown tenants cannot be resolved meanwhile"
+    );
+}
+
+fn plane_token_all() -> String {
+    caller_auth::TokenKey::new(common::JWT_SECRET.as_bytes())
+        .sign(&caller_auth::Claims {
+            sub: "tests".into(),
+            tenants: vec![],
+            all: true,
+            exp: caller_auth::now_secs() + 600,
+            iat: caller_auth::now_secs(),
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_budget_holds_with_many_more_tenants_than_connections() {
+    // A server of its own, so the count in pg_stat_activity is this test's alone.
+    let pg = pg_harness::PgServer::start().unwrap();
+    let plane = Plane::start().await;
+    const BUDGET: u32 = 6;
+    plane.add_server("small", &pg, BUDGET).await;
+    let slugs: Vec<String> = (0..24).map(|i| format!("rt-budget-{i}")).collect();
+    for s in &slugs {
+        plane.create(s, "servicos", "small").await;
+    }
+    let router = Router::start(
+        &plane,
+        &[("TENANT_ROUTER__POOLS__DEFAULT_DEADLINE_MS", "10000")],
+    )
+    .await;
+    let token = plane_token_all();
+    let ch = router.channel().await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let port = pg.port;
+        tokio::spawn(async move {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host("127.0.0.1")
+                .port(port)
+                .user(pg_harness::SUPERUSER)
+                .password(pg_harness::SUPERUSER_PASSWORD)
+                .dbname("postgres");
+            let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let mut max = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let n: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'emp\\_%'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                max = max.max(n);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            max
+        })
+    };
+    let mut callers = tokio::task::JoinSet::new();
+    for w in 0..32 {
+        let mut leads = LeadsClient::new(ch.clone());
+        let slugs = slugs.clone();
+        let token = token.clone();
+        callers.spawn(async move {
+            let mut ok = 0;
+            for i in 0..15 {
+                let slug = &slugs[(w * 7 + i * 5) % slugs.len()];
+                let phone = format!("55119{:08}", w * 100 + i);
+                leads
+                    .upsert_lead(call(upsert(&phone, "Load"), slug, &token))
+                    .await
+                    .unwrap();
+                ok += 1;
+            }
+            ok
+        });
+    }
+    let mut total = 0;
+    while let Some(r) = callers.join_next().await {
+        total += r.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let max_seen = sampler.await.unwrap();
+    assert_eq!(total, 32 * 15, "every call succeeded");
+    assert!(max_seen >= 1, "the sampler saw the load");
+    assert!(
+        max_seen <= i64::from(BUDGET),
+        "{max_seen} connections > budget {BUDGET}"
+    );
+    let (status, metrics) = router.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("tenant_router_server_connections{server=\"small\"}"))
+        .unwrap();
+    let open: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(open <= f64::from(BUDGET), "{line}");
+    assert!(tenant_connections(&pg).await <= i64::from(BUDGET));
+    assert!(!metrics.contains("rt-budget"), "no per-tenant labels");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_cancel_queries_and_a_dead_server_is_unavailable() {
+    let pg = pg_harness::PgServer::start().unwrap();
+    let plane = Plane::start().await;
+    plane.add_server("fragile", &pg, 20).await;
+    plane.create("rt-echo", "servicos", "fragile").await;
+    let router = Router::start(&plane, &[]).await;
+    let token = plane_token_all();
+    let mut leads = LeadsClient::new(router.channel().await);
+    leads
+        .upsert_lead(call(upsert("5511933334444", "E"), "rt-echo", &token))
+        .await
+        .unwrap();
+
+    // A lock held elsewhere makes the write wait; the caller's deadline cancels it.
+    let blocker = pg.connect("emp_rt_echo").await.unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE leads IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut req = call(upsert("5511933334444", "late"), "rt-echo", &token);
+    req.set_timeout(Duration::from_millis(300));
+    let err = leads.upsert_lead(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    let cancelled = eventually(Duration::from_secs(3), || async {
+        let c = pg.connect("postgres").await.unwrap();
+        let waiting: i64 = c
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'emp\\_%' AND state = 'active'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        waiting == 0
+    })
+    .await;
+    assert!(cancelled, "the query was cancelled on the server");
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let lead = leads
+        .get_lead(call(
+            dm::GetLeadRequest {
+                key: Some(dm::get_lead_request::Key::Phone("5511933334444".into())),
+            },
+            "rt-echo",
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lead.name, "E", "the cancelled write did not land");
+
+    // The server goes away: calls fail with UNAVAILABLE, and fast once it is marked down.
+    pg.stop();
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let started = std::time::Instant::now();
+        let err = leads
+            .list_leads(call(dm::ListLeadsRequest::default(), "rt-echo", &token))
+            .await
+            .unwrap_err();
+        codes.push((err.code(), started.elapsed()));
+        assert!(!err.message().contains("127.0.0.1"), "{err:?}");
+    }
+    assert!(
+        codes.iter().all(|(c, _)| *c == Code::Unavailable),
+        "{codes:?}"
+    );
+    assert!(
+        codes.last().unwrap().1 < Duration::from_millis(100),
+        "fails fast: {codes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_endpoints_and_graceful_shutdown() {
+    let plane = Plane::start().await;
+    let mut router = Router::start(&plane, &[]).await;
+    let ch = router.channel().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    for service in [
+        "",
+        "tenancy.domain.v1.Leads",
+        "tenancy.domain.v1.Conversations",
+        "tenancy.domain.v1.Catalog",
+    ] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.into_inner().status, 1, "{service} SERVING");
+    }
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let mut reflection = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let resp = reflection
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!()
+    };
+    assert!(list
+        .service
+        .iter()
+        .any(|s| s.name == "tenancy.domain.v1.Leads"));
+    assert_eq!(router.http_get("/healthz").await.0, 200);
+    let (status, body) = router.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("tenant_router_route_cache_total")
+            || body.contains("tenant_router_pools_open"),
+        "{body}"
+    );
+    assert_eq!(router.http_get("/nope").await.0, 404);
+
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &router.pid().to_string()])
+        .status();
+    let status = router
+        .wait_exit(Duration::from_secs(10))
+        .expect("router exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_router_configuration_is_refused() {
+    for (k, v, msg) in [
+        ("TENANT_ROUTER__JWT_SECRET", "short", "jwt_secret"),
+        ("TENANT_ROUTER__POOLS__BUDGET_SHARE", "2", "budget_share"),
+        ("TENANT_ROUTER__SURPRISE", "1", "surprise"),
+        (
+            "TENANT_ROUTER__CONTROL_PLANE_ENDPOINT",
+            "ftp://x",
+            "control_plane_endpoint",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-router"))
+            .env("TENANT_ROUTER__GRPC_LISTEN", "127.0.0.1:0")
+            .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
+            .env(
+                "TENANT_ROUTER__CONTROL_PLANE_ENDPOINT",
+                "http://127.0.0.1:1",
+            )
+            .env("TENANT_ROUTER__DIRECTORY_TOKEN", common::DIRECTORY_TOKEN)
+            .env("TENANT_ROUTER__JWT_SECRET", common::JWT_SECRET)
+            .env(k, v)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{k}={v} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(msg), "{k}: {stderr}");
+    }
+}
