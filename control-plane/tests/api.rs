@@ -495,3 +495,48 @@ async fn sigterm_shuts_down_gracefully() {
     assert_eq!(out.code, 5, "{out:?}");
     assert!(out.stderr.contains("control plane unreachable"), "{out:?}");
 }
+
+#[tokio::test]
+async fn tokens_are_issued_only_when_configured_and_for_known_tenants() {
+    let pg = pg_harness::shared();
+    let off = Plane::start().await;
+    let out = off.ctl(&["token", "issue", "--all"]);
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(out.stderr.contains("token_signing_key"), "{out:?}");
+
+    let key = "test-token-signing-key-0123456789abcdef";
+    let plane = Plane::start_with(&[("CONTROL_PLANE__TOKEN_SIGNING_KEY", key)]).await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "tok-one", "--name", "T", "--sector", "varejo"]);
+    let out = plane.ok(&["token", "issue", "--tenant", "tok-one", "--ttl", "10m"]);
+    let token = out.stdout.trim();
+    assert_eq!(out.stdout.lines().count(), 1, "only the token is printed");
+    let claims = caller_auth::TokenKey::new(key.as_bytes())
+        .verify(token)
+        .unwrap();
+    assert!(claims.grants("tok-one") && !claims.grants("tok-two") && !claims.all);
+    assert!(claims.exp - claims.iat == 600);
+    let all = plane.ok(&["token", "issue", "--all"]).stdout;
+    assert!(
+        caller_auth::TokenKey::new(key.as_bytes())
+            .verify(all.trim())
+            .unwrap()
+            .all
+    );
+    for (args, code) in [
+        (vec!["token", "issue", "--tenant", "nobody-here"], 3),
+        (
+            vec!["token", "issue", "--tenant", "tok-one", "--ttl", "soon"],
+            2,
+        ),
+        (
+            vec!["token", "issue", "--tenant", "tok-one", "--ttl", "400d"],
+            2,
+        ),
+        (vec!["token", "issue"], 2),
+        (vec!["token", "issue", "--all", "--tenant", "tok-one"], 2),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+    }
+}

@@ -40,8 +40,8 @@ pub struct RouteCache {
     metrics: Arc<Metrics>,
 }
 
-/// Called with the tenant id whenever a change replaces a cached route.
-pub type OnChange = Box<dyn Fn(i64) + Send + Sync>;
+/// Awaited with the tenant id whenever a change replaces a cached route.
+pub type OnChange = Box<dyn Fn(i64) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
 
 impl RouteCache {
     /// A cache over `directory` (lazily connected channel).
@@ -243,7 +243,7 @@ impl RouteCache {
                                     let id = route.tenant_id;
                                     if self.apply(route).await {
                                         self.metrics.route_changes.inc();
-                                        on_change(id);
+                                        on_change(id).await;
                                     }
                                 }
                             }

@@ -54,12 +54,13 @@ pub async fn run(
     let tasks = TaskTracker::new();
 
     let watch_pools = Arc::clone(&pools);
-    let on_change = Box::new(move |tenant: i64| {
+    let on_change: crate::routes::OnChange = Box::new(move |tenant: i64| {
         // Credentials rotated, tenant moved or suspended: the next call builds a fresh pool.
         let pools = Arc::clone(&watch_pools);
-        tokio::spawn(async move { pools.invalidate(tenant).await });
+        Box::pin(async move { pools.invalidate(tenant).await })
     });
     tasks.spawn(Arc::clone(&routes).watch(on_change, cancel.child_token()));
+    tasks.spawn(Arc::clone(&pools).maintain(cancel.child_token()));
     tasks.spawn(http::serve(
         http_listener,
         Arc::new(HttpState {

@@ -733,3 +733,137 @@ async fn bad_router_configuration_is_refused() {
         assert!(stderr.contains(msg), "{k}: {stderr}");
     }
 }
+
+async fn role_connections(pg: &pg_harness::PgServer, role: &str) -> i64 {
+    let c = pg.connect("postgres").await.unwrap();
+    c.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+        &[&role],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pools_close_and_rotated_credentials_are_refetched() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("one", pg, 80).await;
+    plane.create("rt-foxtrot", "servicos", "one").await;
+    let router = Router::start(&plane, &[("TENANT_ROUTER__POOLS__IDLE_SECS", "1")]).await;
+    let token = plane_token_all();
+    let mut leads = LeadsClient::new(router.channel().await);
+    let role = "emp_rt_foxtrot_app";
+    leads
+        .upsert_lead(call(upsert("5511955556666", "F"), "rt-foxtrot", &token))
+        .await
+        .unwrap();
+    assert!(role_connections(pg, role).await >= 1);
+    let closed = eventually(Duration::from_secs(5), || async {
+        role_connections(pg, role).await == 0
+    })
+    .await;
+    assert!(closed, "an idle tenant pool is closed");
+
+    // Rotate the password behind the router's back (no change event): the next connect
+    // fails authentication, the router refetches the route and retries once.
+    let new_password = "rotated-password-for-foxtrot";
+    let sealed = control_plane::crypto::SecretBox::from_base64(common::MASTER_KEY)
+        .unwrap()
+        .seal(new_password, "tenant:rt-foxtrot:password")
+        .unwrap();
+    let catalog = pg.connect(&plane.catalog_db).await.unwrap();
+    catalog
+        .batch_execute("ALTER TABLE empresas DISABLE TRIGGER empresas_notify")
+        .await
+        .unwrap();
+    catalog
+        .execute(
+            "UPDATE empresas SET senha_cifrada = $1, version = version + 1 WHERE slug = 'rt-foxtrot'",
+            &[&sealed],
+        )
+        .await
+        .unwrap();
+    catalog
+        .batch_execute("ALTER TABLE empresas ENABLE TRIGGER empresas_notify")
+        .await
+        .unwrap();
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .batch_execute(&format!("ALTER ROLE {role} PASSWORD '{new_password}'"))
+        .await
+        .unwrap();
+    let lead = leads
+        .get_lead(call(
+            dm::GetLeadRequest {
+                key: Some(dm::get_lead_request::Key::Phone("5511955556666".into())),
+            },
+            "rt-foxtrot",
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lead.name, "F");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_cold_tenants_does_not_starve_a_hot_one() {
+    let pg = pg_harness::PgServer::start().unwrap();
+    let plane = Plane::start().await;
+    plane.add_server("tight", &pg, 4).await;
+    plane.create("rt-hot", "servicos", "tight").await;
+    let cold: Vec<String> = (0..16).map(|i| format!("rt-cold-{i}")).collect();
+    for s in &cold {
+        plane.create(s, "servicos", "tight").await;
+    }
+    let router = Router::start(
+        &plane,
+        &[("TENANT_ROUTER__POOLS__DEFAULT_DEADLINE_MS", "10000")],
+    )
+    .await;
+    let token = plane_token_all();
+    let ch = router.channel().await;
+    let hot = {
+        let mut leads = LeadsClient::new(ch.clone());
+        let token = token.clone();
+        tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            for i in 0..60 {
+                let started = std::time::Instant::now();
+                leads
+                    .upsert_lead(call(
+                        upsert(&format!("5511980{i:06}"), "hot"),
+                        "rt-hot",
+                        &token,
+                    ))
+                    .await
+                    .unwrap();
+                worst = worst.max(started.elapsed());
+            }
+            worst
+        })
+    };
+    let mut burst = tokio::task::JoinSet::new();
+    for s in cold {
+        let mut leads = LeadsClient::new(ch.clone());
+        let token = token.clone();
+        burst.spawn(async move {
+            leads
+                .upsert_lead(call(upsert("5511970000000", "cold"), &s, &token))
+                .await
+                .map(|_| ())
+        });
+    }
+    while let Some(r) = burst.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let worst = hot.await.unwrap();
+    assert!(
+        worst < Duration::from_secs(5),
+        "the hot tenant waited {worst:?}"
+    );
+    assert!(tenant_connections(&pg).await <= 4);
+}

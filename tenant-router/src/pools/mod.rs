@@ -162,6 +162,18 @@ impl Pools {
         self.cache.invalidate_all();
     }
 
+    /// Closes idle pools on time: the cache only expires entries while it is being used, so
+    /// this runs its housekeeping every second until `cancel`.
+    pub async fn maintain(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => self.cache.run_pending_tasks().await,
+            }
+        }
+    }
+
     /// Pools cached now.
     pub fn open_pools(&self) -> u64 {
         self.cache.entry_count()
