@@ -68,6 +68,18 @@ impl Directory {
         }
     }
 
+    /// Stores a webhook no tenant owns.
+    pub async fn dead_letter(
+        &self,
+        source: &str,
+        phone_number_id: Option<&str>,
+        body: &[u8],
+    ) -> Result<i64> {
+        self.catalog
+            .dead_letter(source, phone_number_id, body)
+            .await
+    }
+
     fn route(&self, t: &TenantRecord) -> Result<pb::Route> {
         Ok(pb::Route {
             tenant_id: t.id,

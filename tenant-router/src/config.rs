@@ -36,6 +36,25 @@ pub struct Config {
     /// Tenant pool settings.
     #[serde(default)]
     pub pools: Pools,
+    /// WhatsApp webhook settings; without them the webhook endpoints answer 404.
+    #[serde(default)]
+    pub webhook: Option<Webhook>,
+}
+
+/// WhatsApp (Meta Cloud API) webhook settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// The Meta app secret: the key of `X-Hub-Signature-256`.
+    pub app_secret: String,
+    /// The verify token of the GET handshake.
+    pub verify_token: String,
+    /// Largest body accepted, in bytes (Meta sends at most 3 MB).
+    #[serde(default = "defaults::body_limit")]
+    pub body_limit_bytes: usize,
+    /// Time to answer Meta within, in milliseconds (Meta wants well under a second).
+    #[serde(default = "defaults::webhook_deadline_ms")]
+    pub deadline_ms: u64,
 }
 
 /// Route cache settings.
@@ -86,6 +105,12 @@ pub struct Pools {
 }
 
 mod defaults {
+    pub fn body_limit() -> usize {
+        3 * 1024 * 1024
+    }
+    pub fn webhook_deadline_ms() -> u64 {
+        800
+    }
     pub fn route_capacity() -> u64 {
         200_000
     }
@@ -185,6 +210,14 @@ impl Config {
             || self.routes.capacity == 0
         {
             return invalid("pools.max_per_tenant, pools.max_connections and routes.capacity must be at least 1");
+        }
+        if let Some(w) = &self.webhook {
+            if w.app_secret.len() < 16 || w.verify_token.is_empty() {
+                return invalid("webhook.app_secret must be at least 16 characters and webhook.verify_token set");
+            }
+            if w.body_limit_bytes == 0 || w.body_limit_bytes > 64 << 20 {
+                return invalid("webhook.body_limit_bytes must be between 1 and 64 MiB");
+            }
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
-//! The router's HTTP side: `/metrics` (Prometheus) and `/healthz`. (WhatsApp webhooks join
-//! here in their own issue.)
+//! The router's HTTP side: WhatsApp webhooks (`GET`/`POST /webhooks/whatsapp`),
+//! `/metrics` (Prometheus) and `/healthz`.
 
 use crate::metrics::Metrics;
 use crate::pools::Pools;
@@ -23,6 +23,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub pools: Arc<Pools>,
     pub routes: Arc<RouteCache>,
+    /// WhatsApp webhooks, when configured.
+    pub webhooks: Option<crate::webhook::Webhooks>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -31,7 +33,10 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-fn handle(state: &HttpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/webhooks/whatsapp" {
+        return whatsapp(state, req).await;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             let m = &state.metrics;
@@ -62,6 +67,70 @@ fn handle(state: &HttpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
+async fn whatsapp(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use crate::webhook::{parse_query, Answer};
+    let Some(hooks) = &state.webhooks else {
+        return text(StatusCode::NOT_FOUND, "webhooks are not configured\n");
+    };
+    match *req.method() {
+        Method::GET => {
+            let query = parse_query(req.uri().query().unwrap_or(""));
+            match hooks.verify(&query) {
+                Some(challenge) => text(StatusCode::OK, challenge.to_string()),
+                None => text(StatusCode::FORBIDDEN, "verification failed\n"),
+            }
+        }
+        Method::POST => {
+            let limit = hooks.cfg.body_limit_bytes;
+            let declared = req
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                state
+                    .metrics
+                    .webhooks
+                    .with_label_values(&["too_large"])
+                    .inc();
+                return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+            }
+            let signature = req
+                .headers()
+                .get("x-hub-signature-256")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                req.into_body(),
+                limit,
+            ))
+            .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    state
+                        .metrics
+                        .webhooks
+                        .with_label_values(&["too_large"])
+                        .inc();
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+                }
+                Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the body\n"),
+            };
+            match hooks.deliver(&body, signature.as_deref()).await {
+                Answer::Ok => text(StatusCode::OK, "ok\n"),
+                Answer::BadRequest => text(StatusCode::BAD_REQUEST, "not a WhatsApp webhook\n"),
+                Answer::Unauthorized => text(StatusCode::UNAUTHORIZED, "invalid signature\n"),
+                Answer::Retry => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "not stored; retry later\n",
+                ),
+            }
+        }
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+    }
+}
+
 /// Serves HTTP on `listener` until `shutdown`, then lets open requests finish (bounded).
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: CancellationToken) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -85,8 +154,8 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: Cance
         };
         let state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let resp = handle(&state, &req);
-            async move { Ok::<_, std::convert::Infallible>(resp) }
+            let state = Arc::clone(&state);
+            async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod pools;
 pub mod routes;
 pub mod server;
+pub mod webhook;
 
 pub use config::Config;
 pub use error::RouterError;

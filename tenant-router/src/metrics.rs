@@ -29,6 +29,12 @@ pub struct Metrics {
     pub server_connections: IntGaugeVec,
     /// Connection budget per database server.
     pub server_budget: IntGaugeVec,
+    /// Webhook deliveries by outcome (ok, retry, unauthorized, bad_request, too_large).
+    pub webhooks: IntCounterVec,
+    /// Webhook items by kind (message, duplicate, status, skipped, malformed).
+    pub webhook_items: IntCounterVec,
+    /// Webhooks kept as dead letters (no tenant owns the number).
+    pub dead_letters: IntCounter,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -84,8 +90,23 @@ impl Metrics {
             ),
             &["server"],
         ));
+        let webhooks = must(IntCounterVec::new(
+            Opts::new("webhooks_total", "webhook deliveries by outcome"),
+            &["outcome"],
+        ));
+        let webhook_items = must(IntCounterVec::new(
+            Opts::new("webhook_items_total", "webhook items by kind"),
+            &["kind"],
+        ));
+        let dead_letters = must(IntCounter::new(
+            "dead_letters_total",
+            "webhooks kept as dead letters",
+        ));
         for c in [
-            Box::new(calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(webhooks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(webhook_items.clone()),
+            Box::new(dead_letters.clone()),
+            Box::new(calls.clone()),
             Box::new(call_seconds.clone()),
             Box::new(route_cache.clone()),
             Box::new(route_changes.clone()),
@@ -110,6 +131,9 @@ impl Metrics {
             routes_cached,
             server_connections,
             server_budget,
+            webhooks,
+            webhook_items,
+            dead_letters,
         }
     }
 

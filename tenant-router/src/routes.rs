@@ -17,6 +17,15 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+/// Cache keys of WhatsApp `phone_number_id`s start with this (slugs start with a letter,
+/// ids are digits: no clash).
+pub const PHONE_PREFIX: &str = "pnid:";
+
+/// The cache key of a WhatsApp `phone_number_id`.
+pub fn phone_key(phone_number_id: &str) -> String {
+    format!("{PHONE_PREFIX}{phone_number_id}")
+}
+
 /// A cached route and when it was fetched.
 #[derive(Debug)]
 pub struct CachedRoute {
@@ -28,7 +37,7 @@ pub struct CachedRoute {
 
 /// Cache of tenant routes, fed by lookups and the directory's change stream.
 pub struct RouteCache {
-    /// Routes by `x-tenant` key (slug, and the id as decimal text).
+    /// Routes by key: slug, id as decimal text, and `pnid:<phone_number_id>`.
     routes: moka::future::Cache<String, Arc<CachedRoute>>,
     /// Keys recently resolved as "no such tenant".
     missing: moka::future::Cache<String, ()>,
@@ -138,9 +147,10 @@ impl RouteCache {
 
     async fn resolve(&self, key: &str) -> Result<pb::Route, RouterError> {
         use pb::resolve_request::Key;
-        let k = match key.parse::<i64>() {
-            Ok(id) => Key::Id(id),
-            Err(_) => Key::Slug(key.to_string()),
+        let k = match (key.strip_prefix(PHONE_PREFIX), key.parse::<i64>()) {
+            (Some(phone), _) => Key::PhoneNumberId(phone.to_string()),
+            (None, Ok(id)) => Key::Id(id),
+            (None, Err(_)) => Key::Slug(key.to_string()),
         };
         let mut req = tonic::Request::new(pb::ResolveRequest { key: Some(k) });
         req.metadata_mut()
@@ -197,6 +207,11 @@ impl RouteCache {
     async fn forget(&self, route: &pb::Route) {
         self.routes.invalidate(&route.slug).await;
         self.routes.invalidate(&route.tenant_id.to_string()).await;
+        if !route.phone_number_id.is_empty() {
+            self.routes
+                .invalidate(&phone_key(&route.phone_number_id))
+                .await;
+        }
     }
 
     /// Applies one change from the stream; true if it replaced what was cached.
@@ -263,6 +278,33 @@ impl RouteCache {
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// Keeps a webhook body no tenant owns in the control database (through the control
+    /// plane: the router has no catalog credentials).
+    pub async fn record_unroutable(
+        &self,
+        source: &str,
+        phone_number_id: &str,
+        body: &[u8],
+    ) -> Result<i64, RouterError> {
+        let mut req = tonic::Request::new(pb::UnroutableWebhook {
+            source: source.to_string(),
+            phone_number_id: phone_number_id.to_string(),
+            body: body.to_vec(),
+        });
+        req.metadata_mut()
+            .insert("authorization", self.token.clone());
+        req.set_timeout(Duration::from_secs(2));
+        let mut client = self.directory.clone();
+        client
+            .record_unroutable(req)
+            .await
+            .map(|r| r.into_inner().id)
+            .map_err(|s| {
+                tracing::warn!(code = ?s.code(), "cannot record a dead letter");
+                RouterError::Unavailable("control plane unavailable".into())
+            })
     }
 
     /// Routes cached (each counted once per key).

@@ -67,6 +67,12 @@ pub async fn run(
             metrics: Arc::clone(&metrics),
             pools: Arc::clone(&pools),
             routes: Arc::clone(&routes),
+            webhooks: config.webhook.clone().map(|cfg| crate::webhook::Webhooks {
+                cfg,
+                routes: Arc::clone(&routes),
+                pools: Arc::clone(&pools),
+                metrics: Arc::clone(&metrics),
+            }),
         }),
         cancel.child_token(),
     ));

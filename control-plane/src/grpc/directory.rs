@@ -24,6 +24,9 @@ impl DirectoryService {
     }
 }
 
+/// Largest dead-letter body kept (webhook bodies are at most 3 MB).
+const MAX_DEAD_LETTER_BYTES: usize = 4 << 20;
+
 type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::RouteChange, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -43,6 +46,28 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
             }
         };
         Ok(Response::new(self.directory.resolve(&key).await?))
+    }
+
+    async fn record_unroutable(
+        &self,
+        request: Request<pb::UnroutableWebhook>,
+    ) -> Result<Response<pb::UnroutableRecorded>, Status> {
+        let w = request.into_inner();
+        if !matches!(w.source.as_str(), "meta" | "evolution") {
+            return Err(Status::invalid_argument("source must be meta or evolution"));
+        }
+        if w.body.len() > MAX_DEAD_LETTER_BYTES {
+            return Err(Status::invalid_argument("body larger than 4 MiB"));
+        }
+        let phone = (!w.phone_number_id.is_empty()).then_some(w.phone_number_id.as_str());
+        if phone.is_some_and(|p| p.len() > 64) {
+            return Err(Status::invalid_argument("phone_number_id too long"));
+        }
+        let id = self
+            .directory
+            .dead_letter(&w.source, phone, &w.body)
+            .await?;
+        Ok(Response::new(pb::UnroutableRecorded { id }))
     }
 
     type WatchRoutesStream = ChangeStream;

@@ -1,0 +1,260 @@
+//! WhatsApp (Meta Cloud API) webhooks: the verification handshake and deliveries.
+//!
+//! A delivery: body limit -> `X-Hub-Signature-256` (HMAC-SHA256 of the raw bytes, constant
+//! time) -> parse every entry, change, message and status -> per business phone number: the
+//! tenant (route cache by `phone_number_id`), then one transaction in its database. Unknown
+//! numbers become dead letters in the control database. A tenant database that is down or
+//! too slow makes the answer 500 so Meta retries; deduplication by `wamid` makes that safe.
+
+pub mod ingest;
+pub mod payload;
+
+use crate::error::RouterError;
+use crate::metrics::Metrics;
+use crate::pools::{GetError, Pools};
+use crate::routes::{phone_key, RouteCache};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a delivery is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 200: everything stored, dead-lettered or deliberately skipped.
+    Ok,
+    /// 400: the body is not a webhook at all (retrying cannot help).
+    BadRequest,
+    /// 401: missing or wrong signature; nothing was written.
+    Unauthorized,
+    /// 500: a tenant database (or the control plane) failed; Meta will retry.
+    Retry,
+}
+
+/// The webhook handler's dependencies.
+pub struct Webhooks {
+    pub cfg: crate::config::Webhook,
+    pub routes: Arc<RouteCache>,
+    pub pools: Arc<Pools>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Whether `header` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under `secret`.
+pub fn signature_ok(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex_sig) = header.and_then(|h| h.strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+impl Webhooks {
+    /// The GET handshake: the challenge to echo, or `None` (403).
+    pub fn verify<'q>(&self, query: &'q [(String, String)]) -> Option<&'q str> {
+        let get = |k: &str| {
+            query
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let token_ok = get("hub.verify_token").is_some_and(|t| {
+            t.len() == self.cfg.verify_token.len()
+                && signature_eq(t.as_bytes(), self.cfg.verify_token.as_bytes())
+        });
+        (get("hub.mode") == Some("subscribe") && token_ok)
+            .then(|| get("hub.challenge"))
+            .flatten()
+    }
+
+    /// Handles one signed delivery.
+    pub async fn deliver(&self, body: &[u8], signature: Option<&str>) -> Answer {
+        let started = Instant::now();
+        if !signature_ok(self.cfg.app_secret.as_bytes(), body, signature) {
+            self.metrics
+                .webhooks
+                .with_label_values(&["unauthorized"])
+                .inc();
+            return Answer::Unauthorized;
+        }
+        let parsed = match payload::parse(body) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook body is not a WhatsApp delivery");
+                self.metrics
+                    .webhooks
+                    .with_label_values(&["bad_request"])
+                    .inc();
+                return Answer::BadRequest;
+            }
+        };
+        if parsed.skipped > 0 {
+            self.metrics
+                .webhook_items
+                .with_label_values(&["malformed"])
+                .inc_by(parsed.skipped as u64);
+        }
+        let deadline = started + Duration::from_millis(self.cfg.deadline_ms);
+        let mut answer = Answer::Ok;
+        for (phone, batch) in &parsed.by_phone {
+            if let Err(e) = self.tenant_batch(phone, batch, body, deadline).await {
+                tracing::warn!(phone_number_id = %phone, error = %e, "webhook batch not stored; asking Meta to retry");
+                answer = Answer::Retry;
+            }
+        }
+        let outcome = if answer == Answer::Ok { "ok" } else { "retry" };
+        self.metrics.webhooks.with_label_values(&[outcome]).inc();
+        answer
+    }
+
+    async fn tenant_batch(
+        &self,
+        phone: &str,
+        batch: &payload::TenantBatch,
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<(), RouterError> {
+        let valid_phone =
+            !phone.is_empty() && phone.len() <= 25 && phone.bytes().all(|b| b.is_ascii_digit());
+        let route = if valid_phone {
+            self.routes.get(&phone_key(phone)).await
+        } else {
+            Err(RouterError::TenantNotFound)
+        };
+        let route = match route {
+            Ok(r) if r.route.status == "active" => r,
+            Ok(_) | Err(RouterError::TenantNotFound) | Err(RouterError::InvalidArgument(_)) => {
+                // Nobody (or nobody active) owns this number: keep it, answer 200.
+                self.routes.record_unroutable("meta", phone, body).await?;
+                self.metrics.dead_letters.inc();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut conn = match self.pools.get(&route.route, deadline).await {
+            Ok(c) => c,
+            Err(GetError::Auth) => {
+                self.pools.invalidate(route.route.tenant_id).await;
+                return Err(RouterError::Unavailable(
+                    "tenant database refused the cached credentials".into(),
+                ));
+            }
+            Err(GetError::Other(e)) => return Err(e),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let cancel = conn.client.cancel_token();
+        match tokio::time::timeout(remaining, ingest::store(&mut conn, batch)).await {
+            Ok(Ok(stored)) => {
+                let m = &self.metrics.webhook_items;
+                m.with_label_values(&["message"])
+                    .inc_by(u64::from(stored.messages));
+                m.with_label_values(&["duplicate"])
+                    .inc_by(u64::from(stored.duplicates));
+                m.with_label_values(&["status"])
+                    .inc_by(u64::from(stored.statuses));
+                m.with_label_values(&["skipped"])
+                    .inc_by(u64::from(stored.skipped));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(RouterError::from_db(&e)),
+            Err(_) => {
+                // Too slow: stop it server-side (the transaction rolls back) and let Meta retry.
+                let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                Err(RouterError::DeadlineExceeded)
+            }
+        }
+    }
+}
+
+fn signature_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes an `application/x-www-form-urlencoded` query string.
+pub fn parse_query(q: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => match (hex_val(bytes[i + 1]), hex_val(bytes[i + 2]))
+                {
+                    (Some(h), Some(l)) => {
+                        out.push(h << 4 | l);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                },
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(p), String::new()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let secret = b"app-secret-0123456789";
+        let body = br#"{"entry":[]}"#;
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(body);
+        let good = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert!(signature_ok(secret, body, Some(&good)));
+        assert!(
+            !signature_ok(secret, b"{\"entry\": []}", Some(&good)),
+            "re-serialized bytes differ"
+        );
+        assert!(!signature_ok(b"other-secret-0123456", body, Some(&good)));
+        for bad in [
+            None,
+            Some(""),
+            Some("sha256="),
+            Some("sha256=zz"),
+            Some("md5=abcd"),
+            Some(&good[..20]),
+        ] {
+            assert!(!signature_ok(secret, body, bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn queries() {
+        let q = parse_query("hub.mode=subscribe&hub.challenge=a%2Bb+c%3D&hub.verify_token=t%");
+        assert_eq!(
+            parse_query("x=%é%")[0].1,
+            "%é%",
+            "no panic on non-ASCII after %"
+        );
+        assert_eq!(q[0], ("hub.mode".into(), "subscribe".into()));
+        assert_eq!(q[1], ("hub.challenge".into(), "a+b c=".into()));
+        assert_eq!(q[2], ("hub.verify_token".into(), "t%".into()));
+    }
+}

@@ -1,0 +1,540 @@
+//! WhatsApp webhook matrix against the real router, real control plane and real PostgreSQL:
+//! handshake, signatures, body limit, batches, duplicates (also concurrent), statuses,
+//! unknown numbers, the Brazilian 9th digit, media, malformed items, slow and down databases.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{eventually, Plane, Router};
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use sha2::Sha256;
+use std::time::Duration;
+
+const APP_SECRET: &str = "test-app-secret-0123456789";
+const VERIFY_TOKEN: &str = "verify-me-please";
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Sends one HTTP/1.1 request; returns (status, body).
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let _ = s.write_all(body).await;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+async fn post(router: &Router, body: &[u8]) -> u16 {
+    http(
+        &router.http,
+        "POST",
+        "/webhooks/whatsapp",
+        &[("X-Hub-Signature-256", sign(body))],
+        body,
+    )
+    .await
+    .0
+}
+
+fn delivery(
+    phone_number_id: &str,
+    messages: serde_json::Value,
+    statuses: serde_json::Value,
+) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "WABA1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "5511900000000", "phone_number_id": phone_number_id},
+            "contacts": [{"wa_id": "551187654321", "profile": {"name": "Ana Souza"}}],
+            "messages": messages,
+            "statuses": statuses,
+        }}]}]
+    }))
+    .unwrap()
+}
+
+fn text_msg(wamid: &str, from: &str, body: &str) -> serde_json::Value {
+    json!({"from": from, "id": wamid, "timestamp": "1763800000", "type": "text", "text": {"body": body}})
+}
+
+struct Setup {
+    plane: Plane,
+    router: Router,
+}
+
+async fn setup(slug: &str, phone_number_id: &str, pg: &pg_harness::PgServer) -> Setup {
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 80).await;
+    let mut admin = plane.admin().await;
+    admin
+        .create_tenant(common::admin_req(proto::control::v1::CreateTenantRequest {
+            slug: slug.into(),
+            name: "Loja".into(),
+            sector: "varejo".into(),
+            phone_number_id: phone_number_id.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let router = Router::start(
+        &plane,
+        &[
+            ("TENANT_ROUTER__WEBHOOK__APP_SECRET", APP_SECRET),
+            ("TENANT_ROUTER__WEBHOOK__VERIFY_TOKEN", VERIFY_TOKEN),
+            ("TENANT_ROUTER__WEBHOOK__BODY_LIMIT_BYTES", "262144"),
+        ],
+    )
+    .await;
+    Setup { plane, router }
+}
+
+async fn count(pg: &pg_harness::PgServer, db: &str, sql: &str) -> i64 {
+    pg.connect(db)
+        .await
+        .unwrap()
+        .query_one(sql, &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_signature_and_limits() {
+    let pg = pg_harness::shared();
+    let s = setup("wh-alpha", "900000001", pg).await;
+    let addr = &s.router.http;
+    let (status, body) = http(
+        addr,
+        "GET",
+        "/webhooks/whatsapp?hub.mode=subscribe&hub.challenge=11%2B58%20x&hub.verify_token=verify-me-please",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "11+58 x"),
+        "the challenge is echoed byte for byte"
+    );
+    for q in [
+        "hub.mode=subscribe&hub.challenge=1&hub.verify_token=wrong",
+        "hub.mode=unsubscribe&hub.challenge=1&hub.verify_token=verify-me-please",
+        "hub.challenge=1",
+    ] {
+        assert_eq!(
+            http(addr, "GET", &format!("/webhooks/whatsapp?{q}"), &[], b"")
+                .await
+                .0,
+            403,
+            "{q}"
+        );
+    }
+
+    let body = delivery(
+        "900000001",
+        json!([text_msg("wamid.SIG", "5511912345678", "oi")]),
+        json!([]),
+    );
+    let (status, _) = http(addr, "POST", "/webhooks/whatsapp", &[], &body).await;
+    assert_eq!(status, 401, "no signature");
+    let forged = format!("sha256={}", "0".repeat(64));
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/webhooks/whatsapp",
+        &[("X-Hub-Signature-256", forged)],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 401, "wrong signature");
+    let mut tampered = body.clone();
+    tampered.push(b' ');
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/webhooks/whatsapp",
+        &[("X-Hub-Signature-256", sign(&body))],
+        &tampered,
+    )
+    .await;
+    assert_eq!(status, 401, "signature over other bytes");
+    assert_eq!(
+        count(pg, "emp_wh_alpha", "SELECT count(*) FROM mensagens").await,
+        0,
+        "nothing written"
+    );
+
+    let huge = vec![b'x'; 262_145];
+    assert_eq!(post(&s.router, &huge).await, 413);
+    assert_eq!(post(&s.router, b"not json at all").await, 400);
+    assert_eq!(post(&s.router, b"{\"object\":\"x\"}").await, 400);
+    assert_eq!(
+        count(pg, "emp_wh_alpha", "SELECT count(*) FROM leads").await,
+        0
+    );
+    drop(s.plane);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_leads_and_duplicates() {
+    let pg = pg_harness::shared();
+    let s = setup("wh-bravo", "900000002", pg).await;
+    let db = "emp_wh_bravo";
+    // Without and with the 9th digit: one lead, raw id kept; a landline is left alone.
+    let first = delivery(
+        "900000002",
+        json!([text_msg("wamid.1", "551187654321", "olá")]),
+        json!([]),
+    );
+    assert_eq!(post(&s.router, &first).await, 200);
+    assert_eq!(post(&s.router, &first).await, 200, "a redelivery is fine");
+    let second = delivery(
+        "900000002",
+        json!([text_msg("wamid.2", "5511987654321", "tudo bem?")]),
+        json!([]),
+    );
+    assert_eq!(post(&s.router, &second).await, 200);
+    let landline = delivery(
+        "900000002",
+        json!([text_msg("wamid.3", "551133334444", "fixo")]),
+        json!([]),
+    );
+    assert_eq!(post(&s.router, &landline).await, 200);
+    let c = pg.connect(db).await.unwrap();
+    let leads: Vec<(String, String, Option<String>)> = c
+        .query("SELECT wa_id, wa_id_raw, nome FROM leads ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(leads.len(), 2, "{leads:?}");
+    assert_eq!(
+        leads[0],
+        (
+            "5511987654321".into(),
+            "551187654321".into(),
+            Some("Ana Souza".into())
+        )
+    );
+    assert_eq!(leads[1].0, "551133334444");
+    assert_eq!(count(pg, db, "SELECT count(*) FROM mensagens").await, 3);
+    assert_eq!(count(pg, db, "SELECT count(*) FROM conversas").await, 2);
+    let unread: i32 = c
+        .query_one("SELECT nao_lidas FROM conversas ORDER BY id LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unread, 2);
+
+    // Concurrent duplicate deliveries of new messages from a new lead: stored once, one lead,
+    // one open conversation.
+    let dup = delivery(
+        "900000002",
+        json!([
+            text_msg("wamid.C1", "5521988887777", "a"),
+            text_msg("wamid.C2", "5521988887777", "b")
+        ]),
+        json!([]),
+    );
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let addr = s.router.http.clone();
+        let body = if i % 2 == 0 {
+            dup.clone()
+        } else {
+            delivery(
+                "900000002",
+                json!([text_msg(&format!("wamid.D{i}"), "5521988887777", "c")]),
+                json!([]),
+            )
+        };
+        set.spawn(async move {
+            http(
+                &addr,
+                "POST",
+                "/webhooks/whatsapp",
+                &[("X-Hub-Signature-256", sign(&body))],
+                &body,
+            )
+            .await
+            .0
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        assert_eq!(r.unwrap(), 200);
+    }
+    assert_eq!(
+        count(
+            pg,
+            db,
+            "SELECT count(*) FROM leads WHERE wa_id = '5521988887777'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(pg, db, "SELECT count(*) FROM conversas c JOIN leads l ON l.id = c.lead_id WHERE l.wa_id = '5521988887777'")
+            .await,
+        1
+    );
+    assert_eq!(
+        count(
+            pg,
+            db,
+            "SELECT count(*) FROM mensagens WHERE wamid IN ('wamid.C1', 'wamid.C2')"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(
+            pg,
+            db,
+            "SELECT count(*) FROM mensagens WHERE wamid LIKE 'wamid.D%'"
+        )
+        .await,
+        6
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_media_malformed_items_and_unknown_numbers() {
+    let pg = pg_harness::shared();
+    let s = setup("wh-charlie", "900000003", pg).await;
+    let db = "emp_wh_charlie";
+    // A batch of 1000 messages across two entries and two changes, with a media message and
+    // malformed items mixed in.
+    let mut a: Vec<serde_json::Value> = (0..500)
+        .map(|i| text_msg(&format!("wamid.A{i}"), &format!("55119{:08}", i % 40), "x"))
+        .collect();
+    a.push(json!({"no": "id"}));
+    a.push(json!({
+        "from": "5511911110000", "id": "wamid.IMG", "type": "image",
+        "image": {"id": "MEDIA-42", "mime_type": "image/jpeg", "sha256": "c0ffee", "caption": "foto do carro"}
+    }));
+    let b: Vec<serde_json::Value> = (0..499)
+        .map(|i| text_msg(&format!("wamid.B{i}"), &format!("55219{:08}", i % 30), "y"))
+        .collect();
+    let body = serde_json::to_vec(&json!({
+        "object": "whatsapp_business_account",
+        "entry": [
+            {"id": "W", "changes": [
+                {"field": "messages", "value": {"metadata": {"phone_number_id": "900000003"}, "messages": a}},
+                {"field": "account_update", "value": {"whatever": 1}}
+            ]},
+            {"id": "W", "changes": [
+                {"field": "messages", "value": {"metadata": {"phone_number_id": "900000003"}, "messages": b}},
+                {"field": "messages", "value": {"metadata": {"phone_number_id": "777000777"},
+                  "messages": [text_msg("wamid.LOST", "5511900001111", "para ninguém")]}}
+            ]},
+            {"broken": "entry"}
+        ]
+    }))
+    .unwrap();
+    assert!(body.len() < 262_144);
+    assert_eq!(post(&s.router, &body).await, 200);
+    assert_eq!(count(pg, db, "SELECT count(*) FROM mensagens").await, 1000);
+    let media: (String, String, String, String) = {
+        let c = pg.connect(db).await.unwrap();
+        let r = c
+            .query_one("SELECT midia_id, midia_mime, midia_sha256, conteudo FROM mensagens WHERE wamid = 'wamid.IMG'", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    assert_eq!(
+        media,
+        (
+            "MEDIA-42".into(),
+            "image/jpeg".into(),
+            "c0ffee".into(),
+            "foto do carro".into()
+        )
+    );
+    // The number nobody owns was kept as a dead letter with the raw body.
+    let catalog = pg.connect(&s.plane.catalog_db).await.unwrap();
+    let row = catalog
+        .query_one(
+            "SELECT fonte, corpo FROM webhooks_nao_roteados WHERE phone_number_id = '777000777'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "meta");
+    assert_eq!(row.get::<_, Vec<u8>>(1), body);
+    let (_, metrics) = s.router.http_get("/metrics").await;
+    assert!(
+        metrics.contains("tenant_router_dead_letters_total 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_apply_monotonically() {
+    let pg = pg_harness::shared();
+    let s = setup("wh-delta", "900000004", pg).await;
+    let db = "emp_wh_delta";
+    let c = pg.connect(db).await.unwrap();
+    c.batch_execute(
+        "INSERT INTO leads (wa_id) VALUES ('5511912345678');
+         INSERT INTO conversas (lead_id) VALUES (1);
+         INSERT INTO mensagens (conversa_id, wamid, direcao, status) VALUES
+           (1, 'wamid.OUT1', 'saida', 'pendente'), (1, 'wamid.OUT2', 'saida', 'pendente');",
+    )
+    .await
+    .unwrap();
+    let st = |id: &str, status: &str| json!({"id": id, "status": status, "timestamp": "1763800000", "recipient_id": "5511912345678"});
+    for (statuses, expected1) in [
+        (json!([st("wamid.OUT1", "delivered")]), "delivered"),
+        (json!([st("wamid.OUT1", "sent")]), "delivered"),
+        (
+            json!([st("wamid.OUT1", "read"), st("wamid.OUT1", "delivered")]),
+            "read",
+        ),
+        (json!([st("wamid.OUT1", "failed")]), "read"),
+        (json!([st("wamid.UNKNOWN", "read")]), "read"),
+    ] {
+        assert_eq!(
+            post(&s.router, &delivery("900000004", json!([]), statuses)).await,
+            200
+        );
+        let got: String = c
+            .query_one(
+                "SELECT status FROM mensagens WHERE wamid = 'wamid.OUT1'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, expected1);
+    }
+    let failed = json!([{"id": "wamid.OUT2", "status": "failed", "errors": [{"code": 131047, "title": "Re-engagement message"}]}]);
+    assert_eq!(
+        post(&s.router, &delivery("900000004", json!([]), failed)).await,
+        200
+    );
+    assert_eq!(
+        post(
+            &s.router,
+            &delivery(
+                "900000004",
+                json!([]),
+                json!([st("wamid.OUT2", "delivered")])
+            )
+        )
+        .await,
+        200
+    );
+    let row = c
+        .query_one(
+            "SELECT status, erro FROM mensagens WHERE wamid = 'wamid.OUT2'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "failed", "failed is terminal");
+    assert_eq!(row.get::<_, serde_json::Value>(1)[0]["code"], 131047);
+    assert_eq!(
+        count(pg, db, "SELECT count(*) FROM mensagens").await,
+        2,
+        "unknown wamids create nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_or_unavailable_databases_get_500_and_nothing_half_written() {
+    let pg = pg_harness::shared();
+    let s = setup("wh-echo", "900000005", pg).await;
+    let db = "emp_wh_echo";
+    let body = delivery(
+        "900000005",
+        json!([text_msg("wamid.SLOW", "5511955554444", "demora")]),
+        json!([]),
+    );
+    // Too slow: messages are locked by someone else; the answer comes within a second.
+    let blocker = pg.connect(db).await.unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE mensagens IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(post(&s.router, &body).await, 500);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        count(pg, db, "SELECT count(*) FROM leads").await,
+        0,
+        "the lead upsert was rolled back too"
+    );
+    assert_eq!(count(pg, db, "SELECT count(*) FROM conversas").await, 0);
+
+    // Down: the database refuses connections.
+    let su = pg.connect("postgres").await.unwrap();
+    su.batch_execute(&format!(
+        "ALTER DATABASE {db} ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(post(&s.router, &body).await, 500);
+    su.batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+
+    // Meta's retry then succeeds, once.
+    let stored = eventually(Duration::from_secs(5), || {
+        let body = body.clone();
+        let router = &s.router;
+        async move { post(router, &body).await == 200 }
+    })
+    .await;
+    assert!(stored);
+    assert_eq!(post(&s.router, &body).await, 200);
+    assert_eq!(
+        count(
+            pg,
+            db,
+            "SELECT count(*) FROM mensagens WHERE wamid = 'wamid.SLOW'"
+        )
+        .await,
+        1
+    );
+}
