@@ -115,6 +115,10 @@ http_listen = "127.0.0.1:$ROUTER_HTTP_PORT"
 control_plane_endpoint = "http://127.0.0.1:$CONTROL_PORT"
 directory_token = "$DIRECTORY_TOKEN"
 jwt_secret = "$JWT_SECRET"
+
+[webhook]
+app_secret = "$WHATSAPP_APP_SECRET"
+verify_token = "$WHATSAPP_VERIFY_TOKEN"
 TOML
 chmod 600 "$DEV/control-plane.toml" "$DEV/tenant-router.toml"
 

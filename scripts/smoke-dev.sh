@@ -35,6 +35,21 @@ exec 3<>"/dev/tcp/127.0.0.1/$DEV_ROUTER_HTTP_PORT"
 printf 'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
 grep -q "tenant_router_" <&3 || { echo "smoke: router /metrics did not answer" >&2; exit 1; }
 exec 3>&-
+# A real signed WhatsApp delivery, sent with curl, lands in the tenant's mensagens.
+command -v curl >/dev/null && command -v openssl >/dev/null || \
+  { [ "$(id -u)" = 0 ] && apt-get install -y -qq curl openssl >/dev/null; }
+pnid="$(date +%s%N | cut -c1-15)"
+wh_slug="smoke-wh-$(date +%s)"
+tenantctl create "$wh_slug" --name "Smoke WA" --sector varejo --phone-number-id "$pnid" >/dev/null
+payload='{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"'"$pnid"'"},"contacts":[{"wa_id":"551187654321","profile":{"name":"Ana"}}],"messages":[{"from":"551187654321","id":"wamid.SMOKE1","timestamp":"1763800000","type":"text","text":{"body":"ol\u00e1"}}]}}]}]}'
+sig="sha256=$(printf '%s' "$payload" | openssl dgst -sha256 -hmac "$WHATSAPP_APP_SECRET" | sed 's/^.*= //')"
+code="$(curl -s -o /dev/null -w '%{http_code}' -X POST "$ROUTER_HTTP_ENDPOINT/webhooks/whatsapp" \
+  -H 'Content-Type: application/json' -H "X-Hub-Signature-256: $sig" --data-binary "$payload")"
+[ "$code" = 200 ] || { echo "smoke: webhook answered $code" >&2; exit 1; }
+psql "${PG_ADMIN_URL%/postgres}/emp_${wh_slug//-/_}" -tAc "SELECT count(*) FROM mensagens WHERE wamid = 'wamid.SMOKE1'" | grep -qx 1 \
+  || { echo "smoke: the webhook message did not land" >&2; exit 1; }
+challenge="$(curl -s "$ROUTER_HTTP_ENDPOINT/webhooks/whatsapp?hub.mode=subscribe&hub.challenge=4242&hub.verify_token=$WHATSAPP_VERIFY_TOKEN")"
+[ "$challenge" = 4242 ] || { echo "smoke: handshake answered $challenge" >&2; exit 1; }
 stop
 trap - EXIT
 if pgrep -f "postgres -D $DEV_DIR/pg" >/dev/null; then echo "smoke: postgres still running after stop" >&2; exit 1; fi

@@ -1,8 +1,14 @@
 //! Human tables and JSON for `tenantctl`'s read commands.
-#![allow(clippy::print_stdout)]
+//!
+//! Writes ignore a closed stdout (`tenantctl list | head -1` must not panic).
 
 use proto::control::v1 as pb;
 use serde_json::{json, Value};
+use std::io::Write;
+
+fn out(text: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
 
 /// Prints rows as an aligned table under `headers`.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
@@ -21,7 +27,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", out.trim_end());
+        self::out(format_args!("{}", out.trim_end()));
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for row in rows {
@@ -31,15 +37,15 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 
 /// Prints a JSON value.
 pub fn json(value: &Value) {
-    println!(
+    out(format_args!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+    ));
 }
 
 /// Prints one line.
 pub fn line(text: &str) {
-    println!("{text}");
+    out(format_args!("{text}"));
 }
 
 /// A tenant as JSON (the fields scripts rely on).
@@ -131,6 +137,6 @@ pub fn tenant_detail(t: &pb::Tenant) {
         ("version", t.version.to_string()),
     ];
     for (k, v) in rows.iter().filter(|(_, v)| !v.is_empty()) {
-        println!("{k:<18} {v}");
+        out(format_args!("{k:<18} {v}"));
     }
 }
