@@ -96,6 +96,7 @@ impl Directory {
             version: t.version,
             server_connection_budget: t.connection_budget,
             plan: t.plan.clone(),
+            webhook_token: self.catalog.webhook_token(t)?.unwrap_or_default(),
         })
     }
 

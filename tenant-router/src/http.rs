@@ -37,6 +37,10 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<Byte
     if req.uri().path() == "/webhooks/whatsapp" {
         return whatsapp(state, req).await;
     }
+    if let Some(instance) = req.uri().path().strip_prefix("/webhooks/evolution/") {
+        let instance = instance.to_string();
+        return evolution(state, &instance, req).await;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             let m = &state.metrics;
@@ -67,8 +71,87 @@ async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Full<Byte
     }
 }
 
+/// Reads a body of at most `limit` bytes; `Err` is the response to send instead.
+async fn read_body(
+    state: &HttpState,
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<Bytes, Response<Full<Bytes>>> {
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        state
+            .metrics
+            .webhooks
+            .with_label_values(&["too_large"])
+            .inc();
+        text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n")
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    match http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), limit))
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(text(StatusCode::BAD_REQUEST, "could not read the body\n")),
+    }
+}
+
+fn answer(a: crate::webhook::Answer) -> Response<Full<Bytes>> {
+    use crate::webhook::Answer;
+    match a {
+        Answer::Ok => text(StatusCode::OK, "ok\n"),
+        Answer::BadRequest => text(
+            StatusCode::BAD_REQUEST,
+            "not a webhook this endpoint takes\n",
+        ),
+        Answer::Unauthorized => text(StatusCode::UNAUTHORIZED, "invalid signature or token\n"),
+        Answer::NotFound => text(StatusCode::NOT_FOUND, "no such instance\n"),
+        Answer::Retry => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "not stored; retry later\n",
+        ),
+    }
+}
+
+async fn evolution(
+    state: &HttpState,
+    instance: &str,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let Some(hooks) = &state.webhooks else {
+        return text(StatusCode::NOT_FOUND, "webhooks are not configured\n");
+    };
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let token = header("apikey").or_else(|| {
+        header("authorization").and_then(|a| a.strip_prefix("Bearer ").map(str::to_string))
+    });
+    let body = match read_body(state, req, hooks.cfg.body_limit_bytes).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    answer(
+        hooks
+            .deliver_evolution(instance, token.as_deref(), &body)
+            .await,
+    )
+}
+
 async fn whatsapp(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    use crate::webhook::{parse_query, Answer};
+    use crate::webhook::parse_query;
     let Some(hooks) = &state.webhooks else {
         return text(StatusCode::NOT_FOUND, "webhooks are not configured\n");
     };
@@ -81,51 +164,16 @@ async fn whatsapp(state: &HttpState, req: Request<Incoming>) -> Response<Full<By
             }
         }
         Method::POST => {
-            let limit = hooks.cfg.body_limit_bytes;
-            let declared = req
-                .headers()
-                .get(hyper::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok());
-            if declared.is_some_and(|n| n > limit) {
-                state
-                    .metrics
-                    .webhooks
-                    .with_label_values(&["too_large"])
-                    .inc();
-                return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
-            }
             let signature = req
                 .headers()
                 .get("x-hub-signature-256")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            let body = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
-                req.into_body(),
-                limit,
-            ))
-            .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    state
-                        .metrics
-                        .webhooks
-                        .with_label_values(&["too_large"])
-                        .inc();
-                    return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
-                }
-                Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the body\n"),
+            let body = match read_body(state, req, hooks.cfg.body_limit_bytes).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
             };
-            match hooks.deliver(&body, signature.as_deref()).await {
-                Answer::Ok => text(StatusCode::OK, "ok\n"),
-                Answer::BadRequest => text(StatusCode::BAD_REQUEST, "not a WhatsApp webhook\n"),
-                Answer::Unauthorized => text(StatusCode::UNAUTHORIZED, "invalid signature\n"),
-                Answer::Retry => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "not stored; retry later\n",
-                ),
-            }
+            answer(hooks.deliver(&body, signature.as_deref()).await)
         }
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     }

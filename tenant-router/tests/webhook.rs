@@ -538,3 +538,162 @@ async fn slow_or_unavailable_databases_get_500_and_nothing_half_written() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evolution_gateways_with_a_per_tenant_token() {
+    let pg = pg_harness::shared();
+    let s = setup("wh-foxtrot", "900000006", pg).await;
+    let db = "emp_wh_foxtrot";
+    let mut admin = s.plane.admin().await;
+    let rotate = |admin: &mut proto::control::v1::tenant_admin_client::TenantAdminClient<
+        tonic::transport::Channel,
+    >| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .rotate_webhook_token(common::admin_req(proto::control::v1::TenantRef {
+                    tenant: "wh-foxtrot".into(),
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .token
+        }
+    };
+    let token = rotate(&mut admin).await;
+    let evo = |data: serde_json::Value| {
+        serde_json::to_vec(
+            &json!({"event": "messages.upsert", "instance": "wh-foxtrot", "data": data}),
+        )
+        .unwrap()
+    };
+    let body = evo(json!([
+        {"key": {"remoteJid": "551187654321@s.whatsapp.net", "fromMe": false, "id": "EVO1"}, "pushName": "Ana",
+         "message": {"conversation": "oi"}, "messageType": "conversation", "messageTimestamp": 1763800000},
+        {"key": {"remoteJid": "123456789012345@lid", "remoteJidAlt": "5511912345678@s.whatsapp.net", "fromMe": false, "id": "EVO2"},
+         "message": {"extendedTextMessage": {"text": "via lid"}}},
+        {"key": {"remoteJid": "999888777666555@lid", "fromMe": false, "id": "EVO3"}, "message": {"conversation": "só lid"}},
+        {"key": {"remoteJid": "551187654321@s.whatsapp.net", "fromMe": true, "id": "EVO4"}, "pushName": "Loja",
+         "message": {"conversation": "resposta da loja"}},
+        {"key": {"remoteJid": "5521977776666@s.whatsapp.net", "fromMe": true, "id": "EVO5"},
+         "message": {"conversation": "prospecção"}},
+        {"key": {"remoteJid": "1203630@g.us", "fromMe": false, "id": "EVO6"}, "message": {"conversation": "grupo"}}
+    ]));
+    let path = "/webhooks/evolution/wh-foxtrot";
+    let addr = &s.router.http;
+    let send = |headers: Vec<(&'static str, String)>, path: &'static str, body: Vec<u8>| {
+        let addr = addr.clone();
+        async move { http(&addr, "POST", path, &headers, &body).await.0 }
+    };
+    assert_eq!(send(vec![], path, body.clone()).await, 401, "no token");
+    assert_eq!(
+        send(vec![("apikey", "wrong".into())], path, body.clone()).await,
+        401,
+        "wrong token"
+    );
+    assert_eq!(
+        send(
+            vec![("apikey", token.clone())],
+            "/webhooks/evolution/nobody-here",
+            body.clone()
+        )
+        .await,
+        404
+    );
+    assert_eq!(
+        count(pg, db, "SELECT count(*) FROM mensagens").await,
+        0,
+        "nothing written"
+    );
+
+    assert_eq!(
+        send(vec![("apikey", token.clone())], path, body.clone()).await,
+        200
+    );
+    assert_eq!(
+        send(
+            vec![("authorization", format!("Bearer {token}"))],
+            path,
+            body.clone()
+        )
+        .await,
+        200,
+        "redelivery"
+    );
+    let c = pg.connect(db).await.unwrap();
+    let rows: Vec<(String, String, String)> = c
+        .query(
+            "SELECT m.wamid, m.direcao, l.wa_id FROM mensagens m JOIN conversas c ON c.id = m.conversa_id \
+             JOIN leads l ON l.id = c.lead_id ORDER BY m.wamid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("EVO1".into(), "entrada".into(), "5511987654321".into()),
+            ("EVO2".into(), "entrada".into(), "5511912345678".into()),
+            (
+                "EVO3".into(),
+                "entrada".into(),
+                "lid:999888777666555".into()
+            ),
+            ("EVO4".into(), "saida".into(), "5511987654321".into()),
+            ("EVO5".into(), "saida".into(), "5521977776666".into()),
+        ]
+    );
+    let origem: String = c
+        .query_one(
+            "SELECT origem FROM leads WHERE wa_id = '5521977776666'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        origem, "outbound",
+        "a message the business sent never makes an inbound lead"
+    );
+    let name: Option<String> = c
+        .query_one("SELECT nome FROM leads WHERE wa_id = '5511987654321'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name.as_deref(), Some("Ana"));
+    let unread: i32 = c
+        .query_one("SELECT nao_lidas FROM conversas c JOIN leads l ON l.id = c.lead_id WHERE l.wa_id = '5511987654321'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unread, 1, "only inbound messages count as unread");
+    let other =
+        serde_json::to_vec(&json!({"event": "connection.update", "data": {"state": "open"}}))
+            .unwrap();
+    assert_eq!(
+        send(vec![("apikey", token.clone())], path, other).await,
+        200
+    );
+    assert_eq!(
+        send(vec![("apikey", token.clone())], path, b"nope".to_vec()).await,
+        400
+    );
+
+    // A rotated token replaces the old one in the router without a restart.
+    let new_token = rotate(&mut admin).await;
+    let rotated = eventually(Duration::from_secs(2), || {
+        let send = send;
+        let old = token.clone();
+        let body = evo(json!([]));
+        async move { send(vec![("apikey", old)], path, body).await == 401 }
+    })
+    .await;
+    assert!(rotated, "the old token stopped working");
+    assert_eq!(
+        send(vec![("apikey", new_token)], path, evo(json!([]))).await,
+        200
+    );
+}

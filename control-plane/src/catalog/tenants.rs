@@ -36,6 +36,8 @@ pub struct TenantRecord {
     pub role: String,
     /// Sealed role password (open with [`Catalog::tenant_password`]).
     pub sealed_password: Vec<u8>,
+    /// Sealed Evolution webhook token, if one was issued.
+    pub sealed_webhook_token: Option<Vec<u8>>,
     pub phone_number_id: Option<String>,
     pub display_phone: Option<String>,
     pub plan: String,
@@ -65,7 +67,7 @@ fn tenant_select() -> &'static str {
             "SELECT e.id, e.slug, e.nome, e.setor, e.status, e.status_motivo, e.servidor_id, s.nome, s.host, s.porta, \
              s.orcamento_conexoes, e.banco, e.papel, e.senha_cifrada, e.phone_number_id, e.telefone_exibicao, e.plano, \
              e.schema_version, e.sector_schema_version, e.migration_status, e.migration_error, e.provision_steps, \
-             e.version, {}, {} FROM empresas e JOIN servidores s ON s.id = e.servidor_id",
+             e.version, {}, {}, e.webhook_token_cifrado FROM empresas e JOIN servidores s ON s.id = e.servidor_id",
             epoch_ms("e.criado_em"),
             epoch_ms("e.atualizado_em")
         )
@@ -103,6 +105,7 @@ fn tenant_from_row(row: &Row) -> Result<TenantRecord> {
         version: row.get(22),
         created_at_ms: row.get(23),
         updated_at_ms: row.get(24),
+        sealed_webhook_token: row.get(25),
     })
 }
 
@@ -159,6 +162,35 @@ impl Catalog {
         self.secrets()
             .open(&tenant.sealed_password, &password_context(&tenant.slug))
             .map_err(|e| Error::internal("tenant password", e))
+    }
+
+    /// The plaintext Evolution webhook token of a tenant, if one was issued.
+    pub fn webhook_token(&self, tenant: &TenantRecord) -> Result<Option<String>> {
+        tenant
+            .sealed_webhook_token
+            .as_ref()
+            .map(|s| {
+                self.secrets()
+                    .open(s, &format!("tenant:{}:webhook-token", tenant.slug))
+                    .map_err(|e| Error::internal("webhook token", e))
+            })
+            .transpose()
+    }
+
+    /// Stores a new Evolution webhook token (routers hear of it through the change stream).
+    pub async fn set_webhook_token(&self, tenant: &TenantRecord, token: &str) -> Result<()> {
+        let sealed = self
+            .secrets()
+            .seal(token, &format!("tenant:{}:webhook-token", tenant.slug))
+            .map_err(|e| Error::internal("seal", e))?;
+        self.client()
+            .await?
+            .execute(
+                "UPDATE empresas SET webhook_token_cifrado = $2, atualizado_em = now(), version = version + 1 WHERE id = $1",
+                &[&tenant.id, &sealed],
+            )
+            .await?;
+        Ok(())
     }
 
     /// One tenant by id or slug (rows marked `deleted` included).

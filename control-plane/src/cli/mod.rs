@@ -74,6 +74,9 @@ enum Command {
     /// Caller tokens for the router.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Issue a new Evolution API webhook token for a tenant (prints only the token; the
+    /// previous one stops working).
+    WebhookToken { tenant: String },
 }
 
 #[derive(Subcommand)]
@@ -411,6 +414,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             print_tenant_change(&t, json);
         }
         Command::Migrate(a) => return migrate(&mut client, a, json).await,
+        Command::WebhookToken { tenant } => {
+            let t = client
+                .rotate_webhook_token(pb::TenantRef { tenant })
+                .await?
+                .into_inner();
+            output::line(&t.token);
+        }
         Command::Token(TokenCommand::Issue {
             tenants,
             all,

@@ -498,6 +498,25 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         }))
     }
 
+    async fn rotate_webhook_token(
+        &self,
+        request: Request<pb::TenantRef>,
+    ) -> Result<Response<pb::WebhookToken>, GrpcStatus> {
+        let tenant = self.tenant(&request.into_inner().tenant).await?;
+        let token = crate::crypto::random_password();
+        self.catalog.set_webhook_token(&tenant, &token).await?;
+        self.catalog
+            .audit(
+                ACTOR,
+                "tenant.webhook_token",
+                Some(tenant.id),
+                &tenant.slug,
+                serde_json::json!({}),
+            )
+            .await?;
+        Ok(Response::new(pb::WebhookToken { token }))
+    }
+
     async fn list_servers(
         &self,
         _request: Request<pb::ListServersRequest>,

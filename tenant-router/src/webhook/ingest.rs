@@ -1,14 +1,14 @@
 //! Stores one tenant's share of a delivery in its database, in one transaction: lead
 //! upserted by canonical WhatsApp id, at most one open conversation per lead, messages
-//! inserted once per `wamid`, statuses applied monotonically.
+//! inserted once per `wamid`, statuses applied monotonically. Both webhook sources (Meta,
+//! Evolution) are normalized to [`Incoming`] first.
 
-use super::payload::{InMessage, TenantBatch};
-use crate::domain::phone::canonical_wa_id;
+use super::payload::Status;
 use crate::pools::PgConn;
 
 const EXISTING: &str = "SELECT wamid FROM mensagens WHERE wamid = ANY($1)";
 const UPSERT_LEADS: &str = "INSERT INTO leads (wa_id, wa_id_raw, nome, origem) \
-     SELECT w, r, n, 'whatsapp' FROM unnest($1::text[], $2::text[], $3::text[]) AS t(w, r, n) \
+     SELECT w, r, n, o FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(w, r, n, o) \
      ON CONFLICT (wa_id) DO UPDATE SET nome = coalesce(leads.nome, EXCLUDED.nome), atualizado_em = now() \
      RETURNING id, wa_id";
 const OPEN_CONVERSATIONS: &str = "INSERT INTO conversas (lead_id) SELECT unnest($1::int8[]) \
@@ -17,12 +17,14 @@ const OPEN_CONVERSATION_IDS: &str =
     "SELECT lead_id, id FROM conversas WHERE lead_id = ANY($1) AND status = 'aberta'";
 const INSERT_MESSAGES: &str = "INSERT INTO mensagens (conversa_id, wamid, direcao, tipo, conteudo, midia_id, \
      midia_mime, midia_sha256, status, enviada_em) \
-     SELECT c, w, 'entrada', k, b, mi, mm, ms, 'recebida', coalesce(to_timestamp(ts), now()) \
-     FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[]) \
-     AS t(c, w, k, b, mi, mm, ms, ts) \
-     ON CONFLICT (wamid) DO NOTHING RETURNING conversa_id";
+     SELECT c, w, d, k, b, mi, mm, ms, CASE d WHEN 'entrada' THEN 'recebida' ELSE 'sent' END, \
+     coalesce(to_timestamp(ts), now()) \
+     FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], \
+     $9::text[]) AS t(c, w, k, b, mi, mm, ms, ts, d) \
+     ON CONFLICT (wamid) DO NOTHING RETURNING conversa_id, direcao";
 const TOUCH_CONVERSATIONS: &str = "UPDATE conversas c SET ultima_mensagem_em = now(), nao_lidas = c.nao_lidas + x.n \
-     FROM (SELECT id, count(*)::int4 AS n FROM unnest($1::int8[]) AS id GROUP BY id) x WHERE c.id = x.id";
+     FROM (SELECT id, sum(inbound)::int4 AS n FROM unnest($1::int8[], $2::int4[]) AS t(id, inbound) GROUP BY id) x \
+     WHERE c.id = x.id";
 /// `sent` < `delivered` < `read`; `failed` is terminal (and never overrides `read`).
 const APPLY_STATUS: &str = "UPDATE mensagens SET status = $2, erro = coalesce($3, erro), \
      lida_em = CASE WHEN $2 = 'read' THEN coalesce(lida_em, now()) ELSE lida_em END \
@@ -30,17 +32,47 @@ const APPLY_STATUS: &str = "UPDATE mensagens SET status = $2, erro = coalesce($3
      (CASE status WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 ELSE 0 END) < \
      (CASE $2 WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3 ELSE 0 END))";
 
+/// One message, whatever webhook it came in.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Message id (`wamid` for Meta, the key id for Evolution).
+    pub wamid: String,
+    /// The lead: canonical id and the id as received.
+    pub lead: (String, String),
+    /// Contact name, when the payload carries one.
+    pub name: Option<String>,
+    /// `false` for messages the business itself sent (Evolution `fromMe`).
+    pub inbound: bool,
+    pub kind: String,
+    pub body: Option<String>,
+    pub media_id: Option<String>,
+    pub media_mime: Option<String>,
+    pub media_sha256: Option<String>,
+    /// Seconds since the epoch.
+    pub sent_at: Option<f64>,
+}
+
+/// One tenant's share of a delivery.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub messages: Vec<Incoming>,
+    pub statuses: Vec<Status>,
+    /// Items that could not be attributed to a lead.
+    pub skipped: u32,
+}
+
 /// Column arrays of the messages inserted in one statement.
 #[derive(Default)]
 struct MessageColumns<'a> {
     conversation: Vec<i64>,
     wamid: Vec<&'a str>,
-    kind: Vec<String>,
-    body: Vec<Option<String>>,
-    media_id: Vec<Option<String>>,
-    media_mime: Vec<Option<String>>,
-    media_sha256: Vec<Option<String>>,
+    kind: Vec<&'a str>,
+    body: Vec<Option<&'a str>>,
+    media_id: Vec<Option<&'a str>>,
+    media_mime: Vec<Option<&'a str>>,
+    media_sha256: Vec<Option<&'a str>>,
     sent_at: Vec<Option<f64>>,
+    direction: Vec<&'static str>,
 }
 
 /// What one tenant's batch did.
@@ -52,20 +84,9 @@ pub struct Stored {
     pub skipped: u32,
 }
 
-fn lead_id_of(m: &InMessage) -> Option<(String, String)> {
-    match (&m.from, &m.from_user_id) {
-        (Some(from), _) => canonical_wa_id(from).map(|c| (c, from.clone())),
-        // Users known only by a business-scoped user id (no phone number).
-        (None, Some(user)) if !user.is_empty() && user.len() <= 128 => {
-            Some((format!("bsuid:{user}"), user.clone()))
-        }
-        _ => None,
-    }
-}
-
 /// Runs the whole batch in one transaction (a handful of set-based statements, however
 /// many messages); any database error rolls all of it back.
-pub async fn store(c: &mut PgConn, batch: &TenantBatch) -> Result<Stored, tokio_postgres::Error> {
+pub async fn store(c: &mut PgConn, batch: &Batch) -> Result<Stored, tokio_postgres::Error> {
     use std::collections::{HashMap, HashSet};
     let existing = c.prepare(EXISTING).await?;
     let upsert_leads = c.prepare(UPSERT_LEADS).await?;
@@ -75,10 +96,13 @@ pub async fn store(c: &mut PgConn, batch: &TenantBatch) -> Result<Stored, tokio_
     let touch = c.prepare(TOUCH_CONVERSATIONS).await?;
     let status = c.prepare(APPLY_STATUS).await?;
     let tx = c.client.transaction().await?;
-    let mut stored = Stored::default();
+    let mut stored = Stored {
+        skipped: batch.skipped,
+        ..Stored::default()
+    };
 
     // Messages already stored (redeliveries) are skipped before touching leads.
-    let wamids: Vec<&str> = batch.messages.iter().map(|(m, _)| m.id.as_str()).collect();
+    let wamids: Vec<&str> = batch.messages.iter().map(|m| m.wamid.as_str()).collect();
     let known: HashSet<String> = if wamids.is_empty() {
         HashSet::new()
     } else {
@@ -88,35 +112,38 @@ pub async fn store(c: &mut PgConn, batch: &TenantBatch) -> Result<Stored, tokio_
             .map(|r| r.get(0))
             .collect()
     };
-    let mut fresh = Vec::new();
-    for (m, name) in &batch.messages {
-        if known.contains(&m.id) {
+    let mut fresh: Vec<&Incoming> = Vec::new();
+    for m in &batch.messages {
+        if known.contains(&m.wamid) || fresh.iter().any(|f| f.wamid == m.wamid) {
             stored.duplicates += 1;
-            continue;
-        }
-        match lead_id_of(m) {
-            Some((wa_id, raw)) => fresh.push((m, name, wa_id, raw)),
-            None => stored.skipped += 1,
+        } else {
+            fresh.push(m);
         }
     }
     // Rows are written in key order so concurrent deliveries lock them in the same order
     // (no deadlocks between two batches sharing leads or wamids).
-    fresh.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    fresh.sort_by(|a, b| a.wamid.cmp(&b.wamid));
     if !fresh.is_empty() {
         // One row per lead (a statement may not update one row twice).
-        let mut leads: Vec<(String, String, Option<String>)> = Vec::new();
-        for (_, name, wa_id, raw) in &fresh {
-            if !leads.iter().any(|l| &l.0 == wa_id) {
-                let name: Option<String> = name.as_ref().map(|n| n.chars().take(200).collect());
-                leads.push((wa_id.clone(), raw.clone(), name));
+        let mut leads: Vec<(&str, &str, Option<String>, &str)> = Vec::new();
+        for m in &fresh {
+            if !leads.iter().any(|l| l.0 == m.lead.0) {
+                let name = m.name.as_ref().map(|n| n.chars().take(200).collect());
+                let origin = if m.inbound { "whatsapp" } else { "outbound" };
+                leads.push((m.lead.0.as_str(), m.lead.1.as_str(), name, origin));
+            } else if let Some(l) = leads.iter_mut().find(|l| l.0 == m.lead.0) {
+                if m.inbound {
+                    l.3 = "whatsapp";
+                }
             }
         }
-        leads.sort_by(|a, b| a.0.cmp(&b.0));
-        let w: Vec<&str> = leads.iter().map(|l| l.0.as_str()).collect();
-        let r: Vec<&str> = leads.iter().map(|l| l.1.as_str()).collect();
+        leads.sort_by(|a, b| a.0.cmp(b.0));
+        let w: Vec<&str> = leads.iter().map(|l| l.0).collect();
+        let r: Vec<&str> = leads.iter().map(|l| l.1).collect();
         let n: Vec<Option<&str>> = leads.iter().map(|l| l.2.as_deref()).collect();
+        let o: Vec<&str> = leads.iter().map(|l| l.3).collect();
         let lead_ids: HashMap<String, i64> = tx
-            .query(&upsert_leads, &[&w, &r, &n])
+            .query(&upsert_leads, &[&w, &r, &n, &o])
             .await?
             .iter()
             .map(|row| (row.get(1), row.get(0)))
@@ -132,25 +159,25 @@ pub async fn store(c: &mut PgConn, batch: &TenantBatch) -> Result<Stored, tokio_
             .collect();
 
         let mut cols = MessageColumns::default();
-        for (m, _, wa_id, _) in &fresh {
-            let Some(lead) = lead_ids.get(wa_id) else {
+        for m in &fresh {
+            let Some(lead) = lead_ids.get(&m.lead.0) else {
                 continue;
             };
             let Some(conv) = conv_of.get(lead) else {
                 continue;
             };
-            let media = m.media().unwrap_or_default();
             cols.conversation.push(*conv);
-            cols.wamid.push(m.id.as_str());
-            cols.kind
-                .push(m.kind.clone().unwrap_or_else(|| "unknown".into()));
-            cols.body.push(m.body());
-            cols.media_id.push(media.id);
-            cols.media_mime.push(media.mime_type);
-            cols.media_sha256.push(media.sha256);
-            cols.sent_at.push(m.sent_at());
+            cols.wamid.push(&m.wamid);
+            cols.kind.push(&m.kind);
+            cols.body.push(m.body.as_deref());
+            cols.media_id.push(m.media_id.as_deref());
+            cols.media_mime.push(m.media_mime.as_deref());
+            cols.media_sha256.push(m.media_sha256.as_deref());
+            cols.sent_at.push(m.sent_at);
+            cols.direction
+                .push(if m.inbound { "entrada" } else { "saida" });
         }
-        let inserted: Vec<i64> = tx
+        let rows = tx
             .query(
                 &insert,
                 &[
@@ -162,16 +189,19 @@ pub async fn store(c: &mut PgConn, batch: &TenantBatch) -> Result<Stored, tokio_
                     &cols.media_mime,
                     &cols.media_sha256,
                     &cols.sent_at,
+                    &cols.direction,
                 ],
             )
-            .await?
+            .await?;
+        let conv_ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let inbound: Vec<i32> = rows
             .iter()
-            .map(|row| row.get(0))
+            .map(|r| i32::from(r.get::<_, &str>(1) == "entrada"))
             .collect();
-        stored.messages += u32::try_from(inserted.len()).unwrap_or(u32::MAX);
-        stored.duplicates += u32::try_from(cols.wamid.len() - inserted.len()).unwrap_or(0);
-        if !inserted.is_empty() {
-            tx.execute(&touch, &[&inserted]).await?;
+        stored.messages += u32::try_from(rows.len()).unwrap_or(u32::MAX);
+        stored.duplicates += u32::try_from(cols.wamid.len() - rows.len()).unwrap_or(0);
+        if !conv_ids.is_empty() {
+            tx.execute(&touch, &[&conv_ids, &inbound]).await?;
         }
     }
     for s in &batch.statuses {

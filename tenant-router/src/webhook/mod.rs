@@ -6,6 +6,7 @@
 //! numbers become dead letters in the control database. A tenant database that is down or
 //! too slow makes the answer 500 so Meta retries; deduplication by `wamid` makes that safe.
 
+pub mod evolution;
 pub mod ingest;
 pub mod payload;
 
@@ -27,6 +28,8 @@ pub enum Answer {
     BadRequest,
     /// 401: missing or wrong signature; nothing was written.
     Unauthorized,
+    /// 404: no such Evolution instance.
+    NotFound,
     /// 500: a tenant database (or the control plane) failed; Meta will retry.
     Retry,
 }
@@ -136,6 +139,16 @@ impl Webhooks {
             }
             Err(e) => return Err(e),
         };
+        self.store_for(&route, batch.normalize(), deadline).await
+    }
+
+    /// Stores a normalized batch in the route's tenant database before `deadline`.
+    async fn store_for(
+        &self,
+        route: &crate::routes::CachedRoute,
+        batch: ingest::Batch,
+        deadline: Instant,
+    ) -> Result<(), RouterError> {
         let mut conn = match self.pools.get(&route.route, deadline).await {
             Ok(c) => c,
             Err(GetError::Auth) => {
@@ -148,7 +161,7 @@ impl Webhooks {
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let cancel = conn.client.cancel_token();
-        match tokio::time::timeout(remaining, ingest::store(&mut conn, batch)).await {
+        match tokio::time::timeout(remaining, ingest::store(&mut conn, &batch)).await {
             Ok(Ok(stored)) => {
                 let m = &self.metrics.webhook_items;
                 m.with_label_values(&["message"])
@@ -163,9 +176,78 @@ impl Webhooks {
             }
             Ok(Err(e)) => Err(RouterError::from_db(&e)),
             Err(_) => {
-                // Too slow: stop it server-side (the transaction rolls back) and let Meta retry.
+                // Too slow: stop it server-side (the transaction rolls back) and ask for a retry.
                 let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
                 Err(RouterError::DeadlineExceeded)
+            }
+        }
+    }
+
+    /// Handles an Evolution API delivery for `instance` (the tenant's slug), authenticated
+    /// by the tenant's webhook token.
+    pub async fn deliver_evolution(
+        &self,
+        instance: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> Answer {
+        let started = Instant::now();
+        let slug_ok = (3..=40).contains(&instance.len())
+            && instance.as_bytes()[0].is_ascii_lowercase()
+            && instance
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !slug_ok {
+            return Answer::NotFound;
+        }
+        let route = match self.routes.get(instance).await {
+            Ok(r) => r,
+            Err(RouterError::TenantNotFound) | Err(RouterError::InvalidArgument(_)) => {
+                return Answer::NotFound
+            }
+            Err(_) => return Answer::Retry,
+        };
+        let expected = route.route.webhook_token.as_bytes();
+        let presented = token.unwrap_or("").as_bytes();
+        if expected.is_empty() || !signature_eq(expected, presented) {
+            self.metrics
+                .webhooks
+                .with_label_values(&["unauthorized"])
+                .inc();
+            return Answer::Unauthorized;
+        }
+        let batch = match evolution::parse(body) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Answer::Ok,
+            Err(e) => {
+                tracing::warn!(error = %e, "not an Evolution event");
+                self.metrics
+                    .webhooks
+                    .with_label_values(&["bad_request"])
+                    .inc();
+                return Answer::BadRequest;
+            }
+        };
+        if route.route.status != "active" {
+            // Keep what a suspended tenant receives rather than lose it.
+            return match self.routes.record_unroutable("evolution", "", body).await {
+                Ok(_) => {
+                    self.metrics.dead_letters.inc();
+                    Answer::Ok
+                }
+                Err(_) => Answer::Retry,
+            };
+        }
+        let deadline = started + Duration::from_millis(self.cfg.deadline_ms);
+        match self.store_for(&route, batch, deadline).await {
+            Ok(()) => {
+                self.metrics.webhooks.with_label_values(&["ok"]).inc();
+                Answer::Ok
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %route.route.slug, error = %e, "evolution delivery not stored");
+                self.metrics.webhooks.with_label_values(&["retry"]).inc();
+                Answer::Retry
             }
         }
     }

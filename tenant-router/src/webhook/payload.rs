@@ -103,6 +103,46 @@ pub struct Profile {
     pub name: Option<String>,
 }
 
+impl TenantBatch {
+    /// The batch in the source-neutral form ingestion takes.
+    pub fn normalize(&self) -> super::ingest::Batch {
+        let mut out = super::ingest::Batch {
+            statuses: self.statuses.clone(),
+            ..Default::default()
+        };
+        for (m, name) in &self.messages {
+            let lead = match (&m.from, &m.from_user_id) {
+                (Some(from), _) => {
+                    crate::domain::phone::canonical_wa_id(from).map(|c| (c, from.clone()))
+                }
+                // Users known only by a business-scoped user id (no phone number).
+                (None, Some(user)) if !user.is_empty() && user.len() <= 128 => {
+                    Some((format!("bsuid:{user}"), user.clone()))
+                }
+                _ => None,
+            };
+            let Some(lead) = lead else {
+                out.skipped += 1;
+                continue;
+            };
+            let media = m.media().unwrap_or_default();
+            out.messages.push(super::ingest::Incoming {
+                wamid: m.id.clone(),
+                lead,
+                name: name.clone(),
+                inbound: true,
+                kind: m.kind.clone().unwrap_or_else(|| "unknown".into()),
+                body: m.body(),
+                media_id: media.id,
+                media_mime: media.mime_type,
+                media_sha256: media.sha256,
+                sent_at: m.sent_at(),
+            });
+        }
+        out
+    }
+}
+
 /// Everything one `phone_number_id` received in a delivery.
 #[derive(Debug, Default)]
 pub struct TenantBatch {
