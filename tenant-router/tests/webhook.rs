@@ -685,7 +685,6 @@ async fn evolution_gateways_with_a_per_tenant_token() {
     // A rotated token replaces the old one in the router without a restart.
     let new_token = rotate(&mut admin).await;
     let rotated = eventually(Duration::from_secs(2), || {
-        let send = send;
         let old = token.clone();
         let body = evo(json!([]));
         async move { send(vec![("apikey", old)], path, body).await == 401 }
