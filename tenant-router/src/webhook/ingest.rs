@@ -6,25 +6,36 @@
 use super::payload::Status;
 use crate::pools::PgConn;
 
-const EXISTING: &str = "SELECT wamid FROM mensagens WHERE wamid = ANY($1)";
-const UPSERT_LEADS: &str = "INSERT INTO leads (wa_id, wa_id_raw, nome, origem) \
-     SELECT w, r, n, o FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(w, r, n, o) \
-     ON CONFLICT (wa_id) DO UPDATE SET nome = coalesce(leads.nome, EXCLUDED.nome), atualizado_em = now() \
-     RETURNING id, wa_id";
-const OPEN_CONVERSATIONS: &str = "INSERT INTO conversas (lead_id) SELECT unnest($1::int8[]) \
-     ON CONFLICT (lead_id) WHERE status = 'aberta' DO NOTHING";
-const OPEN_CONVERSATION_IDS: &str =
-    "SELECT lead_id, id FROM conversas WHERE lead_id = ANY($1) AND status = 'aberta'";
-const INSERT_MESSAGES: &str = "INSERT INTO mensagens (conversa_id, wamid, direcao, tipo, conteudo, midia_id, \
-     midia_mime, midia_sha256, status, enviada_em) \
-     SELECT c, w, d, k, b, mi, mm, ms, CASE d WHEN 'entrada' THEN 'recebida' ELSE 'sent' END, \
-     coalesce(to_timestamp(ts), now()) \
-     FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], \
-     $9::text[]) AS t(c, w, k, b, mi, mm, ms, ts, d) \
-     ON CONFLICT (wamid) DO NOTHING RETURNING conversa_id, direcao";
-const TOUCH_CONVERSATIONS: &str = "UPDATE conversas c SET ultima_mensagem_em = now(), nao_lidas = c.nao_lidas + x.n \
-     FROM (SELECT id, sum(inbound)::int4 AS n FROM unnest($1::int8[], $2::int4[]) AS t(id, inbound) GROUP BY id) x \
-     WHERE c.id = x.id";
+/// All of a batch's messages in one statement (atomic on its own): skip known `wamid`s,
+/// upsert leads, get-or-open each lead's conversation (the `DO UPDATE` returns the open
+/// conversation even when a concurrent delivery has just opened it), insert messages.
+/// Rows are written in key order so concurrent deliveries lock them in the same order.
+const INGEST: &str = "WITH input AS ( \
+       SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::text[], $10::float8[], $11::bool[]) \
+         AS t(w, wa, raw, name, kind, body, mi, mm, ms, ts, inbound)), \
+     fresh AS (SELECT * FROM input i WHERE NOT EXISTS (SELECT 1 FROM mensagens m WHERE m.wamid = i.w)), \
+     lead_rows AS ( \
+       INSERT INTO leads (wa_id, wa_id_raw, nome, origem) \
+       SELECT wa, min(raw), min(name), CASE WHEN bool_or(inbound) THEN 'whatsapp' ELSE 'outbound' END \
+       FROM fresh GROUP BY wa ORDER BY wa \
+       ON CONFLICT (wa_id) DO UPDATE SET nome = coalesce(leads.nome, EXCLUDED.nome), atualizado_em = now() \
+       RETURNING id, wa_id), \
+     conv AS ( \
+       INSERT INTO conversas (lead_id, ultima_mensagem_em, nao_lidas) \
+       SELECT l.id, now(), count(*) FILTER (WHERE f.inbound) FROM lead_rows l JOIN fresh f ON f.wa = l.wa_id \
+       GROUP BY l.id ORDER BY l.id \
+       ON CONFLICT (lead_id) WHERE status = 'aberta' DO UPDATE SET ultima_mensagem_em = now(), \
+         nao_lidas = conversas.nao_lidas + EXCLUDED.nao_lidas \
+       RETURNING id, lead_id), \
+     msgs AS ( \
+       INSERT INTO mensagens (conversa_id, wamid, direcao, tipo, conteudo, midia_id, midia_mime, midia_sha256, \
+         status, enviada_em) \
+       SELECT c.id, f.w, CASE WHEN f.inbound THEN 'entrada' ELSE 'saida' END, f.kind, f.body, f.mi, f.mm, f.ms, \
+         CASE WHEN f.inbound THEN 'recebida' ELSE 'sent' END, coalesce(to_timestamp(f.ts), now()) \
+       FROM fresh f JOIN lead_rows l ON l.wa_id = f.wa JOIN conv c ON c.lead_id = l.id ORDER BY f.w \
+       ON CONFLICT (wamid) DO NOTHING RETURNING 1) \
+     SELECT (SELECT count(*) FROM msgs)::int8";
 /// `sent` < `delivered` < `read`; `failed` is terminal (and never overrides `read`).
 const APPLY_STATUS: &str = "UPDATE mensagens SET status = $2, erro = coalesce($3, erro), \
      lida_em = CASE WHEN $2 = 'read' THEN coalesce(lida_em, now()) ELSE lida_em END \
@@ -61,20 +72,6 @@ pub struct Batch {
     pub skipped: u32,
 }
 
-/// Column arrays of the messages inserted in one statement.
-#[derive(Default)]
-struct MessageColumns<'a> {
-    conversation: Vec<i64>,
-    wamid: Vec<&'a str>,
-    kind: Vec<&'a str>,
-    body: Vec<Option<&'a str>>,
-    media_id: Vec<Option<&'a str>>,
-    media_mime: Vec<Option<&'a str>>,
-    media_sha256: Vec<Option<&'a str>>,
-    sent_at: Vec<Option<f64>>,
-    direction: Vec<&'static str>,
-}
-
 /// What one tenant's batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
@@ -84,125 +81,57 @@ pub struct Stored {
     pub skipped: u32,
 }
 
-/// Runs the whole batch in one transaction (a handful of set-based statements, however
-/// many messages); any database error rolls all of it back.
+/// Stores the batch atomically: the messages in one statement, and statuses (if any) in
+/// the same transaction; any database error rolls all of it back.
 pub async fn store(c: &mut PgConn, batch: &Batch) -> Result<Stored, tokio_postgres::Error> {
-    use std::collections::{HashMap, HashSet};
-    let existing = c.prepare(EXISTING).await?;
-    let upsert_leads = c.prepare(UPSERT_LEADS).await?;
-    let open = c.prepare(OPEN_CONVERSATIONS).await?;
-    let open_ids = c.prepare(OPEN_CONVERSATION_IDS).await?;
-    let insert = c.prepare(INSERT_MESSAGES).await?;
-    let touch = c.prepare(TOUCH_CONVERSATIONS).await?;
+    let ingest = c.prepare(INGEST).await?;
     let status = c.prepare(APPLY_STATUS).await?;
-    let tx = c.client.transaction().await?;
     let mut stored = Stored {
         skipped: batch.skipped,
         ..Stored::default()
     };
-
-    // Messages already stored (redeliveries) are skipped before touching leads.
-    let wamids: Vec<&str> = batch.messages.iter().map(|m| m.wamid.as_str()).collect();
-    let known: HashSet<String> = if wamids.is_empty() {
-        HashSet::new()
-    } else {
-        tx.query(&existing, &[&wamids])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    };
-    let mut fresh: Vec<&Incoming> = Vec::new();
+    // A message repeated inside one delivery is stored once.
+    let mut unique: Vec<&Incoming> = Vec::with_capacity(batch.messages.len());
     for m in &batch.messages {
-        if known.contains(&m.wamid) || fresh.iter().any(|f| f.wamid == m.wamid) {
+        if unique.iter().any(|u| u.wamid == m.wamid) {
             stored.duplicates += 1;
         } else {
-            fresh.push(m);
+            unique.push(m);
         }
     }
-    // Rows are written in key order so concurrent deliveries lock them in the same order
-    // (no deadlocks between two batches sharing leads or wamids).
-    fresh.sort_by(|a, b| a.wamid.cmp(&b.wamid));
-    if !fresh.is_empty() {
-        // One row per lead (a statement may not update one row twice).
-        let mut leads: Vec<(&str, &str, Option<String>, &str)> = Vec::new();
-        for m in &fresh {
-            if !leads.iter().any(|l| l.0 == m.lead.0) {
-                let name = m.name.as_ref().map(|n| n.chars().take(200).collect());
-                let origin = if m.inbound { "whatsapp" } else { "outbound" };
-                leads.push((m.lead.0.as_str(), m.lead.1.as_str(), name, origin));
-            } else if let Some(l) = leads.iter_mut().find(|l| l.0 == m.lead.0) {
-                if m.inbound {
-                    l.3 = "whatsapp";
-                }
-            }
+    let w: Vec<&str> = unique.iter().map(|m| m.wamid.as_str()).collect();
+    let wa: Vec<&str> = unique.iter().map(|m| m.lead.0.as_str()).collect();
+    let raw: Vec<&str> = unique.iter().map(|m| m.lead.1.as_str()).collect();
+    let name: Vec<Option<String>> = unique
+        .iter()
+        .map(|m| m.name.as_ref().map(|n| n.chars().take(200).collect()))
+        .collect();
+    let kind: Vec<&str> = unique.iter().map(|m| m.kind.as_str()).collect();
+    let body: Vec<Option<&str>> = unique.iter().map(|m| m.body.as_deref()).collect();
+    let mi: Vec<Option<&str>> = unique.iter().map(|m| m.media_id.as_deref()).collect();
+    let mm: Vec<Option<&str>> = unique.iter().map(|m| m.media_mime.as_deref()).collect();
+    let ms: Vec<Option<&str>> = unique.iter().map(|m| m.media_sha256.as_deref()).collect();
+    let ts: Vec<Option<f64>> = unique.iter().map(|m| m.sent_at).collect();
+    let inbound: Vec<bool> = unique.iter().map(|m| m.inbound).collect();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &w, &wa, &raw, &name, &kind, &body, &mi, &mm, &ms, &ts, &inbound,
+    ];
+    let offered = u32::try_from(unique.len()).unwrap_or(u32::MAX);
+    let mut tally = |inserted: i64| {
+        let inserted = u32::try_from(inserted).unwrap_or(0);
+        stored.messages += inserted;
+        stored.duplicates += offered.saturating_sub(inserted);
+    };
+    if batch.statuses.is_empty() {
+        // One statement is atomic by itself: no transaction round trips.
+        if !unique.is_empty() {
+            tally(c.client.query_one(&ingest, &params).await?.get(0));
         }
-        leads.sort_by(|a, b| a.0.cmp(b.0));
-        let w: Vec<&str> = leads.iter().map(|l| l.0).collect();
-        let r: Vec<&str> = leads.iter().map(|l| l.1).collect();
-        let n: Vec<Option<&str>> = leads.iter().map(|l| l.2.as_deref()).collect();
-        let o: Vec<&str> = leads.iter().map(|l| l.3).collect();
-        let lead_ids: HashMap<String, i64> = tx
-            .query(&upsert_leads, &[&w, &r, &n, &o])
-            .await?
-            .iter()
-            .map(|row| (row.get(1), row.get(0)))
-            .collect();
-        let mut ids: Vec<i64> = lead_ids.values().copied().collect();
-        ids.sort_unstable();
-        tx.execute(&open, &[&ids]).await?;
-        let conv_of: HashMap<i64, i64> = tx
-            .query(&open_ids, &[&ids])
-            .await?
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect();
-
-        let mut cols = MessageColumns::default();
-        for m in &fresh {
-            let Some(lead) = lead_ids.get(&m.lead.0) else {
-                continue;
-            };
-            let Some(conv) = conv_of.get(lead) else {
-                continue;
-            };
-            cols.conversation.push(*conv);
-            cols.wamid.push(&m.wamid);
-            cols.kind.push(&m.kind);
-            cols.body.push(m.body.as_deref());
-            cols.media_id.push(m.media_id.as_deref());
-            cols.media_mime.push(m.media_mime.as_deref());
-            cols.media_sha256.push(m.media_sha256.as_deref());
-            cols.sent_at.push(m.sent_at);
-            cols.direction
-                .push(if m.inbound { "entrada" } else { "saida" });
-        }
-        let rows = tx
-            .query(
-                &insert,
-                &[
-                    &cols.conversation,
-                    &cols.wamid,
-                    &cols.kind,
-                    &cols.body,
-                    &cols.media_id,
-                    &cols.media_mime,
-                    &cols.media_sha256,
-                    &cols.sent_at,
-                    &cols.direction,
-                ],
-            )
-            .await?;
-        let conv_ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-        let inbound: Vec<i32> = rows
-            .iter()
-            .map(|r| i32::from(r.get::<_, &str>(1) == "entrada"))
-            .collect();
-        stored.messages += u32::try_from(rows.len()).unwrap_or(u32::MAX);
-        stored.duplicates += u32::try_from(cols.wamid.len() - rows.len()).unwrap_or(0);
-        if !conv_ids.is_empty() {
-            tx.execute(&touch, &[&conv_ids, &inbound]).await?;
-        }
+        return Ok(stored);
+    }
+    let tx = c.client.transaction().await?;
+    if !unique.is_empty() {
+        tally(tx.query_one(&ingest, &params).await?.get(0));
     }
     for s in &batch.statuses {
         if !matches!(s.status.as_str(), "sent" | "delivered" | "read" | "failed") {
