@@ -2,7 +2,7 @@
 # Webhook ingest benchmark: signed Meta deliveries over keep-alive HTTP/1.1 from concurrent
 # senders into many tenants; prints messages/s and time-to-answer percentiles.
 #
-#   scripts/bench-webhook.sh [--tenants 100] [--senders 32] [--seconds 15] [--per-delivery 1]
+#   scripts/bench-webhook.sh [--tenants 100] [--senders 32] [--seconds 15] [--per-delivery 1] [--budget 80]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh

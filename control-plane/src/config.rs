@@ -145,17 +145,7 @@ impl Default for Fleet {
 impl Config {
     /// Loads `path` (if given) and the `CONTROL_PLANE__*` environment, then validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(path) = path {
-            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("CONTROL_PLANE")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
-        let cfg: Config = builder.build()?.try_deserialize()?;
+        let cfg: Config = service_kit::load_config("CONTROL_PLANE", path)?;
         cfg.validate()?;
         Ok(cfg)
     }

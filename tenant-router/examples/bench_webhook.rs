@@ -102,6 +102,7 @@ async fn main() {
     let senders = arg("--senders", 32);
     let seconds = arg("--seconds", 15);
     let per = arg("--per-delivery", 1);
+    let budget = arg("--budget", 80) as u32;
 
     let pg = pg_harness::PgServer::start().unwrap();
     let catalog = pg.fresh_database("bench_catalog").await.unwrap();
@@ -136,7 +137,7 @@ async fn main() {
             port: u32::from(pg.port),
             admin_user: pg_harness::SUPERUSER.into(),
             admin_password: pg_harness::SUPERUSER_PASSWORD.into(),
-            connection_budget: 80,
+            connection_budget: budget,
             capacity: 100_000,
         }))
         .await
@@ -257,10 +258,10 @@ async fn main() {
     let deliveries = all.len();
     let c = pg.connect("postgres").await.unwrap();
     let _ = c.query_one("SELECT 1", &[]).await;
-    println!("| senders | tenants | messages/delivery | deliveries | messages/s | p50 | p95 | p99 | errors |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| senders | tenants | budget | messages/delivery | deliveries | messages/s | p50 | p95 | p99 | errors |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {senders} | {tenants} | {per} | {deliveries} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {errors} |",
+        "| {senders} | {tenants} | {budget} | {per} | {deliveries} | {:.0} | {:.1} ms | {:.1} ms | {:.1} ms | {errors} |",
         (deliveries * per) as f64 / elapsed,
         pct(&all, 0.5),
         pct(&all, 0.95),

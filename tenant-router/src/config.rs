@@ -174,17 +174,7 @@ impl Default for Pools {
 impl Config {
     /// Loads `path` (if given) and the `TENANT_ROUTER__*` environment, then validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(path) = path {
-            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
-        }
-        builder = builder.add_source(
-            config::Environment::with_prefix("TENANT_ROUTER")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
-        let cfg: Config = builder.build()?.try_deserialize()?;
+        let cfg: Config = service_kit::load_config("TENANT_ROUTER", path)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -17,12 +17,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    service_kit::init_tracing();
     let config = tenant_router::Config::load(args.config.as_deref())?;
     let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
@@ -40,7 +35,6 @@ async fn main() -> anyhow::Result<()> {
             http.local_addr()?
         );
     }
-    tenant_router::server::run(config, grpc, http, tenant_router::server::shutdown_signal())
-        .await?;
+    tenant_router::server::run(config, grpc, http, service_kit::shutdown_signal()).await?;
     Ok(())
 }

@@ -27,12 +27,7 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    service_kit::init_tracing();
     let config = control_plane::Config::load(args.config.as_deref())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -41,6 +36,6 @@ async fn main() -> anyhow::Result<()> {
     {
         println!("listening {}", listener.local_addr()?);
     }
-    control_plane::server::run(config, listener, control_plane::server::shutdown_signal()).await?;
+    control_plane::server::run(config, listener, service_kit::shutdown_signal()).await?;
     Ok(())
 }

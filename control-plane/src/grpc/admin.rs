@@ -59,6 +59,22 @@ impl AdminService {
         self
     }
 
+    /// Moves a tenant `from` -> `to` (idempotent when already `to`) and audits it.
+    async fn lifecycle(
+        &self,
+        request: Request<pb::TenantRef>,
+        from: Status,
+        to: Status,
+        action: &str,
+    ) -> Result<Response<pb::Tenant>, GrpcStatus> {
+        let key = TenantKey::parse(&request.into_inner().tenant)?;
+        let t = self.catalog.transition(&key, &[from], to).await?;
+        self.catalog
+            .audit(ACTOR, action, Some(t.id), &t.slug, serde_json::json!({}))
+            .await?;
+        Ok(Response::new(tenant_pb(&t)))
+    }
+
     async fn tenant(&self, raw: &str) -> Result<TenantRecord, Error> {
         let key = TenantKey::parse(raw)?;
         self.catalog
@@ -248,42 +264,16 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         &self,
         request: Request<pb::TenantRef>,
     ) -> Result<Response<pb::Tenant>, GrpcStatus> {
-        let key = TenantKey::parse(&request.into_inner().tenant)?;
-        let t = self
-            .catalog
-            .transition(&key, &[Status::Active], Status::Suspended)
-            .await?;
-        self.catalog
-            .audit(
-                ACTOR,
-                "tenant.suspend",
-                Some(t.id),
-                &t.slug,
-                serde_json::json!({}),
-            )
-            .await?;
-        Ok(Response::new(tenant_pb(&t)))
+        self.lifecycle(request, Status::Active, Status::Suspended, "tenant.suspend")
+            .await
     }
 
     async fn resume_tenant(
         &self,
         request: Request<pb::TenantRef>,
     ) -> Result<Response<pb::Tenant>, GrpcStatus> {
-        let key = TenantKey::parse(&request.into_inner().tenant)?;
-        let t = self
-            .catalog
-            .transition(&key, &[Status::Suspended], Status::Active)
-            .await?;
-        self.catalog
-            .audit(
-                ACTOR,
-                "tenant.resume",
-                Some(t.id),
-                &t.slug,
-                serde_json::json!({}),
-            )
-            .await?;
-        Ok(Response::new(tenant_pb(&t)))
+        self.lifecycle(request, Status::Suspended, Status::Active, "tenant.resume")
+            .await
     }
 
     type MigrateTenantsStream = MigrateStream;

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls, Statement};
 
+/// How long a closed connection's permit is held back while its server backend exits.
+const BACKEND_EXIT_GRACE: Duration = Duration::from_millis(50);
+
 /// One tenant connection with its own prepared-statement cache.
 pub struct PgConn {
     /// The connection.
@@ -97,11 +100,14 @@ impl deadpool::managed::Manager for TenantManager {
         };
         self.server.record_connect(true);
         // The driver task ends when the client is dropped and the socket closes; only then
-        // is the budget permit given back.
+        // is the budget permit given back, and a little later still: PostgreSQL takes a
+        // moment to retire the backend after the socket closes, and the server must never
+        // see more of our connections than the budget.
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "tenant connection ended");
             }
+            tokio::time::sleep(BACKEND_EXIT_GRACE).await;
             drop(permit);
         });
         Ok(PgConn {

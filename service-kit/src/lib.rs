@@ -1,0 +1,60 @@
+//! What every daemon of the platform does the same way: configuration from a TOML file
+//! overridden by `<PREFIX>__*` environment variables, logs on stderr, and shutdown on
+//! SIGTERM or Ctrl-C.
+
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// Loads `path` (if given) and the `<prefix>__*` environment (nested keys joined by `__`).
+/// Unknown keys are rejected by the target type (`deny_unknown_fields`).
+pub fn load_config<T: DeserializeOwned>(
+    prefix: &str,
+    path: Option<&Path>,
+) -> Result<T, config::ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = path {
+        builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+    }
+    builder
+        .add_source(
+            config::Environment::with_prefix(prefix)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()?
+        .try_deserialize()
+}
+
+/// Structured logs on stderr (stdout is kept for the daemon's one `listening` line),
+/// filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
