@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Smoke test of the README's start command: runs scripts/dev.sh on spare ports, waits for
+# Smoke test of the README's start command: runs scripts/dev.sh on spare ports (below the
+# kernel's ephemeral range, so no outgoing connection can hold them), waits for
 # $DEV_DIR/env, creates a tenant with tenantctl, checks it, and stops everything (SIGTERM, as Ctrl-C would).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export DEV_PG_PORT="${DEV_PG_PORT:-54339}" DEV_CONTROL_PORT="${DEV_CONTROL_PORT:-50061}"
-export DEV_ROUTER_GRPC_PORT="${DEV_ROUTER_GRPC_PORT:-50062}" DEV_ROUTER_HTTP_PORT="${DEV_ROUTER_HTTP_PORT:-18080}"
+export DEV_PG_PORT="${DEV_PG_PORT:-25439}" DEV_CONTROL_PORT="${DEV_CONTROL_PORT:-25061}"
+export DEV_ROUTER_GRPC_PORT="${DEV_ROUTER_GRPC_PORT:-25062}" DEV_ROUTER_HTTP_PORT="${DEV_ROUTER_HTTP_PORT:-25080}"
 export DEV_DIR="$PWD/.dev-smoke"
 rm -rf "$DEV_DIR"
 log="$(mktemp)"

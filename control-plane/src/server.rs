@@ -81,7 +81,7 @@ pub async fn run(
         .local_addr()
         .map_err(|e| ServeError::Startup(e.to_string()))?;
     tracing::info!(%addr, "control plane listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = service_kit::nodelay_incoming(listener);
     let stop = cancel.clone();
     let served = tonic::transport::Server::builder()
         .add_service(health)

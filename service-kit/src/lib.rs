@@ -58,3 +58,18 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
 }
+
+/// Accepted connections with `TCP_NODELAY` set, for `serve_with_incoming*`: tonic applies its
+/// own `tcp_nodelay` only to listeners it binds itself, and without it small gRPC frames
+/// (headers, data, trailers written separately) wait on Nagle and delayed ACKs (~40 ms).
+pub fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| {
+            let _ = stream.set_nodelay(true);
+            stream
+        });
+        Some((accepted, listener))
+    })
+}

@@ -36,6 +36,9 @@ pub struct Config {
     /// Tenant pool settings.
     #[serde(default)]
     pub pools: Pools,
+    /// How long in-flight calls may take to finish once shutdown starts, in milliseconds.
+    #[serde(default = "defaults::shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
     /// WhatsApp webhook settings; without them the webhook endpoints answer 404.
     #[serde(default)]
     pub webhook: Option<Webhook>,
@@ -105,6 +108,9 @@ pub struct Pools {
 }
 
 mod defaults {
+    pub fn shutdown_grace_ms() -> u64 {
+        20_000
+    }
     pub fn body_limit() -> usize {
         3 * 1024 * 1024
     }

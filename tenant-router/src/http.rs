@@ -200,6 +200,7 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: Cance
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let state = Arc::clone(&state);

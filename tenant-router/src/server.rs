@@ -14,9 +14,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// How long in-flight calls may take to finish after shutdown starts.
-pub const DRAIN_GRACE: Duration = Duration::from_secs(20);
-
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -27,7 +24,7 @@ pub enum ServeError {
 }
 
 /// Runs the router on the given listeners until `shutdown` completes: stops accepting,
-/// drains in-flight calls (up to [`DRAIN_GRACE`]), closes every tenant pool.
+/// drains in-flight calls (up to `shutdown_grace_ms`), closes every tenant pool.
 pub async fn run(
     config: Config,
     grpc: TcpListener,
@@ -102,7 +99,11 @@ pub async fn run(
         .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
 
     tracing::info!(grpc = ?grpc.local_addr().ok(), http = ?config.http_listen, "tenant router listening");
+    let drain_grace = Duration::from_millis(config.shutdown_grace_ms);
     let stop = cancel.clone();
+    // Fires once shutdown starts; the drain grace period counts from then, not from startup.
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let drain_signal = Arc::clone(&draining);
     let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health)
@@ -116,15 +117,19 @@ pub async fn run(
         .add_service(pb::catalog_server::CatalogServer::new(CatalogService(
             Arc::clone(&ctx),
         )))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down: draining calls");
-                stop.cancel();
-            },
-        );
-    let served = tokio::time::timeout(DRAIN_GRACE + Duration::from_secs(1), served).await;
+        .serve_with_incoming_shutdown(service_kit::nodelay_incoming(grpc), async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining calls");
+            stop.cancel();
+            drain_signal.notify_one();
+        });
+    let served = tokio::select! {
+        r = served => Ok(r),
+        _ = async {
+            draining.notified().await;
+            tokio::time::sleep(drain_grace).await;
+        } => Err(()),
+    };
     cancel.cancel();
     pools.close_all();
     tasks.close();

@@ -642,7 +642,9 @@ async fn deadlines_cancel_queries_and_a_dead_server_is_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoints_and_graceful_shutdown() {
     let plane = Plane::start().await;
-    let mut router = Router::start(&plane, &[]).await;
+    let mut router = Router::start(&plane, &[("TENANT_ROUTER__SHUTDOWN_GRACE_MS", "200")]).await;
+    // The grace period only counts once shutdown starts: the router still serves after it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let ch = router.channel().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     for service in [
