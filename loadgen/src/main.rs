@@ -79,7 +79,8 @@ async fn run(
     let end = warmup + Duration::from_secs_f64(seconds);
     let mut tasks = tokio::task::JoinSet::new();
     for (i, mut caller) in callers.into_iter().enumerate() {
-        let f = fixture.clone();
+        let mut f = fixture.clone();
+        f.conversations = vec![fixture.conversations[i % fixture.conversations.len()]];
         tasks.spawn(async move {
             let ops = [Op::GetLead, Op::AppendMessage, Op::ListMessages];
             let (mut lat, mut errors, mut k) = (Vec::new(), 0usize, i);
@@ -132,30 +133,41 @@ async fn fixture(
         .password(&route.password)
         .dbname(&route.database);
     let c = ops::connect(&cfg).await?;
-    let lead: i64 = c
-        .query_one(
-            "INSERT INTO leads (wa_id, nome) VALUES ('5511900000001', 'Carga') RETURNING id",
-            &[],
+    // One lead and conversation per possible caller: writers do not queue on one row lock.
+    let mut conversations = Vec::new();
+    let mut first_lead = 0;
+    for i in 0..64i64 {
+        let wa_id = format!("55119{i:08}");
+        let lead: i64 = c
+            .query_one(
+                "INSERT INTO leads (wa_id, nome) VALUES ($1, 'Carga') RETURNING id",
+                &[&wa_id],
+            )
+            .await?
+            .get(0);
+        if i == 0 {
+            first_lead = lead;
+        }
+        let conversation: i64 = c
+            .query_one(
+                "INSERT INTO conversas (lead_id) VALUES ($1) RETURNING id",
+                &[&lead],
+            )
+            .await?
+            .get(0);
+        c.execute(
+            "INSERT INTO mensagens (conversa_id, direcao, conteudo) \
+             SELECT $1, 'entrada', 'msg ' || g FROM generate_series(1, 25) g",
+            &[&conversation],
         )
-        .await?
-        .get(0);
-    let conversation: i64 = c
-        .query_one(
-            "INSERT INTO conversas (lead_id) VALUES ($1) RETURNING id",
-            &[&lead],
-        )
-        .await?
-        .get(0);
-    c.execute(
-        "INSERT INTO mensagens (conversa_id, direcao, conteudo) SELECT $1, 'entrada', 'msg ' || g FROM generate_series(1, 25) g",
-        &[&conversation],
-    )
-    .await?;
+        .await?;
+        conversations.push(conversation);
+    }
     Ok((
         Fixture {
             slug: slug.into(),
-            lead,
-            conversation,
+            lead: first_lead,
+            conversations,
         },
         cfg,
     ))

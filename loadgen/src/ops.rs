@@ -23,12 +23,19 @@ pub const APPEND: &str = "WITH m AS (INSERT INTO mensagens (conversa_id, wamid, 
 pub const LIST: &str = "SELECT id, conversa_id, coalesce(wamid, ''), direcao, tipo, coalesce(conteudo, ''), status, \
      (extract(epoch FROM enviada_em) * 1000)::int8 FROM mensagens WHERE conversa_id = $1 AND id > $2 ORDER BY id LIMIT $3";
 
-/// One tenant's fixture: a lead and its conversation with messages.
+/// One tenant's fixture: leads with a conversation of 25 messages each; a caller works on
+/// the first conversation of its copy.
 #[derive(Debug, Clone)]
 pub struct Fixture {
     pub slug: String,
     pub lead: i64,
-    pub conversation: i64,
+    pub conversations: Vec<i64>,
+}
+
+impl Fixture {
+    fn conversation(&self) -> i64 {
+        self.conversations.first().copied().unwrap_or(0)
+    }
 }
 
 /// A caller bound to one way of reaching the database.
@@ -73,12 +80,12 @@ impl Caller {
                 }
                 Op::AppendMessage => {
                     client
-                        .query_one(&stmts[1], &[&f.conversation, &"mensagem de carga"])
+                        .query_one(&stmts[1], &[&f.conversation(), &"mensagem de carga"])
                         .await?;
                 }
                 Op::ListMessages => {
                     let rows = client
-                        .query(&stmts[2], &[&f.conversation, &0i64, &21i64])
+                        .query(&stmts[2], &[&f.conversation(), &0i64, &21i64])
                         .await?;
                     ensure_rows(rows.len())?;
                 }
@@ -94,7 +101,7 @@ impl Caller {
                         .query_typed(
                             APPEND,
                             &[
-                                (&f.conversation, Type::INT8),
+                                (&f.conversation(), Type::INT8),
                                 (&"mensagem de carga", Type::TEXT),
                             ],
                         )
@@ -105,7 +112,7 @@ impl Caller {
                         .query_typed(
                             LIST,
                             &[
-                                (&f.conversation, Type::INT8),
+                                (&f.conversation(), Type::INT8),
                                 (&0i64, Type::INT8),
                                 (&21i64, Type::INT8),
                             ],
@@ -134,7 +141,7 @@ impl Caller {
                     }
                     Op::AppendMessage => {
                         let m = dm::AppendMessageRequest {
-                            conversation_id: f.conversation,
+                            conversation_id: f.conversation(),
                             direction: "saida".into(),
                             body: "mensagem de carga".into(),
                             ..Default::default()
@@ -143,7 +150,7 @@ impl Caller {
                     }
                     Op::ListMessages => {
                         let m = dm::ListMessagesRequest {
-                            conversation_id: f.conversation,
+                            conversation_id: f.conversation(),
                             page_size: 20,
                             page_token: String::new(),
                         };
