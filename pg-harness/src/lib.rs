@@ -337,3 +337,22 @@ pub fn shared_second() -> &'static PgServer {
     static SECOND: std::sync::OnceLock<PgServer> = std::sync::OnceLock::new();
     SECOND.get_or_init(|| PgServer::start().expect("the second test PostgreSQL server must start"))
 }
+
+/// Polls `check` every 20 ms until it holds (true) or `within` passes (false): tests wait
+/// for conditions, never for fixed sleeps.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

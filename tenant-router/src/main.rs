@@ -27,13 +27,16 @@ async fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http_listen))?;
     // One line on stdout with the bound addresses (ports may have been 0), for supervisors
     // and tests; logs go to stderr.
-    #[allow(clippy::print_stdout)]
     {
-        println!(
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
             "listening grpc={} http={}",
             grpc.local_addr()?,
             http.local_addr()?
         );
+        let _ = out.flush();
     }
     tenant_router::server::run(config, grpc, http, service_kit::shutdown_signal()).await?;
     Ok(())

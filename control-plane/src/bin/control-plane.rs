@@ -32,9 +32,11 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    #[allow(clippy::print_stdout)]
     {
-        println!("listening {}", listener.local_addr()?);
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening {}", listener.local_addr()?);
+        let _ = out.flush();
     }
     control_plane::server::run(config, listener, service_kit::shutdown_signal()).await?;
     Ok(())

@@ -243,23 +243,6 @@ pub async fn role_exists(pg: &PgServer, name: &str) -> bool {
         .is_some()
 }
 
-/// Polls `check` until it holds or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 /// Turns a tenant back into what the previous release (common set at V1) provisioned:
 /// undoes V2 in its database and records version 1 in the catalog.

@@ -306,20 +306,4 @@ pub async fn tenant_connections(pg: &pg_harness::PgServer) -> i64 {
     .get(0)
 }
 
-/// Polls `check` until true or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use pg_harness::eventually;
