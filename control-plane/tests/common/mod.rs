@@ -243,7 +243,6 @@ pub async fn role_exists(pg: &PgServer, name: &str) -> bool {
         .is_some()
 }
 
-
 /// Turns a tenant back into what the previous release (common set at V1) provisioned:
 /// undoes V2 in its database and records version 1 in the catalog.
 pub async fn age_to_v1(plane: &Plane, pg: &PgServer, slug: &str) {
