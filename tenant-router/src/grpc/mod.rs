@@ -118,17 +118,19 @@ impl CallContext {
             Err(GetError::Other(e)) => return Err(e),
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let cancel = conn.client.cancel_token();
+        // Cancels the query on the server if this call ends before it does: at our deadline,
+        // or when the caller goes away first (the whole call future is then dropped).
+        let mut guard = CancelOnDrop {
+            token: Some(conn.client.cancel_token()),
+            tasks: self.tasks.clone(),
+        };
         let sector = cached.route.sector.clone();
         match tokio::time::timeout(remaining, op(&mut conn, &sector, message)).await {
-            Ok(result) => result,
-            Err(_) => {
-                // Stop the query on the server too; the connection stays usable.
-                self.tasks.spawn(async move {
-                    let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
-                });
-                Err(RouterError::DeadlineExceeded)
+            Ok(result) => {
+                guard.token = None;
+                result
             }
+            Err(_) => Err(RouterError::DeadlineExceeded),
         }
     }
 
@@ -146,6 +148,24 @@ impl CallContext {
         self.tokens
             .verify(token)
             .map_err(|e| RouterError::Unauthenticated(e.to_string()))
+    }
+}
+
+/// Sends a cancel request for the connection's running query when dropped while armed.
+struct CancelOnDrop {
+    token: Option<tokio_postgres::CancelToken>,
+    tasks: TaskTracker,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.tasks.spawn(async move {
+                    let _ = token.cancel_query(tokio_postgres::NoTls).await;
+                });
+            }
+        }
     }
 }
 
