@@ -6,16 +6,7 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// Why the configuration was rejected.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// Reading or parsing failed (unknown key, wrong type, missing field).
-    #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
-    /// A value parsed but makes no sense.
-    #[error("configuration: {0}")]
-    Invalid(String),
-}
+pub use service_kit::ConfigError;
 
 /// The whole control-plane configuration.
 #[derive(Debug, Clone, Deserialize)]

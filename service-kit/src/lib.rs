@@ -5,12 +5,23 @@
 use serde::de::DeserializeOwned;
 use std::path::Path;
 
+/// Why the configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading or parsing failed (unknown key, wrong type, missing field).
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value parsed but makes no sense.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
 /// Loads `path` (if given) and the `<prefix>__*` environment (nested keys joined by `__`).
 /// Unknown keys are rejected by the target type (`deny_unknown_fields`).
 pub fn load_config<T: DeserializeOwned>(
     prefix: &str,
     path: Option<&Path>,
-) -> Result<T, config::ConfigError> {
+) -> Result<T, ConfigError> {
     let mut builder = config::Config::builder();
     if let Some(path) = path {
         builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
@@ -24,6 +35,7 @@ pub fn load_config<T: DeserializeOwned>(
         )
         .build()?
         .try_deserialize()
+        .map_err(ConfigError::from)
 }
 
 /// Structured logs on stderr (stdout is kept for the daemon's one `listening` line),
