@@ -1,23 +1,29 @@
-//! Brings up what the benchmark measures against: a PostgreSQL server, the control plane
-//! (in-process, real gRPC), the real router binary and a real PgBouncer (transaction mode).
+//! Brings up what the benchmark measures against: PostgreSQL servers, the control plane
+//! (in-process, real gRPC), real router processes and a real PgBouncer (transaction mode).
 
 use anyhow::{anyhow, Context, Result};
 use proto::control::v1 as cp;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const ADMIN: &str = "loadgen-admin-token-0123456789";
 pub const DIRECTORY: &str = "loadgen-directory-token-0123456789";
 pub const JWT: &str = "loadgen-jwt-secret-0123456789abcdefghij";
+const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+/// Every server's router connection budget (the issue's 80 per server).
+pub const BUDGET: u32 = 80;
 
-/// Everything running for one benchmark.
+type Admin = cp::tenant_admin_client::TenantAdminClient<tonic::transport::Channel>;
+type Directory = cp::tenant_directory_client::TenantDirectoryClient<tonic::transport::Channel>;
+
+/// Everything running for one benchmark, stopped when dropped.
 pub struct Stack {
-    pub pg: pg_harness::PgServer,
-    pub admin: cp::tenant_admin_client::TenantAdminClient<tonic::transport::Channel>,
-    pub directory: cp::tenant_directory_client::TenantDirectoryClient<tonic::transport::Channel>,
-    pub router_grpc: String,
-    router: Child,
-    pgbouncer: Option<(Child, u16, std::path::PathBuf)>,
+    pub servers: Vec<pg_harness::PgServer>,
+    catalog: String,
+    pub admin: Admin,
+    pub directory: Directory,
+    cp_endpoint: String,
     stop_cp: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -30,28 +36,41 @@ pub fn admin_req<T>(m: T, token: &str) -> tonic::Request<T> {
 }
 
 impl Stack {
-    pub async fn start(max_per_tenant: usize) -> Result<Stack> {
-        let pg = pg_harness::PgServer::start().map_err(|e| anyhow!("{e}"))?;
-        let catalog = pg.fresh_database("loadgen_catalog").await?;
+    /// `servers` PostgreSQL servers (catalog on the first), each registered with a router
+    /// budget of [`BUDGET`] and room for `max_connections` backends (the direct and
+    /// PgBouncer baselines have no budget and may open one connection per tenant).
+    pub async fn start(servers: usize, max_connections: u32) -> Result<Stack> {
+        let max = max_connections.to_string();
+        let servers = (0..servers)
+            .map(|_| {
+                pg_harness::PgServer::start_with(&[
+                    ("max_connections", max.as_str()),
+                    ("shared_buffers", "128MB"),
+                ])
+                .map_err(|e| anyhow!("{e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let catalog = servers[0].fresh_database("loadgen_catalog").await?;
+        let catalog_url = servers[0].url(&catalog);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let path = std::env::temp_dir().join(format!("loadgen-cp-{}.toml", std::process::id()));
         std::fs::write(
             &path,
             format!(
-                "listen = \"{addr}\"\ncatalog_url = \"{}\"\nmaster_key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n\
+                "listen = \"{addr}\"\ncatalog_url = \"{catalog_url}\"\nmaster_key = \"{MASTER_KEY}\"\n\
                  admin_token = \"{ADMIN}\"\ndirectory_token = \"{DIRECTORY}\"\ntoken_signing_key = \"{JWT}\"\n",
-                pg.url(&catalog)
             ),
         )?;
-        let config = control_plane::Config::load(Some(&path))?;
+        let config = control_plane::Config::load(Some(&path));
+        let _ = std::fs::remove_file(&path);
         let (stop_cp, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(control_plane::server::run(config, listener, async {
+        tokio::spawn(control_plane::server::run(config?, listener, async {
             let _ = stopped.await;
         }));
-        let endpoint = format!("http://{addr}");
+        let cp_endpoint = format!("http://{addr}");
         let channel = loop {
-            if let Ok(c) = tonic::transport::Channel::from_shared(endpoint.clone())?
+            if let Ok(c) = tonic::transport::Channel::from_shared(cp_endpoint.clone())?
                 .connect()
                 .await
             {
@@ -59,101 +78,288 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let mut admin = cp::tenant_admin_client::TenantAdminClient::new(channel.clone());
-        admin
-            .add_server(admin_req(
-                cp::AddServerRequest {
-                    name: "bench".into(),
-                    host: "127.0.0.1".into(),
-                    port: u32::from(pg.port),
-                    admin_user: pg_harness::SUPERUSER.into(),
-                    admin_password: pg_harness::SUPERUSER_PASSWORD.into(),
-                    connection_budget: 80,
-                    capacity: 100_000,
-                },
-                ADMIN,
-            ))
-            .await?;
-        let exe = std::env::current_exe()?;
-        let bin = exe.parent().context("exe dir")?.join("tenant-router");
-        let mut router = Command::new(&bin)
-            .env("TENANT_ROUTER__GRPC_LISTEN", "127.0.0.1:0")
-            .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
-            .env("TENANT_ROUTER__CONTROL_PLANE_ENDPOINT", &endpoint)
-            .env("TENANT_ROUTER__DIRECTORY_TOKEN", DIRECTORY)
-            .env("TENANT_ROUTER__JWT_SECRET", JWT)
-            .env(
-                "TENANT_ROUTER__POOLS__MAX_PER_TENANT",
-                max_per_tenant.to_string(),
-            )
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {bin:?}"))?;
-        let line = {
-            use std::io::BufRead;
-            let mut l = String::new();
-            let out = router.stdout.take().context("router stdout")?;
-            std::io::BufReader::new(out).read_line(&mut l)?;
-            l
-        };
-        let grpc = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("grpc="))
-            .context("router did not start")?
-            .to_string();
+        let mut admin = Admin::new(channel.clone());
+        for (i, pg) in servers.iter().enumerate() {
+            admin
+                .add_server(admin_req(
+                    cp::AddServerRequest {
+                        name: format!("bench{i}"),
+                        host: "127.0.0.1".into(),
+                        port: u32::from(pg.port),
+                        admin_user: pg_harness::SUPERUSER.into(),
+                        admin_password: pg_harness::SUPERUSER_PASSWORD.into(),
+                        connection_budget: BUDGET,
+                        capacity: 100_000,
+                    },
+                    ADMIN,
+                ))
+                .await?;
+        }
         Ok(Stack {
-            pg,
+            servers,
+            catalog,
             admin,
-            directory: cp::tenant_directory_client::TenantDirectoryClient::new(channel),
-            router_grpc: format!("http://{grpc}"),
-            router,
-            pgbouncer: None,
+            directory: Directory::new(channel),
+            cp_endpoint,
             stop_cp: Some(stop_cp),
         })
     }
 
-    /// Creates a tenant and returns its route (with credentials, as routers get it).
-    pub async fn tenant(&mut self, slug: &str) -> Result<cp::Route> {
-        self.admin
-            .create_tenant(admin_req(
-                cp::CreateTenantRequest {
-                    slug: slug.into(),
-                    name: "Bench".into(),
-                    sector: "servicos".into(),
-                    ..Default::default()
-                },
-                ADMIN,
-            ))
-            .await?;
-        let route = self
-            .directory
-            .resolve(admin_req(
-                cp::ResolveRequest {
-                    key: Some(cp::resolve_request::Key::Slug(slug.into())),
-                },
-                DIRECTORY,
-            ))
-            .await?
-            .into_inner();
-        Ok(route)
+    /// Starts a router process; `env` are extra `TENANT_ROUTER__*` settings (without prefix).
+    pub fn router(&self, env: &[(&str, &str)]) -> Result<Router> {
+        let exe = std::env::current_exe()?;
+        let bin = exe.parent().context("exe dir")?.join("tenant-router");
+        let mut cmd = Command::new(&bin);
+        cmd.env("TENANT_ROUTER__GRPC_LISTEN", "127.0.0.1:0")
+            .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
+            .env("TENANT_ROUTER__CONTROL_PLANE_ENDPOINT", &self.cp_endpoint)
+            .env("TENANT_ROUTER__DIRECTORY_TOKEN", DIRECTORY)
+            .env("TENANT_ROUTER__JWT_SECRET", JWT)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(format!("TENANT_ROUTER__{k}"), v);
+        }
+        let mut child = cmd.spawn().with_context(|| format!("starting {bin:?}"))?;
+        let line = {
+            use std::io::BufRead;
+            let mut l = String::new();
+            let out = child.stdout.take().context("router stdout")?;
+            std::io::BufReader::new(out).read_line(&mut l)?;
+            l
+        };
+        let addr = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_string)
+        };
+        let (Some(grpc), Some(http)) = (addr("grpc="), addr("http=")) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(anyhow!("router did not start: {line:?}"));
+        };
+        Ok(Router {
+            child,
+            grpc: format!("http://{grpc}"),
+            http,
+        })
     }
 
-    /// Starts PgBouncer in transaction mode in front of `routes`; returns its port.
-    pub fn start_pgbouncer(&mut self, routes: &[cp::Route], pool_size: usize) -> Result<u16> {
+    /// Creates `n` tenants named `<prefix>-<i>`, spread evenly over the servers, `parallel`
+    /// at a time; returns their routes (with credentials, as routers get them) in order.
+    pub async fn tenants(&self, prefix: &str, n: usize, parallel: usize) -> Result<Vec<cp::Route>> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let (mut admin, mut directory) = (self.admin.clone(), self.directory.clone());
+            let slug = format!("{prefix}-{i}");
+            let server = format!("bench{}", i % self.servers.len());
+            let gate = Arc::clone(&gate);
+            tasks.spawn(async move {
+                let _permit = gate.acquire_owned().await?;
+                admin
+                    .create_tenant(admin_req(
+                        cp::CreateTenantRequest {
+                            slug: slug.clone(),
+                            name: "Bench".into(),
+                            sector: "servicos".into(),
+                            server,
+                            ..Default::default()
+                        },
+                        ADMIN,
+                    ))
+                    .await
+                    .with_context(|| format!("creating {slug}"))?;
+                let route = directory
+                    .resolve(admin_req(
+                        cp::ResolveRequest {
+                            key: Some(cp::resolve_request::Key::Slug(slug)),
+                        },
+                        DIRECTORY,
+                    ))
+                    .await?
+                    .into_inner();
+                anyhow::Ok((i, route))
+            });
+        }
+        let mut routes = vec![None; n];
+        while let Some(done) = tasks.join_next().await {
+            let (i, route) = done??;
+            routes[i] = Some(route);
+        }
+        routes
+            .into_iter()
+            .map(|r| r.context("tenant missing"))
+            .collect()
+    }
+
+    /// Adds `n` catalog rows for active tenants whose databases were never created: routes
+    /// a router can resolve and cache (10,000 real databases would need ~75 GB here).
+    pub async fn catalog_only_tenants(&self, prefix: &str, n: usize) -> Result<()> {
+        let secrets = control_plane::crypto::SecretBox::from_base64(MASTER_KEY)?;
+        let client = self.servers[0].connect(&self.catalog).await?;
+        let servers: Vec<i64> = client
+            .query("SELECT id FROM servidores ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let (mut slugs, mut sealed, mut server_ids) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let slug = format!("{prefix}-{i}");
+            sealed.push(secrets.seal(
+                &control_plane::crypto::random_password(),
+                &format!("tenant:{slug}:password"),
+            )?);
+            server_ids.push(servers[i % servers.len()]);
+            slugs.push(slug);
+        }
+        client
+            .execute(
+                "INSERT INTO empresas (slug, nome, setor, status, servidor_id, banco, papel, senha_cifrada) \
+                 SELECT s, 'Catalog only', 'servicos', 'active', srv, 'emp_' || replace(s, '-', '_'), \
+                        'emp_' || replace(s, '-', '_') || '_app', pw \
+                 FROM unnest($1::text[], $2::int8[], $3::bytea[]) AS t(s, srv, pw)",
+                &[&slugs, &server_ids, &sealed],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sets every server's router connection budget in the catalog (routers started later
+    /// see it).
+    pub async fn set_budget(&self, budget: i32) -> Result<()> {
+        let client = self.servers[0].connect(&self.catalog).await?;
+        client
+            .execute("UPDATE servidores SET orcamento_conexoes = $1", &[&budget])
+            .await?;
+        Ok(())
+    }
+
+    /// Every tenant id in the catalog.
+    pub async fn tenant_ids(&self) -> Result<Vec<i64>> {
+        let client = self.servers[0].connect(&self.catalog).await?;
+        Ok(client
+            .query("SELECT id FROM empresas ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// A caller token for every tenant.
+    pub fn token(&self) -> Result<String> {
+        sign(caller_auth::Claims {
+            sub: "loadgen".into(),
+            tenants: vec![],
+            all: true,
+            exp: caller_auth::now_secs() + 3600,
+            iat: caller_auth::now_secs(),
+        })
+    }
+
+    /// A caller token granted only `slug`.
+    pub fn token_for(&self, slug: &str) -> Result<String> {
+        sign(caller_auth::Claims {
+            sub: "loadgen".into(),
+            tenants: vec![slug.into()],
+            all: false,
+            exp: caller_auth::now_secs() + 3600,
+            iat: caller_auth::now_secs(),
+        })
+    }
+}
+
+fn sign(claims: caller_auth::Claims) -> Result<String> {
+    Ok(caller_auth::TokenKey::new(JWT.as_bytes()).sign(&claims)?)
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop_cp.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A running router process, killed when dropped.
+pub struct Router {
+    child: Child,
+    /// `http://host:port` of its gRPC side.
+    pub grpc: String,
+    /// `host:port` of its HTTP side.
+    http: String,
+}
+
+impl Router {
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("VmRSS missing")
+    }
+
+    /// The sum of the samples of metric `name` whose labels contain `label` (all if empty),
+    /// read from `/metrics`.
+    pub async fn metric(&self, name: &str, label: &str) -> Result<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&self.http).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        Ok(body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| label.is_empty() || l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// A gRPC channel to it.
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        tonic::transport::Channel::from_shared(self.grpc.clone())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| anyhow!("router at {}: {e:?}", self.grpc))
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A PgBouncer in transaction mode in front of some tenant databases, stopped when dropped.
+pub struct Bouncer {
+    child: Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Bouncer {
+    /// Starts PgBouncer for `routes` with `pool_size` server connections per database.
+    pub fn start(routes: &[cp::Route], pool_size: usize) -> Result<Bouncer> {
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .context("pgbouncer is not installed (apt-get install pgbouncer)")?;
-        let dir = std::env::temp_dir().join(format!("loadgen-pgbouncer-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
         let port = pg_harness::free_port().map_err(|e| anyhow!("{e}"))?;
+        let dir = std::env::temp_dir().join(format!("loadgen-pgbouncer-{port}"));
+        std::fs::create_dir_all(&dir)?;
         let mut dbs = String::new();
         let mut users = String::new();
         for r in routes {
             dbs.push_str(&format!(
                 "{} = host=127.0.0.1 port={} dbname={}\n",
-                r.database, self.pg.port, r.database
+                r.database, r.port, r.database
             ));
             users.push_str(&format!("\"{}\" \"{}\"\n", r.role, r.password));
         }
@@ -162,7 +368,7 @@ impl Stack {
             dir.join("pgbouncer.ini"),
             format!(
                 "[databases]\n{dbs}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
-                 auth_type = scram-sha-256\nauth_file = {}\npool_mode = transaction\nmax_client_conn = 2000\n\
+                 auth_type = scram-sha-256\nauth_file = {}\npool_mode = transaction\nmax_client_conn = 5000\n\
                  default_pool_size = {pool_size}\nlogfile = {}\npidfile = {}\n",
                 dir.join("userlist.txt").display(),
                 dir.join("pgbouncer.log").display(),
@@ -174,58 +380,33 @@ impl Stack {
             .arg(&dir)
             .status();
         let mut cmd = Command::new(bin);
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout.starts_with(b"0"))
-            .unwrap_or(false);
-        if root {
+        if pg_harness::is_root() {
             cmd.args(["-u", "nobody"]);
         }
-        let child = cmd
+        let mut child = cmd
             .arg(dir.join("pgbouncer.ini"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                self.pgbouncer = Some((child, port, dir));
-                return Ok(port);
+                return Ok(Bouncer { child, port, dir });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         Err(anyhow!(
             "pgbouncer did not start; see {:?}",
             dir.join("pgbouncer.log")
         ))
     }
-
-    /// A caller token for every tenant.
-    pub fn token(&self) -> Result<String> {
-        let now = caller_auth::now_secs();
-        Ok(
-            caller_auth::TokenKey::new(JWT.as_bytes()).sign(&caller_auth::Claims {
-                sub: "loadgen".into(),
-                tenants: vec![],
-                all: true,
-                exp: now + 3600,
-                iat: now,
-            })?,
-        )
-    }
 }
 
-impl Drop for Stack {
+impl Drop for Bouncer {
     fn drop(&mut self) {
-        let _ = self.router.kill();
-        let _ = self.router.wait();
-        if let Some((mut child, _, dir)) = self.pgbouncer.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        if let Some(s) = self.stop_cp.take() {
-            let _ = s.send(());
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

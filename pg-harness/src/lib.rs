@@ -83,7 +83,8 @@ pub fn pg_bindir() -> Result<PathBuf, HarnessError> {
         })
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (servers then run as `nobody`).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -107,11 +108,17 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 impl PgServer {
     /// Creates and starts a new cluster; waits until it accepts connections.
     pub fn start() -> Result<PgServer, HarnessError> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`PgServer::start`], with extra server settings (`("max_connections", "2000")`)
+    /// that override the harness defaults.
+    pub fn start_with(settings: &[(&str, &str)]) -> Result<PgServer, HarnessError> {
         // A port picked by the kernel can be taken by someone else before postgres binds
         // it; then the whole cluster is made again on another port.
         let mut last = err("could not start postgres");
         for _ in 0..3 {
-            match Self::start_once() {
+            match Self::start_once(settings) {
                 Ok(server) => return Ok(server),
                 Err(e) => last = e,
             }
@@ -119,7 +126,7 @@ impl PgServer {
         Err(last)
     }
 
-    fn start_once() -> Result<PgServer, HarnessError> {
+    fn start_once(settings: &[(&str, &str)]) -> Result<PgServer, HarnessError> {
         let bindir = pg_bindir()?;
         let as_root = is_root();
         let base = std::env::temp_dir().join(format!(
@@ -155,7 +162,11 @@ impl PgServer {
             return Err(e);
         }
         // On failure the supervisor removes the directory when `spawn`'s server drops.
-        Self::spawn(as_root, &bindir, &base, &data, free_port()?)
+        let extra: String = settings
+            .iter()
+            .map(|(k, v)| format!(" -c {k}={v}"))
+            .collect();
+        Self::spawn(as_root, &bindir, &base, &data, free_port()?, &extra)
     }
 
     fn spawn(
@@ -164,6 +175,7 @@ impl PgServer {
         base: &Path,
         data: &Path,
         port: u16,
+        extra: &str,
     ) -> Result<PgServer, HarnessError> {
         let postgres = bindir.join("postgres");
         let runner = if as_root {
@@ -176,7 +188,7 @@ impl PgServer {
         let script = format!(
             r#"{runner}"{postgres}" -D "{data}" -p {port} -k "{base}" -c listen_addresses=127.0.0.1 \
   -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
-  -c shared_buffers=32MB -c log_min_messages=fatal >"{base}/log" 2>&1 &
+  -c shared_buffers=32MB -c log_min_messages=fatal{extra} >"{base}/log" 2>&1 &
 pid=$!
 trap '' INT
 cat >/dev/null

@@ -11,7 +11,7 @@ pub use services::{CatalogService, ConversationsService, LeadsService};
 
 use crate::error::RouterError;
 use crate::metrics::Metrics;
-use crate::pools::{GetError, PgConn, Pools};
+use crate::pools::{Canceller, GetError, PgConn, Pools};
 use crate::routes::RouteCache;
 use caller_auth::{Claims, TokenKey};
 use futures_util::future::BoxFuture;
@@ -121,13 +121,13 @@ impl CallContext {
         // Cancels the query on the server if this call ends before it does: at our deadline,
         // or when the caller goes away first (the whole call future is then dropped).
         let mut guard = CancelOnDrop {
-            token: Some(conn.client.cancel_token()),
+            cancel: Some(conn.canceller()),
             tasks: self.tasks.clone(),
         };
         let sector = cached.route.sector.clone();
         match tokio::time::timeout(remaining, op(&mut conn, &sector, message)).await {
             Ok(result) => {
-                guard.token = None;
+                guard.cancel = None;
                 result
             }
             Err(_) => Err(RouterError::DeadlineExceeded),
@@ -153,17 +153,15 @@ impl CallContext {
 
 /// Sends a cancel request for the connection's running query when dropped while armed.
 struct CancelOnDrop {
-    token: Option<tokio_postgres::CancelToken>,
+    cancel: Option<Canceller>,
     tasks: TaskTracker,
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let Some(token) = self.token.take() {
+        if let Some(cancel) = self.cancel.take() {
             if tokio::runtime::Handle::try_current().is_ok() {
-                self.tasks.spawn(async move {
-                    let _ = token.cancel_query(tokio_postgres::NoTls).await;
-                });
+                self.tasks.spawn(cancel.cancel());
             }
         }
     }

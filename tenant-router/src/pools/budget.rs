@@ -3,23 +3,24 @@
 //! Each open tenant connection holds one permit of the server's semaphore from before it
 //! connects until its socket has closed, so the connections this router holds to a server
 //! never exceed `budget`, however many tenants are active. The semaphore is FIFO, so
-//! waiting calls are served in arrival order. When no permit is free, idle connections of
-//! other tenants on the server are closed to make room: first those unused for a while,
-//! then, if that frees nothing, one idle connection of the pool holding the most idle ones.
+//! waiting calls are served in arrival order. When no permit is free, the least recently
+//! used idle connection of another tenant on the server is closed to make room (pools hand
+//! out their most recently used connection first, so a pool's surplus goes first), and a
+//! few permits are kept free ahead of need.
 
 use super::manager::TenantManager;
 use crate::error::RouterError;
 use deadpool::managed::WeakPool;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Connections unused this long are the first to be closed for another tenant.
-const LONG_IDLE: Duration = Duration::from_millis(500);
 /// While waiting for a permit, how often to look again for idle connections to close.
-const RELIEF_INTERVAL: Duration = Duration::from_millis(20);
+const RELIEF_INTERVAL: Duration = Duration::from_millis(5);
+/// How long a closed connection's permit usually takes to come back (its backend exiting).
+const RELEASE_EXPECTED: Duration = Duration::from_millis(20);
 
 /// One server's connection budget and health.
 pub struct ServerBudget {
@@ -34,6 +35,26 @@ pub struct ServerBudget {
     fail_fast_for: Duration,
     /// Pools on this server, to close others' idle connections under pressure.
     pools: Mutex<HashMap<i64, WeakPool<TenantManager>>>,
+    /// When connections were last closed to make room (see `releasing`).
+    recently_closed: Mutex<std::collections::VecDeque<Instant>>,
+    /// Calls waiting for a permit.
+    waiting: AtomicUsize,
+}
+
+/// Counts a waiting call while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(n: &'a AtomicUsize) -> Waiting<'a> {
+        n.fetch_add(1, Ordering::Relaxed);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ServerBudget {
@@ -54,6 +75,8 @@ impl ServerBudget {
             fail_fast_after,
             fail_fast_for,
             pools: Mutex::new(HashMap::new()),
+            recently_closed: Mutex::new(std::collections::VecDeque::new()),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -103,15 +126,33 @@ impl ServerBudget {
     }
 
     /// A permit for one new connection of `tenant`; waits (in FIFO order) while closing
-    /// other tenants' idle connections. The caller bounds the wait by its deadline.
+    /// other tenants' least recently used idle connections, one per turn. Having taken a
+    /// permit, it also keeps a few permits free for the next cold tenant (closing idle
+    /// connections now rather than making that call wait for a backend to exit). The caller
+    /// bounds the wait by its deadline.
     pub async fn acquire(&self, tenant: i64) -> OwnedSemaphorePermit {
-        if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
-            return p;
+        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => self.acquire_slow(tenant).await,
+        };
+        let reserve = (self.budget / 16).max(1) as usize;
+        while self.permits.available_permits() + self.releasing() < reserve {
+            if !self.close_least_recently_used(tenant) {
+                break;
+            }
         }
+        permit
+    }
+
+    async fn acquire_slow(&self, tenant: i64) -> OwnedSemaphorePermit {
         let acquire = Arc::clone(&self.permits).acquire_owned();
         tokio::pin!(acquire);
+        let _waiting = Waiting::enter(&self.waiting);
         loop {
-            self.relieve(tenant);
+            // One connection closing per waiting call is enough; more would only churn.
+            if self.releasing() < self.waiting.load(Ordering::Relaxed) {
+                self.close_least_recently_used(tenant);
+            }
             tokio::select! {
                 p = &mut acquire => match p {
                     Ok(p) => return p,
@@ -123,8 +164,24 @@ impl ServerBudget {
         }
     }
 
-    /// Closes idle connections of tenants other than `except`; returns how many.
-    fn relieve(&self, except: i64) -> usize {
+    /// Connections closed for others whose permits are probably not back yet.
+    fn releasing(&self) -> usize {
+        let mut closed = self
+            .recently_closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        while closed
+            .front()
+            .is_some_and(|t| t.elapsed() > RELEASE_EXPECTED)
+        {
+            closed.pop_front();
+        }
+        closed.len()
+    }
+
+    /// Closes the least recently used idle connection of a tenant other than `except`;
+    /// whether there was one.
+    fn close_least_recently_used(&self, except: i64) -> bool {
         let pools: Vec<_> = {
             let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
             map.retain(|_, w| w.upgrade().is_some());
@@ -133,29 +190,43 @@ impl ServerBudget {
                 .filter_map(|(_, w)| w.upgrade())
                 .collect()
         };
-        let mut freed: usize = pools
-            .iter()
-            .map(|p| p.retain(|_, m| m.last_used() < LONG_IDLE).removed.len())
-            .sum();
-        if freed == 0 {
-            // Nothing long idle: take one idle connection from the pool with the most idle.
-            let mut by_idle: Vec<_> = pools.iter().filter(|p| p.status().available > 0).collect();
-            by_idle.sort_by_key(|p| std::cmp::Reverse(p.status().available));
-            if let Some(p) = by_idle.first() {
-                let mut take = 1usize;
-                freed += p
-                    .retain(|_, _| {
-                        if take > 0 {
-                            take -= 1;
-                            false
-                        } else {
-                            true
-                        }
-                    })
-                    .removed
-                    .len();
+        let used = |m: &deadpool::managed::Metrics| m.recycled.unwrap_or(m.created);
+        // A pool's surplus first: a tenant keeping one connection saves a new one later.
+        let oldest = [2, 1].into_iter().find_map(|min_size| {
+            let mut oldest: Option<(Instant, usize)> = None;
+            for (i, pool) in pools.iter().enumerate() {
+                if pool.status().size < min_size {
+                    continue;
+                }
+                // Looks at each idle connection, keeping all.
+                let _ = pool.retain(|_, m| {
+                    if oldest.is_none_or(|(t, _)| used(&m) < t) {
+                        oldest = Some((used(&m), i));
+                    }
+                    true
+                });
             }
+            oldest
+        });
+        let Some((when, i)) = oldest else {
+            return false;
+        };
+        let mut taken = false;
+        let removed = pools[i].retain(|_, m| {
+            if !taken && used(&m) == when {
+                taken = true;
+                false
+            } else {
+                true
+            }
+        });
+        if removed.removed.is_empty() {
+            return false;
         }
-        freed
+        self.recently_closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Instant::now());
+        true
     }
 }

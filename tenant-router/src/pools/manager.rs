@@ -1,24 +1,59 @@
 //! deadpool manager for one tenant's connections: each connection takes a permit of its
-//! server's budget before connecting and gives it back only once its socket has closed.
+//! server's budget before connecting and gives it back only once the server backend has
+//! gone: after we close our side, PostgreSQL's backend leaves its process array and then
+//! exits, which closes the socket, so the permit is released when the socket reads EOF.
 
 use super::budget::ServerBudget;
 use crate::error::RouterError;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 
-/// How long a closed connection's permit is held back while its server backend exits.
-const BACKEND_EXIT_GRACE: Duration = Duration::from_millis(50);
+/// Longest wait for a closed connection's backend to exit before its permit is given back
+/// anyway (a server that stopped answering).
+const BACKEND_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// One tenant connection with its own prepared-statement cache.
 pub struct PgConn {
     /// The connection.
     pub client: Client,
     statements: HashMap<&'static str, Statement>,
+    server_addr: Arc<(String, u16)>,
+}
+
+/// Cancels the query a connection is running (a new connection to the server carrying the
+/// backend's cancel key).
+pub struct Canceller {
+    token: CancelToken,
+    server_addr: Arc<(String, u16)>,
+}
+
+impl Canceller {
+    /// Asks the server to cancel the running query; best effort.
+    pub async fn cancel(self) {
+        if let Ok(stream) =
+            TcpStream::connect((self.server_addr.0.as_str(), self.server_addr.1)).await
+        {
+            let _ = self.token.cancel_query_raw(stream, NoTls).await;
+        }
+    }
 }
 
 impl PgConn {
+    /// What cancels this connection's running query from elsewhere.
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            token: self.client.cancel_token(),
+            server_addr: Arc::clone(&self.server_addr),
+        }
+    }
+
     /// A prepared statement for `sql`, prepared once per connection.
     pub async fn prepare(&mut self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
         if let Some(s) = self.statements.get(sql) {
@@ -42,12 +77,15 @@ pub enum ConnectError {
     /// Connecting failed or took too long.
     #[error("connect failed: {0}")]
     Connect(String),
+    /// PostgreSQL refused or broke the startup (classified by `create`).
+    #[error("connect failed: {0}")]
+    Postgres(tokio_postgres::Error),
 }
 
 impl From<ConnectError> for RouterError {
     fn from(e: ConnectError) -> RouterError {
         match e {
-            ConnectError::Down | ConnectError::Connect(_) => {
+            ConnectError::Down | ConnectError::Connect(_) | ConnectError::Postgres(_) => {
                 RouterError::Unavailable("tenant database unavailable".into())
             }
             ConnectError::Auth => {
@@ -63,6 +101,89 @@ pub struct TenantManager {
     pub(crate) server: Arc<ServerBudget>,
     pub(crate) tenant: i64,
     pub(crate) connect_timeout: Duration,
+    /// The server's host and port (`pg` has them too, but connections are opened here).
+    pub(crate) server_addr: Arc<(String, u16)>,
+}
+
+/// A tenant connection's socket, holding its server budget permit. When the driver drops it
+/// (our side is closed), a task reads until the server closes its side too, which PostgreSQL
+/// does only as the backend process exits, after it has left the process array (so
+/// `pg_stat_activity` and `max_connections` no longer count it); then the permit is freed.
+struct Socket {
+    inner: Option<TcpStream>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Socket {
+    fn stream(self: Pin<&mut Self>) -> Option<Pin<&mut TcpStream>> {
+        self.get_mut().inner.as_mut().map(Pin::new)
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.stream() {
+            Some(s) => s.poll_read(cx, buf),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.stream() {
+            Some(s) => s.poll_write(cx, buf),
+            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stream() {
+            Some(s) => s.poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.stream() {
+            Some(s) => s.poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        let (Some(mut stream), Some(permit)) = (self.inner.take(), self.permit.take()) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            // Our side is shut down (Terminate sent); the server closes its side as the
+            // backend exits.
+            let _ = stream.shutdown().await;
+            let mut buf = [0u8; 512];
+            let _ = tokio::time::timeout(BACKEND_EXIT_WAIT, async {
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+            drop(permit);
+        });
+    }
 }
 
 impl deadpool::managed::Manager for TenantManager {
@@ -72,10 +193,24 @@ impl deadpool::managed::Manager for TenantManager {
     async fn create(&self) -> Result<PgConn, ConnectError> {
         self.server.check_up().map_err(|_| ConnectError::Down)?;
         let permit = self.server.acquire(self.tenant).await;
-        let connected = tokio::time::timeout(self.connect_timeout, self.pg.connect(NoTls)).await;
+        let connected = tokio::time::timeout(self.connect_timeout, async {
+            let stream = TcpStream::connect((self.server_addr.0.as_str(), self.server_addr.1))
+                .await
+                .map_err(|e| ConnectError::Connect(e.to_string()))?;
+            let _ = stream.set_nodelay(true);
+            let socket = Socket {
+                inner: Some(stream),
+                permit: Some(permit),
+            };
+            self.pg
+                .connect_raw(socket, NoTls)
+                .await
+                .map_err(ConnectError::Postgres)
+        })
+        .await;
         let (client, connection) = match connected {
             Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
+            Ok(Err(ConnectError::Postgres(e))) => {
                 use tokio_postgres::error::SqlState;
                 let code = e.as_db_error().map(|d| d.code().clone());
                 if matches!(
@@ -93,26 +228,27 @@ impl deadpool::managed::Manager for TenantManager {
                 }
                 return Err(ConnectError::Connect(e.to_string()));
             }
+            Ok(Err(e)) => {
+                self.server.record_connect(false);
+                return Err(e);
+            }
             Err(_) => {
                 self.server.record_connect(false);
                 return Err(ConnectError::Connect("timed out".into()));
             }
         };
         self.server.record_connect(true);
-        // The driver task ends when the client is dropped and the socket closes; only then
-        // is the budget permit given back, and a little later still: PostgreSQL takes a
-        // moment to retire the backend after the socket closes, and the server must never
-        // see more of our connections than the budget.
+        // The driver task ends when the client is dropped; its socket then waits for the
+        // backend to exit before giving the budget permit back (see `Socket`).
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "tenant connection ended");
             }
-            tokio::time::sleep(BACKEND_EXIT_GRACE).await;
-            drop(permit);
         });
         Ok(PgConn {
             client,
             statements: HashMap::new(),
+            server_addr: Arc::clone(&self.server_addr),
         })
     }
 

@@ -7,7 +7,7 @@ mod budget;
 mod manager;
 
 pub use budget::ServerBudget;
-pub use manager::{ConnectError, PgConn, TenantManager};
+pub use manager::{Canceller, ConnectError, PgConn, TenantManager};
 
 use crate::config;
 use crate::error::RouterError;
@@ -112,10 +112,14 @@ impl Pools {
             server: Arc::clone(&server),
             tenant: route.tenant_id,
             connect_timeout: Duration::from_millis(self.cfg.connect_timeout_ms),
+            server_addr: Arc::new((route.host.clone(), port)),
         };
         let size = self.cfg.max_per_tenant.min(server.budget as usize).max(1);
         let pool = Pool::builder(manager)
             .max_size(size)
+            // The most recently returned connection is reused first, so a pool's surplus
+            // connections stay idle and are the first closed for other tenants.
+            .queue_mode(deadpool::managed::QueueMode::Lifo)
             .build()
             .map_err(|e| RouterError::Internal(format!("pool: {e}")))?;
         server.register(route.tenant_id, pool.weak());

@@ -160,7 +160,7 @@ impl Webhooks {
             Err(GetError::Other(e)) => return Err(e),
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let cancel = conn.client.cancel_token();
+        let cancel = conn.canceller();
         match tokio::time::timeout(remaining, ingest::store(&mut conn, &batch)).await {
             Ok(Ok(stored)) => {
                 let m = &self.metrics.webhook_items;
@@ -177,7 +177,7 @@ impl Webhooks {
             Ok(Err(e)) => Err(RouterError::from_db(&e)),
             Err(_) => {
                 // Too slow: stop it server-side (the transaction rolls back) and ask for a retry.
-                let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                cancel.cancel().await;
                 Err(RouterError::DeadlineExceeded)
             }
         }

@@ -1,0 +1,191 @@
+//! Closed-loop callers, latency percentiles, Zipf sampling and connection sampling.
+
+use crate::ops::{Fixture, Op, Target};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One measured cell: a mode at a concurrency.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Measured {
+    pub mode: &'static str,
+    pub callers: usize,
+    pub ops: usize,
+    pub errors: usize,
+    pub ops_per_sec: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// The first error seen, to say why when there are any.
+    pub first_error: Option<String>,
+}
+
+/// Which tenant and conversation each call goes to.
+pub enum Workload {
+    /// Every call to one tenant; caller `i` on its own conversation.
+    Hot(Fixture),
+    /// Each call to a tenant drawn from a Zipf distribution over the fixtures (rank order).
+    Zipf { tenants: Vec<Fixture>, zipf: Zipf },
+}
+
+/// `p` in `0..=1` of sorted samples.
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `callers` closed-loop callers on `target` for `warmup` (not measured) then `seconds`.
+pub async fn run(
+    target: Arc<Target>,
+    workload: Arc<Workload>,
+    callers: usize,
+    warmup: Duration,
+    seconds: f64,
+) -> Measured {
+    let measure_from = Instant::now() + warmup;
+    let end = measure_from + Duration::from_secs_f64(seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..callers {
+        let (target, workload) = (Arc::clone(&target), Arc::clone(&workload));
+        tasks.spawn(async move {
+            let mut rng = SplitMix(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1));
+            let (mut lat, mut errors, mut first_error, mut k) = (Vec::new(), 0, None, i);
+            while Instant::now() < end {
+                let f = match &*workload {
+                    Workload::Hot(f) => f,
+                    Workload::Zipf { tenants, zipf } => &tenants[zipf.sample(&mut rng)],
+                };
+                let conversation = f.conversations[i % f.conversations.len()];
+                let op = Op::nth(k);
+                k += 1;
+                let t0 = Instant::now();
+                let result = target.call(i, op, f, conversation).await;
+                if t0 >= measure_from {
+                    lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    if let Err(e) = result {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+            (lat, errors, first_error)
+        });
+    }
+    let (mut all, mut errors, mut first_error) = (Vec::new(), 0, None);
+    while let Some(Ok((l, e, fe))) = tasks.join_next().await {
+        all.extend(l);
+        errors += e;
+        first_error = first_error.or(fe);
+    }
+    all.sort_by(|a, b| a.total_cmp(b));
+    Measured {
+        mode: target.name(),
+        callers,
+        ops: all.len(),
+        errors,
+        ops_per_sec: all.len() as f64 / seconds,
+        p50_ms: pct(&all, 0.5),
+        p95_ms: pct(&all, 0.95),
+        p99_ms: pct(&all, 0.99),
+        first_error,
+    }
+}
+
+/// A small deterministic generator (SplitMix64): no dependency, reproducible runs.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Zipf over ranks `0..n` with exponent `s`: rank `k` drawn with weight `1/(k+1)^s`.
+pub struct Zipf {
+    cumulative: Vec<f64>,
+}
+
+impl Zipf {
+    pub fn new(n: usize, s: f64) -> Zipf {
+        let mut total = 0.0;
+        let cumulative = (1..=n)
+            .map(|k| {
+                total += (k as f64).powf(-s);
+                total
+            })
+            .collect();
+        Zipf { cumulative }
+    }
+
+    pub fn sample(&self, rng: &mut SplitMix) -> usize {
+        let total = self.cumulative.last().copied().unwrap_or(0.0);
+        let x = rng.next_f64() * total;
+        self.cumulative
+            .partition_point(|c| *c < x)
+            .min(self.cumulative.len().saturating_sub(1))
+    }
+
+    /// Share of draws that go to the `top` most frequent ranks.
+    pub fn mass(&self, top: usize) -> f64 {
+        let total = self.cumulative.last().copied().unwrap_or(1.0);
+        self.cumulative
+            .get(top.saturating_sub(1))
+            .map_or(0.0, |c| c / total)
+    }
+}
+
+/// Samples, on each server, how many client connections to tenant databases exist (from
+/// `pg_stat_activity`, every 20 ms) until stopped; returns the most seen per server.
+pub struct ConnectionSampler {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<i64>>>,
+}
+
+impl ConnectionSampler {
+    /// Counts backends whose `application_name` starts with `app` (empty: every tenant
+    /// database's client backend).
+    pub async fn start(servers: &[pg_harness::PgServer], app: &str) -> anyhow::Result<Self> {
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        for pg in servers {
+            let client = pg.connect("postgres").await?;
+            let mut watch = watch.clone();
+            let pattern = format!("{app}%");
+            tasks.push(tokio::spawn(async move {
+                let mut max = 0i64;
+                loop {
+                    let n: i64 = client
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+                             AND datname LIKE 'emp\\_%' AND application_name LIKE $1",
+                            &[&pattern],
+                        )
+                        .await?
+                        .get(0);
+                    max = max.max(n);
+                    tokio::select! {
+                        _ = watch.changed() => return Ok(max),
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                }
+            }));
+        }
+        Ok(ConnectionSampler { stop, tasks })
+    }
+
+    /// Stops sampling; the most connections seen per server.
+    pub async fn finish(self) -> anyhow::Result<Vec<i64>> {
+        let _ = self.stop.send(true);
+        let mut out = Vec::new();
+        for t in self.tasks {
+            out.push(t.await??);
+        }
+        Ok(out)
+    }
+}

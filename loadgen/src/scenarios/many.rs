@@ -1,0 +1,154 @@
+//! Many tenants over two servers, Zipf traffic, the router held to each server's budget.
+
+use super::{seed_all, touch_all, Settings};
+use crate::measure::{run, ConnectionSampler, Measured, Workload, Zipf};
+use crate::ops::{ConnPool, Fixture, RouterClients, Target};
+use crate::report::Report;
+use crate::stack::{Bouncer, Stack, BUDGET};
+use anyhow::Result;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Zipf exponent of the traffic.
+const S: f64 = 1.1;
+/// PgBouncer's pool per database and the router's per tenant.
+const PER_TENANT: usize = 4;
+
+/// One mode's cell plus what the scenario reports beyond latency.
+#[derive(Debug, serde::Serialize)]
+pub struct Cell {
+    #[serde(flatten)]
+    pub measured: Measured,
+    /// Most connections to tenant databases seen on each server.
+    pub max_connections: Vec<i64>,
+    /// Pool cache hit ratio during the measured window (router only).
+    pub pool_hit_ratio: Option<f64>,
+    /// Seconds to touch every tenant once before measuring.
+    pub warm_secs: f64,
+    pub warm_failures: usize,
+}
+
+/// Runs the scenario; returns the tenants' fixtures (the memory scenario reuses them).
+pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Result<Vec<Fixture>> {
+    let n = s.many_tenants;
+    let started = Instant::now();
+    let routes = stack.tenants("many", n, 4).await?;
+    let created = started.elapsed().as_secs_f64();
+    let tenants = Arc::new(seed_all(&routes, 4, 4).await?);
+    eprintln!("many tenants: {n} created in {created:.1} s, seeded");
+    let zipf = Zipf::new(n, S);
+    let workload = Arc::new(Workload::Zipf {
+        tenants: tenants.to_vec(),
+        zipf: Zipf::new(n, S),
+    });
+    let token = stack.token()?;
+    let warmup = Duration::from_secs(1);
+    let callers = s.many_callers;
+    let mut cells = Vec::new();
+    for mode in ["direct", "pgbouncer", "router"] {
+        // Each mode's connections are gone before the next starts (the sampler counts all).
+        let mut bouncer = None;
+        let mut router = None;
+        let (target, app) = match mode {
+            "direct" => (
+                Target::Direct(ConnPool::new(&routes, None, true, "loadgen-direct")?),
+                "loadgen-direct",
+            ),
+            "pgbouncer" => {
+                let b = Bouncer::start(&routes, PER_TENANT)?;
+                let t = Target::Bouncer(ConnPool::new(
+                    &routes,
+                    Some(b.port),
+                    false,
+                    "loadgen-bouncer",
+                )?);
+                bouncer = Some(b);
+                // PgBouncer names its server connections after the latest client.
+                (t, "")
+            }
+            _ => {
+                let r = stack.router(&[("POOLS__MAX_PER_TENANT", &PER_TENANT.to_string())])?;
+                let t = Target::Router(RouterClients::new(&r, callers, &token).await?);
+                router = Some(r);
+                (t, "tenant-router")
+            }
+        };
+        let target = Arc::new(target);
+        let t0 = Instant::now();
+        let warm_failures = touch_all(&target, &tenants, 8).await;
+        let warm_secs = t0.elapsed().as_secs_f64();
+        let before = match &router {
+            Some(r) => Some(pool_counts(r).await?),
+            None => None,
+        };
+        let sampler = ConnectionSampler::start(&stack.servers, app).await?;
+        let measured = run(
+            Arc::clone(&target),
+            Arc::clone(&workload),
+            callers,
+            warmup,
+            s.seconds,
+        )
+        .await;
+        let max_connections = sampler.finish().await?;
+        let pool_hit_ratio = match (&router, before) {
+            (Some(r), Some((h0, m0))) => {
+                let (h1, m1) = pool_counts(r).await?;
+                Some((h1 - h0) / ((h1 - h0) + (m1 - m0)).max(1.0))
+            }
+            _ => None,
+        };
+        eprintln!(
+            "many tenants: {mode}: {:.0} ops/s, {} errors, max connections {max_connections:?}",
+            measured.ops_per_sec, measured.errors
+        );
+        cells.push(Cell {
+            measured,
+            max_connections,
+            pool_hit_ratio,
+            warm_secs,
+            warm_failures,
+        });
+        drop(target);
+        drop(router);
+        drop(bouncer);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    report.line(&format!(
+        "### Many tenants\n\n{n} tenants (a database each) over two PostgreSQL servers, {callers} \
+         callers, each call to a tenant drawn from a Zipf distribution (s = {S}: the top 10 \
+         tenants get {:.0}% of the calls, the top 160 {:.0}%), the same operation mix, {} s \
+         after every tenant was called once and a 1 s warm-up. Router: budget {BUDGET} \
+         connections per server, {PER_TENANT} per tenant. PgBouncer: {PER_TENANT} per database \
+         (it has no per-server limit). Direct: connections kept per tenant, no limit. \"max \
+         conns\" is the most client connections to tenant databases each server had \
+         (`pg_stat_activity`, sampled every 20 ms). Creating the {n} tenants through \
+         `CreateTenant` (4 at a time) took {created:.0} s.\n",
+        zipf.mass(10) * 100.0,
+        zipf.mass(160) * 100.0,
+        s.seconds,
+    ));
+    let rows: Vec<Measured> = cells.iter().map(|c| c.measured.clone()).collect();
+    report.modes_table(&rows, &["max conns per server", "pool hit ratio"], |m| {
+        let c = cells.iter().find(|c| c.measured.mode == m.mode);
+        vec![
+            c.map(|c| format!("{:?}", c.max_connections))
+                .unwrap_or_default(),
+            c.and_then(|c| c.pool_hit_ratio)
+                .map(|h| format!("{:.2}%", h * 100.0))
+                .unwrap_or_default(),
+        ]
+    });
+    report.put("many_tenants", &cells);
+    Ok(tenants.to_vec())
+}
+
+/// The router's pool cache (hits, misses) so far.
+async fn pool_counts(r: &crate::stack::Router) -> Result<(f64, f64)> {
+    Ok((
+        r.metric("tenant_router_pool_cache_total", "\"hit\"")
+            .await?,
+        r.metric("tenant_router_pool_cache_total", "\"miss\"")
+            .await?,
+    ))
+}

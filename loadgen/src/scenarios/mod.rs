@@ -1,0 +1,107 @@
+//! The benchmark's scenarios, each writing its table into the report.
+
+pub mod cold;
+pub mod hot;
+pub mod many;
+pub mod memory;
+
+use crate::ops::{Fixture, Op, Target};
+use std::sync::Arc;
+
+/// How big and how long each scenario runs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Settings {
+    /// Measured seconds per cell (after a warm-up).
+    pub seconds: f64,
+    /// Concurrencies of the hot-tenant scenario.
+    pub callers: Vec<usize>,
+    /// Tenants (with databases) of the many-tenant scenario, over two servers.
+    pub many_tenants: usize,
+    /// Callers of the many-tenant scenario.
+    pub many_callers: usize,
+    /// Fresh tenants per mode in the cold-start scenario.
+    pub cold_tenants: usize,
+    /// Routes the memory scenario caches.
+    pub routes: usize,
+    /// Warm pools the memory scenario opens.
+    pub warm_pools: usize,
+}
+
+impl Settings {
+    pub fn full() -> Settings {
+        Settings {
+            seconds: 10.0,
+            callers: vec![1, 8, 32],
+            many_tenants: 2000,
+            many_callers: 32,
+            cold_tenants: 40,
+            routes: 10_000,
+            warm_pools: 1000,
+        }
+    }
+
+    pub fn quick() -> Settings {
+        Settings {
+            seconds: 2.0,
+            many_tenants: 200,
+            cold_tenants: 10,
+            warm_pools: 200,
+            ..Settings::full()
+        }
+    }
+}
+
+/// One call of `op` to each tenant, `parallel` at a time (warms pools and connections);
+/// returns how many failed.
+pub async fn touch_all(
+    target: &Arc<Target>,
+    tenants: &Arc<Vec<Fixture>>,
+    parallel: usize,
+) -> usize {
+    let mut tasks = tokio::task::JoinSet::new();
+    for caller in 0..parallel {
+        let (target, tenants) = (Arc::clone(target), Arc::clone(tenants));
+        tasks.spawn(async move {
+            let mut failed = 0;
+            for f in tenants.iter().skip(caller).step_by(parallel) {
+                if target
+                    .call(caller, Op::GetLead, f, f.conversations[0])
+                    .await
+                    .is_err()
+                {
+                    failed += 1;
+                }
+            }
+            failed
+        });
+    }
+    let mut failed = 0;
+    while let Some(done) = tasks.join_next().await {
+        failed += done.unwrap_or(1);
+    }
+    failed
+}
+
+/// Seeds every route's database (`leads` leads with a conversation each), `parallel` at a
+/// time; fixtures in route order, `index` = position.
+pub async fn seed_all(
+    routes: &[proto::control::v1::Route],
+    leads: i64,
+    parallel: usize,
+) -> anyhow::Result<Vec<Fixture>> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, route) in routes.iter().cloned().enumerate() {
+        let gate = Arc::clone(&gate);
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            crate::ops::seed(i, &route, leads).await
+        });
+    }
+    let mut out = Vec::with_capacity(routes.len());
+    while let Some(done) = tasks.join_next().await {
+        out.push(done??);
+    }
+    out.sort_by_key(|f| f.index);
+    Ok(out)
+}
