@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Router benchmark: the same operations direct to PostgreSQL, through PgBouncer (transaction
-# mode, installed from the OS packages when missing) and through the router, at 1, 8 and 32
-# callers. Brings everything up itself, tears it down, writes target/bench/results.json and
-# the router section of docs/BENCHMARKS.md.
+# mode, installed from the OS packages when missing) and through the router, in four
+# scenarios: one hot tenant at 1/8/32 callers, 2,000 tenants over two servers with Zipf
+# traffic, cold start, router memory with 10,000 routes and 1,000 warm pools. Brings
+# everything up itself (two PostgreSQL servers, control plane, routers, PgBouncer), tears it
+# down, writes target/bench/results.json and the router section of docs/BENCHMARKS.md.
 #
-#   scripts/bench.sh [--quick] [--seconds N] [--callers 1,8,32]
+#   scripts/bench.sh [--quick] [--seconds N] [--callers 1,8,32] [--tenants N] [--cold N]
+#                    [--routes N] [--warm-pools N] [--only hot,many,cold,memory]
+#
+# --quick runs every scenario small and short (200 tenants, 2 s cells): a smoke check in
+# under three minutes once built. Its figures are not for docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -17,16 +23,26 @@ if ! [ -x /usr/sbin/pgbouncer ] && ! command -v pgbouncer >/dev/null; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
 fi
 cargo build --release -q -p tenant-router -p loadgen
-machine="$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $("$PG_BINDIR/postgres" --version), $(/usr/sbin/pgbouncer --version 2>/dev/null | head -1)"
+cpu="$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+machine="$(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $("$PG_BINDIR/postgres" --version), $(/usr/sbin/pgbouncer --version 2>/dev/null | head -1)"
 echo "machine: $machine" >&2
 out="$(mktemp)"
-target/release/loadgen "$@" | tee "$out"
+started=$(date +%s)
+target/release/loadgen --machine "$machine" "$@" | tee "$out"
+echo "bench: $(( $(date +%s) - started )) s" >&2
+case " $* " in
+  *" --quick "*|*" --only "*)
+    echo "bench: a partial run; docs/BENCHMARKS.md left as it is (results in target/bench/results.json)" >&2
+    rm -f "$out"; exit 0 ;;
+esac
 section="$(mktemp)"
 {
   echo "<!-- router:begin (written by scripts/bench.sh) -->"
   echo "## Router against direct PostgreSQL and PgBouncer (\`scripts/bench.sh $*\`)"
   echo
-  echo "Machine: $machine; load generator, router, PgBouncer and PostgreSQL (fsync=off) on it."
+  echo "Command: \`scripts/bench.sh $*\` ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(( $(date +%s) - started )) s)."
+  echo "Machine: $machine; load generator, control plane, routers, PgBouncer and both PostgreSQL"
+  echo "servers (fsync=off) all on it."
   echo
   cat "$out"
   echo "<!-- router:end -->"

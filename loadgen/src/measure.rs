@@ -144,8 +144,12 @@ impl Zipf {
 /// `pg_stat_activity`, every 20 ms) until stopped; returns the most seen per server.
 pub struct ConnectionSampler {
     stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<i64>>>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<(i64, i64)>>>,
 }
+
+/// Sessions ever opened to tenant databases on a server (`pg_stat_database.sessions`).
+const SESSIONS: &str =
+    "SELECT coalesce(sum(sessions), 0)::int8 FROM pg_stat_database WHERE datname LIKE 'emp\\_%'";
 
 impl ConnectionSampler {
     /// Counts backends whose `application_name` starts with `app` (empty: every tenant
@@ -158,6 +162,7 @@ impl ConnectionSampler {
             let mut watch = watch.clone();
             let pattern = format!("{app}%");
             tasks.push(tokio::spawn(async move {
+                let sessions_before: i64 = client.query_one(SESSIONS, &[]).await?.get(0);
                 let mut max = 0i64;
                 loop {
                     let n: i64 = client
@@ -170,7 +175,12 @@ impl ConnectionSampler {
                         .get(0);
                     max = max.max(n);
                     tokio::select! {
-                        _ = watch.changed() => return Ok(max),
+                        _ = watch.changed() => {
+                            // Backends report their session when their stats are flushed.
+                            tokio::time::sleep(Duration::from_millis(1200)).await;
+                            let after: i64 = client.query_one(SESSIONS, &[]).await?.get(0);
+                            return Ok((max, after - sessions_before));
+                        }
                         _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                     }
                 }
@@ -179,8 +189,8 @@ impl ConnectionSampler {
         Ok(ConnectionSampler { stop, tasks })
     }
 
-    /// Stops sampling; the most connections seen per server.
-    pub async fn finish(self) -> anyhow::Result<Vec<i64>> {
+    /// Stops sampling; per server, the most connections seen and how many were opened.
+    pub async fn finish(self) -> anyhow::Result<Vec<(i64, i64)>> {
         let _ = self.stop.send(true);
         let mut out = Vec::new();
         for t in self.tasks {

@@ -21,6 +21,9 @@ pub struct Cell {
     pub measured: Measured,
     /// Most connections to tenant databases seen on each server.
     pub max_connections: Vec<i64>,
+    /// New connections per second to tenant databases (both servers), measured window
+    /// and warm-up.
+    pub connections_opened_per_sec: f64,
     /// Pool cache hit ratio during the measured window (router only).
     pub pool_hit_ratio: Option<f64>,
     /// Seconds to touch every tenant once before measuring.
@@ -90,7 +93,10 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
             s.seconds,
         )
         .await;
-        let max_connections = sampler.finish().await?;
+        let sampled = sampler.finish().await?;
+        let max_connections: Vec<i64> = sampled.iter().map(|s| s.0).collect();
+        let connections_opened_per_sec =
+            sampled.iter().map(|s| s.1).sum::<i64>() as f64 / (s.seconds + warmup.as_secs_f64());
         let pool_hit_ratio = match (&router, before) {
             (Some(r), Some((h0, m0))) => {
                 let (h1, m1) = pool_counts(r).await?;
@@ -105,6 +111,7 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
         cells.push(Cell {
             measured,
             max_connections,
+            connections_opened_per_sec,
             pool_hit_ratio,
             warm_secs,
             warm_failures,
@@ -129,16 +136,22 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
         s.seconds,
     ));
     let rows: Vec<Measured> = cells.iter().map(|c| c.measured.clone()).collect();
-    report.modes_table(&rows, &["max conns per server", "pool hit ratio"], |m| {
-        let c = cells.iter().find(|c| c.measured.mode == m.mode);
-        vec![
-            c.map(|c| format!("{:?}", c.max_connections))
-                .unwrap_or_default(),
-            c.and_then(|c| c.pool_hit_ratio)
-                .map(|h| format!("{:.2}%", h * 100.0))
-                .unwrap_or_default(),
-        ]
-    });
+    report.modes_table(
+        &rows,
+        &["max conns per server", "new conns/s", "pool hit ratio"],
+        |m| {
+            let c = cells.iter().find(|c| c.measured.mode == m.mode);
+            vec![
+                c.map(|c| format!("{:?}", c.max_connections))
+                    .unwrap_or_default(),
+                c.map(|c| format!("{:.0}", c.connections_opened_per_sec))
+                    .unwrap_or_default(),
+                c.and_then(|c| c.pool_hit_ratio)
+                    .map(|h| format!("{:.2}%", h * 100.0))
+                    .unwrap_or_default(),
+            ]
+        },
+    );
     report.put("many_tenants", &cells);
     Ok(tenants.to_vec())
 }
