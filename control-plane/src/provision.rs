@@ -8,6 +8,7 @@
 
 use crate::catalog::{Catalog, NewTenant, ServerRecord, TenantRecord};
 use crate::config::Provisioning;
+use crate::crypto;
 use crate::dbserver::{self, describe};
 use crate::error::{Error, Result};
 use crate::template;
@@ -214,7 +215,7 @@ impl Provisioner {
 
         // 1. The tenant's own login role. The password travels as a SCRAM verifier only.
         self.record(tenant, "role").await?;
-        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        let verifier = crypto::scram_verifier(password, self.cfg.scram_iterations);
         let exists = dbserver::role_exists(admin, &tenant.role)
             .await
             .map_err(fail("role"))?;

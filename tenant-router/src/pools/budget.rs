@@ -135,13 +135,27 @@ impl ServerBudget {
             Ok(p) => p,
             Err(_) => self.acquire_slow(tenant).await,
         };
+        self.keep_reserve(tenant);
+        permit
+    }
+
+    /// A permit only if one is free now (nobody is waiting and none is needed to close).
+    pub fn try_acquire(&self, tenant: i64) -> Option<OwnedSemaphorePermit> {
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        self.keep_reserve(tenant);
+        Some(permit)
+    }
+
+    fn keep_reserve(&self, tenant: i64) {
         let reserve = (self.budget / 16).max(1) as usize;
         while self.permits.available_permits() + self.releasing() < reserve {
-            if !self.close_least_recently_used(tenant) {
+            if !self.close_coldest_idle(tenant) {
                 break;
             }
         }
-        permit
     }
 
     async fn acquire_slow(&self, tenant: i64) -> OwnedSemaphorePermit {
@@ -151,7 +165,7 @@ impl ServerBudget {
         loop {
             // One connection closing per waiting call is enough; more would only churn.
             if self.releasing() < self.waiting.load(Ordering::Relaxed) {
-                self.close_least_recently_used(tenant);
+                self.close_coldest_idle(tenant);
             }
             tokio::select! {
                 p = &mut acquire => match p {
@@ -161,6 +175,15 @@ impl ServerBudget {
                 },
                 _ = tokio::time::sleep(RELIEF_INTERVAL) => {}
             }
+        }
+    }
+
+    /// Halves every pool's use count (called every second): recent use weighs most.
+    pub fn decay_uses(&self) {
+        let map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        for pool in map.values().filter_map(|w| w.upgrade()) {
+            let uses = &pool.manager().uses;
+            uses.store(uses.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
         }
     }
 
@@ -179,9 +202,9 @@ impl ServerBudget {
         closed.len()
     }
 
-    /// Closes the least recently used idle connection of a tenant other than `except`;
+    /// Closes an idle connection of a tenant other than `except` (see the order below);
     /// whether there was one.
-    fn close_least_recently_used(&self, except: i64) -> bool {
+    fn close_coldest_idle(&self, except: i64) -> bool {
         let pools: Vec<_> = {
             let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
             map.retain(|_, w| w.upgrade().is_some());
@@ -191,23 +214,39 @@ impl ServerBudget {
                 .collect()
         };
         let used = |m: &deadpool::managed::Metrics| m.recycled.unwrap_or(m.created);
-        // A pool's surplus first: a tenant keeping one connection saves a new one later.
-        let oldest = [2, 1].into_iter().find_map(|min_size| {
-            let mut oldest: Option<(Instant, usize)> = None;
+        // A pool's surplus first (least recently used): a tenant keeping one connection
+        // saves a new one later. Else the sole connection of the tenant used least lately
+        // (uses decay by half every second), so a stream of rarely seen tenants takes
+        // connections from each other rather than from the regulars.
+        let mut oldest: Option<(Instant, usize)> = None;
+        for (i, pool) in pools.iter().enumerate() {
+            if pool.status().size < 2 {
+                continue;
+            }
+            // Looks at each idle connection, keeping all.
+            let _ = pool.retain(|_, m| {
+                if oldest.is_none_or(|(t, _)| used(&m) < t) {
+                    oldest = Some((used(&m), i));
+                }
+                true
+            });
+        }
+        if oldest.is_none() {
+            let mut coldest: Option<(u64, Instant, usize)> = None;
             for (i, pool) in pools.iter().enumerate() {
-                if pool.status().size < min_size {
+                let uses = pool.manager().uses.load(Ordering::Relaxed);
+                if coldest.is_some_and(|(u, _, _)| uses > u) {
                     continue;
                 }
-                // Looks at each idle connection, keeping all.
                 let _ = pool.retain(|_, m| {
-                    if oldest.is_none_or(|(t, _)| used(&m) < t) {
-                        oldest = Some((used(&m), i));
+                    if coldest.is_none_or(|(u, t, _)| uses < u || used(&m) < t) {
+                        coldest = Some((uses, used(&m), i));
                     }
                     true
                 });
             }
-            oldest
-        });
+            oldest = coldest.map(|(_, t, i)| (t, i));
+        }
         let Some((when, i)) = oldest else {
             return false;
         };

@@ -7,6 +7,7 @@ use super::budget::ServerBudget;
 use crate::error::RouterError;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -77,6 +78,10 @@ pub enum ConnectError {
     /// Connecting failed or took too long.
     #[error("connect failed: {0}")]
     Connect(String),
+    /// The tenant has connections and the server's budget has no free permit: wait for
+    /// one of the tenant's own connections.
+    #[error("no free connection budget")]
+    Saturated,
     /// PostgreSQL refused or broke the startup (classified by `create`).
     #[error("connect failed: {0}")]
     Postgres(tokio_postgres::Error),
@@ -85,6 +90,9 @@ pub enum ConnectError {
 impl From<ConnectError> for RouterError {
     fn from(e: ConnectError) -> RouterError {
         match e {
+            ConnectError::Saturated => RouterError::ResourceExhausted(
+                "no connection to the tenant database became free before the deadline".into(),
+            ),
             ConnectError::Down | ConnectError::Connect(_) | ConnectError::Postgres(_) => {
                 RouterError::Unavailable("tenant database unavailable".into())
             }
@@ -103,6 +111,10 @@ pub struct TenantManager {
     pub(crate) connect_timeout: Duration,
     /// The server's host and port (`pg` has them too, but connections are opened here).
     pub(crate) server_addr: Arc<(String, u16)>,
+    /// The tenant's connections, open or opening.
+    pub(crate) live: Arc<AtomicUsize>,
+    /// Calls for the tenant lately (halved every second; see `ServerBudget::decay_uses`).
+    pub(crate) uses: AtomicU64,
 }
 
 /// A tenant connection's socket, holding its server budget permit. When the driver drops it
@@ -111,7 +123,23 @@ pub struct TenantManager {
 /// `pg_stat_activity` and `max_connections` no longer count it); then the permit is freed.
 struct Socket {
     inner: Option<TcpStream>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<(OwnedSemaphorePermit, Live)>,
+}
+
+/// Counts a tenant's connections (open or opening) while it lives.
+struct Live(Arc<AtomicUsize>);
+
+impl Live {
+    fn new(n: &Arc<AtomicUsize>) -> Live {
+        n.fetch_add(1, Ordering::Relaxed);
+        Live(Arc::clone(n))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Socket {
@@ -192,7 +220,17 @@ impl deadpool::managed::Manager for TenantManager {
 
     async fn create(&self) -> Result<PgConn, ConnectError> {
         self.server.check_up().map_err(|_| ConnectError::Down)?;
-        let permit = self.server.acquire(self.tenant).await;
+        // A tenant that has a connection grows only into a free permit: under pressure its
+        // calls wait for its own connections instead of queueing behind cold tenants (and
+        // closing others' connections) for one more.
+        let permit = if self.live.load(Ordering::Relaxed) > 0 {
+            self.server
+                .try_acquire(self.tenant)
+                .ok_or(ConnectError::Saturated)?
+        } else {
+            self.server.acquire(self.tenant).await
+        };
+        let permit = (permit, Live::new(&self.live));
         let connected = tokio::time::timeout(self.connect_timeout, async {
             let stream = TcpStream::connect((self.server_addr.0.as_str(), self.server_addr.1))
                 .await

@@ -18,6 +18,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Waits between tries for a connection of a tenant that may not grow (see
+/// `ConnectError::Saturated`).
+const SATURATED_PAUSE_MIN: Duration = Duration::from_micros(500);
+const SATURATED_PAUSE_MAX: Duration = Duration::from_millis(4);
+
 /// A tenant's pool and the route version it was built from.
 pub struct TenantPool {
     pub pool: Pool<TenantManager>,
@@ -113,6 +118,8 @@ impl Pools {
             tenant: route.tenant_id,
             connect_timeout: Duration::from_millis(self.cfg.connect_timeout_ms),
             server_addr: Arc::new((route.host.clone(), port)),
+            live: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            uses: std::sync::atomic::AtomicU64::new(0),
         };
         let size = self.cfg.max_per_tenant.min(server.budget as usize).max(1);
         let pool = Pool::builder(manager)
@@ -133,9 +140,25 @@ impl Pools {
     /// A connection to the tenant's database, waiting at most until `deadline`.
     pub async fn get(&self, route: &pb::Route, deadline: Instant) -> Result<Conn, GetError> {
         let pool = self.pool(route).await.map_err(GetError::Other)?;
+        pool.pool
+            .manager()
+            .uses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
-        let remaining = deadline.saturating_duration_since(started);
-        let got = tokio::time::timeout(remaining, pool.pool.get()).await;
+        let mut pause = SATURATED_PAUSE_MIN;
+        let got = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, pool.pool.get()).await {
+                // No budget to grow: one of the tenant's own connections will come back.
+                Ok(Err(PoolError::Backend(ConnectError::Saturated)))
+                    if Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(SATURATED_PAUSE_MAX);
+                }
+                other => break other,
+            }
+        };
         self.metrics
             .connection_wait
             .observe(started.elapsed().as_secs_f64());
@@ -173,7 +196,19 @@ impl Pools {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tick.tick() => self.cache.run_pending_tasks().await,
+                _ = tick.tick() => {
+                    self.cache.run_pending_tasks().await;
+                    let servers: Vec<_> = self
+                        .servers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .values()
+                        .cloned()
+                        .collect();
+                    for server in servers {
+                        server.decay_uses();
+                    }
+                }
             }
         }
     }
