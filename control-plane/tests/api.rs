@@ -456,6 +456,11 @@ async fn bad_configuration_is_refused_with_a_message_naming_it() {
             "at least 16 characters",
         ),
         (
+            Some(("CONTROL_PLANE__PROVISIONING__SCRAM_ITERATIONS", "0")),
+            None,
+            "scram_iterations must be between 1 and 1000000",
+        ),
+        (
             None,
             Some("listen = \"127.0.0.1:0\"\nsurprise = 1\n"),
             "surprise",

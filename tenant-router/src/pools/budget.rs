@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// While waiting for a permit, how often to look again for idle connections to close.
-const RELIEF_INTERVAL: Duration = Duration::from_millis(5);
+const RELIEF_INTERVAL: Duration = Duration::from_millis(10);
+/// A call waiting this long for a permit takes the next connection any tenant returns.
+const STARVING_AFTER: Duration = Duration::from_millis(50);
 /// How long a closed connection's permit usually takes to come back (its backend exiting).
 const RELEASE_EXPECTED: Duration = Duration::from_millis(20);
 
@@ -39,21 +41,31 @@ pub struct ServerBudget {
     recently_closed: Mutex<std::collections::VecDeque<Instant>>,
     /// Calls waiting for a permit.
     waiting: AtomicUsize,
+    /// Held while looking for a connection to close.
+    scanning: Mutex<()>,
+    /// Since when calls have been waiting without a break.
+    queue_since: Mutex<Option<Instant>>,
 }
 
-/// Counts a waiting call while it waits.
-struct Waiting<'a>(&'a AtomicUsize);
+/// Counts a waiting call while it waits (and when the queue last became non-empty).
+struct Waiting<'a>(&'a ServerBudget);
 
 impl<'a> Waiting<'a> {
-    fn enter(n: &'a AtomicUsize) -> Waiting<'a> {
-        n.fetch_add(1, Ordering::Relaxed);
-        Waiting(n)
+    fn enter(b: &'a ServerBudget) -> Waiting<'a> {
+        let mut since = b.queue_since.lock().unwrap_or_else(|p| p.into_inner());
+        if b.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+            *since = Some(Instant::now());
+        }
+        Waiting(b)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let mut since = self.0.queue_since.lock().unwrap_or_else(|p| p.into_inner());
+        if self.0.waiting.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *since = None;
+        }
     }
 }
 
@@ -77,6 +89,8 @@ impl ServerBudget {
             pools: Mutex::new(HashMap::new()),
             recently_closed: Mutex::new(std::collections::VecDeque::new()),
             waiting: AtomicUsize::new(0),
+            scanning: Mutex::new(()),
+            queue_since: Mutex::new(None),
         }
     }
 
@@ -139,18 +153,44 @@ impl ServerBudget {
         permit
     }
 
-    /// A permit only if one is free now (nobody is waiting and none is needed to close).
-    pub fn try_acquire(&self, tenant: i64) -> Option<OwnedSemaphorePermit> {
-        if self.waiting.load(Ordering::Relaxed) > 0 {
+    /// A permit only if the budget has slack now: nobody waiting, and more free permits
+    /// than the reserve kept for cold tenants. Closes nothing: growing one tenant's pool is
+    /// not worth another tenant's connection.
+    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+        if self.waiting.load(Ordering::Relaxed) > 0
+            || self.permits.available_permits() <= self.reserve()
+        {
             return None;
         }
-        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
-        self.keep_reserve(tenant);
-        Some(permit)
+        Arc::clone(&self.permits).try_acquire_owned().ok()
+    }
+
+    /// Whether a connection about to be reused should be closed instead, for a call that
+    /// has waited too long while no idle connection could be closed (busy tenants would
+    /// otherwise keep their connections forever); counts the closing when it says yes.
+    pub fn should_yield(&self) -> bool {
+        let waiting = self.waiting.load(Ordering::Relaxed);
+        if waiting == 0 || self.releasing() >= waiting {
+            return false;
+        }
+        let since = *self.queue_since.lock().unwrap_or_else(|p| p.into_inner());
+        if since.is_none_or(|t| t.elapsed() <= STARVING_AFTER) {
+            return false;
+        }
+        self.recently_closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Instant::now());
+        true
+    }
+
+    /// Permits kept free ahead of need.
+    fn reserve(&self) -> usize {
+        (self.budget / 16).max(1) as usize
     }
 
     fn keep_reserve(&self, tenant: i64) {
-        let reserve = (self.budget / 16).max(1) as usize;
+        let reserve = self.reserve();
         while self.permits.available_permits() + self.releasing() < reserve {
             if !self.close_coldest_idle(tenant) {
                 break;
@@ -161,7 +201,7 @@ impl ServerBudget {
     async fn acquire_slow(&self, tenant: i64) -> OwnedSemaphorePermit {
         let acquire = Arc::clone(&self.permits).acquire_owned();
         tokio::pin!(acquire);
-        let _waiting = Waiting::enter(&self.waiting);
+        let _waiting = Waiting::enter(self);
         loop {
             // One connection closing per waiting call is enough; more would only churn.
             if self.releasing() < self.waiting.load(Ordering::Relaxed) {
@@ -180,7 +220,8 @@ impl ServerBudget {
 
     /// Halves every pool's use count (called every second): recent use weighs most.
     pub fn decay_uses(&self) {
-        let map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, w| w.upgrade().is_some());
         for pool in map.values().filter_map(|w| w.upgrade()) {
             let uses = &pool.manager().uses;
             uses.store(uses.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
@@ -205,9 +246,13 @@ impl ServerBudget {
     /// Closes an idle connection of a tenant other than `except` (see the order below);
     /// whether there was one.
     fn close_coldest_idle(&self, except: i64) -> bool {
+        // One scan at a time: concurrent waiters would only find the same connection.
+        let Ok(_scanning) = self.scanning.try_lock() else {
+            return false;
+        };
+        // (No cleanup of dead entries here: the once-a-second `decay_uses` does it.)
         let pools: Vec<_> = {
-            let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, w| w.upgrade().is_some());
+            let map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
             map.iter()
                 .filter(|(t, _)| **t != except)
                 .filter_map(|(_, w)| w.upgrade())
@@ -218,35 +263,24 @@ impl ServerBudget {
         // saves a new one later. Else the sole connection of the tenant used least lately
         // (uses decay by half every second), so a stream of rarely seen tenants takes
         // connections from each other rather than from the regulars.
-        let mut oldest: Option<(Instant, usize)> = None;
+        let mut surplus: Option<(Instant, usize)> = None;
+        let mut coldest: Option<(u64, Instant, usize)> = None;
         for (i, pool) in pools.iter().enumerate() {
-            if pool.status().size < 2 {
-                continue;
-            }
+            let uses = pool.manager().uses.load(Ordering::Relaxed);
+            let several = pool.status().size >= 2;
             // Looks at each idle connection, keeping all.
             let _ = pool.retain(|_, m| {
-                if oldest.is_none_or(|(t, _)| used(&m) < t) {
-                    oldest = Some((used(&m), i));
+                let t = used(&m);
+                if several && surplus.is_none_or(|(s, _)| t < s) {
+                    surplus = Some((t, i));
+                }
+                if coldest.is_none_or(|(u, c, _)| uses < u || (uses == u && t < c)) {
+                    coldest = Some((uses, t, i));
                 }
                 true
             });
         }
-        if oldest.is_none() {
-            let mut coldest: Option<(u64, Instant, usize)> = None;
-            for (i, pool) in pools.iter().enumerate() {
-                let uses = pool.manager().uses.load(Ordering::Relaxed);
-                if coldest.is_some_and(|(u, _, _)| uses > u) {
-                    continue;
-                }
-                let _ = pool.retain(|_, m| {
-                    if coldest.is_none_or(|(u, t, _)| uses < u || used(&m) < t) {
-                        coldest = Some((uses, used(&m), i));
-                    }
-                    true
-                });
-            }
-            oldest = coldest.map(|(_, t, i)| (t, i));
-        }
+        let oldest = surplus.or(coldest.map(|(_, t, i)| (t, i)));
         let Some((when, i)) = oldest else {
             return false;
         };

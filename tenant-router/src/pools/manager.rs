@@ -224,9 +224,7 @@ impl deadpool::managed::Manager for TenantManager {
         // calls wait for its own connections instead of queueing behind cold tenants (and
         // closing others' connections) for one more.
         let permit = if self.live.load(Ordering::Relaxed) > 0 {
-            self.server
-                .try_acquire(self.tenant)
-                .ok_or(ConnectError::Saturated)?
+            self.server.try_acquire().ok_or(ConnectError::Saturated)?
         } else {
             self.server.acquire(self.tenant).await
         };
@@ -298,6 +296,11 @@ impl deadpool::managed::Manager for TenantManager {
         if conn.client.is_closed() {
             return Err(deadpool::managed::RecycleError::message(
                 "connection closed",
+            ));
+        }
+        if self.server.should_yield() {
+            return Err(deadpool::managed::RecycleError::message(
+                "connection given up for a tenant waiting for the budget",
             ));
         }
         Ok(())
