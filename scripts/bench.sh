@@ -38,9 +38,9 @@ esac
 section="$(mktemp)"
 {
   echo "<!-- router:begin (written by scripts/bench.sh) -->"
-  echo "## Router against direct PostgreSQL and PgBouncer (\`scripts/bench.sh $*\`)"
+  echo "## Router against direct PostgreSQL and PgBouncer (\`scripts/bench.sh${*:+ $*}\`)"
   echo
-  echo "Command: \`scripts/bench.sh $*\` ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(( $(date +%s) - started )) s)."
+  echo "Command: \`scripts/bench.sh${*:+ $*}\` ($(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(( $(date +%s) - started )) s)."
   echo "Machine: $machine; load generator, control plane, routers, PgBouncer and both PostgreSQL"
   echo "servers (fsync=off) all on it."
   echo
