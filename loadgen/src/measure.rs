@@ -199,3 +199,42 @@ impl ConnectionSampler {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipf_draws_follow_the_weights() {
+        let z = Zipf::new(2000, 1.1);
+        // Share of the top ranks from the closed form: 1/k^1.1 summed and normalised.
+        let h: f64 = (1..=2000).map(|k| (k as f64).powf(-1.1)).sum();
+        assert!((z.mass(1) - 1.0 / h).abs() < 1e-12);
+        assert!((z.mass(2000) - 1.0).abs() < 1e-12);
+        let mut rng = SplitMix(7);
+        let n = 200_000;
+        let mut top10 = 0;
+        for _ in 0..n {
+            let r = z.sample(&mut rng);
+            assert!(r < 2000);
+            if r < 10 {
+                top10 += 1;
+            }
+        }
+        let share = top10 as f64 / n as f64;
+        assert!(
+            (share - z.mass(10)).abs() < 0.01,
+            "{share} vs {}",
+            z.mass(10)
+        );
+    }
+
+    #[test]
+    fn percentiles_of_sorted_samples() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(pct(&v, 0.5), 51.0);
+        assert_eq!(pct(&v, 0.99), 99.0);
+        assert_eq!(pct(&v, 1.0), 100.0);
+        assert!(pct(&[], 0.5).is_nan());
+    }
+}

@@ -112,7 +112,8 @@ impl PgServer {
     }
 
     /// Like [`PgServer::start`], with extra server settings (`("max_connections", "2000")`)
-    /// that override the harness defaults.
+    /// that override the harness defaults. Names and values go on the server's command line
+    /// as they are: plain words and numbers only.
     pub fn start_with(settings: &[(&str, &str)]) -> Result<PgServer, HarnessError> {
         // A port picked by the kernel can be taken by someone else before postgres binds
         // it; then the whole cluster is made again on another port.
