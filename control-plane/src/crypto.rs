@@ -109,8 +109,9 @@ fn scram_verifier_with_salt(password: &str, salt: &[u8], iterations: u32) -> Str
     use hmac::{Hmac, Mac};
     use sha2::{Digest, Sha256};
     type HmacSha256 = Hmac<Sha256>;
-    let keyed =
-        |key: &[u8]| <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    let keyed = |key: &[u8]| {
+        <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes keys of any length")
+    };
     // PBKDF2-HMAC-SHA-256, one block (RFC 8018): U1 = PRF(P, salt || 1), Ui = PRF(P, Ui-1).
     let prf = keyed(password.as_bytes());
     let mut mac = prf.clone();

@@ -41,12 +41,7 @@ impl Report {
             let group: Vec<&Measured> = rows.iter().filter(|r| r.callers == n).collect();
             let of = |m: &str| group.iter().find(|r| r.mode == m).map(|r| r.ops_per_sec);
             for r in &group {
-                let ratios = match (r.mode, of("direct"), of("pgbouncer")) {
-                    ("router", Some(d), Some(b)) => {
-                        format!("{:.2}x | {:.2}x", r.ops_per_sec / d, r.ops_per_sec / b)
-                    }
-                    _ => " | ".into(),
-                };
+                let ratios = ratio_cells(r.mode, r.ops_per_sec, of("direct"), of("pgbouncer"));
                 let mut cells = vec![
                     r.callers.to_string(),
                     r.mode.to_string(),
@@ -69,6 +64,15 @@ impl Report {
             ));
         }
         self.line("");
+    }
+}
+
+/// The two ratio cells of a row: the router's `value` over direct's and PgBouncer's (empty
+/// for the baselines' own rows).
+pub fn ratio_cells(mode: &str, value: f64, direct: Option<f64>, bouncer: Option<f64>) -> String {
+    match (mode, direct, bouncer) {
+        ("router", Some(d), Some(b)) => format!("{:.2}x | {:.2}x", value / d, value / b),
+        _ => " | ".into(),
     }
 }
 

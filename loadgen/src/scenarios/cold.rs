@@ -1,9 +1,9 @@
 //! Cold start: the first call to a tenant nobody has called yet, the three ways.
 
-use super::{seed_all, Settings};
+use super::{seed_all, three_targets, Settings};
 use crate::measure::pct;
-use crate::ops::{ConnPool, Op, RouterClients, Target};
-use crate::report::{ms, Report};
+use crate::ops::Op;
+use crate::report::{ms, ratio_cells, Report};
 use crate::stack::{Bouncer, Stack};
 use anyhow::Result;
 use std::sync::Arc;
@@ -30,16 +30,7 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
     // A router that has seen no tenant yet.
     let router = stack.router(&[])?;
     let token = stack.token()?;
-    let targets = [
-        Target::Direct(ConnPool::new(&routes, None, false, "loadgen-direct")?),
-        Target::Bouncer(ConnPool::new(
-            &routes,
-            Some(bouncer.port),
-            false,
-            "loadgen-bouncer",
-        )?),
-        Target::Router(RouterClients::new(&router, 1, &token).await?),
-    ];
+    let targets = three_targets(&routes, false, &bouncer, &router, 1, &token).await?;
     let mut cells = Vec::new();
     for (k, target) in targets.into_iter().enumerate() {
         let target = Arc::new(target);
@@ -82,12 +73,7 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
     report.line("|---|---|---|---|---|---|---|---|---|");
     let p50 = |m: &str| cells.iter().find(|c| c.mode == m).map(|c| c.p50_ms);
     for c in &cells {
-        let ratios = match (c.mode, p50("direct"), p50("pgbouncer")) {
-            ("router", Some(d), Some(b)) => {
-                format!("{:.2}x | {:.2}x", c.p50_ms / d, c.p50_ms / b)
-            }
-            _ => " | ".into(),
-        };
+        let ratios = ratio_cells(c.mode, c.p50_ms, p50("direct"), p50("pgbouncer"));
         report.line(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {ratios} |",
             c.mode,

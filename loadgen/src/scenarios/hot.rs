@@ -1,8 +1,7 @@
 //! One hot tenant at several concurrencies, the three ways.
 
-use super::{seed_all, Settings};
+use super::{seed_all, three_targets, Settings};
 use crate::measure::{run, Measured, Workload};
-use crate::ops::{ConnPool, RouterClients, Target};
 use crate::report::Report;
 use crate::stack::{Bouncer, Stack};
 use anyhow::Result;
@@ -24,16 +23,7 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
     let warmup = Duration::from_millis(500);
     let mut cells = Vec::new();
     for &n in &s.callers {
-        let targets = [
-            Target::Direct(ConnPool::new(&routes, None, true, "loadgen-direct")?),
-            Target::Bouncer(ConnPool::new(
-                &routes,
-                Some(bouncer.port),
-                false,
-                "loadgen-bouncer",
-            )?),
-            Target::Router(RouterClients::new(&router, n, &token).await?),
-        ];
+        let targets = three_targets(&routes, true, &bouncer, &router, n, &token).await?;
         for target in targets {
             let m = run(
                 Arc::new(target),

@@ -40,9 +40,10 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
     let tenants = Arc::new(seed_all(&routes, 4, 4).await?);
     eprintln!("many tenants: {n} created in {created:.1} s, seeded");
     let zipf = Zipf::new(n, S);
+    let (top10, top160) = (zipf.mass(10), zipf.mass(160));
     let workload = Arc::new(Workload::Zipf {
         tenants: tenants.to_vec(),
-        zipf: Zipf::new(n, S),
+        zipf,
     });
     let token = stack.token()?;
     let warmup = Duration::from_secs(1);
@@ -131,8 +132,8 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
          conns\" is the most client connections to tenant databases each server had \
          (`pg_stat_activity`, sampled every 20 ms). Creating the {n} tenants through \
          `CreateTenant` (4 at a time) took {created:.0} s.\n",
-        zipf.mass(10) * 100.0,
-        zipf.mass(160) * 100.0,
+        top10 * 100.0,
+        top160 * 100.0,
         s.seconds,
     ));
     let rows: Vec<Measured> = cells.iter().map(|c| c.measured.clone()).collect();

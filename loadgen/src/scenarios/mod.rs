@@ -5,7 +5,8 @@ pub mod hot;
 pub mod many;
 pub mod memory;
 
-use crate::ops::{Fixture, Op, Target};
+use crate::ops::{ConnPool, Fixture, Op, RouterClients, Target};
+use crate::stack::{Bouncer, Router};
 use std::sync::Arc;
 
 /// How big and how long each scenario runs.
@@ -104,4 +105,26 @@ pub async fn seed_all(
     }
     out.sort_by_key(|f| f.index);
     Ok(out)
+}
+
+/// The three ways to the same tenants: direct (prepared statements if `prepared`), through
+/// `bouncer`, and through `router` with connections for `callers`.
+pub async fn three_targets(
+    routes: &[proto::control::v1::Route],
+    prepared: bool,
+    bouncer: &Bouncer,
+    router: &Router,
+    callers: usize,
+    token: &str,
+) -> anyhow::Result<[Target; 3]> {
+    Ok([
+        Target::Direct(ConnPool::new(routes, None, prepared, "loadgen-direct")?),
+        Target::Bouncer(ConnPool::new(
+            routes,
+            Some(bouncer.port),
+            false,
+            "loadgen-bouncer",
+        )?),
+        Target::Router(RouterClients::new(router, callers, token).await?),
+    ])
 }

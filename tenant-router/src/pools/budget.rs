@@ -3,10 +3,12 @@
 //! Each open tenant connection holds one permit of the server's semaphore from before it
 //! connects until its socket has closed, so the connections this router holds to a server
 //! never exceed `budget`, however many tenants are active. The semaphore is FIFO, so
-//! waiting calls are served in arrival order. When no permit is free, the least recently
-//! used idle connection of another tenant on the server is closed to make room (pools hand
-//! out their most recently used connection first, so a pool's surplus goes first), and a
-//! few permits are kept free ahead of need.
+//! waiting calls are served in arrival order. When no permit is free, one idle connection of
+//! another tenant on the server is closed per waiting call: a pool's surplus first (pools
+//! hand out their most recently used connection, so surplus stays idle), else the sole
+//! connection of the least-used tenant. A few permits are kept free ahead of need, a tenant
+//! that has a connection grows only into slack, and a call starved for a while takes the
+//! next connection any tenant returns.
 
 use super::manager::TenantManager;
 use crate::error::RouterError;
@@ -177,10 +179,7 @@ impl ServerBudget {
         if since.is_none_or(|t| t.elapsed() <= STARVING_AFTER) {
             return false;
         }
-        self.recently_closed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(Instant::now());
+        self.note_closing();
         true
     }
 
@@ -226,6 +225,14 @@ impl ServerBudget {
             let uses = &pool.manager().uses;
             uses.store(uses.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a connection being closed to make room (see `releasing`).
+    fn note_closing(&self) {
+        self.recently_closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Instant::now());
     }
 
     /// Connections closed for others whose permits are probably not back yet.
@@ -296,10 +303,7 @@ impl ServerBudget {
         if removed.removed.is_empty() {
             return false;
         }
-        self.recently_closed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(Instant::now());
+        self.note_closing();
         true
     }
 }
