@@ -28,7 +28,14 @@ done
 slug="smoke-$(date +%s)"
 tenantctl create "$slug" --name "Smoke" --sector varejo >/dev/null
 tenantctl show "$slug" --json | grep -q '"status": "active"'
-psql "$PG_ADMIN_URL" -tAc "SELECT 1 FROM pg_database WHERE datname = 'emp_${slug//-/_}'" | grep -q 1
+db="$(tenantctl show "$slug" --json | sed -n 's/.*"database": "\(.*\)".*/\1/p')"
+[ -n "$db" ] && [[ "$db" != *smoke* ]] || { echo "smoke: database name $db" >&2; exit 1; }
+psql "$PG_ADMIN_URL" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1
+# The dev cluster's maintenance databases and catalog are closed to PUBLIC.
+for d in postgres template1 "$(psql "$CATALOG_DATABASE_URL" -tAc 'SELECT current_database()')"; do
+  psql "$PG_ADMIN_URL" -tAc "SELECT has_database_privilege('public', '$d', 'CONNECT')" | grep -qx f \
+    || { echo "smoke: PUBLIC may connect to $d" >&2; exit 1; }
+done
 token="$(tenantctl token issue --tenant "$slug" --ttl 5m)"
 [ -n "$token" ] || { echo "smoke: no token" >&2; exit 1; }
 # The router answers on HTTP and serves metrics.
@@ -47,7 +54,8 @@ sig="sha256=$(printf '%s' "$payload" | openssl dgst -sha256 -hmac "$WHATSAPP_APP
 code="$(curl -s -o /dev/null -w '%{http_code}' -X POST "$ROUTER_HTTP_ENDPOINT/webhooks/whatsapp" \
   -H 'Content-Type: application/json' -H "X-Hub-Signature-256: $sig" --data-binary "$payload")"
 [ "$code" = 200 ] || { echo "smoke: webhook answered $code" >&2; exit 1; }
-psql "${PG_ADMIN_URL%/postgres}/emp_${wh_slug//-/_}" -tAc "SELECT count(*) FROM mensagens WHERE wamid = 'wamid.SMOKE1'" | grep -qx 1 \
+wh_db="$(tenantctl show "$wh_slug" --json | sed -n 's/.*"database": "\(.*\)".*/\1/p')"
+psql "${PG_ADMIN_URL%/postgres}/$wh_db" -tAc "SELECT count(*) FROM mensagens WHERE wamid = 'wamid.SMOKE1'" | grep -qx 1 \
   || { echo "smoke: the webhook message did not land" >&2; exit 1; }
 challenge="$(curl -s "$ROUTER_HTTP_ENDPOINT/webhooks/whatsapp?hub.mode=subscribe&hub.challenge=4242&hub.verify_token=$WHATSAPP_VERIFY_TOKEN")"
 [ "$challenge" = 4242 ] || { echo "smoke: handshake answered $challenge" >&2; exit 1; }

@@ -178,7 +178,15 @@ async fn migrate_all(plane: &mut Plane, concurrency: u32) -> (f64, pb::MigrateSu
 /// Puts every fleet tenant back at common V1 (as the previous release left them).
 async fn age_fleet(pg: &pg_harness::PgServer, catalog_db: &str, prefix: &str, n: usize) {
     for i in 0..n {
-        let db = format!("emp_{}_{i}", prefix.replace('-', "_"));
+        let cat = pg.connect(catalog_db).await.unwrap();
+        let db: String = cat
+            .query_one(
+                "SELECT banco FROM empresas WHERE slug = $1",
+                &[&format!("{prefix}-{i}")],
+            )
+            .await
+            .unwrap()
+            .get(0);
         let c = pg.connect(&db).await.unwrap();
         c.batch_execute(
             "ALTER TABLE leads DROP COLUMN tags; DROP INDEX conversas_recentes_idx; \

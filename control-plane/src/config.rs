@@ -44,6 +44,10 @@ pub struct Provisioning {
     /// Clone new databases from a per-server, per-sector template kept migrated.
     #[serde(default = "defaults::yes")]
     pub use_template: bool,
+    /// Tenant databases and roles are named `<name_prefix>_<id>_g<generation>[_owner|_login_a|_login_b]`
+    /// (two deployments sharing a server use different prefixes).
+    #[serde(default = "defaults::name_prefix")]
+    pub name_prefix: String,
     /// Template databases are named `<template_prefix>_<sector>` on each server.
     #[serde(default = "defaults::template_prefix")]
     pub template_prefix: String,
@@ -59,6 +63,31 @@ pub struct Provisioning {
     /// pays the rounds in CPU (4,096 rounds, PostgreSQL's default, cost ~2 ms each time).
     #[serde(default = "defaults::scram_iterations")]
     pub scram_iterations: u32,
+    /// `CONNECTION LIMIT` of each tenant login role: what one leaked credential can hold
+    /// at most on its server. Must cover every router replica's pool for the tenant.
+    #[serde(default = "defaults::login_connection_limit")]
+    pub login_connection_limit: u32,
+    /// Default `statement_timeout` of tenant login sessions, in milliseconds.
+    #[serde(default = "defaults::login_statement_timeout_ms")]
+    pub login_statement_timeout_ms: u64,
+    /// `temp_file_limit` of tenant login sessions, in kB.
+    #[serde(default = "defaults::login_temp_file_limit_kb")]
+    pub login_temp_file_limit_kb: u64,
+    /// `idle_in_transaction_session_timeout` of tenant login sessions, in milliseconds.
+    #[serde(default = "defaults::login_idle_in_transaction_ms")]
+    pub login_idle_in_transaction_ms: u64,
+}
+
+impl Provisioning {
+    /// The limits every tenant login role gets.
+    pub fn login_limits(&self) -> crate::roles::LoginLimits {
+        crate::roles::LoginLimits {
+            connections: self.login_connection_limit,
+            statement_timeout_ms: self.login_statement_timeout_ms,
+            temp_file_limit_kb: self.login_temp_file_limit_kb,
+            idle_in_transaction_ms: self.login_idle_in_transaction_ms,
+        }
+    }
 }
 
 /// Fleet migration settings.
@@ -89,6 +118,9 @@ mod defaults {
     pub fn yes() -> bool {
         true
     }
+    pub fn name_prefix() -> String {
+        "tenant".into()
+    }
     pub fn template_prefix() -> String {
         "tenant_template".into()
     }
@@ -110,6 +142,18 @@ mod defaults {
     pub fn scram_iterations() -> u32 {
         16
     }
+    pub fn login_connection_limit() -> u32 {
+        32
+    }
+    pub fn login_statement_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn login_temp_file_limit_kb() -> u64 {
+        256 * 1024
+    }
+    pub fn login_idle_in_transaction_ms() -> u64 {
+        60_000
+    }
     pub fn lock_timeout_ms() -> u64 {
         5_000
     }
@@ -122,10 +166,15 @@ impl Default for Provisioning {
     fn default() -> Self {
         Provisioning {
             use_template: true,
+            name_prefix: defaults::name_prefix(),
             template_prefix: defaults::template_prefix(),
             connect_timeout_ms: defaults::connect_timeout_ms(),
             stale_after_secs: defaults::stale_after_secs(),
             scram_iterations: defaults::scram_iterations(),
+            login_connection_limit: defaults::login_connection_limit(),
+            login_statement_timeout_ms: defaults::login_statement_timeout_ms(),
+            login_temp_file_limit_kb: defaults::login_temp_file_limit_kb(),
+            login_idle_in_transaction_ms: defaults::login_idle_in_transaction_ms(),
         }
     }
 }
@@ -177,6 +226,16 @@ impl Config {
                 "provisioning.scram_iterations must be between 1 and 1000000".into(),
             ));
         }
+        let p = &self.provisioning;
+        if !(1..=10_000).contains(&p.login_connection_limit)
+            || p.login_statement_timeout_ms == 0
+            || p.login_temp_file_limit_kb == 0
+            || p.login_idle_in_transaction_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "provisioning.login_connection_limit must be 1-10000 and the login timeouts and temp_file_limit above 0".into(),
+            ));
+        }
         let prefix_ok = !self.provisioning.template_prefix.is_empty()
             && self.provisioning.template_prefix.len() <= 40
             && self
@@ -188,9 +247,18 @@ impl Config {
                 .template_prefix
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !prefix_ok || self.provisioning.template_prefix.starts_with("emp_") {
+        if !crate::model::valid_name_prefix(&p.name_prefix) {
             return Err(ConfigError::Invalid(
-                "provisioning.template_prefix must be 1-40 of [a-z0-9_], start with a letter and not with emp_".into(),
+                "provisioning.name_prefix must be 1-16 of [a-z0-9_] and start with a letter".into(),
+            ));
+        }
+        let tenant_like = p.template_prefix.starts_with("emp_")
+            || p.template_prefix
+                .strip_prefix(&format!("{}_", p.name_prefix))
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
+        if !prefix_ok || tenant_like {
+            return Err(ConfigError::Invalid(
+                "provisioning.template_prefix must be 1-40 of [a-z0-9_], start with a letter and not look like a tenant database (emp_, <name_prefix>_<digit>)".into(),
             ));
         }
         if self.catalog_pool_size == 0

@@ -6,51 +6,119 @@ use crate::error::{Error, Result};
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
-/// Opens an admin connection to `database` on `server`.
+/// The one database admin sessions use. Nothing a tenant can define lives there: `CONNECT`
+/// on it is revoked from `PUBLIC` where the control plane manages the cluster.
+pub const MAINTENANCE_DB: &str = "postgres";
+
+/// Session settings of admin sessions: only `pg_catalog` (and the session's own temporary
+/// schema, searched last) resolve unqualified names.
+const ADMIN_OPTIONS: &str = "-c search_path=pg_catalog,pg_temp";
+
+/// Session settings of owner sessions inside a tenant database.
+const OWNER_OPTIONS: &str = "-c search_path=public";
+
+/// Opens an admin connection to the maintenance database of `server`.
 ///
-/// The connection's driver task ends when the returned client is dropped.
-pub async fn connect_admin(
+/// There is deliberately no way to open an admin session in any other database: every
+/// job inside a tenant database logs in as a non-superuser ([`connect_login`]).
+pub async fn connect_maintenance(
     catalog: &Catalog,
     server: &ServerRecord,
-    database: &str,
     timeout: Duration,
 ) -> Result<Client> {
     let password = catalog.server_password(server)?;
     connect(
-        &server.name,
-        &server.host,
-        server.port,
-        &server.admin_user,
-        &password,
-        database,
+        &Target {
+            server_name: &server.name,
+            host: &server.host,
+            port: server.port,
+            user: &server.admin_user,
+            password: &password,
+            database: MAINTENANCE_DB,
+            options: ADMIN_OPTIONS,
+        },
         timeout,
     )
     .await
 }
 
-/// Opens a connection with explicit credentials (used to verify a server before it is
-/// registered).
-pub async fn connect(
-    server_name: &str,
-    host: &str,
-    port: u16,
+/// Opens a connection to `database` on `server` logged in as a non-superuser role (a
+/// tenant's owner, the template owner).
+pub async fn connect_login(
+    server: &ServerRecord,
     user: &str,
     password: &str,
     database: &str,
     timeout: Duration,
 ) -> Result<Client> {
+    connect(
+        &Target {
+            server_name: &server.name,
+            host: &server.host,
+            port: server.port,
+            user,
+            password,
+            database,
+            options: OWNER_OPTIONS,
+        },
+        timeout,
+    )
+    .await
+}
+
+/// Where a connection goes and who it logs in as.
+pub struct Target<'a> {
+    /// The server's catalog name (for errors; never its host).
+    pub server_name: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub password: &'a str,
+    pub database: &'a str,
+    /// Session settings (`-c name=value ...`).
+    pub options: &'a str,
+}
+
+/// Opens an admin connection with explicit credentials to the maintenance database (used
+/// to verify a server before it is registered).
+pub async fn connect_unregistered(
+    server_name: &str,
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    timeout: Duration,
+) -> Result<Client> {
+    connect(
+        &Target {
+            server_name,
+            host,
+            port,
+            user,
+            password,
+            database: MAINTENANCE_DB,
+            options: ADMIN_OPTIONS,
+        },
+        timeout,
+    )
+    .await
+}
+
+async fn connect(target: &Target<'_>, timeout: Duration) -> Result<Client> {
+    let server_name = target.server_name;
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host(host)
-        .port(port)
-        .user(user)
-        .password(password)
-        .dbname(database)
+    cfg.host(target.host)
+        .port(target.port)
+        .user(target.user)
+        .password(target.password)
+        .dbname(target.database)
+        .options(target.options)
         .application_name("control-plane")
         .connect_timeout(timeout);
     let connecting = cfg.connect(NoTls);
     let (client, conn) = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return Err(connect_error(server_name, &e)),
+        Ok(Err(e)) => return Err(connect_error(server_name, target.user, &e)),
         Err(_) => {
             return Err(Error::Unavailable(format!(
                 "database server {server_name:?} did not answer within {} ms",
@@ -68,14 +136,18 @@ pub async fn connect(
     Ok(client)
 }
 
-fn connect_error(server_name: &str, err: &tokio_postgres::Error) -> Error {
+fn connect_error(server_name: &str, user: &str, err: &tokio_postgres::Error) -> Error {
     use tokio_postgres::error::SqlState;
     match err.as_db_error().map(|d| d.code().clone()) {
         Some(SqlState::INVALID_PASSWORD) | Some(SqlState::INVALID_AUTHORIZATION_SPECIFICATION) => {
             Error::Unavailable(format!(
-                "database server {server_name:?} rejected the admin credentials"
+                "database server {server_name:?} rejected the credentials of role {user:?}"
             ))
         }
+        Some(SqlState::INSUFFICIENT_PRIVILEGE) => Error::Unavailable(format!(
+            "database server {server_name:?} does not let role {user:?} connect to that database \
+             (CONNECT is revoked from PUBLIC; grant it to this role)"
+        )),
         Some(SqlState::INVALID_CATALOG_NAME) => Error::Unavailable(format!(
             "database server {server_name:?} lacks the expected database"
         )),
@@ -96,7 +168,10 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
 /// Whether a role exists.
 pub async fn role_exists(admin: &Client, role: &str) -> Result<bool, tokio_postgres::Error> {
     Ok(admin
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+            &[&role],
+        )
         .await?
         .is_some())
 }
@@ -107,29 +182,12 @@ pub async fn database_exists(
     database: &str,
 ) -> Result<bool, tokio_postgres::Error> {
     Ok(admin
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
-        .await?
-        .is_some())
-}
-
-/// Lets the admin `SET ROLE` to `role` when it is not a superuser (a superuser already may).
-pub async fn grant_role_to_admin(admin: &Client, role: &str) -> Result<(), tokio_postgres::Error> {
-    let superuser: bool = admin
-        .query_one(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&database],
         )
         .await?
-        .get(0);
-    if !superuser {
-        admin
-            .batch_execute(&format!(
-                "GRANT {} TO CURRENT_USER",
-                tenant_migrations::quote_ident(role)
-            ))
-            .await?;
-    }
-    Ok(())
+        .is_some())
 }
 
 /// Timeout helper for configured milliseconds.

@@ -90,12 +90,13 @@ pub struct TenantOutcome {
 pub struct Fleet {
     catalog: Catalog,
     cfg: config::Fleet,
-    connect_timeout: Duration,
+    provisioning: config::Provisioning,
 }
 
 struct Shared {
     catalog: Catalog,
     cfg: config::Fleet,
+    provisioning: config::Provisioning,
     connect_timeout: Duration,
     run_id: i64,
     servers: HashMap<i64, (ServerRecord, Arc<Semaphore>)>,
@@ -109,11 +110,11 @@ struct Shared {
 
 impl Fleet {
     /// A fleet runner.
-    pub fn new(catalog: Catalog, cfg: config::Fleet, connect_timeout: Duration) -> Fleet {
+    pub fn new(catalog: Catalog, cfg: config::Fleet, provisioning: config::Provisioning) -> Fleet {
         Fleet {
             catalog,
             cfg,
-            connect_timeout,
+            provisioning,
         }
     }
 
@@ -216,7 +217,8 @@ impl Fleet {
         let shared = Arc::new(Shared {
             catalog: self.catalog.clone(),
             cfg: self.cfg.clone(),
-            connect_timeout: self.connect_timeout,
+            provisioning: self.provisioning.clone(),
+            connect_timeout: Duration::from_millis(self.provisioning.connect_timeout_ms),
             run_id,
             servers,
             global: Arc::new(Semaphore::new(concurrency as usize)),
@@ -358,20 +360,16 @@ async fn refresh_templates(shared: &Shared) {
             continue;
         };
         let result = async {
-            let admin = dbserver::connect_admin(
-                &shared.catalog,
-                server,
-                "postgres",
-                shared.connect_timeout,
-            )
-            .await?;
+            let admin =
+                dbserver::connect_maintenance(&shared.catalog, server, shared.connect_timeout)
+                    .await?;
             template::refresh(
                 &shared.catalog,
                 server,
                 &admin,
                 sector,
                 &t.database,
-                shared.connect_timeout,
+                &shared.provisioning,
             )
             .await
         }
@@ -464,9 +462,14 @@ async fn migrate_database(
     use tenant_migrations::MigrateError;
     let from = (tenant.schema_version, tenant.sector_schema_version);
     let as_failed = |e: Error| (MigrateError::Failed(e.to_string()), from);
-    let mut client = dbserver::connect_admin(
-        &shared.catalog,
+    // Logged in as the tenant's owner, a non-superuser: nothing the database holds can
+    // reach beyond it.
+    let names = tenant.require_names().map_err(as_failed)?;
+    let password = shared.catalog.owner_password(tenant).map_err(as_failed)?;
+    let mut client = dbserver::connect_login(
         server,
+        &names.owner,
+        &password,
         &tenant.database,
         shared.connect_timeout,
     )
@@ -479,7 +482,17 @@ async fn migrate_database(
         ))
         .await
         .map_err(|e| (MigrateError::Database(e), from))?;
-    match tenant_migrations::migrate(&mut client, tenant.sector, Some(&tenant.role)).await {
+    let migrated = tenant_migrations::migrate(&mut client, tenant.sector).await;
+    let migrated = match migrated {
+        // New tables need their grants for the login roles.
+        Ok(outcome) => client
+            .batch_execute(&tenant_migrations::grants_sql(&names.login_refs()))
+            .await
+            .map(|()| outcome)
+            .map_err(tenant_migrations::MigrateError::Database),
+        Err(e) => Err(e),
+    };
+    match migrated {
         Ok(outcome) => Ok(outcome),
         Err(e) => {
             // Each migration commits on its own: read where the database stopped.

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod model;
 pub mod provision;
+pub mod roles;
 pub mod server;
 pub mod template;
 

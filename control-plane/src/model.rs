@@ -42,17 +42,50 @@ impl Slug {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
 
-    /// Name of the tenant's database (`emp_` + slug with `-` as `_`; injective because
-    /// slugs hold no `_`).
-    pub fn database_name(&self) -> String {
-        format!("emp_{}", self.0.replace('-', "_"))
+/// The names of one generation of a tenant's database and roles on its server.
+///
+/// Derived from a deployment prefix, the tenant id and a generation number, never from the
+/// slug: `pg_database` and `pg_roles` are readable by every role on a server, so names must
+/// not say which customer a database belongs to. A restore or a move builds the next
+/// generation beside the current one. Every name is a plain identifier (`[a-z0-9_]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantNames {
+    /// The database.
+    pub database: String,
+    /// The role that owns the database and every object in it (control-plane jobs only).
+    pub owner: String,
+    /// The two login roles routers use: the active one first, then the standby one.
+    pub logins: [String; 2],
+}
+
+impl TenantNames {
+    /// The names of generation `generation` of tenant `id` under `prefix` (a validated
+    /// `provisioning.name_prefix`).
+    pub fn derive(prefix: &str, id: i64, generation: i32) -> TenantNames {
+        let base = format!("{prefix}_{id}_g{generation}");
+        TenantNames {
+            owner: format!("{base}_owner"),
+            logins: [format!("{base}_login_a"), format!("{base}_login_b")],
+            database: base,
+        }
     }
 
-    /// Name of the tenant's login role.
-    pub fn role_name(&self) -> String {
-        format!("emp_{}_app", self.0.replace('-', "_"))
+    /// The login roles as `&str`s.
+    pub fn login_refs(&self) -> [&str; 2] {
+        [&self.logins[0], &self.logins[1]]
     }
+}
+
+/// Whether `raw` may prefix tenant database and role names: 1 to 16 of `[a-z0-9_]`,
+/// starting with a letter.
+pub fn valid_name_prefix(raw: &str) -> bool {
+    (1..=16).contains(&raw.len())
+        && raw.starts_with(|c: char| c.is_ascii_lowercase())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// A database server's name in the catalog: 1 to 40 of `[a-z0-9-]`.
@@ -259,9 +292,24 @@ mod tests {
             let err = Slug::parse(bad).unwrap_err().to_string();
             assert!(err.starts_with("invalid slug"), "{bad}: {err}");
         }
-        let slug = Slug::parse("loja-do-ze").unwrap();
-        assert_eq!(slug.database_name(), "emp_loja_do_ze");
-        assert_eq!(slug.role_name(), "emp_loja_do_ze_app");
+    }
+
+    #[test]
+    fn names_come_from_the_id_and_generation_only() {
+        let names = TenantNames::derive("tenant", 42, 3);
+        assert_eq!(names.database, "tenant_42_g3");
+        assert_eq!(names.owner, "tenant_42_g3_owner");
+        assert_eq!(
+            names.login_refs(),
+            ["tenant_42_g3_login_a", "tenant_42_g3_login_b"]
+        );
+        // The longest prefix, id and generation still fit PostgreSQL's 63-byte identifiers.
+        let long = TenantNames::derive(&"p".repeat(16), i64::MAX, i32::MAX);
+        assert!(long.logins[0].len() <= 63, "{}", long.logins[0]);
+        for bad in ["", "1x", "Tenant", "a-b", &"p".repeat(17)] {
+            assert!(!valid_name_prefix(bad), "{bad}");
+        }
+        assert!(valid_name_prefix("tenant") && valid_name_prefix("stg_2"));
     }
 
     #[test]

@@ -1,16 +1,21 @@
-//! Tenant provisioning as a recorded saga: role -> database -> grants -> migrations ->
+//! Tenant provisioning as a recorded saga: roles -> database -> grants -> migrations ->
 //! seed -> active.
+//!
+//! Admin statements run in the server's maintenance database; everything inside the new
+//! tenant database (adopting a clone's objects, migrations, seed, grants) runs logged in as
+//! the tenant's owner role, a non-superuser (see `roles`).
 //!
 //! The catalog row comes first and lists each finished step, so a failure can undo exactly
 //! what was done (`CREATE DATABASE` is not transactional) and a crashed attempt can be
 //! resumed: `create` on a `failed` (or long-stalled `provisioning`) slug adopts the row
 //! and runs the saga again, every step being idempotent.
 
-use crate::catalog::{Catalog, NewTenant, ServerRecord, TenantRecord};
+use crate::catalog::{Catalog, NewPasswords, NewTenant, ServerRecord, TenantRecord};
 use crate::config::Provisioning;
-use crate::crypto;
 use crate::dbserver::{self, describe};
 use crate::error::{Error, Result};
+use crate::model::TenantNames;
+use crate::roles;
 use crate::template;
 use std::time::Duration;
 use tenant_migrations::quote_ident;
@@ -41,8 +46,15 @@ impl Provisioner {
 
     /// Creates (or resumes creating) a tenant; returns it `active`.
     pub async fn create(&self, new: &NewTenant, actor: &str) -> Result<TenantRecord> {
-        let password = crate::crypto::random_password();
-        let (tenant, server, fresh) = match self.catalog.insert_tenant(new, &password).await {
+        let passwords = NewPasswords {
+            login: crate::crypto::random_password(),
+            owner: crate::crypto::random_password(),
+        };
+        let (tenant, server, fresh) = match self
+            .catalog
+            .insert_tenant(new, &passwords, &self.cfg.name_prefix)
+            .await
+        {
             Ok((tenant, server)) => (tenant, server, true),
             Err(Error::AlreadyExists(msg)) if msg.starts_with("slug") => {
                 let tenant = self.resume_target(new).await.map_err(|e| match e {
@@ -59,8 +71,7 @@ impl Provisioner {
             Err(e) => return Err(e),
         };
         let admin =
-            match dbserver::connect_admin(&self.catalog, &server, "postgres", self.timeout()).await
-            {
+            match dbserver::connect_maintenance(&self.catalog, &server, self.timeout()).await {
                 Ok(admin) => admin,
                 Err(e) => {
                     self.abandon(&tenant, fresh, &e.to_string()).await;
@@ -73,12 +84,15 @@ impl Provisioner {
                 return Err(e);
             }
         }
-        let password = if fresh {
-            password
+        let passwords = if fresh {
+            passwords
         } else {
-            self.catalog.tenant_password(&tenant)?
+            NewPasswords {
+                login: self.catalog.tenant_password(&tenant)?,
+                owner: self.catalog.owner_password(&tenant)?,
+            }
         };
-        match self.run_steps(&admin, &server, &tenant, &password).await {
+        match self.run_steps(&admin, &server, &tenant, &passwords).await {
             Ok((common, sector)) => {
                 let active = self.catalog.mark_active(tenant.id, common, sector).await?;
                 self.catalog
@@ -162,17 +176,18 @@ impl Provisioner {
         let ddl = |e: tokio_postgres::Error| {
             Error::Unavailable(format!("server {:?}: {}", server.name, describe(&e)))
         };
-        if dbserver::role_exists(admin, &tenant.role)
+        let names = tenant.require_names()?;
+        let mut taken = dbserver::database_exists(admin, &names.database)
             .await
-            .map_err(ddl)?
-            || dbserver::database_exists(admin, &tenant.database)
-                .await
-                .map_err(ddl)?
-        {
+            .map_err(ddl)?;
+        for role in names.logins.iter().chain([&names.owner]) {
+            taken |= dbserver::role_exists(admin, role).await.map_err(ddl)?;
+        }
+        if taken {
             return Err(Error::AlreadyExists(format!(
-                "a role or database for slug {:?} already exists on server {:?} but not in the catalog; \
-                 remove it or choose another slug",
-                tenant.slug, server.name
+                "a role or database named for tenant id {} already exists on server {:?} but not in \
+                 the catalog; remove it (the catalog may have been restored from an older copy)",
+                tenant.id, server.name
             )));
         }
         Ok(())
@@ -196,10 +211,12 @@ impl Provisioner {
         admin: &Client,
         server: &ServerRecord,
         tenant: &TenantRecord,
-        password: &str,
+        passwords: &NewPasswords,
     ) -> Result<(i32, i32), StepError> {
-        let role = quote_ident(&tenant.role);
-        let db = quote_ident(&tenant.database);
+        let names = tenant.require_names().map_err(|e| StepError {
+            step: "role",
+            reason: e.to_string(),
+        })?;
         let fail = |step: &'static str| {
             move |e: tokio_postgres::Error| StepError {
                 step,
@@ -213,103 +230,105 @@ impl Provisioner {
             }
         };
 
-        // 1. The tenant's own login role. The password travels as a SCRAM verifier only.
+        // 1. The owner and the two login roles. Passwords travel as SCRAM verifiers only.
         self.record(tenant, "role").await?;
-        let verifier = crypto::scram_verifier(password, self.cfg.scram_iterations);
-        let exists = dbserver::role_exists(admin, &tenant.role)
-            .await
-            .map_err(fail("role"))?;
-        let verb = if exists { "ALTER" } else { "CREATE" };
-        admin
-            .batch_execute(&format!(
-                "{verb} ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD '{verifier}'"
-            ))
-            .await
-            .map_err(fail("role"))?;
-        dbserver::grant_role_to_admin(admin, &tenant.role)
-            .await
-            .map_err(fail("role"))?;
+        roles::ensure_tenant_roles(
+            admin,
+            &names,
+            (&passwords.owner, &passwords.login),
+            self.cfg.login_limits(),
+            self.cfg.scram_iterations,
+        )
+        .await
+        .map_err(fail("role"))?;
 
-        // 2. The database, cloned from the sector template when there is one.
+        // 2. The database, owned by the owner role, cloned from the sector template when
+        // there is one (else from the pristine template0).
         self.record(tenant, "database").await?;
-        let mut cloned = false;
-        if !dbserver::database_exists(admin, &tenant.database)
+        self.create_database(admin, server, tenant, &names)
             .await
-            .map_err(fail("database"))?
-        {
-            let tpl = if self.cfg.use_template {
-                match template::ready_for_clone(
-                    &self.catalog,
-                    server,
-                    admin,
-                    tenant.sector,
-                    &self.cfg.template_prefix,
-                    self.timeout(),
-                )
-                .await
-                {
-                    Ok(pair) => Some(pair),
-                    Err(e) => {
-                        tracing::warn!(server = %server.name, error = %e, "template unavailable; creating an empty database");
-                        None
-                    }
-                }
-            } else {
-                None
-            };
-            let create = match &tpl {
-                Some((t, _)) => format!(
-                    "CREATE DATABASE {db} OWNER {role} TEMPLATE {}",
-                    quote_ident(&t.database)
-                ),
-                None => format!("CREATE DATABASE {db} OWNER {role}"),
-            };
-            let created = admin.batch_execute(&create).await;
-            cloned = tpl.is_some();
-            if let Some((_, guard)) = tpl {
-                guard.release().await;
-            }
-            created.map_err(fail("database"))?;
-        }
+            .map_err(fail("database"))?;
 
-        // 3. Only the tenant's role may connect: CONNECT revoked from PUBLIC.
+        // 3. Only the login roles may connect (CONNECT and TEMPORARY revoked from PUBLIC).
         self.record(tenant, "grants").await?;
-        admin
-            .batch_execute(&format!(
-                "REVOKE ALL ON DATABASE {db} FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}"
-            ))
+        roles::close_database(admin, &names.database, &names.logins)
             .await
             .map_err(fail("grants"))?;
 
-        // 4. Migrations (a catch-up after a clone), as the tenant's role, under the lock.
-        let mut client =
-            dbserver::connect_admin(&self.catalog, server, &tenant.database, self.timeout())
-                .await
-                .map_err(internal("migrate"))?;
-        if cloned {
-            client
-                .batch_execute(&format!(
-                    "REASSIGN OWNED BY {owner} TO {role}; REVOKE ALL ON SCHEMA public FROM {owner}",
-                    owner = template::TEMPLATE_OWNER
-                ))
-                .await
-                .map_err(fail("migrate"))?;
-        }
+        // 4. Inside the database, as the owner: adopt a clone's objects, then migrations (a
+        // catch-up after a clone) under the migration lock.
+        let mut owner = dbserver::connect_login(
+            server,
+            &names.owner,
+            &passwords.owner,
+            &names.database,
+            self.timeout(),
+        )
+        .await
+        .map_err(internal("migrate"))?;
+        template::adopt_clone(admin, &owner, &names.owner, &self.cfg.template_prefix)
+            .await
+            .map_err(fail("migrate"))?;
         self.record(tenant, "migrate").await?;
-        let outcome = tenant_migrations::migrate(&mut client, tenant.sector, Some(&tenant.role))
+        let outcome = tenant_migrations::migrate(&mut owner, tenant.sector)
             .await
             .map_err(|e| StepError {
                 step: "migrate",
                 reason: e.to_string(),
             })?;
 
-        // 5. Sector defaults (idempotent).
+        // 5. Sector defaults (idempotent), then the login roles' grants.
         self.record(tenant, "seed").await?;
-        client
-            .batch_execute(&tenant.sector.seed_sql())
+        owner
+            .batch_execute(&format!(
+                "{}; {}",
+                tenant.sector.seed_sql(),
+                tenant_migrations::grants_sql(&names.login_refs())
+            ))
             .await
             .map_err(fail("seed"))?;
         Ok((outcome.common_version, outcome.sector_version))
+    }
+
+    /// Creates the tenant database unless it exists (a resumed saga).
+    async fn create_database(
+        &self,
+        admin: &Client,
+        server: &ServerRecord,
+        tenant: &TenantRecord,
+        names: &TenantNames,
+    ) -> Result<(), tokio_postgres::Error> {
+        if dbserver::database_exists(admin, &names.database).await? {
+            return Ok(());
+        }
+        let tpl = if self.cfg.use_template {
+            match template::ready_for_clone(&self.catalog, server, admin, tenant.sector, &self.cfg)
+                .await
+            {
+                Ok(pair) => Some(pair),
+                Err(e) => {
+                    tracing::warn!(server = %server.name, error = %e, "template unavailable; creating an empty database");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let source = match &tpl {
+            Some((t, _)) => quote_ident(&t.database),
+            None => "template0".to_string(),
+        };
+        let created = admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {} OWNER {} TEMPLATE {source}",
+                quote_ident(&names.database),
+                quote_ident(&names.owner)
+            ))
+            .await;
+        if let Some((_, guard)) = tpl {
+            guard.release().await;
+        }
+        created
     }
 
     async fn record(&self, tenant: &TenantRecord, step: &'static str) -> Result<(), StepError> {
@@ -322,18 +341,11 @@ impl Provisioner {
             })
     }
 
-    /// Drops what provisioning created on the server (database first: it depends on the role).
+    /// Drops what provisioning created on the server.
     async fn undo(&self, admin: &Client, tenant: &TenantRecord) -> Result<(), String> {
-        let db = quote_ident(&tenant.database);
-        let role = quote_ident(&tenant.role);
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        let names = tenant.require_names().map_err(|e| e.to_string())?;
+        roles::drop_generation(admin, &names)
             .await
-            .map_err(|e| describe(&e))?;
-        admin
-            .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
-            .await
-            .map_err(|e| describe(&e))?;
-        Ok(())
+            .map_err(|e| describe(&e))
     }
 }

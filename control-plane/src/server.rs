@@ -45,6 +45,18 @@ pub async fn run(
         .migrate()
         .await
         .map_err(|e| ServeError::Startup(format!("cannot prepare the catalog: {e}")))?;
+    match catalog.close_to_public().await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "the catalog user may not revoke CONNECT on the catalog database from PUBLIC; \
+             revoke it as a superuser, or every role on that cluster can connect to it"
+        ),
+        Err(e) => {
+            return Err(ServeError::Startup(format!(
+                "cannot close the catalog: {e}"
+            )))
+        }
+    }
 
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -55,7 +67,11 @@ pub async fn run(
     let admin = AdminService::new(
         catalog.clone(),
         Provisioner::new(catalog.clone(), config.provisioning.clone()),
-        Fleet::new(catalog.clone(), config.fleet.clone(), connect_timeout),
+        Fleet::new(
+            catalog.clone(),
+            config.fleet.clone(),
+            config.provisioning.clone(),
+        ),
         tasks.clone(),
         cancel.clone(),
         connect_timeout,

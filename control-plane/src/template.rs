@@ -2,20 +2,28 @@
 //!
 //! `CREATE DATABASE ... TEMPLATE` fails while anyone is connected to the template, so the
 //! template is guarded by an advisory lock in the catalog: clones take it shared (many
-//! clones at once), migrating the template takes it exclusive (no clone meanwhile). The
-//! template database is owned by the server admin while every object in it is owned by the
-//! NOLOGIN role [`TEMPLATE_OWNER`]; a clone reassigns those objects to the tenant's role
-//! (`REASSIGN OWNED` would also hand over databases the role owns, hence the split).
+//! clones at once), migrating the template takes it exclusive (no clone meanwhile).
+//!
+//! A template database and every object in it belong to the template owner
+//! ([`owner_role`]), a non-superuser login role with a per-server password in the catalog; templates are
+//! migrated logged in as it. A clone's objects are handed to the tenant's owner role one
+//! by one ([`adopt_clone`]; `REASSIGN OWNED` would also hand over the template databases
+//! themselves), by the tenant owner through a membership of the template owner that lasts
+//! only for that step.
 
 use crate::catalog::{Catalog, ServerRecord, TemplateRecord};
+use crate::config::Provisioning;
 use crate::dbserver;
 use crate::error::{Error, Result};
-use std::time::Duration;
+use crate::roles::{self, RoleKind};
 use tenant_migrations::{quote_ident, Sector};
 use tokio_postgres::Client;
 
-/// Role owning every object inside template databases.
-pub const TEMPLATE_OWNER: &str = "tenant_template_owner";
+/// The role owning the template databases of `prefix` and every object in them
+/// (`tenant_template_owner` by default, the name the first release used).
+pub fn owner_role(prefix: &str) -> String {
+    format!("{prefix}_owner")
+}
 
 /// Name of a sector's template database (`<prefix>_<sector>`).
 pub fn database_name(prefix: &str, sector: Sector) -> String {
@@ -79,8 +87,7 @@ pub async fn ready_for_clone(
     server: &ServerRecord,
     admin: &Client,
     sector: Sector,
-    prefix: &str,
-    connect_timeout: Duration,
+    cfg: &Provisioning,
 ) -> Result<(TemplateRecord, XactLock)> {
     let (common, sector_v) = tenant_migrations::targets(sector);
     let current = |t: &Option<TemplateRecord>| {
@@ -94,8 +101,8 @@ pub async fn ready_for_clone(
             server,
             admin,
             sector,
-            &database_name(prefix, sector),
-            connect_timeout,
+            &database_name(&cfg.template_prefix, sector),
+            cfg,
         )
         .await?;
     }
@@ -126,11 +133,11 @@ pub async fn refresh(
     admin: &Client,
     sector: Sector,
     name: &str,
-    connect_timeout: Duration,
+    cfg: &Provisioning,
 ) -> Result<TemplateRecord> {
     let (k1, k2) = lock_keys(server.id, sector);
     let lock = XactLock::acquire(catalog, "SELECT pg_advisory_xact_lock($1, $2)", k1, k2).await?;
-    let result = refresh_locked(catalog, server, admin, sector, name, connect_timeout).await;
+    let result = refresh_locked(catalog, server, admin, sector, name, cfg).await;
     lock.release().await;
     result
 }
@@ -141,7 +148,7 @@ async fn refresh_locked(
     admin: &Client,
     sector: Sector,
     name: &str,
-    connect_timeout: Duration,
+    cfg: &Provisioning,
 ) -> Result<TemplateRecord> {
     let ddl = |e: tokio_postgres::Error| {
         Error::Internal(format!(
@@ -150,47 +157,52 @@ async fn refresh_locked(
             dbserver::describe(&e)
         ))
     };
-    if !dbserver::role_exists(admin, TEMPLATE_OWNER)
-        .await
-        .map_err(ddl)?
+    let password = catalog.template_owner_password(server).await?;
+    let owner = owner_role(&cfg.template_prefix);
+    let owner_sql = quote_ident(&owner);
+    // Two control planes may race to create the role; the loser retries as an ALTER.
+    if roles::ensure_role(
+        admin,
+        &owner,
+        RoleKind::Owner,
+        Some(&password),
+        cfg.scram_iterations,
+    )
+    .await
+    .is_err()
     {
-        // Two control planes may race here; the loser's duplicate error is harmless.
-        if let Err(e) = admin
-            .batch_execute(&format!("CREATE ROLE {TEMPLATE_OWNER} NOLOGIN"))
-            .await
-        {
-            if !dbserver::role_exists(admin, TEMPLATE_OWNER)
-                .await
-                .map_err(ddl)?
-            {
-                return Err(ddl(e));
-            }
-        }
-    }
-    dbserver::grant_role_to_admin(admin, TEMPLATE_OWNER)
+        roles::ensure_role(
+            admin,
+            &owner,
+            RoleKind::Owner,
+            Some(&password),
+            cfg.scram_iterations,
+        )
         .await
         .map_err(ddl)?;
+    }
+    let db = quote_ident(name);
     if !dbserver::database_exists(admin, name).await.map_err(ddl)? {
         // Separate statements: CREATE DATABASE refuses to run inside a transaction block.
-        let db = quote_ident(name);
         admin
-            .batch_execute(&format!("CREATE DATABASE {db}"))
-            .await
-            .map_err(ddl)?;
-        admin
-            .batch_execute(&format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC"))
-            .await
-            .map_err(ddl)?;
-    }
-    let outcome = {
-        let mut client = dbserver::connect_admin(catalog, server, name, connect_timeout).await?;
-        client
             .batch_execute(&format!(
-                "GRANT CREATE ON SCHEMA public TO {TEMPLATE_OWNER}"
+                "CREATE DATABASE {db} OWNER {owner_sql} TEMPLATE template0"
             ))
             .await
             .map_err(ddl)?;
-        let outcome = tenant_migrations::migrate(&mut client, sector, Some(TEMPLATE_OWNER))
+    }
+    // Also brings a template made by the first release (owned by the admin) in line.
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} OWNER TO {owner_sql}; REVOKE ALL ON DATABASE {db} FROM PUBLIC; \
+             ALTER DATABASE {db} RESET ALL"
+        ))
+        .await
+        .map_err(ddl)?;
+    let timeout = dbserver::millis(cfg.connect_timeout_ms);
+    let outcome = {
+        let mut client = dbserver::connect_login(server, &owner, &password, name, timeout).await?;
+        let outcome = tenant_migrations::migrate(&mut client, sector)
             .await
             .map_err(|e| Error::Internal(format!("template {name} on {}: {e}", server.name)))?;
         client
@@ -209,4 +221,74 @@ async fn refresh_locked(
     };
     catalog.upsert_template(&record).await?;
     Ok(record)
+}
+
+/// Hands every object a clone inherited from its template to the tenant's owner role.
+///
+/// `owner` is a session in the new tenant database logged in as `owner_role`; `admin` is
+/// a maintenance-database session that lends `owner_role` the template owner's privileges
+/// for this step only. A no-op for a database that was not cloned.
+pub async fn adopt_clone(
+    admin: &Client,
+    owner: &Client,
+    tenant_owner: &str,
+    template_prefix: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let template_owner = owner_role(template_prefix);
+    if !dbserver::role_exists(admin, &template_owner).await? {
+        return Ok(());
+    }
+    let (from, to) = (quote_ident(&template_owner), quote_ident(tenant_owner));
+    admin
+        .batch_execute(&format!("GRANT {from} TO {to}"))
+        .await?;
+    let adopted = owner.batch_execute(&adopt_sql(&template_owner)).await;
+    let revoked = admin
+        .batch_execute(&format!("REVOKE {from} FROM {to}"))
+        .await;
+    adopted.and(revoked)
+}
+
+/// Statements run by the tenant owner: every relation (indexes and owned sequences follow
+/// their table), routine, type and schema the template owner owns here becomes the current
+/// user's; the template owner's grant on schema `public` (made by the first release) goes.
+fn adopt_sql(template_owner: &str) -> String {
+    format!(
+        r#"DO $adopt$
+DECLARE stmt text;
+BEGIN
+  FOR stmt IN
+    SELECT pg_catalog.format('ALTER %s %s OWNER TO CURRENT_USER',
+             CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                            WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+             c.oid::pg_catalog.regclass)
+      FROM pg_catalog.pg_class c
+     WHERE c.relowner = '{owner}'::pg_catalog.regrole
+       AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                          AND d.objid = c.oid AND d.deptype IN ('a', 'i'))
+    UNION ALL
+    SELECT pg_catalog.format('ALTER ROUTINE %s OWNER TO CURRENT_USER', p.oid::pg_catalog.regprocedure)
+      FROM pg_catalog.pg_proc p WHERE p.proowner = '{owner}'::pg_catalog.regrole
+    UNION ALL
+    SELECT pg_catalog.format('ALTER TYPE %s OWNER TO CURRENT_USER', t.oid::pg_catalog.regtype)
+      FROM pg_catalog.pg_type t
+     WHERE t.typowner = '{owner}'::pg_catalog.regrole AND t.typtype IN ('d', 'e', 'r')
+    UNION ALL
+    SELECT pg_catalog.format('ALTER SCHEMA %I OWNER TO CURRENT_USER', n.nspname)
+      FROM pg_catalog.pg_namespace n WHERE n.nspowner = '{owner}'::pg_catalog.regrole
+  LOOP
+    EXECUTE stmt;
+  END LOOP;
+  IF EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relowner = '{owner}'::pg_catalog.regrole)
+     OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE proowner = '{owner}'::pg_catalog.regrole) THEN
+    RAISE EXCEPTION 'objects of the template owner remain after adoption';
+  END IF;
+END
+$adopt$;
+REVOKE ALL ON SCHEMA public FROM {quoted};"#,
+        owner = template_owner,
+        quoted = quote_ident(template_owner),
+    )
 }

@@ -47,7 +47,7 @@ async fn directory_resolves_by_id_slug_and_phone_and_streams_versioned_changes()
             .unwrap()
             .into_inner();
         assert_eq!(route.slug, "dir-one");
-        assert_eq!(route.database, "emp_dir_one");
+        assert_eq!(route.database, plane.database_of("dir-one").await);
         assert_eq!(route.status, "active");
         assert_eq!(route.port, u32::from(pg.port));
         assert!(!route.password.is_empty());
@@ -355,7 +355,7 @@ async fn server_registration_checks_its_input_and_the_server() {
             ],
             vec![("TENANTCTL_ADMIN_PASSWORD", "wrong")],
             5,
-            "rejected the admin credentials",
+            "rejected the credentials of role \"postgres\"",
         ),
     ];
     for (args, env, code, msg) in cases {

@@ -12,11 +12,8 @@ fn create(plane: &Plane, slugs: &[&str], sector: &str) {
     }
 }
 
-async fn has_tags_column(pg: &pg_harness::PgServer, slug: &str) -> bool {
-    let c = pg
-        .connect(&format!("emp_{}", slug.replace('-', "_")))
-        .await
-        .unwrap();
+async fn has_tags_column(plane: &Plane, pg: &pg_harness::PgServer, slug: &str) -> bool {
+    let c = pg.connect(&plane.database_of(slug).await).await.unwrap();
     c.query_opt(
         "SELECT 1 FROM information_schema.columns WHERE table_name = 'leads' AND column_name = 'tags'",
         &[],
@@ -49,7 +46,7 @@ async fn dry_run_plans_migrate_applies_and_a_noop_run_never_connects() {
         serde_json::json!(["common/V2__lead_tags"])
     );
     assert!(
-        !has_tags_column(&own, "fl-a").await,
+        !has_tags_column(&plane, &own, "fl-a").await,
         "a dry run changes nothing"
     );
 
@@ -62,7 +59,9 @@ async fn dry_run_plans_migrate_applies_and_a_noop_run_never_connects() {
         2,
         "progress was streamed per tenant"
     );
-    assert!(has_tags_column(&own, "fl-a").await && has_tags_column(&own, "fl-b").await);
+    assert!(
+        has_tags_column(&plane, &own, "fl-a").await && has_tags_column(&plane, &own, "fl-b").await
+    );
     let show = plane.ok(&["show", "fl-a", "--json"]).json();
     assert_eq!(show["schema_version"], 2);
     assert_eq!(show["migration_pending"], false);
@@ -106,7 +105,7 @@ async fn failures_do_not_stop_the_run_and_retry_failed_reruns_only_them() {
     for s in slugs {
         age_to_v1(&plane, pg, s).await;
     }
-    let sabotaged = pg.connect("emp_rf_c").await.unwrap();
+    let sabotaged = pg.connect(&plane.database_of("rf-c").await).await.unwrap();
     sabotaged
         .batch_execute("ALTER TABLE leads ADD COLUMN tags int")
         .await
@@ -155,7 +154,7 @@ async fn failures_do_not_stop_the_run_and_retry_failed_reruns_only_them() {
         "only the failed tenant is considered: {retry}"
     );
     assert_eq!(retry["migrated"], 1);
-    assert!(has_tags_column(pg, "rf-c").await);
+    assert!(has_tags_column(&plane, pg, "rf-c").await);
     assert_eq!(
         plane.ok(&["status", "--json"]).json()["pending_migration"],
         0
@@ -172,8 +171,8 @@ async fn max_failures_and_canaries_stop_launching_tenants() {
     for s in slugs {
         age_to_v1(&plane, pg, s).await;
     }
-    for s in ["emp_mx_a", "emp_mx_c"] {
-        pg.connect(s)
+    for s in ["mx-a", "mx-c"] {
+        pg.connect(&plane.database_of(s).await)
             .await
             .unwrap()
             .batch_execute("ALTER TABLE leads ADD COLUMN tags int")
@@ -191,7 +190,7 @@ async fn max_failures_and_canaries_stop_launching_tenants() {
     );
     assert_eq!(run["aborted"], true);
     assert!(
-        !has_tags_column(pg, "mx-b").await,
+        !has_tags_column(&plane, pg, "mx-b").await,
         "nothing past the canary ran"
     );
 
@@ -224,7 +223,7 @@ async fn a_tenant_locked_by_another_run_is_busy_and_concurrent_runs_apply_once()
     for s in slugs {
         age_to_v1(&plane, pg, s).await;
     }
-    let holder = pg.connect("emp_lk_a").await.unwrap();
+    let holder = pg.connect(&plane.database_of("lk-a").await).await.unwrap();
     holder
         .execute(
             "SELECT pg_advisory_lock($1)",
@@ -235,7 +234,7 @@ async fn a_tenant_locked_by_another_run_is_busy_and_concurrent_runs_apply_once()
     let out = plane.ctl(&["migrate", "lk-a", "--json"]);
     assert_eq!(out.code, 7, "{out:?}");
     assert_eq!(out.json()["busy"], 1);
-    assert!(!has_tags_column(pg, "lk-a").await);
+    assert!(!has_tags_column(&plane, pg, "lk-a").await);
     holder
         .execute(
             "SELECT pg_advisory_unlock($1)",
@@ -280,7 +279,7 @@ async fn a_tenant_locked_by_another_run_is_busy_and_concurrent_runs_apply_once()
         "six tenants, one pending migration each, applied once"
     );
     for s in slugs {
-        assert!(has_tags_column(pg, s).await, "{s}");
+        assert!(has_tags_column(&plane, pg, s).await, "{s}");
     }
 }
 
@@ -327,7 +326,7 @@ async fn templates_migrate_first_and_bad_requests_are_refused() {
         ])
         .json();
     assert_eq!(t["schema_version"], 2);
-    assert!(has_tags_column(pg, "tp-b").await);
+    assert!(has_tags_column(&plane, pg, "tp-b").await);
 
     for (args, code, msg) in [
         (vec!["migrate"], 2, "name tenants"),

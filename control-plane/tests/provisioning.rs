@@ -3,42 +3,7 @@
 
 mod common;
 
-use common::{database_exists, role_exists, Plane};
-
-/// Connects to `database` on `pg` with explicit credentials.
-async fn connect_as(
-    pg: &pg_harness::PgServer,
-    user: &str,
-    password: &str,
-    database: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host("127.0.0.1")
-        .port(pg.port)
-        .user(user)
-        .password(password)
-        .dbname(database);
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
-/// The tenant's credentials as routers get them (TenantDirectory.Resolve).
-async fn route(plane: &Plane, slug: &str) -> proto::control::v1::Route {
-    use proto::control::v1::{
-        resolve_request::Key, tenant_directory_client::TenantDirectoryClient, ResolveRequest,
-    };
-    let mut dir = TenantDirectoryClient::new(plane.channel().await);
-    dir.resolve(common::authed(
-        ResolveRequest {
-            key: Some(Key::Slug(slug.into())),
-        },
-        common::DIRECTORY_TOKEN,
-    ))
-    .await
-    .unwrap()
-    .into_inner()
-}
+use common::{connect_as, database_exists, route, Plane};
 
 #[tokio::test]
 async fn create_gives_each_tenant_its_own_isolated_database() {
@@ -86,7 +51,12 @@ async fn create_gives_each_tenant_its_own_isolated_database() {
         assert!(!show[field].is_null(), "show --json lacks {field}: {show}");
     }
     assert_eq!(show["server"], "main");
-    assert_eq!(show["database"], "emp_iso_alpha");
+    let id = show["id"].as_i64().unwrap();
+    assert_eq!(
+        show["database"],
+        format!("{}_{id}_g1", plane.name_prefix),
+        "named from the id, never the slug"
+    );
     let (common, sector) = tenant_migrations::targets(tenant_migrations::Sector::Veiculos);
     assert_eq!(show["schema_version"], common);
     assert_eq!(show["sector_schema_version"], sector);
@@ -132,7 +102,8 @@ async fn create_gives_each_tenant_its_own_isolated_database() {
         .await
         .is_err());
 
-    // Objects cloned from the template belong to the tenant's role.
+    // Objects cloned from the template belong to the tenant's owner role, not to the
+    // login role routers hold.
     let owner: String = own
         .query_one(
             "SELECT tableowner::text FROM pg_tables WHERE tablename = 'leads'",
@@ -141,7 +112,8 @@ async fn create_gives_each_tenant_its_own_isolated_database() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(owner, ra.role);
+    assert_eq!(owner, show["owner_role"].as_str().unwrap());
+    assert_ne!(owner, ra.role);
 
     // Stored passwords are encrypted, and nothing printed them.
     let catalog = plane.catalog().await;
@@ -320,16 +292,12 @@ async fn bad_input_is_refused_clearly_and_leaves_nothing_behind() {
     // Untouched state: one tenant in the catalog, no stray databases or roles.
     let list = plane.ok(&["list", "--json"]).json();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    for slug in [
-        "bad_dup_phone",
-        "bad_sector",
-        "bad_server",
-        "bad_plan",
-        "bad_phone",
-    ] {
-        assert!(!database_exists(pg, &format!("emp_{slug}")).await, "{slug}");
-        assert!(!role_exists(pg, &format!("emp_{slug}_app")).await, "{slug}");
-    }
+    let taken = plane.database_of("bad-taken").await;
+    let objects = plane.tenant_objects_on(pg).await;
+    assert!(
+        objects.iter().all(|o| o.starts_with(&taken)),
+        "only the taken tenant's database and roles exist: {objects:?}"
+    );
     // The taken tenant is unharmed.
     assert_eq!(
         plane.ok(&["show", "bad-taken", "--json"]).json()["name"],
@@ -372,7 +340,9 @@ async fn a_failed_step_is_undone_and_create_again_resumes() {
     // A non-superuser admin, so a real privilege fault can be injected mid-saga.
     let su = pg.connect("postgres").await.unwrap();
     su.batch_execute(
-        "CREATE ROLE resume_admin LOGIN CREATEROLE CREATEDB PASSWORD 'resume-admin-pw'",
+        "CREATE ROLE resume_admin LOGIN CREATEROLE CREATEDB PASSWORD 'resume-admin-pw'; \
+         GRANT SET ON PARAMETER temp_file_limit TO resume_admin; \
+         GRANT CONNECT ON DATABASE postgres TO resume_admin",
     )
     .await
     .unwrap();
@@ -418,10 +388,9 @@ async fn a_failed_step_is_undone_and_create_again_resumes() {
         .unwrap()
         .contains("everything it created was removed"));
     assert!(
-        !role_exists(pg, "emp_resume_me_app").await,
-        "the role was undone"
+        plane.tenant_objects_on(pg).await.is_empty(),
+        "the roles were undone"
     );
-    assert!(!database_exists(pg, "emp_resume_me").await);
 
     su.batch_execute("ALTER ROLE resume_admin CREATEDB")
         .await
@@ -438,7 +407,7 @@ async fn a_failed_step_is_undone_and_create_again_resumes() {
         ])
         .json();
     assert_eq!(resumed["status"], "active");
-    assert!(database_exists(pg, "emp_resume_me").await);
+    assert!(database_exists(pg, resumed["database"].as_str().unwrap()).await);
     // A different sector for the same slug is a conflict, not a resume.
     let out = plane.ctl(&[
         "create",
@@ -485,8 +454,9 @@ async fn placement_balances_servers_and_respects_capacity() {
     let out = plane.ctl(&["create", "place-5", "--name", "P", "--sector", "servicos"]);
     assert_eq!(out.code, 5, "{out:?}");
     assert!(out.stderr.contains("capacity"), "{out:?}");
-    assert!(database_exists(pg_harness::shared_second(), "emp_place_2").await);
-    assert!(!database_exists(pg_harness::shared(), "emp_place_2").await);
+    let place_2 = plane.database_of("place-2").await;
+    assert!(database_exists(pg_harness::shared_second(), &place_2).await);
+    assert!(!database_exists(pg_harness::shared(), &place_2).await);
     let servers = plane.ok(&["server", "list", "--json"]).json();
     assert!(
         servers
@@ -503,15 +473,17 @@ async fn a_foreign_database_with_the_same_name_is_never_adopted() {
     let pg = pg_harness::shared();
     let plane = Plane::start().await;
     plane.add_server("main", pg, 100);
+    // The first tenant of a fresh catalog gets id 1: someone already made its database.
+    let foreign = format!("{}_1_g1", plane.name_prefix);
     let su = pg.connect("postgres").await.unwrap();
-    su.batch_execute("CREATE DATABASE emp_foreign_db")
+    su.batch_execute(&format!("CREATE DATABASE {foreign}"))
         .await
         .unwrap();
     let out = plane.ctl(&["create", "foreign-db", "--name", "F", "--sector", "varejo"]);
     assert_eq!(out.code, 4, "{out:?}");
     assert!(out.stderr.contains("already exists on server"), "{out:?}");
     assert!(
-        database_exists(pg, "emp_foreign_db").await,
+        database_exists(pg, &foreign).await,
         "someone else's database is left alone"
     );
     assert!(plane

@@ -149,7 +149,7 @@ pub struct ConnectionSampler {
 
 /// Sessions ever opened to tenant databases on a server (`pg_stat_database.sessions`).
 const SESSIONS: &str =
-    "SELECT coalesce(sum(sessions), 0)::int8 FROM pg_stat_database WHERE datname LIKE 'emp\\_%'";
+    "SELECT coalesce(sum(sessions), 0)::int8 FROM pg_stat_database WHERE datname ~ '^tenant_[0-9]+_g[0-9]+$'";
 
 impl ConnectionSampler {
     /// Counts backends whose `application_name` starts with `app` (empty: every tenant
@@ -168,7 +168,7 @@ impl ConnectionSampler {
                     let n: i64 = client
                         .query_one(
                             "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
-                             AND datname LIKE 'emp\\_%' AND application_name LIKE $1",
+                             AND datname ~ '^tenant_[0-9]+_g[0-9]+$' AND application_name LIKE $1",
                             &[&pattern],
                         )
                         .await?

@@ -227,45 +227,62 @@ pub enum MigrateError {
 
 /// Applies the common set and the sector's set to the database `client` is connected to.
 ///
-/// Holds [`MIGRATION_LOCK_KEY`] for the duration (returns [`MigrateError::Busy`] at once if
-/// another session holds it). When `owner` is given the migrations run under
-/// `SET ROLE owner`, so the objects they create belong to the tenant's own role.
-pub async fn migrate(
-    client: &mut Client,
-    sector: Sector,
-    owner: Option<&str>,
-) -> Result<Outcome, MigrateError> {
+/// `client` must be logged in as the role that owns the tenant database (never a superuser
+/// with `SET ROLE`: a superuser session can always be talked back out of `SET ROLE` by a
+/// function the database holds). Holds [`MIGRATION_LOCK_KEY`] for the duration (returns
+/// [`MigrateError::Busy`] at once if another session holds it). Calls into `pg_catalog`
+/// are schema-qualified so nothing in the tenant's schemas can stand in for them.
+pub async fn migrate(client: &mut Client, sector: Sector) -> Result<Outcome, MigrateError> {
     let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .query_one(
+            "SELECT pg_catalog.pg_try_advisory_lock($1)",
+            &[&MIGRATION_LOCK_KEY],
+        )
         .await?
         .get(0);
     if !locked {
         return Err(MigrateError::Busy);
     }
-    let result = migrate_locked(client, sector, owner).await;
-    // Reset before unlocking; if the session is broken the lock dies with it anyway.
+    let result = migrate_locked(client, sector).await;
+    // If the session is broken the lock dies with it anyway.
     let _ = client
         .batch_execute(&format!(
-            "RESET ROLE; SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"
+            "SELECT pg_catalog.pg_advisory_unlock({MIGRATION_LOCK_KEY})"
         ))
         .await;
     result
 }
 
-async fn migrate_locked(
+async fn migrate_locked(client: &mut Client, sector: Sector) -> Result<Outcome, MigrateError> {
+    migrate_sets(client, sector, None).await
+}
+
+/// Migrates a scratch database to exactly `versions` (`(common, sector set)`), to compare
+/// a tenant at those versions against (the isolation upgrade's reference). Takes no lock:
+/// nobody else knows the scratch database.
+pub async fn migrate_to(
     client: &mut Client,
     sector: Sector,
-    owner: Option<&str>,
+    versions: (i32, i32),
 ) -> Result<Outcome, MigrateError> {
-    if let Some(owner) = owner {
-        client
-            .batch_execute(&format!("SET ROLE {}", quote_ident(owner)))
-            .await?;
-    }
+    migrate_sets(client, sector, Some(versions)).await
+}
+
+async fn migrate_sets(
+    client: &mut Client,
+    sector: Sector,
+    target: Option<(i32, i32)>,
+) -> Result<Outcome, MigrateError> {
     let mut applied = 0u32;
-    let common_version = run_set(client, MigrationSet::Common, &mut applied).await?;
+    let common_version = run_set(
+        client,
+        MigrationSet::Common,
+        target.map(|t| t.0),
+        &mut applied,
+    )
+    .await?;
     let sector_version = match sector.set() {
-        Some(set) => run_set(client, set, &mut applied).await?,
+        Some(set) => run_set(client, set, target.map(|t| t.1), &mut applied).await?,
         None => 0,
     };
     Ok(Outcome {
@@ -275,12 +292,59 @@ async fn migrate_locked(
     })
 }
 
+/// The statements that give a tenant's login roles exactly what the domain API needs and
+/// nothing else: usage of schema `public`, DML on its tables, usage of its sequences, no
+/// access to the migration history, and nothing at all for `PUBLIC`. Run by the owner
+/// after every migration (new tables need their grants) and by the isolation upgrade.
+pub fn grants_sql(logins: &[&str]) -> String {
+    let to = logins
+        .iter()
+        .map(|l| quote_ident(l))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let history = MigrationSet::ALL
+        .iter()
+        .map(|s| s.history_table())
+        .collect::<Vec<_>>();
+    let mut sql = format!(
+        "REVOKE ALL ON SCHEMA public FROM PUBLIC; \
+         GRANT USAGE ON SCHEMA public TO {to}; \
+         REVOKE ALL ON ALL TABLES IN SCHEMA public FROM PUBLIC; \
+         REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM PUBLIC; \
+         REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {to}; \
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {to}; "
+    );
+    for table in history {
+        // A sector's history table exists only in databases of that sector.
+        sql.push_str(&format!(
+            "DO $$ BEGIN IF pg_catalog.to_regclass('public.{table}') IS NOT NULL THEN \
+             EXECUTE pg_catalog.format('REVOKE ALL ON public.{table} FROM %s', {list}); END IF; END $$; ",
+            list = quote_literal(&to),
+        ));
+    }
+    sql
+}
+
+/// Quotes a PostgreSQL string literal.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 async fn run_set(
     client: &mut Client,
     set: MigrationSet,
+    target: Option<i32>,
     applied: &mut u32,
 ) -> Result<i32, MigrateError> {
-    let runner = set.runner();
+    let runner = match target {
+        // Version 0: the set was never applied; nothing to run.
+        Some(0) => return Ok(0),
+        Some(v) => set
+            .runner()
+            .set_target(refinery::Target::Version(v)),
+        None => set.runner(),
+    };
     match runner.run_async(client).await {
         Ok(report) => {
             *applied += u32::try_from(report.applied_migrations().len()).unwrap_or(u32::MAX);
@@ -337,8 +401,8 @@ pub async fn current_versions(
     async fn max_version(client: &Client, set: MigrationSet) -> Result<i32, tokio_postgres::Error> {
         let exists: bool = client
             .query_one(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[&set.history_table()],
+                "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+                &[&format!("public.{}", set.history_table())],
             )
             .await?
             .get(0);
@@ -348,7 +412,7 @@ pub async fn current_versions(
         let row = client
             .query_one(
                 &format!(
-                    "SELECT coalesce(max(version), 0)::int4 FROM {}",
+                    "SELECT coalesce(max(version), 0)::int4 FROM public.{}",
                     set.history_table()
                 ),
                 &[],

@@ -15,7 +15,7 @@ async fn fresh(prefix: &str) -> tokio_postgres::Client {
 async fn every_sector_migrates_and_reruns_are_noops() {
     for sector in Sector::ALL {
         let mut client = fresh(sector.as_str()).await;
-        let first = migrate(&mut client, sector, None).await.unwrap();
+        let first = migrate(&mut client, sector).await.unwrap();
         let (common, sector_v) = targets(sector);
         assert_eq!(
             (first.common_version, first.sector_version),
@@ -27,7 +27,7 @@ async fn every_sector_migrates_and_reruns_are_noops() {
                 .map(|s| s.migrations().len() as u32)
                 .unwrap_or(0);
         assert_eq!(first.applied, expected, "{sector}");
-        let again = migrate(&mut client, sector, None).await.unwrap();
+        let again = migrate(&mut client, sector).await.unwrap();
         assert_eq!(again.applied, 0);
         assert_eq!(
             tenant_migrations::current_versions(&client, sector)
@@ -48,9 +48,7 @@ async fn a_held_lock_makes_the_second_run_busy() {
         .await
         .unwrap();
     let mut client = pg.connect(&db).await.unwrap();
-    let err = migrate(&mut client, Sector::Varejo, None)
-        .await
-        .unwrap_err();
+    let err = migrate(&mut client, Sector::Varejo).await.unwrap_err();
     assert!(matches!(err, MigrateError::Busy), "{err}");
     // Nothing was applied while busy.
     assert_eq!(
@@ -63,13 +61,13 @@ async fn a_held_lock_makes_the_second_run_busy() {
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
         .await
         .unwrap();
-    migrate(&mut client, Sector::Varejo, None).await.unwrap();
+    migrate(&mut client, Sector::Varejo).await.unwrap();
 }
 
 #[tokio::test]
 async fn edited_history_is_refused_as_divergent() {
     let mut client = fresh("divergent").await;
-    migrate(&mut client, Sector::Servicos, None).await.unwrap();
+    migrate(&mut client, Sector::Servicos).await.unwrap();
     client
         .execute(
             "UPDATE refinery_schema_history SET checksum = '1' WHERE version = 1",
@@ -77,9 +75,7 @@ async fn edited_history_is_refused_as_divergent() {
         )
         .await
         .unwrap();
-    let err = migrate(&mut client, Sector::Servicos, None)
-        .await
-        .unwrap_err();
+    let err = migrate(&mut client, Sector::Servicos).await.unwrap_err();
     assert!(matches!(err, MigrateError::Divergent(_)), "{err}");
 }
 
@@ -91,9 +87,7 @@ async fn a_failing_migration_is_reported_and_rolled_back_whole() {
         .batch_execute("CREATE TABLE leads (id int)")
         .await
         .unwrap();
-    let err = migrate(&mut client, Sector::Servicos, None)
-        .await
-        .unwrap_err();
+    let err = migrate(&mut client, Sector::Servicos).await.unwrap_err();
     assert!(matches!(err, MigrateError::Failed(_)), "{err}");
     assert!(err.to_string().contains("already exists"), "{err}");
     assert_eq!(
@@ -114,7 +108,7 @@ async fn a_failing_migration_is_reported_and_rolled_back_whole() {
 #[tokio::test]
 async fn ingestion_unique_keys_hold() {
     let mut client = fresh("unique").await;
-    migrate(&mut client, Sector::Veiculos, None).await.unwrap();
+    migrate(&mut client, Sector::Veiculos).await.unwrap();
     client
         .batch_execute(
             "INSERT INTO leads (wa_id) VALUES ('5511912345678');

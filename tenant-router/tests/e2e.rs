@@ -61,7 +61,7 @@ async fn tenants_on_two_servers_are_served_and_isolated() {
         .into_inner();
     assert_eq!(got.name, "Bia");
     assert!(pg_harness::shared_second()
-        .connect("emp_rt_bravo")
+        .connect(&plane.database_of("rt-bravo").await)
         .await
         .is_ok());
 
@@ -510,7 +510,7 @@ async fn the_connection_budget_holds_with_many_more_tenants_than_connections() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let n: i64 = c
                     .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'emp\\_%'",
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_login\\_%'",
                         &[],
                     )
                     .await
@@ -580,7 +580,10 @@ async fn deadlines_cancel_queries_and_a_dead_server_is_unavailable() {
         .unwrap();
 
     // A lock held elsewhere makes the write wait; the caller's deadline cancels it.
-    let blocker = pg.connect("emp_rt_echo").await.unwrap();
+    let blocker = pg
+        .connect(&plane.database_of("rt-echo").await)
+        .await
+        .unwrap();
     blocker
         .batch_execute("BEGIN; LOCK TABLE leads IN ACCESS EXCLUSIVE MODE")
         .await
@@ -595,7 +598,7 @@ async fn deadlines_cancel_queries_and_a_dead_server_is_unavailable() {
     let cancelled = eventually(Duration::from_secs(3), || async {
         let c = pg.connect("postgres").await.unwrap();
         let waiting: i64 = c
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'emp\\_%' AND state = 'active'", &[])
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_login\\_%' AND state = 'active'", &[])
             .await
             .unwrap()
             .get(0);
@@ -756,7 +759,8 @@ async fn idle_pools_close_and_rotated_credentials_are_refetched() {
     let router = Router::start(&plane, &[("TENANT_ROUTER__POOLS__IDLE_SECS", "1")]).await;
     let token = plane_token_all();
     let mut leads = LeadsClient::new(router.channel().await);
-    let role = "emp_rt_foxtrot_app";
+    let role = plane.role_of("rt-foxtrot").await;
+    let role = role.as_str();
     leads
         .upsert_lead(call(upsert("5511955556666", "F"), "rt-foxtrot", &token))
         .await

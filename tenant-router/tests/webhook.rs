@@ -192,7 +192,12 @@ async fn handshake_signature_and_limits() {
     .await;
     assert_eq!(status, 401, "signature over other bytes");
     assert_eq!(
-        count(pg, "emp_wh_alpha", "SELECT count(*) FROM mensagens").await,
+        count(
+            pg,
+            &s.plane.database_of("wh-alpha").await,
+            "SELECT count(*) FROM mensagens"
+        )
+        .await,
         0,
         "nothing written"
     );
@@ -202,7 +207,12 @@ async fn handshake_signature_and_limits() {
     assert_eq!(post(&s.router, b"not json at all").await, 400);
     assert_eq!(post(&s.router, b"{\"object\":\"x\"}").await, 400);
     assert_eq!(
-        count(pg, "emp_wh_alpha", "SELECT count(*) FROM leads").await,
+        count(
+            pg,
+            &s.plane.database_of("wh-alpha").await,
+            "SELECT count(*) FROM leads"
+        )
+        .await,
         0
     );
     drop(s.plane);
@@ -212,7 +222,8 @@ async fn handshake_signature_and_limits() {
 async fn messages_leads_and_duplicates() {
     let pg = pg_harness::shared();
     let s = setup("wh-bravo", "900000002", pg).await;
-    let db = "emp_wh_bravo";
+    let db = s.plane.database_of("wh-bravo").await;
+    let db = db.as_str();
     // Without and with the 9th digit: one lead, raw id kept; a landline is left alone.
     let first = delivery(
         "900000002",
@@ -335,7 +346,8 @@ async fn messages_leads_and_duplicates() {
 async fn batches_media_malformed_items_and_unknown_numbers() {
     let pg = pg_harness::shared();
     let s = setup("wh-charlie", "900000003", pg).await;
-    let db = "emp_wh_charlie";
+    let db = s.plane.database_of("wh-charlie").await;
+    let db = db.as_str();
     // A batch of 1000 messages across two entries and two changes, with a media message and
     // malformed items mixed in.
     let mut a: Vec<serde_json::Value> = (0..500)
@@ -407,7 +419,8 @@ async fn batches_media_malformed_items_and_unknown_numbers() {
 async fn statuses_apply_monotonically() {
     let pg = pg_harness::shared();
     let s = setup("wh-delta", "900000004", pg).await;
-    let db = "emp_wh_delta";
+    let db = s.plane.database_of("wh-delta").await;
+    let db = db.as_str();
     let c = pg.connect(db).await.unwrap();
     c.batch_execute(
         "INSERT INTO leads (wa_id) VALUES ('5511912345678');
@@ -479,7 +492,8 @@ async fn statuses_apply_monotonically() {
 async fn slow_or_unavailable_databases_get_500_and_nothing_half_written() {
     let pg = pg_harness::shared();
     let s = setup("wh-echo", "900000005", pg).await;
-    let db = "emp_wh_echo";
+    let db = s.plane.database_of("wh-echo").await;
+    let db = db.as_str();
     let body = delivery(
         "900000005",
         json!([text_msg("wamid.SLOW", "5511955554444", "demora")]),
@@ -543,7 +557,8 @@ async fn slow_or_unavailable_databases_get_500_and_nothing_half_written() {
 async fn evolution_gateways_with_a_per_tenant_token() {
     let pg = pg_harness::shared();
     let s = setup("wh-foxtrot", "900000006", pg).await;
-    let db = "emp_wh_foxtrot";
+    let db = s.plane.database_of("wh-foxtrot").await;
+    let db = db.as_str();
     let mut admin = s.plane.admin().await;
     let rotate = |admin: &mut proto::control::v1::tenant_admin_client::TenantAdminClient<
         tonic::transport::Channel,

@@ -12,7 +12,7 @@ mod tenants;
 
 pub use runs::{RunCounts, RunTenantRow};
 pub use servers::{NewServer, ServerRecord, TemplateRecord};
-pub use tenants::{NewTenant, TenantFilter, TenantRecord};
+pub use tenants::{NewPasswords, NewTenant, RoleModel, TenantFilter, TenantRecord};
 
 use crate::crypto::SecretBox;
 use crate::error::{Error, Result};
@@ -75,6 +75,25 @@ impl Catalog {
             .await;
         result.map_err(|e| Error::internal("catalog migration", e))?;
         Ok(())
+    }
+
+    /// Revokes `CONNECT` and `TEMPORARY` on the catalog database from `PUBLIC`, so no tenant
+    /// role on the same cluster can open a session here (and hear or forge change
+    /// notifications). Returns false when the catalog user may not (not the database's
+    /// owner nor a superuser); the caller warns.
+    pub async fn close_to_public(&self) -> Result<bool> {
+        let client = self.client().await?;
+        let result = client
+            .batch_execute(
+                "DO $$ BEGIN EXECUTE pg_catalog.format(\
+                 'REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC', pg_catalog.current_database()); END $$",
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A connection of its own, outside the pool (for LISTEN and long-held session locks).

@@ -31,12 +31,16 @@ pub struct ServerRecord {
     pub state: String,
     /// Tenants placed on the server (any status but `deleted`).
     pub tenants: u32,
+    /// Sealed login password of the template owner role on this server, once set.
+    pub sealed_template_password: Option<Vec<u8>>,
+    /// Whether `CONNECT` on `postgres` and `template1` was revoked from `PUBLIC`.
+    pub maintenance_closed: bool,
 }
 
 const SERVER_SELECT: &str = "SELECT s.id, s.nome, s.host, s.porta, s.admin_usuario, s.admin_senha_cifrada, \
      s.orcamento_conexoes, s.capacidade, s.estado, \
-     (SELECT count(*) FROM empresas e WHERE e.servidor_id = s.id AND e.status <> 'deleted') AS tenants \
-     FROM servidores s";
+     (SELECT count(*) FROM empresas e WHERE e.servidor_id = s.id AND e.status <> 'deleted') AS tenants, \
+     s.template_senha_cifrada, s.manutencao_fechada FROM servidores s";
 
 fn server_from_row(row: &Row) -> ServerRecord {
     let to_u32 = |v: i32| u32::try_from(v).unwrap_or(0);
@@ -51,11 +55,17 @@ fn server_from_row(row: &Row) -> ServerRecord {
         capacity: to_u32(row.get(7)),
         state: row.get(8),
         tenants: u32::try_from(row.get::<_, i64>(9)).unwrap_or(u32::MAX),
+        sealed_template_password: row.get(10),
+        maintenance_closed: row.get(11),
     }
 }
 
 fn password_context(name: &str) -> String {
     format!("server:{name}:admin")
+}
+
+fn template_context(name: &str) -> String {
+    format!("server:{name}:template-owner")
 }
 
 impl Catalog {
@@ -120,6 +130,48 @@ impl Catalog {
         self.secrets()
             .open(&server.sealed_password, &password_context(&server.name))
             .map_err(|e| Error::internal("server password", e))
+    }
+
+    /// The template owner's login password on a server: the stored one, or a new one
+    /// stored now (the caller then sets it on the server).
+    pub async fn template_owner_password(&self, server: &ServerRecord) -> Result<String> {
+        if let Some(sealed) = &server.sealed_template_password {
+            return self
+                .secrets()
+                .open(sealed, &template_context(&server.name))
+                .map_err(|e| Error::internal("template owner password", e));
+        }
+        let password = crate::crypto::random_password();
+        let sealed = self
+            .secrets()
+            .seal(&password, &template_context(&server.name))
+            .map_err(|e| Error::internal("seal", e))?;
+        // Two replicas may race: the first stored password wins and both use it.
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "UPDATE servidores SET template_senha_cifrada = coalesce(template_senha_cifrada, $2) \
+                 WHERE id = $1 RETURNING template_senha_cifrada",
+                &[&server.id, &sealed],
+            )
+            .await?;
+        let stored: Vec<u8> = row.get(0);
+        self.secrets()
+            .open(&stored, &template_context(&server.name))
+            .map_err(|e| Error::internal("template owner password", e))
+    }
+
+    /// Records whether a server's maintenance databases are closed to `PUBLIC`.
+    pub async fn set_maintenance_closed(&self, server_id: i64, closed: bool) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE servidores SET manutencao_fechada = $2 WHERE id = $1",
+                &[&server_id, &closed],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Picks a server inside an open transaction that holds the placement lock: the named

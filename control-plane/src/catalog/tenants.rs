@@ -2,7 +2,7 @@
 
 use super::{epoch_ms, unique_violation, Catalog, ServerRecord};
 use crate::error::{Error, Result};
-use crate::model::{Sector, Slug, Status, TenantKey};
+use crate::model::{Sector, Slug, Status, TenantKey, TenantNames};
 use std::sync::OnceLock;
 use tokio_postgres::Row;
 
@@ -33,9 +33,20 @@ pub struct TenantRecord {
     pub port: u16,
     pub connection_budget: u32,
     pub database: String,
+    /// The active login role (what routers connect as).
     pub role: String,
-    /// Sealed role password (open with [`Catalog::tenant_password`]).
+    /// Sealed password of the active login role (open with [`Catalog::tenant_password`]).
     pub sealed_password: Vec<u8>,
+    /// Which role model the tenant's database follows.
+    pub role_model: RoleModel,
+    /// Generation of the tenant's database (names derive from it).
+    pub generation: i32,
+    /// The role owning the database (None under the legacy model).
+    pub owner_role: Option<String>,
+    /// Sealed owner password (open with [`Catalog::owner_password`]).
+    pub sealed_owner_password: Option<Vec<u8>>,
+    /// The standby login role (None under the legacy model).
+    pub standby_role: Option<String>,
     /// Sealed Evolution webhook token, if one was issued.
     pub sealed_webhook_token: Option<Vec<u8>>,
     pub phone_number_id: Option<String>,
@@ -49,6 +60,57 @@ pub struct TenantRecord {
     pub version: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+impl TenantRecord {
+    /// The names of the tenant's current generation, active login first (`None` under the
+    /// legacy model).
+    pub fn names(&self) -> Option<TenantNames> {
+        Some(TenantNames {
+            database: self.database.clone(),
+            owner: self.owner_role.clone()?,
+            logins: [self.role.clone(), self.standby_role.clone()?],
+        })
+    }
+
+    /// The names, or the error that tells an operator to upgrade a legacy tenant.
+    pub fn require_names(&self) -> Result<TenantNames> {
+        self.names().ok_or_else(|| legacy_error(&self.slug))
+    }
+}
+
+fn legacy_error(slug: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "tenant {slug} still uses the legacy role model; run `tenantctl harden {slug}` first"
+    ))
+}
+
+/// How a tenant's database and roles are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleModel {
+    /// One role owns the database and routers log in as it (first release). Nothing runs
+    /// inside such a database until `tenantctl harden` has upgraded it.
+    Legacy,
+    /// An owner role that routers never see, and two DML-only login roles.
+    OwnerAndLogins,
+}
+
+impl RoleModel {
+    fn from_db(v: i16) -> Result<RoleModel> {
+        match v {
+            1 => Ok(RoleModel::Legacy),
+            2 => Ok(RoleModel::OwnerAndLogins),
+            other => Err(Error::Internal(format!("catalog holds role model {other}"))),
+        }
+    }
+
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleModel::Legacy => "legacy",
+            RoleModel::OwnerAndLogins => "owner+logins",
+        }
+    }
 }
 
 /// Filters for [`Catalog::list_tenants`].
@@ -67,7 +129,8 @@ fn tenant_select() -> &'static str {
             "SELECT e.id, e.slug, e.nome, e.setor, e.status, e.status_motivo, e.servidor_id, s.nome, s.host, s.porta, \
              s.orcamento_conexoes, e.banco, e.papel, e.senha_cifrada, e.phone_number_id, e.telefone_exibicao, e.plano, \
              e.schema_version, e.sector_schema_version, e.migration_status, e.migration_error, e.provision_steps, \
-             e.version, {}, {}, e.webhook_token_cifrado FROM empresas e JOIN servidores s ON s.id = e.servidor_id",
+             e.version, {}, {}, e.webhook_token_cifrado, e.modelo_papeis, e.geracao, e.papel_dono, \
+             e.senha_dono_cifrada, e.papel_reserva FROM empresas e JOIN servidores s ON s.id = e.servidor_id",
             epoch_ms("e.criado_em"),
             epoch_ms("e.atualizado_em")
         )
@@ -106,6 +169,11 @@ fn tenant_from_row(row: &Row) -> Result<TenantRecord> {
         created_at_ms: row.get(23),
         updated_at_ms: row.get(24),
         sealed_webhook_token: row.get(25),
+        role_model: RoleModel::from_db(row.get(26))?,
+        generation: row.get(27),
+        owner_role: row.get(28),
+        sealed_owner_password: row.get(29),
+        standby_role: row.get(30),
     })
 }
 
@@ -113,42 +181,72 @@ fn password_context(slug: &str) -> String {
     format!("tenant:{slug}:password")
 }
 
+fn owner_context(id: i64) -> String {
+    format!("tenant:{id}:owner")
+}
+
+/// Passwords a new tenant's roles start with.
+pub struct NewPasswords {
+    /// The active login role's.
+    pub login: String,
+    /// The owner role's.
+    pub owner: String,
+}
+
 impl Catalog {
-    /// Records a new tenant as `provisioning` on a server chosen by placement, with a sealed
-    /// role password. Nothing exists on any database server yet.
+    /// Records a new tenant as `provisioning` on a server chosen by placement, with its
+    /// database and role names (from its id, generation 1) and sealed passwords. Nothing
+    /// exists on any database server yet.
     pub async fn insert_tenant(
         &self,
         new: &NewTenant,
-        password: &str,
+        passwords: &NewPasswords,
+        name_prefix: &str,
     ) -> Result<(TenantRecord, ServerRecord)> {
         let sealed = self
             .secrets()
-            .seal(password, &password_context(new.slug.as_str()))
+            .seal(&passwords.login, &password_context(new.slug.as_str()))
             .map_err(|e| Error::internal("seal", e))?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let server = Catalog::place(&tx, new.server.as_deref()).await?;
-        let row = tx
+        // The id comes first: every name derives from it.
+        let id: i64 = tx
             .query_one(
-                "INSERT INTO empresas (slug, nome, setor, status, servidor_id, banco, papel, senha_cifrada, \
-                 phone_number_id, telefone_exibicao, plano) \
-                 VALUES ($1, $2, $3, 'provisioning', $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-                &[
-                    &new.slug.as_str(),
-                    &new.name,
-                    &new.sector.as_str(),
-                    &server.id,
-                    &new.slug.database_name(),
-                    &new.slug.role_name(),
-                    &sealed,
-                    &new.phone_number_id,
-                    &new.display_phone,
-                    &new.plan,
-                ],
+                "SELECT nextval(pg_get_serial_sequence('empresas', 'id'))",
+                &[],
             )
-            .await
-            .map_err(|e| insert_error(e, new))?;
-        let id: i64 = row.get(0);
+            .await?
+            .get(0);
+        let names = TenantNames::derive(name_prefix, id, 1);
+        let sealed_owner = self
+            .secrets()
+            .seal(&passwords.owner, &owner_context(id))
+            .map_err(|e| Error::internal("seal", e))?;
+        tx.execute(
+            "INSERT INTO empresas (id, slug, nome, setor, status, servidor_id, banco, papel, senha_cifrada, \
+             phone_number_id, telefone_exibicao, plano, modelo_papeis, geracao, papel_dono, senha_dono_cifrada, \
+             papel_reserva) OVERRIDING SYSTEM VALUE \
+             VALUES ($1, $2, $3, $4, 'provisioning', $5, $6, $7, $8, $9, $10, $11, 2, 1, $12, $13, $14)",
+            &[
+                &id,
+                &new.slug.as_str(),
+                &new.name,
+                &new.sector.as_str(),
+                &server.id,
+                &names.database,
+                &names.logins[0],
+                &sealed,
+                &new.phone_number_id,
+                &new.display_phone,
+                &new.plan,
+                &names.owner,
+                &sealed_owner,
+                &names.logins[1],
+            ],
+        )
+        .await
+        .map_err(|e| insert_error(e, new))?;
         tx.commit().await?;
         let tenant = self
             .tenant_by_id(id)
@@ -157,11 +255,23 @@ impl Catalog {
         Ok((tenant, server))
     }
 
-    /// The plaintext role password of a tenant.
+    /// The plaintext password of a tenant's active login role.
     pub fn tenant_password(&self, tenant: &TenantRecord) -> Result<String> {
         self.secrets()
             .open(&tenant.sealed_password, &password_context(&tenant.slug))
             .map_err(|e| Error::internal("tenant password", e))
+    }
+
+    /// The plaintext password of a tenant's owner role (control-plane jobs only; it never
+    /// leaves the control plane).
+    pub fn owner_password(&self, tenant: &TenantRecord) -> Result<String> {
+        let sealed = tenant
+            .sealed_owner_password
+            .as_ref()
+            .ok_or_else(|| legacy_error(&tenant.slug))?;
+        self.secrets()
+            .open(sealed, &owner_context(tenant.id))
+            .map_err(|e| Error::internal("owner password", e))
     }
 
     /// The plaintext Evolution webhook token of a tenant, if one was issued.

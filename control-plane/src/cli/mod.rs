@@ -331,6 +331,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     "server {} registered ({} tenants max, {} connections)",
                     s.name, s.capacity, s.connection_budget
                 ));
+                if !s.maintenance_closed {
+                    output::warn(
+                        "warning: the admin may not revoke CONNECT on postgres and template1 from PUBLIC; \
+                         do it as a superuser, or tenant roles can open sessions there",
+                    );
+                }
             }
         }
         Command::Server(ServerCommand::List) => {

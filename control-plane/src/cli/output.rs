@@ -48,6 +48,12 @@ pub fn line(text: &str) {
     out(format_args!("{text}"));
 }
 
+/// Prints a warning on stderr (stdout stays parseable).
+pub fn warn(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
 /// A tenant as JSON (the fields scripts rely on).
 pub fn tenant_json(t: &pb::Tenant) -> Value {
     json!({
@@ -60,6 +66,9 @@ pub fn tenant_json(t: &pb::Tenant) -> Value {
         "server": t.server,
         "database": t.database,
         "role": t.role,
+        "owner_role": empty_null(&t.owner_role),
+        "role_model": t.role_model,
+        "generation": t.generation,
         "phone_number_id": empty_null(&t.phone_number_id),
         "display_phone": empty_null(&t.display_phone),
         "plan": t.plan,
@@ -85,6 +94,7 @@ pub fn server_json(s: &pb::Server) -> Value {
     json!({
         "name": s.name, "host": s.host, "port": s.port, "admin_user": s.admin_user,
         "connection_budget": s.connection_budget, "capacity": s.capacity, "state": s.state, "tenants": s.tenants,
+        "maintenance_closed": s.maintenance_closed,
     })
 }
 
@@ -123,6 +133,8 @@ pub fn tenant_detail(t: &pb::Tenant) {
         ("server", t.server.clone()),
         ("database", t.database.clone()),
         ("role", t.role.clone()),
+        ("owner_role", t.owner_role.clone()),
+        ("role_model", t.role_model.clone()),
         ("phone_number_id", t.phone_number_id.clone()),
         ("display_phone", t.display_phone.clone()),
         ("plan", t.plan.clone()),

@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::fleet::{Fleet, FleetEvent, FleetRequest};
 use crate::model::{self, Slug, Status, TenantKey};
 use crate::provision::Provisioner;
+use crate::roles;
 use proto::control::v1 as pb;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -84,6 +85,30 @@ impl AdminService {
     }
 }
 
+/// The admin of a server must be able to create databases and roles and to set the
+/// superuser-only `temp_file_limit` on login roles.
+async fn check_admin_privileges(admin: &tokio_postgres::Client, server: &str) -> Result<(), Error> {
+    let can: (bool, bool, bool, bool) = admin
+        .query_one(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb, \
+             pg_catalog.has_parameter_privilege('temp_file_limit', 'SET') \
+             FROM pg_catalog.pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .map_err(|e| {
+            Error::Unavailable(format!("server {server:?}: {}", dbserver::describe(&e)))
+        })?;
+    if can.0 || (can.1 && can.2 && can.3) {
+        return Ok(());
+    }
+    Err(Error::FailedPrecondition(format!(
+        "admin user of server {server:?} needs SUPERUSER, or CREATEROLE, CREATEDB and \
+         `GRANT SET ON PARAMETER temp_file_limit`"
+    )))
+}
+
 fn non_empty(s: String) -> Option<String> {
     let t = s.trim();
     (!t.is_empty()).then(|| t.to_string())
@@ -138,6 +163,9 @@ fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
         updated_at_ms: t.updated_at_ms,
         migration_pending: matches!(t.status, Status::Active | Status::Suspended)
             && target != (t.schema_version, t.sector_schema_version),
+        role_model: t.role_model.as_str().to_string(),
+        owner_role: t.owner_role.clone().unwrap_or_default(),
+        generation: t.generation,
     }
 }
 
@@ -151,6 +179,7 @@ fn server_pb(s: &ServerRecord) -> pb::Server {
         capacity: s.capacity,
         state: s.state.clone(),
         tenants: s.tenants,
+        maintenance_closed: s.maintenance_closed,
     }
 }
 
@@ -393,35 +422,31 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
             .into());
         }
         // Verify the server and its credentials before it can be chosen by placement.
-        let admin = dbserver::connect(
+        let admin = dbserver::connect_unregistered(
             &new.name,
             &new.host,
             new.port,
             &new.admin_user,
             &new.admin_password,
-            "postgres",
             self.connect_timeout,
         )
         .await?;
-        let can: (bool, bool, bool) = admin
-            .query_one(
-                "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = current_user",
-                &[],
-            )
-            .await
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .map_err(|e| Error::Unavailable(format!("server {:?}: {}", new.name, dbserver::describe(&e))))?;
-        if !(can.0 || (can.1 && can.2)) {
-            return Err(Error::FailedPrecondition(format!(
-                "admin user of server {:?} needs SUPERUSER or both CREATEROLE and CREATEDB",
-                new.name
-            ))
-            .into());
+        check_admin_privileges(&admin, &new.name).await?;
+        let closed = roles::close_maintenance(&admin).await.map_err(|e| {
+            Error::Unavailable(format!("server {:?}: {}", new.name, dbserver::describe(&e)))
+        })?;
+        if !closed {
+            tracing::warn!(server = %new.name, "cannot revoke CONNECT on postgres and template1 from PUBLIC: tenant roles can open sessions there");
         }
-        let server = self.catalog.add_server(&new).await?;
+        let mut server = self.catalog.add_server(&new).await?;
+        self.catalog
+            .set_maintenance_closed(server.id, closed)
+            .await?;
+        server.maintenance_closed = closed;
         self.catalog
             .audit(ACTOR, "server.add", None, &server.name, serde_json::json!({
                 "port": server.port, "capacity": server.capacity, "connection_budget": server.connection_budget,
+                "maintenance_closed": closed,
             }))
             .await?;
         Ok(Response::new(server_pb(&server)))

@@ -19,6 +19,8 @@ pub struct Plane {
     pub endpoint: String,
     pub catalog_db: String,
     pub template_prefix: String,
+    /// Prefix of this plane's tenant database and role names.
+    pub name_prefix: String,
 }
 
 /// What one tenantctl invocation did.
@@ -66,6 +68,7 @@ impl Plane {
         let catalog_db = pg.fresh_database("catalog").await.unwrap();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let template_prefix = format!("tpl_{}_{n}", std::process::id());
+        let name_prefix = format!("t{}_{n}", std::process::id() % 100_000);
         let mut cmd = control_plane_cmd();
         cmd.env("CONTROL_PLANE__LISTEN", "127.0.0.1:0")
             .env("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog_db))
@@ -76,6 +79,7 @@ impl Plane {
                 "CONTROL_PLANE__PROVISIONING__TEMPLATE_PREFIX",
                 &template_prefix,
             )
+            .env("CONTROL_PLANE__PROVISIONING__NAME_PREFIX", &name_prefix)
             .env("CONTROL_PLANE__PROVISIONING__CONNECT_TIMEOUT_MS", "2000")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -92,6 +96,7 @@ impl Plane {
             endpoint: format!("http://{addr}"),
             catalog_db,
             template_prefix,
+            name_prefix,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -185,6 +190,32 @@ impl Plane {
             .unwrap()
     }
 
+    /// The database of a tenant, as the catalog records it.
+    pub async fn database_of(&self, slug: &str) -> String {
+        self.catalog()
+            .await
+            .query_one("SELECT banco FROM empresas WHERE slug = $1", &[&slug])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Databases and roles on `pg` named like this plane's tenants.
+    pub async fn tenant_objects_on(&self, pg: &PgServer) -> Vec<String> {
+        let c = pg.connect("postgres").await.unwrap();
+        let pattern = format!("{}\\_%", self.name_prefix);
+        c.query(
+            "SELECT datname::text FROM pg_database WHERE datname LIKE $1 \
+             UNION ALL SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1 ORDER BY 1",
+            &[&pattern],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+
     /// A gRPC channel to the control plane.
     pub async fn channel(&self) -> tonic::transport::Channel {
         tonic::transport::Channel::from_shared(self.endpoint.clone())
@@ -246,7 +277,7 @@ pub async fn role_exists(pg: &PgServer, name: &str) -> bool {
 /// Turns a tenant back into what the previous release (common set at V1) provisioned:
 /// undoes V2 in its database and records version 1 in the catalog.
 pub async fn age_to_v1(plane: &Plane, pg: &PgServer, slug: &str) {
-    let db = format!("emp_{}", slug.replace('-', "_"));
+    let db = plane.database_of(slug).await;
     let c = pg.connect(&db).await.unwrap();
     c.batch_execute(
         "ALTER TABLE leads DROP COLUMN tags; DROP INDEX conversas_recentes_idx; \
@@ -263,4 +294,39 @@ pub async fn age_to_v1(plane: &Plane, pg: &PgServer, slug: &str) {
         )
         .await
         .unwrap();
+}
+
+/// Connects to `database` on `pg` with explicit credentials.
+pub async fn connect_as(
+    pg: &PgServer,
+    user: &str,
+    password: &str,
+    database: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(pg.port)
+        .user(user)
+        .password(password)
+        .dbname(database);
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// The tenant's credentials as routers get them (TenantDirectory.Resolve).
+pub async fn route(plane: &Plane, slug: &str) -> proto::control::v1::Route {
+    use proto::control::v1::{
+        resolve_request::Key, tenant_directory_client::TenantDirectoryClient, ResolveRequest,
+    };
+    let mut dir = TenantDirectoryClient::new(plane.channel().await);
+    dir.resolve(authed(
+        ResolveRequest {
+            key: Some(Key::Slug(slug.into())),
+        },
+        DIRECTORY_TOKEN,
+    ))
+    .await
+    .unwrap()
+    .into_inner()
 }

@@ -40,9 +40,10 @@ impl Plane {
         let toml = format!(
             "listen = \"127.0.0.1:{port}\"\ncatalog_url = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n\
              admin_token = \"{ADMIN_TOKEN}\"\ndirectory_token = \"{DIRECTORY_TOKEN}\"\ntoken_signing_key = \"{JWT_SECRET}\"\n\
-             [provisioning]\ntemplate_prefix = \"rtpl_{}_{n}\"\n",
+             [provisioning]\ntemplate_prefix = \"rtpl_{}_{n}\"\nname_prefix = \"rt{}_{n}\"\n",
             pg.url(&catalog_db),
-            std::process::id()
+            std::process::id(),
+            std::process::id() % 100_000
         );
         let path = std::env::temp_dir().join(format!("rt-cp-{}-{n}.toml", std::process::id()));
         std::fs::write(&path, toml).unwrap();
@@ -132,6 +133,30 @@ impl Plane {
             .unwrap()
             .into_inner()
             .token
+    }
+
+    /// The database of a tenant, as the catalog records it.
+    pub async fn database_of(&self, slug: &str) -> String {
+        self.catalog_column(slug, "banco").await
+    }
+
+    /// The active login role of a tenant, as the catalog records it.
+    pub async fn role_of(&self, slug: &str) -> String {
+        self.catalog_column(slug, "papel").await
+    }
+
+    async fn catalog_column(&self, slug: &str, column: &str) -> String {
+        pg_harness::shared()
+            .connect(&self.catalog_db)
+            .await
+            .unwrap()
+            .query_one(
+                &format!("SELECT {column} FROM empresas WHERE slug = $1"),
+                &[&slug],
+            )
+            .await
+            .unwrap()
+            .get(0)
     }
 
     pub async fn suspend(&self, slug: &str) {
@@ -298,7 +323,7 @@ pub fn upsert(phone: &str, name: &str) -> dm::UpsertLeadRequest {
 pub async fn tenant_connections(pg: &pg_harness::PgServer) -> i64 {
     let c = pg.connect("postgres").await.unwrap();
     c.query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'emp\\_%'",
+        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_login\\_%'",
         &[],
     )
     .await
