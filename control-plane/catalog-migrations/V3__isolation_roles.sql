@@ -15,6 +15,8 @@ ALTER TABLE empresas
     -- A password staged for the standby login role by a rotation or an upgrade in progress
     -- (XChaCha20-Poly1305, associated data "tenant:<id>:standby").
     ADD COLUMN senha_reserva_cifrada bytea,
+    -- The first release's role of a tenant being upgraded, until the upgrade has dropped it.
+    ADD COLUMN papel_legado         text,
     ADD CONSTRAINT empresas_papeis_completos CHECK (
         modelo_papeis = 1 OR (papel_dono IS NOT NULL AND senha_dono_cifrada IS NOT NULL AND papel_reserva IS NOT NULL));
 

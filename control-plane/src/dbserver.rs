@@ -14,8 +14,24 @@ pub const MAINTENANCE_DB: &str = "postgres";
 /// schema, searched last) resolve unqualified names.
 const ADMIN_OPTIONS: &str = "-c search_path=pg_catalog,pg_temp";
 
-/// Session settings of owner sessions inside a tenant database.
-const OWNER_OPTIONS: &str = "-c search_path=public";
+/// What unqualified names resolve to in a non-superuser session inside a tenant database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchPath {
+    /// `public` (after the implicit `pg_catalog`): what migrations and seeds expect.
+    Public,
+    /// Only `pg_catalog`: for sessions that inspect or repair a database whose schemas may
+    /// hold anything.
+    CatalogOnly,
+}
+
+impl SearchPath {
+    fn options(self) -> &'static str {
+        match self {
+            SearchPath::Public => "-c search_path=public",
+            SearchPath::CatalogOnly => "-c search_path=pg_catalog",
+        }
+    }
+}
 
 /// Opens an admin connection to the maintenance database of `server`.
 ///
@@ -49,6 +65,7 @@ pub async fn connect_login(
     user: &str,
     password: &str,
     database: &str,
+    search_path: SearchPath,
     timeout: Duration,
 ) -> Result<Client> {
     connect(
@@ -59,7 +76,7 @@ pub async fn connect_login(
             user,
             password,
             database,
-            options: OWNER_OPTIONS,
+            options: search_path.options(),
         },
         timeout,
     )
@@ -140,8 +157,10 @@ fn connect_error(server_name: &str, user: &str, err: &tokio_postgres::Error) -> 
     use tokio_postgres::error::SqlState;
     match err.as_db_error().map(|d| d.code().clone()) {
         Some(SqlState::INVALID_PASSWORD) | Some(SqlState::INVALID_AUTHORIZATION_SPECIFICATION) => {
+            // PostgreSQL's own words here name the role and the reason, never a secret.
+            let why = err.as_db_error().map(|d| d.message()).unwrap_or_default();
             Error::Unavailable(format!(
-                "database server {server_name:?} rejected the credentials of role {user:?}"
+                "database server {server_name:?} rejected the credentials of role {user:?} ({why})"
             ))
         }
         Some(SqlState::INSUFFICIENT_PRIVILEGE) => Error::Unavailable(format!(

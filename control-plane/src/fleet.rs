@@ -21,9 +21,31 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// What a fleet run does to each tenant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FleetOp {
+    /// Apply the pending schema migrations.
+    #[default]
+    Migrate,
+    /// Upgrade first-release tenants to the owner-and-logins role model (see `harden`).
+    Harden,
+}
+
+impl FleetOp {
+    /// The catalog spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FleetOp::Migrate => "migrate",
+            FleetOp::Harden => "harden",
+        }
+    }
+}
+
 /// What an operator asked for.
 #[derive(Debug, Clone, Default)]
 pub struct FleetRequest {
+    /// What to do to each tenant.
+    pub op: FleetOp,
     /// Tenants named explicitly (ignored when `all`).
     pub keys: Vec<TenantKey>,
     /// Every active or suspended tenant.
@@ -83,6 +105,8 @@ pub struct TenantOutcome {
     pub applied: u32,
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// What an upgrade found and did.
+    pub report: Vec<String>,
 }
 
 /// Runs fleet migrations against the catalog's servers.
@@ -99,6 +123,8 @@ struct Shared {
     provisioning: config::Provisioning,
     connect_timeout: Duration,
     run_id: i64,
+    op: FleetOp,
+    hardener: crate::harden::Hardener,
     servers: HashMap<i64, (ServerRecord, Arc<Semaphore>)>,
     global: Arc<Semaphore>,
     failures: AtomicU32,
@@ -147,16 +173,22 @@ impl Fleet {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let to = tenant_migrations::targets(t.sector);
+                let from = (t.schema_version, t.sector_schema_version);
+                let (to, pending) = match req.op {
+                    FleetOp::Migrate => (
+                        tenant_migrations::targets(t.sector),
+                        tenant_migrations::pending(t.sector, from.0, from.1),
+                    ),
+                    FleetOp::Harden => (
+                        from,
+                        vec!["upgrade to the owner-and-logins role model".to_string()],
+                    ),
+                };
                 PlannedTenant {
                     slug: t.slug.clone(),
-                    from: (t.schema_version, t.sector_schema_version),
+                    from,
                     to,
-                    pending: tenant_migrations::pending(
-                        t.sector,
-                        t.schema_version,
-                        t.sector_schema_version,
-                    ),
+                    pending,
                     canary: i < req.canary as usize,
                 }
             })
@@ -187,10 +219,13 @@ impl Fleet {
             return Ok(counts);
         }
         let request_json = serde_json::json!({
-            "all": req.all, "tenants": eligible.len(), "concurrency": concurrency, "per_server": per_server,
+            "operation": req.op.as_str(), "all": req.all, "tenants": eligible.len(), "concurrency": concurrency, "per_server": per_server,
             "canary": req.canary, "max_failures": req.max_failures, "retry_failed": req.retry_failed,
         });
-        let run_id = self.catalog.start_run(actor, &request_json).await?;
+        let run_id = self
+            .catalog
+            .start_run(actor, req.op.as_str(), &request_json)
+            .await?;
         let _ = events
             .send(FleetEvent::Plan {
                 run_id,
@@ -220,6 +255,8 @@ impl Fleet {
             provisioning: self.provisioning.clone(),
             connect_timeout: Duration::from_millis(self.provisioning.connect_timeout_ms),
             run_id,
+            op: req.op,
+            hardener: crate::harden::Hardener::new(self.catalog.clone(), self.provisioning.clone()),
             servers,
             global: Arc::new(Semaphore::new(concurrency as usize)),
             failures: AtomicU32::new(0),
@@ -228,7 +265,9 @@ impl Fleet {
             cancel,
             events,
         });
-        refresh_templates(&shared).await;
+        if req.op == FleetOp::Migrate {
+            refresh_templates(&shared).await;
+        }
         let canaries = planned.len().min(req.canary as usize);
         let (first, rest) = planned.split_at(canaries);
         let mut counts = RunCounts {
@@ -245,7 +284,11 @@ impl Fleet {
         self.catalog
             .audit(
                 actor,
-                "fleet.migrate",
+                if req.op == FleetOp::Migrate {
+                    "fleet.migrate"
+                } else {
+                    "fleet.harden"
+                },
                 None,
                 &format!("run {run_id}"),
                 serde_json::json!({
@@ -310,15 +353,19 @@ impl Fleet {
                 }
                 continue;
             }
-            if req.retry_failed && t.migration_status != "failed" {
+            if req.op == FleetOp::Migrate && req.retry_failed && t.migration_status != "failed" {
                 continue;
             }
             eligible.push(t);
         }
         let planned = eligible
             .iter()
-            .filter(|t| {
-                tenant_migrations::targets(t.sector) != (t.schema_version, t.sector_schema_version)
+            .filter(|t| match req.op {
+                FleetOp::Migrate => {
+                    tenant_migrations::targets(t.sector)
+                        != (t.schema_version, t.sector_schema_version)
+                }
+                FleetOp::Harden => t.names().is_none() || t.legacy_role.is_some(),
             })
             .cloned()
             .collect();
@@ -396,7 +443,7 @@ async fn wave(shared: &Arc<Shared>, tenants: Vec<TenantRecord>, counts: &mut Run
             }
         };
         match outcome {
-            "migrated" => counts.migrated += 1,
+            "migrated" | "upgraded" => counts.migrated += 1,
             "failed" => counts.failed += 1,
             "busy" => counts.busy += 1,
             _ => counts.not_started += 1,
@@ -406,49 +453,86 @@ async fn wave(shared: &Arc<Shared>, tenants: Vec<TenantRecord>, counts: &mut Run
 
 async fn migrate_one(shared: &Shared, tenant: TenantRecord) -> &'static str {
     let from = (tenant.schema_version, tenant.sector_schema_version);
+    let outcome = |outcome: &'static str, versions, error: Option<String>| TenantOutcome {
+        slug: tenant.slug.clone(),
+        outcome,
+        versions,
+        applied: 0,
+        error,
+        duration_ms: 0,
+        report: Vec::new(),
+    };
     let Some((server, server_slots)) = shared.servers.get(&tenant.server_id) else {
-        return finish(
-            shared,
-            &tenant,
-            from,
-            "failed",
-            from,
-            0,
-            Some("server not in catalog".into()),
-            0,
-        )
-        .await;
+        let failed = outcome("failed", from, Some("server not in catalog".into()));
+        return finish(shared, &tenant, from, failed).await;
     };
     let _server_permit = server_slots.acquire().await;
     let _global_permit = shared.global.acquire().await;
     if shared.stop.load(Ordering::SeqCst) || shared.cancel.is_cancelled() {
-        return finish(shared, &tenant, from, "not_started", from, 0, None, 0).await;
+        return finish(shared, &tenant, from, outcome("not_started", from, None)).await;
     }
     let started = Instant::now();
-    let result = migrate_database(shared, server, &tenant).await;
-    let ms = elapsed_ms(started);
-    let (outcome, versions, applied, error) = match result {
-        Ok(o) => (
-            "migrated",
-            (o.common_version, o.sector_version),
-            o.applied,
-            None,
-        ),
-        Err((tenant_migrations::MigrateError::Busy, v)) => (
-            "busy",
-            v,
-            0,
-            Some("another run is migrating this tenant".into()),
-        ),
-        Err((e, v)) => ("failed", v, 0, Some(e.to_string())),
+    let mut result = match shared.op {
+        FleetOp::Migrate => match migrate_database(shared, server, &tenant).await {
+            Ok(o) => TenantOutcome {
+                applied: o.applied,
+                ..outcome("migrated", (o.common_version, o.sector_version), None)
+            },
+            Err((tenant_migrations::MigrateError::Busy, v)) => outcome(
+                "busy",
+                v,
+                Some("another run is migrating this tenant".into()),
+            ),
+            Err((e, v)) => outcome("failed", v, Some(e.to_string())),
+        },
+        FleetOp::Harden => match harden_database(shared, server, &tenant).await {
+            Ok(Some(report)) => TenantOutcome {
+                report,
+                ..outcome("upgraded", from, None)
+            },
+            Ok(None) => outcome(
+                "busy",
+                from,
+                Some("another run is upgrading this tenant".into()),
+            ),
+            Err(e) => outcome("failed", from, Some(e.to_string())),
+        },
     };
-    if outcome == "failed" {
+    result.duration_ms = elapsed_ms(started);
+    if result.outcome == "failed" {
         let failures = shared.failures.fetch_add(1, Ordering::SeqCst) + 1;
         if shared.max_failures > 0 && failures >= shared.max_failures {
             shared.stop.store(true, Ordering::SeqCst);
         }
     }
-    finish(shared, &tenant, from, outcome, versions, applied, error, ms).await
+    finish(shared, &tenant, from, result).await
+}
+
+/// Catalog advisory-lock class of isolation upgrades (ASCII "hard"); the second key is
+/// the tenant id (truncated: a collision only makes two upgrades wait, never overlap).
+const HARDEN_LOCK: i32 = 0x6861_7264;
+
+/// Upgrades one tenant under its upgrade lock; `None` when another run holds it.
+async fn harden_database(
+    shared: &Shared,
+    server: &ServerRecord,
+    tenant: &TenantRecord,
+) -> Result<Option<Vec<String>>> {
+    #[allow(clippy::cast_possible_truncation)]
+    let key = tenant.id as i32;
+    let Some(lock) = template::XactLock::try_acquire(&shared.catalog, HARDEN_LOCK, key).await?
+    else {
+        return Ok(None);
+    };
+    // Another run may have finished it while this one waited for a permit.
+    let fresh = shared
+        .catalog
+        .tenant_by_id(tenant.id)
+        .await?
+        .ok_or_else(|| Error::NotFound("tenant not found".into()))?;
+    let result = shared.hardener.upgrade(server, &fresh).await;
+    lock.release().await;
+    result.map(Some)
 }
 
 type MigrateResult =
@@ -471,6 +555,7 @@ async fn migrate_database(
         &names.owner,
         &password,
         &tenant.database,
+        dbserver::SearchPath::Public,
         shared.connect_timeout,
     )
     .await
@@ -504,22 +589,18 @@ async fn migrate_database(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn finish(
     shared: &Shared,
     tenant: &TenantRecord,
     from: (i32, i32),
-    outcome: &'static str,
-    to: (i32, i32),
-    applied: u32,
-    error: Option<String>,
-    duration_ms: u64,
+    result: TenantOutcome,
 ) -> &'static str {
-    if matches!(outcome, "migrated" | "failed") {
-        let err = error.as_deref().filter(|_| outcome == "failed");
+    let outcome = result.outcome;
+    if shared.op == FleetOp::Migrate && matches!(outcome, "migrated" | "failed") {
+        let err = result.error.as_deref().filter(|_| outcome == "failed");
         if let Err(e) = shared
             .catalog
-            .record_migration(tenant.id, to.0, to.1, err)
+            .record_migration(tenant.id, result.versions.0, result.versions.1, err)
             .await
         {
             tracing::error!(tenant = %tenant.slug, error = %e, "cannot record migration result");
@@ -529,27 +610,18 @@ async fn finish(
         tenant_id: tenant.id,
         outcome,
         from,
-        to,
-        applied,
-        error: error.clone(),
-        duration_ms,
+        to: result.versions,
+        applied: result.applied,
+        error: result.error.clone(),
+        duration_ms: result.duration_ms,
+        report: result.report.clone(),
     };
     if let Err(e) = shared.catalog.record_run_tenant(shared.run_id, &row).await {
         tracing::error!(tenant = %tenant.slug, error = %e, "cannot record run result");
     }
     if outcome == "failed" {
-        tracing::warn!(tenant = %tenant.slug, error = error.as_deref().unwrap_or(""), "tenant migration failed");
+        tracing::warn!(tenant = %tenant.slug, error = result.error.as_deref().unwrap_or(""), "tenant {} failed", shared.op.as_str());
     }
-    let _ = shared
-        .events
-        .send(FleetEvent::Tenant(TenantOutcome {
-            slug: tenant.slug.clone(),
-            outcome,
-            versions: to,
-            applied,
-            error,
-            duration_ms,
-        }))
-        .await;
+    let _ = shared.events.send(FleetEvent::Tenant(result)).await;
     outcome
 }

@@ -11,6 +11,8 @@ pub mod directory;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
+pub mod harden;
+pub mod inventory;
 pub mod model;
 pub mod provision;
 pub mod roles;

@@ -262,6 +262,7 @@ impl Provisioner {
             &names.owner,
             &passwords.owner,
             &names.database,
+            dbserver::SearchPath::Public,
             self.timeout(),
         )
         .await

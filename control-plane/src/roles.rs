@@ -10,6 +10,7 @@
 use crate::crypto;
 use crate::model::TenantNames;
 use tenant_migrations::quote_ident;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 /// Limits that keep one leaked login credential from exhausting a server.
@@ -53,6 +54,13 @@ pub async fn ensure_role(
 ) -> Result<(), tokio_postgres::Error> {
     let exists = crate::dbserver::role_exists(admin, name).await?;
     let verb = if exists { "ALTER" } else { "CREATE" };
+    // Only a superuser may name these attributes in ALTER ROLE (even to switch them off);
+    // a CREATEROLE admin could never have switched them on.
+    let superuser_only = if is_superuser(admin).await? {
+        "NOSUPERUSER NOREPLICATION NOBYPASSRLS"
+    } else {
+        ""
+    };
     let role = quote_ident(name);
     let (inherit, limit) = match kind {
         // The owner inherits: it adopts a clone's objects through a brief membership of
@@ -65,7 +73,7 @@ pub async fn ensure_role(
         None => "PASSWORD NULL".to_string(),
     };
     let mut sql = format!(
-        "{verb} ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
+        "{verb} ROLE {role} LOGIN {superuser_only} NOCREATEDB NOCREATEROLE \
          {inherit} CONNECTION LIMIT {limit} {password}; ALTER ROLE {role} RESET ALL; "
     );
     if let RoleKind::Login(l) = kind {
@@ -153,15 +161,26 @@ pub async fn close_maintenance(admin: &Client) -> Result<bool, tokio_postgres::E
     if !allowed {
         return Ok(false);
     }
-    // The admin keeps its own way in before PUBLIC loses it.
-    admin
-        .batch_execute(
-            "GRANT CONNECT ON DATABASE postgres TO CURRENT_USER; \
-             REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC; \
-             REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC",
-        )
-        .await?;
-    Ok(true)
+    // The admin keeps its own way in before PUBLIC loses it. Two registrations of servers
+    // on one cluster may update the same pg_database rows at once ("tuple concurrently
+    // updated"): try again.
+    let mut attempt = 0;
+    loop {
+        let closed = admin
+            .batch_execute(
+                "GRANT CONNECT ON DATABASE postgres TO CURRENT_USER; \
+                 REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC; \
+                 REVOKE CONNECT, TEMPORARY ON DATABASE template1 FROM PUBLIC",
+            )
+            .await;
+        match closed {
+            Err(e) if attempt < 5 && e.code() == Some(&SqlState::INTERNAL_ERROR) => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
+            }
+            other => return other.map(|()| true),
+        }
+    }
 }
 
 /// Drops one generation of a tenant's database and roles (database first: it depends on
@@ -185,17 +204,20 @@ pub async fn drop_generation(
 /// Lets a non-superuser admin act for `role` (create a database owned by it, grant it);
 /// a superuser already may.
 pub async fn grant_to_admin(admin: &Client, role: &str) -> Result<(), tokio_postgres::Error> {
-    let superuser: bool = admin
-        .query_one(
-            "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await?
-        .get(0);
-    if !superuser {
+    if !is_superuser(admin).await? {
         admin
             .batch_execute(&format!("GRANT {} TO CURRENT_USER", quote_ident(role)))
             .await?;
     }
     Ok(())
+}
+
+async fn is_superuser(admin: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(admin
+        .query_one(
+            "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .get(0))
 }

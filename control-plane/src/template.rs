@@ -62,6 +62,27 @@ impl XactLock {
         Ok(guard)
     }
 
+    /// Like `acquire` with `pg_try_advisory_xact_lock($1, $2)`: `None` when someone else
+    /// holds the lock.
+    pub async fn try_acquire(catalog: &Catalog, k1: i32, k2: i32) -> Result<Option<XactLock>> {
+        let client = catalog.client().await?;
+        let mut guard = XactLock {
+            client: Some(client),
+        };
+        let c = guard.client.as_mut().expect("set just above");
+        c.batch_execute("BEGIN").await?;
+        let got: bool = c
+            .query_one("SELECT pg_try_advisory_xact_lock($1, $2)", &[&k1, &k2])
+            .await?
+            .get(0);
+        if got {
+            Ok(Some(guard))
+        } else {
+            guard.release().await;
+            Ok(None)
+        }
+    }
+
     /// Ends the transaction, releasing the lock, and returns the connection to the pool.
     pub async fn release(mut self) {
         if let Some(client) = self.client.take() {
@@ -157,30 +178,8 @@ async fn refresh_locked(
             dbserver::describe(&e)
         ))
     };
-    let password = catalog.template_owner_password(server).await?;
-    let owner = owner_role(&cfg.template_prefix);
+    let (owner, password) = ensure_owner(catalog, server, admin, cfg).await?;
     let owner_sql = quote_ident(&owner);
-    // Two control planes may race to create the role; the loser retries as an ALTER.
-    if roles::ensure_role(
-        admin,
-        &owner,
-        RoleKind::Owner,
-        Some(&password),
-        cfg.scram_iterations,
-    )
-    .await
-    .is_err()
-    {
-        roles::ensure_role(
-            admin,
-            &owner,
-            RoleKind::Owner,
-            Some(&password),
-            cfg.scram_iterations,
-        )
-        .await
-        .map_err(ddl)?;
-    }
     let db = quote_ident(name);
     if !dbserver::database_exists(admin, name).await.map_err(ddl)? {
         // Separate statements: CREATE DATABASE refuses to run inside a transaction block.
@@ -201,7 +200,15 @@ async fn refresh_locked(
         .map_err(ddl)?;
     let timeout = dbserver::millis(cfg.connect_timeout_ms);
     let outcome = {
-        let mut client = dbserver::connect_login(server, &owner, &password, name, timeout).await?;
+        let mut client = dbserver::connect_login(
+            server,
+            &owner,
+            &password,
+            name,
+            dbserver::SearchPath::Public,
+            timeout,
+        )
+        .await?;
         let outcome = tenant_migrations::migrate(&mut client, sector)
             .await
             .map_err(|e| Error::Internal(format!("template {name} on {}: {e}", server.name)))?;
@@ -221,6 +228,38 @@ async fn refresh_locked(
     };
     catalog.upsert_template(&record).await?;
     Ok(record)
+}
+
+/// Creates or resets the template owner role of `server` with its stored password;
+/// returns `(role, password)`.
+pub async fn ensure_owner(
+    catalog: &Catalog,
+    server: &ServerRecord,
+    admin: &Client,
+    cfg: &Provisioning,
+) -> Result<(String, String)> {
+    let password = catalog.template_owner_password(server).await?;
+    let owner = owner_role(&cfg.template_prefix);
+    let ensure = || {
+        roles::ensure_role(
+            admin,
+            &owner,
+            RoleKind::Owner,
+            Some(&password),
+            cfg.scram_iterations,
+        )
+    };
+    // Two control planes may race to create the role; the loser retries as an ALTER.
+    if ensure().await.is_err() {
+        ensure().await.map_err(|e| {
+            Error::Internal(format!(
+                "template owner on {}: {}",
+                server.name,
+                dbserver::describe(&e)
+            ))
+        })?;
+    }
+    Ok((owner, password))
 }
 
 /// Hands every object a clone inherited from its template to the tenant's owner role.

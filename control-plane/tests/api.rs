@@ -355,7 +355,7 @@ async fn server_registration_checks_its_input_and_the_server() {
             ],
             vec![("TENANTCTL_ADMIN_PASSWORD", "wrong")],
             5,
-            "rejected the credentials of role \"postgres\"",
+            "rejected the credentials of role \"postgres\" (password authentication failed",
         ),
     ];
     for (args, env, code, msg) in cases {

@@ -231,3 +231,298 @@ async fn a_trojan_in_a_tenant_database_gains_nothing_from_migrate() {
     assert_eq!(by["status"], "active");
     plane.ok(&["migrate", "bystander"]);
 }
+
+/// A connection as a legacy tenant's own role: what an attacker with a router's stolen
+/// credentials had before the upgrade.
+async fn as_legacy(pg: &pg_harness::PgServer, slug: &str, db: &str) -> tokio_postgres::Client {
+    let role = format!("emp_{}_app", slug.replace('-', "_"));
+    connect_as(pg, &role, common::LEGACY_PASSWORD, db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn harden_upgrades_a_hostile_legacy_tenant_and_keeps_its_data() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    for slug in ["old-hostile", "old-clean"] {
+        plane.ok(&["create", slug, "--name", "Old", "--sector", "veiculos"]);
+    }
+    let hostile_db = common::make_legacy(&plane, pg, "old-hostile").await;
+    common::make_legacy(&plane, pg, "old-clean").await;
+    let shown = plane.ok(&["show", "old-hostile", "--json"]).json();
+    assert_eq!(shown["role_model"], "legacy");
+    // Nothing runs inside a legacy database before the upgrade: migrate refuses it.
+    age_to_v1(&plane, pg, "old-clean").await;
+    let refused_migrate = plane.ctl(&["migrate", "old-clean"]);
+    assert_eq!(refused_migrate.code, 7, "{refused_migrate:?}");
+    assert!(
+        refused_migrate
+            .stdout
+            .contains("tenantctl harden old-clean"),
+        "{refused_migrate:?}"
+    );
+
+    // With the legacy role's password (what routers held), plant everything.
+    let evil = as_legacy(pg, "old-hostile", &hostile_db).await;
+    evil.batch_execute(&format!(
+        "INSERT INTO leads (wa_id, nome) VALUES ('5511911112222', 'Real customer');
+         CREATE SCHEMA evil;
+         CREATE FUNCTION evil.pg_try_advisory_lock(bigint) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+         CREATE FUNCTION public.trojan() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN EXECUTE 'CREATE ROLE pwned_by_legacy SUPERUSER'; RETURN NEW; END $$;
+         CREATE TRIGGER trojan BEFORE INSERT ON leads FOR EACH ROW EXECUTE FUNCTION public.trojan();
+         CREATE TABLE public.loot (x text); INSERT INTO public.loot VALUES ('kept');
+         CREATE VIEW public.spy AS SELECT * FROM leads;
+         ALTER TABLE leads ADD COLUMN pwn int;
+         GRANT ALL ON leads TO PUBLIC;
+         ALTER DATABASE {hostile_db} SET search_path = evil, public;
+         ALTER ROLE CURRENT_USER SET search_path = evil;"
+    ))
+    .await
+    .unwrap();
+    drop(evil);
+
+    let out = plane.ok(&["harden", "--all", "--json"]).json();
+    assert_eq!(out["migrated"], 2, "{out}");
+    let hostile = out["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["slug"] == "old-hostile")
+        .unwrap();
+    assert_eq!(hostile["outcome"], "upgraded");
+    let report: Vec<String> = hostile["report"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !report.iter().any(|l| l.contains("column public.spy")),
+        "a view's columns are not reported one by one: {report:?}"
+    );
+    for expected in [
+        "removed schema evil",
+        "removed function public.trojan()",
+        "removed trigger trojan on public.leads",
+        "quarantined table public.loot",
+        "removed view public.spy",
+        "removed table column public.leads.pwn",
+        "reset settings",
+        "legacy role emp_old_hostile_app dropped",
+    ] {
+        assert!(
+            report.iter().any(|l| l.contains(expected)),
+            "report lacks {expected:?}: {report:?}"
+        );
+    }
+
+    // The tenant now follows the new model, under its id-derived name.
+    let shown = plane.ok(&["show", "old-hostile", "--json"]).json();
+    assert_eq!(shown["role_model"], "owner+logins");
+    let id = shown["id"].as_i64().unwrap();
+    assert_eq!(shown["database"], format!("{}_{id}_g1", plane.name_prefix));
+    assert!(!common::database_exists(pg, &hostile_db).await);
+    assert!(!common::role_exists(pg, "emp_old_hostile_app").await);
+    assert!(connect_as(
+        pg,
+        "emp_old_hostile_app",
+        common::LEGACY_PASSWORD,
+        "postgres"
+    )
+    .await
+    .is_err());
+
+    // The data is intact; the planted table sits in quarantine with its rows; no trojan
+    // remains and nothing escalated.
+    let r = route(&plane, "old-hostile").await;
+    let login = connect_as(pg, &r.role, &r.password, &r.database)
+        .await
+        .unwrap();
+    let names: Vec<String> = login
+        .query("SELECT nome FROM leads", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["Real customer"]);
+    login
+        .batch_execute("INSERT INTO leads (wa_id) VALUES ('5511933334444')")
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(
+            login.batch_execute("SELECT * FROM quarantine.loot").await,
+            "quarantine"
+        ),
+        SqlState::INSUFFICIENT_PRIVILEGE
+    );
+    let su = pg.connect(&r.database).await.unwrap();
+    let tables: Vec<String> = su
+        .query("SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(tables.iter().any(|t| t == "quarantine.loot"), "{tables:?}");
+    let kept: String = su
+        .query_one("SELECT x FROM quarantine.loot", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, "kept");
+    let settings: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+             WHERE d.datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(settings, 0, "database-level settings were reset");
+    let admin = pg.connect("postgres").await.unwrap();
+    assert!(admin
+        .query_opt(
+            "SELECT 1 FROM pg_roles WHERE rolname = 'pwned_by_legacy'",
+            &[]
+        )
+        .await
+        .unwrap()
+        .is_none());
+
+    // Upgraded tenants migrate as their owner, and a second run has nothing to do.
+    age_to_v1(&plane, pg, "old-hostile").await;
+    plane.ok(&["migrate", "old-hostile"]);
+    let again = plane.ok(&["harden", "--all", "--json"]).json();
+    assert_eq!(again["migrated"], 0, "{again}");
+    assert_eq!(again["skipped"], 2, "{again}");
+}
+
+#[tokio::test]
+async fn harden_refuses_a_shipped_object_changed_in_place_and_touches_nothing() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&[
+        "create",
+        "old-tampered",
+        "--name",
+        "Old",
+        "--sector",
+        "servicos",
+    ]);
+    let db = common::make_legacy(&plane, pg, "old-tampered").await;
+    let evil = as_legacy(pg, "old-tampered", &db).await;
+    evil.batch_execute("ALTER TABLE leads ALTER COLUMN status SET DEFAULT 'perdido'")
+        .await
+        .unwrap();
+
+    let out = plane.ctl(&["harden", "old-tampered"]);
+    assert_eq!(out.code, 7, "{out:?}");
+    assert!(
+        out.stdout.contains("default value for public.leads.status"),
+        "{out:?}"
+    );
+    let shown = plane.ok(&["show", "old-tampered", "--json"]).json();
+    assert_eq!(shown["role_model"], "legacy");
+    assert!(
+        plane.tenant_objects_on(pg).await.is_empty(),
+        "no new role was made before the database was found clean"
+    );
+    // Repaired by hand, the upgrade goes through.
+    evil.batch_execute("ALTER TABLE leads ALTER COLUMN status SET DEFAULT 'novo'")
+        .await
+        .unwrap();
+    drop(evil);
+    plane.ok(&["harden", "old-tampered"]);
+    let shown = plane.ok(&["show", "old-tampered", "--json"]).json();
+    assert_eq!(shown["role_model"], "owner+logins");
+}
+
+#[tokio::test]
+async fn a_harden_run_killed_midway_resumes_and_loses_nothing() {
+    let pg = pg_harness::shared();
+    let mut plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    let slugs: Vec<String> = (0..6).map(|i| format!("old-crash-{i}")).collect();
+    for slug in &slugs {
+        plane.ok(&["create", slug, "--name", "Old", "--sector", "varejo"]);
+        let db = common::make_legacy(&plane, pg, slug).await;
+        as_legacy(pg, slug, &db)
+            .await
+            .batch_execute("INSERT INTO leads (wa_id) VALUES ('5511900000000')")
+            .await
+            .unwrap();
+    }
+    let endpoint = plane.endpoint.clone();
+    let run = std::thread::spawn(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tenantctl"))
+            .args(["harden", "--all", "--concurrency", "2"])
+            .env("TENANTCTL_ENDPOINT", endpoint)
+            .env("TENANTCTL_TOKEN", common::ADMIN_TOKEN)
+            .output()
+            .unwrap()
+    });
+    // Kill the control plane once the run is under way (some tenant staged or done).
+    let catalog = plane.catalog().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let started: i64 = catalog
+            .query_one(
+                "SELECT count(*) FROM empresas WHERE papel_dono IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if started > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    plane.crash_and_restart();
+    let interrupted = run.join().unwrap();
+    let done: i64 = catalog
+        .query_one("SELECT count(*) FROM empresas WHERE modelo_papeis = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(done < 6, "the crash came mid-run");
+    assert!(
+        !interrupted.status.success(),
+        "the interrupted run reports failure"
+    );
+
+    plane.ok(&["harden", "--all"]);
+    for slug in &slugs {
+        let r = route(&plane, slug).await;
+        let c = connect_as(pg, &r.role, &r.password, &r.database)
+            .await
+            .unwrap();
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM leads", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "{slug} kept its lead");
+        assert!(!common::role_exists(pg, &format!("emp_{}_app", slug.replace('-', "_"))).await);
+    }
+    let leftovers: i64 = catalog
+        .query_one(
+            "SELECT count(*) FROM empresas WHERE modelo_papeis = 1 OR papel_legado IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0);
+}

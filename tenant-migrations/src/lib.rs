@@ -340,9 +340,7 @@ async fn run_set(
     let runner = match target {
         // Version 0: the set was never applied; nothing to run.
         Some(0) => return Ok(0),
-        Some(v) => set
-            .runner()
-            .set_target(refinery::Target::Version(v)),
+        Some(v) => set.runner().set_target(refinery::Target::Version(v)),
         None => set.runner(),
     };
     match runner.run_async(client).await {

@@ -23,6 +23,8 @@ pub struct RunTenantRow {
     pub applied: u32,
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// What an isolation upgrade found and did (empty for migrations).
+    pub report: Vec<String>,
 }
 
 fn int(v: u32) -> i32 {
@@ -31,13 +33,18 @@ fn int(v: u32) -> i32 {
 
 impl Catalog {
     /// Opens a run record.
-    pub async fn start_run(&self, actor: &str, request: &serde_json::Value) -> Result<i64> {
+    pub async fn start_run(
+        &self,
+        actor: &str,
+        operation: &str,
+        request: &serde_json::Value,
+    ) -> Result<i64> {
         let row = self
             .client()
             .await?
             .query_one(
-                "INSERT INTO migration_runs (iniciado_por, pedido) VALUES ($1, $2) RETURNING id",
-                &[&actor, request],
+                "INSERT INTO migration_runs (iniciado_por, operacao, pedido) VALUES ($1, $2, $3) RETURNING id",
+                &[&actor, &operation, request],
             )
             .await?;
         Ok(row.get(0))
@@ -50,11 +57,12 @@ impl Catalog {
             .await?
             .execute(
                 "INSERT INTO migration_run_tenants (run_id, empresa_id, outcome, from_schema_version, to_schema_version, \
-                 from_sector_schema_version, to_sector_schema_version, applied, erro, duracao_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 from_sector_schema_version, to_sector_schema_version, applied, erro, duracao_ms, relatorio) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
                  ON CONFLICT (run_id, empresa_id) DO UPDATE SET outcome = EXCLUDED.outcome, \
                  to_schema_version = EXCLUDED.to_schema_version, to_sector_schema_version = EXCLUDED.to_sector_schema_version, \
-                 applied = EXCLUDED.applied, erro = EXCLUDED.erro, duracao_ms = EXCLUDED.duracao_ms",
+                 applied = EXCLUDED.applied, erro = EXCLUDED.erro, duracao_ms = EXCLUDED.duracao_ms, \
+                 relatorio = EXCLUDED.relatorio",
                 &[
                     &run_id,
                     &r.tenant_id,
@@ -66,6 +74,7 @@ impl Catalog {
                     &int(r.applied),
                     &r.error,
                     &duration,
+                    &(!r.report.is_empty()).then(|| serde_json::json!(r.report)),
                 ],
             )
             .await?;

@@ -47,6 +47,10 @@ pub struct TenantRecord {
     pub sealed_owner_password: Option<Vec<u8>>,
     /// The standby login role (None under the legacy model).
     pub standby_role: Option<String>,
+    /// Sealed password staged for the standby role (a rotation or an upgrade underway).
+    pub sealed_standby_password: Option<Vec<u8>>,
+    /// The first release's role while an upgrade has yet to drop it.
+    pub legacy_role: Option<String>,
     /// Sealed Evolution webhook token, if one was issued.
     pub sealed_webhook_token: Option<Vec<u8>>,
     pub phone_number_id: Option<String>,
@@ -66,6 +70,10 @@ impl TenantRecord {
     /// The names of the tenant's current generation, active login first (`None` under the
     /// legacy model).
     pub fn names(&self) -> Option<TenantNames> {
+        // An upgrade in progress has the new names staged but does not use them yet.
+        if self.role_model == RoleModel::Legacy {
+            return None;
+        }
         Some(TenantNames {
             database: self.database.clone(),
             owner: self.owner_role.clone()?,
@@ -130,7 +138,7 @@ fn tenant_select() -> &'static str {
              s.orcamento_conexoes, e.banco, e.papel, e.senha_cifrada, e.phone_number_id, e.telefone_exibicao, e.plano, \
              e.schema_version, e.sector_schema_version, e.migration_status, e.migration_error, e.provision_steps, \
              e.version, {}, {}, e.webhook_token_cifrado, e.modelo_papeis, e.geracao, e.papel_dono, \
-             e.senha_dono_cifrada, e.papel_reserva FROM empresas e JOIN servidores s ON s.id = e.servidor_id",
+             e.senha_dono_cifrada, e.papel_reserva, e.senha_reserva_cifrada, e.papel_legado FROM empresas e JOIN servidores s ON s.id = e.servidor_id",
             epoch_ms("e.criado_em"),
             epoch_ms("e.atualizado_em")
         )
@@ -174,6 +182,8 @@ fn tenant_from_row(row: &Row) -> Result<TenantRecord> {
         owner_role: row.get(28),
         sealed_owner_password: row.get(29),
         standby_role: row.get(30),
+        sealed_standby_password: row.get(31),
+        legacy_role: row.get(32),
     })
 }
 
@@ -183,6 +193,10 @@ fn password_context(slug: &str) -> String {
 
 fn owner_context(id: i64) -> String {
     format!("tenant:{id}:owner")
+}
+
+fn standby_context(id: i64) -> String {
+    format!("tenant:{id}:standby")
 }
 
 /// Passwords a new tenant's roles start with.
@@ -272,6 +286,91 @@ impl Catalog {
         self.secrets()
             .open(sealed, &owner_context(tenant.id))
             .map_err(|e| Error::internal("owner password", e))
+    }
+
+    /// Stages the upgrade of a legacy tenant to the owner-and-logins model: records the
+    /// new roles and their passwords (kept while the tenant still runs on its legacy role)
+    /// and which legacy role to drop at the end. Idempotent: a second call returns the
+    /// passwords staged by the first. Returns `(owner password, login password)`.
+    pub async fn stage_upgrade(
+        &self,
+        tenant: &TenantRecord,
+        names: &TenantNames,
+    ) -> Result<(String, String)> {
+        let (owner, login) = (
+            crate::crypto::random_password(),
+            crate::crypto::random_password(),
+        );
+        let seal = |plain: &str, ctx: String| {
+            self.secrets()
+                .seal(plain, &ctx)
+                .map_err(|e| Error::internal("seal", e))
+        };
+        self.client()
+            .await?
+            .execute(
+                "UPDATE empresas SET papel_dono = $2, senha_dono_cifrada = $3, papel_reserva = $4, \
+                 senha_reserva_cifrada = $5, papel_legado = papel \
+                 WHERE id = $1 AND modelo_papeis = 1 AND senha_dono_cifrada IS NULL",
+                &[
+                    &tenant.id,
+                    &names.owner,
+                    &seal(&owner, owner_context(tenant.id))?,
+                    &names.logins[0],
+                    &seal(&login, standby_context(tenant.id))?,
+                ],
+            )
+            .await?;
+        // Whoever staged first wins; read back what is stored.
+        let staged = self
+            .tenant_by_id(tenant.id)
+            .await?
+            .ok_or_else(|| Error::NotFound("tenant not found".into()))?;
+        let standby = staged
+            .sealed_standby_password
+            .as_ref()
+            .ok_or_else(|| Error::Internal("upgrade staged without a login password".into()))?;
+        let login = self
+            .secrets()
+            .open(standby, &standby_context(tenant.id))
+            .map_err(|e| Error::internal("staged password", e))?;
+        Ok((self.owner_password(&staged)?, login))
+    }
+
+    /// Switches an upgraded tenant to its new database name and login role (routers hear
+    /// of it through the change stream and drop their old pools).
+    pub async fn complete_upgrade(
+        &self,
+        tenant: &TenantRecord,
+        names: &TenantNames,
+        login_password: &str,
+    ) -> Result<()> {
+        let sealed = self
+            .secrets()
+            .seal(login_password, &password_context(&tenant.slug))
+            .map_err(|e| Error::internal("seal", e))?;
+        self.client()
+            .await?
+            .execute(
+                "UPDATE empresas SET modelo_papeis = 2, banco = $2, papel = $3, senha_cifrada = $4, \
+                 papel_reserva = $5, senha_reserva_cifrada = NULL, atualizado_em = now(), version = version + 1 \
+                 WHERE id = $1",
+                &[&tenant.id, &names.database, &names.logins[0], &sealed, &names.logins[1]],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records that an upgrade dropped the tenant's legacy role.
+    pub async fn legacy_role_dropped(&self, id: i64) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE empresas SET papel_legado = NULL WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        Ok(())
     }
 
     /// The plaintext Evolution webhook token of a tenant, if one was issued.

@@ -71,6 +71,10 @@ enum Command {
     Resume { tenant: String },
     /// Migrate tenant databases.
     Migrate(MigrateArgs),
+    /// Upgrade tenants made by the first release to the isolation role model (an owner
+    /// role routers never see, DML-only login roles, id-based names), removing anything
+    /// their databases hold beyond the shipped schema.
+    Harden(MigrateArgs),
     /// Caller tokens for the router.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -419,7 +423,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .into_inner();
             print_tenant_change(&t, json);
         }
-        Command::Migrate(a) => return migrate(&mut client, a, json).await,
+        Command::Migrate(a) => {
+            return migrate(&mut client, a, pb::FleetOperation::Migrate, json).await
+        }
+        Command::Harden(a) => {
+            return migrate(&mut client, a, pb::FleetOperation::Harden, json).await
+        }
         Command::WebhookToken { tenant } => {
             let t = client
                 .rotate_webhook_token(pb::TenantRef { tenant })
@@ -550,9 +559,14 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
     print_servers(&s.servers, false);
 }
 
-async fn migrate(client: &mut Client, a: MigrateArgs, json: bool) -> Result<u8, Failure> {
+async fn migrate(
+    client: &mut Client,
+    a: MigrateArgs,
+    operation: pb::FleetOperation,
+    json: bool,
+) -> Result<u8, Failure> {
     if !a.all && a.tenants.is_empty() {
-        return Err(fail(2, "name tenants to migrate or pass --all"));
+        return Err(fail(2, "name tenants or pass --all"));
     }
     let mut stream = client
         .migrate_tenants(pb::MigrateRequest {
@@ -564,6 +578,7 @@ async fn migrate(client: &mut Client, a: MigrateArgs, json: bool) -> Result<u8, 
             max_failures: a.max_failures,
             dry_run: a.dry_run,
             retry_failed: a.retry_failed,
+            operation: operation.into(),
         })
         .await?
         .into_inner();
@@ -593,6 +608,9 @@ async fn migrate(client: &mut Client, a: MigrateArgs, json: bool) -> Result<u8, 
                 bar.inc(1);
                 if t.outcome == "failed" {
                     bar.println(format!("{}: failed: {}", t.slug, t.error));
+                }
+                for line in &t.report {
+                    bar.println(format!("{}: {line}", t.slug));
                 }
                 results.push(t);
             }
@@ -659,13 +677,13 @@ fn print_summary(
                 "slug": t.slug, "outcome": t.outcome, "schema_version": t.schema_version,
                 "sector_schema_version": t.sector_schema_version, "applied": t.applied,
                 "error": if t.error.is_empty() { serde_json::Value::Null } else { t.error.clone().into() },
-                "duration_ms": t.duration_ms,
+                "duration_ms": t.duration_ms, "report": t.report,
             })).collect::<Vec<_>>(),
         }));
         return;
     }
     output::line(&format!(
-        "run {}: {} migrated, {} already current, {} failed, {} busy, {} not started{} in {} ms",
+        "run {}: {} done, {} already current, {} failed, {} busy, {} not started{} in {} ms",
         s.run_id,
         s.migrated,
         s.skipped,
@@ -675,7 +693,10 @@ fn print_summary(
         if s.aborted { " (stopped early)" } else { "" },
         s.duration_ms
     ));
-    let failed: Vec<_> = results.iter().filter(|t| t.outcome != "migrated").collect();
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|t| !matches!(t.outcome.as_str(), "migrated" | "upgraded"))
+        .collect();
     if !failed.is_empty() {
         let rows: Vec<_> = failed
             .iter()

@@ -5,7 +5,7 @@ use super::directory::async_stream;
 use crate::catalog::{Catalog, NewServer, NewTenant, ServerRecord, TenantFilter, TenantRecord};
 use crate::dbserver;
 use crate::error::Error;
-use crate::fleet::{Fleet, FleetEvent, FleetRequest};
+use crate::fleet::{Fleet, FleetEvent, FleetOp, FleetRequest};
 use crate::model::{self, Slug, Status, TenantKey};
 use crate::provision::Provisioner;
 use crate::roles;
@@ -219,6 +219,7 @@ fn migrate_event(e: FleetEvent) -> pb::MigrateEvent {
             applied: t.applied,
             error: t.error.unwrap_or_default(),
             duration_ms: t.duration_ms,
+            report: t.report,
         }),
         FleetEvent::Summary {
             run_id,
@@ -322,7 +323,19 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
                 Error::InvalidArgument("give either tenants or all, not both".into()).into(),
             );
         }
+        let op = match pb::FleetOperation::try_from(req.operation) {
+            Ok(pb::FleetOperation::Migrate) => FleetOp::Migrate,
+            Ok(pb::FleetOperation::Harden) => FleetOp::Harden,
+            Err(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown fleet operation {}",
+                    req.operation
+                ))
+                .into())
+            }
+        };
         let fleet_req = FleetRequest {
+            op,
             keys,
             all: req.all,
             concurrency: req.concurrency,

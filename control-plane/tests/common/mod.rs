@@ -21,6 +21,21 @@ pub struct Plane {
     pub template_prefix: String,
     /// Prefix of this plane's tenant database and role names.
     pub name_prefix: String,
+    env: Vec<(String, String)>,
+}
+
+/// Starts a control-plane process; returns it with its endpoint once its socket is bound.
+fn spawn_plane(env: &[(String, String)]) -> (Child, String) {
+    let mut cmd = control_plane_cmd();
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let addr = listening_line(&mut child)
+        .trim_start_matches("listening ")
+        .to_string();
+    (child, format!("http://{addr}"))
 }
 
 /// What one tenantctl invocation did.
@@ -63,45 +78,54 @@ impl Plane {
     }
 
     /// Same, with extra `CONTROL_PLANE__*` variables.
-    pub async fn start_with(env: &[(&str, &str)]) -> Plane {
+    pub async fn start_with(extra: &[(&str, &str)]) -> Plane {
         let pg = pg_harness::shared();
         let catalog_db = pg.fresh_database("catalog").await.unwrap();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let template_prefix = format!("tpl_{}_{n}", std::process::id());
         let name_prefix = format!("t{}_{n}", std::process::id() % 100_000);
-        let mut cmd = control_plane_cmd();
-        cmd.env("CONTROL_PLANE__LISTEN", "127.0.0.1:0")
-            .env("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog_db))
-            .env("CONTROL_PLANE__MASTER_KEY", MASTER_KEY)
-            .env("CONTROL_PLANE__ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("CONTROL_PLANE__DIRECTORY_TOKEN", DIRECTORY_TOKEN)
-            .env(
+        let mut env: Vec<(String, String)> = [
+            ("CONTROL_PLANE__LISTEN", "127.0.0.1:0".to_string()),
+            ("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog_db)),
+            ("CONTROL_PLANE__MASTER_KEY", MASTER_KEY.into()),
+            ("CONTROL_PLANE__ADMIN_TOKEN", ADMIN_TOKEN.into()),
+            ("CONTROL_PLANE__DIRECTORY_TOKEN", DIRECTORY_TOKEN.into()),
+            (
                 "CONTROL_PLANE__PROVISIONING__TEMPLATE_PREFIX",
-                &template_prefix,
-            )
-            .env("CONTROL_PLANE__PROVISIONING__NAME_PREFIX", &name_prefix)
-            .env("CONTROL_PLANE__PROVISIONING__CONNECT_TIMEOUT_MS", "2000")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let addr = listening_line(&mut child)
-            .trim_start_matches("listening ")
-            .to_string();
+                template_prefix.clone(),
+            ),
+            (
+                "CONTROL_PLANE__PROVISIONING__NAME_PREFIX",
+                name_prefix.clone(),
+            ),
+            (
+                "CONTROL_PLANE__PROVISIONING__CONNECT_TIMEOUT_MS",
+                "2000".into(),
+            ),
+            ("RUST_LOG", "warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let (child, endpoint) = spawn_plane(&env);
         let plane = Plane {
             child,
-            endpoint: format!("http://{addr}"),
+            endpoint,
             catalog_db,
             template_prefix,
             name_prefix,
+            env,
         };
+        plane.wait_ready();
+        plane
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if plane.ctl(&["server", "list"]).code == 0 {
-                return plane;
+            if self.ctl(&["server", "list"]).code == 0 {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -109,6 +133,17 @@ impl Plane {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Kills the control plane at once (SIGKILL: a crash) and starts it again on the same
+    /// catalog.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, endpoint) = spawn_plane(&self.env);
+        self.child = child;
+        self.endpoint = endpoint;
+        self.wait_ready();
     }
 
     /// Runs tenantctl against this control plane.
@@ -329,4 +364,62 @@ pub async fn route(plane: &Plane, slug: &str) -> proto::control::v1::Route {
     .await
     .unwrap()
     .into_inner()
+}
+
+/// Password of the legacy role [`make_legacy`] gives a tenant.
+pub const LEGACY_PASSWORD: &str = "legacy-role-password";
+
+/// Turns a tenant into what the first release provisioned: a database `emp_<slug>` owned
+/// by the one role `emp_<slug>_app` (password [`LEGACY_PASSWORD`]) that routers held, and
+/// a catalog row of the legacy role model. Returns the legacy database's name.
+pub async fn make_legacy(plane: &Plane, pg: &PgServer, slug: &str) -> String {
+    let catalog = plane.catalog().await;
+    let row = catalog
+        .query_one(
+            "SELECT banco, papel_dono, papel, papel_reserva FROM empresas WHERE slug = $1",
+            &[&slug],
+        )
+        .await
+        .unwrap();
+    let (db, owner, a, b): (String, String, String, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let legacy_db = format!("emp_{}", slug.replace('-', "_"));
+    let legacy = format!("{legacy_db}_app");
+    let admin = pg.connect("postgres").await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {legacy} LOGIN PASSWORD '{LEGACY_PASSWORD}';
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}';
+             ALTER DATABASE {db} RENAME TO {legacy_db};
+             ALTER DATABASE {legacy_db} OWNER TO {legacy};
+             REVOKE ALL ON DATABASE {legacy_db} FROM {a}, {b};
+             GRANT CONNECT, TEMPORARY ON DATABASE {legacy_db} TO {legacy};"
+        ))
+        .await
+        .unwrap();
+    let inside = pg.connect(&legacy_db).await.unwrap();
+    inside
+        .batch_execute(&format!(
+            "REASSIGN OWNED BY {owner} TO {legacy}; DROP OWNED BY {a}, {b}, {owner}"
+        ))
+        .await
+        .unwrap();
+    drop(inside);
+    admin
+        .batch_execute(&format!("DROP ROLE {a}; DROP ROLE {b}; DROP ROLE {owner}"))
+        .await
+        .unwrap();
+    let sealed = control_plane::crypto::SecretBox::from_base64(MASTER_KEY)
+        .unwrap()
+        .seal(LEGACY_PASSWORD, &format!("tenant:{slug}:password"))
+        .unwrap();
+    catalog
+        .execute(
+            "UPDATE empresas SET modelo_papeis = 1, banco = $2, papel = $3, senha_cifrada = $4, \
+             papel_dono = NULL, senha_dono_cifrada = NULL, papel_reserva = NULL WHERE slug = $1",
+            &[&slug, &legacy_db, &legacy, &sealed],
+        )
+        .await
+        .unwrap();
+    legacy_db
 }
