@@ -52,7 +52,6 @@ if [ ! -f "$DEV/secrets" ]; then
   {
     echo "PG_PASSWORD=$(random_secret)"
     echo "MASTER_KEY=$("$CP" --generate-key)"
-    echo "ADMIN_TOKEN=$(random_secret)"
     echo "DIRECTORY_TOKEN=$(random_secret)"
     echo "WHATSAPP_APP_SECRET=$(random_secret)"
     echo "WHATSAPP_VERIFY_TOKEN=$(random_secret)"
@@ -61,8 +60,11 @@ if [ ! -f "$DEV/secrets" ]; then
 fi
 # shellcheck disable=SC1091
 source "$DEV/secrets"
-if [ -z "${JWT_SECRET:-}" ]; then
-  echo "JWT_SECRET=$(random_secret)" >> "$DEV/secrets"
+# The token signing key (Ed25519 seed); a .dev made before it existed gets one now.
+if [ -z "${TOKEN_SIGNING_KEY:-}" ]; then
+  umask 077
+  echo "TOKEN_SIGNING_KEY=$("$CP" --generate-signing-key)" >> "$DEV/secrets"
+  umask 022
   # shellcheck disable=SC1091
   source "$DEV/secrets"
 fi
@@ -105,16 +107,17 @@ cat > "$DEV/control-plane.toml" <<TOML
 listen = "127.0.0.1:$CONTROL_PORT"
 catalog_url = "$PG_URL/tenancy_catalog"
 master_key = "$MASTER_KEY"
-admin_token = "$ADMIN_TOKEN"
 directory_token = "$DIRECTORY_TOKEN"
-token_signing_key = "$JWT_SECRET"
+token_signing_key = "$TOKEN_SIGNING_KEY"
 TOML
+chmod 600 "$DEV/control-plane.toml"
+TOKEN_VERIFYING_KEY="$("$CP" --config "$DEV/control-plane.toml" --print-verifying-key)"
 cat > "$DEV/tenant-router.toml" <<TOML
 grpc_listen = "127.0.0.1:$ROUTER_GRPC_PORT"
 http_listen = "127.0.0.1:$ROUTER_HTTP_PORT"
 control_plane_endpoint = "http://127.0.0.1:$CONTROL_PORT"
 directory_token = "$DIRECTORY_TOKEN"
-jwt_secret = "$JWT_SECRET"
+token_verifying_key = "$TOKEN_VERIFYING_KEY"
 
 [webhook]
 app_secret = "$WHATSAPP_APP_SECRET"
@@ -122,11 +125,14 @@ verify_token = "$WHATSAPP_VERIFY_TOKEN"
 TOML
 chmod 600 "$DEV/control-plane.toml" "$DEV/tenant-router.toml"
 
+# The dev operator (role admin), made the way a fresh deployment makes its first admin.
+OPERATOR_TOKEN="$("$CP" --config "$DEV/control-plane.toml" operator-token --name dev --role admin --ttl-secs 2592000)"
+
 echo "==> starting the control plane on 127.0.0.1:$CONTROL_PORT"
 RUST_LOG="${RUST_LOG:-info}" "$CP" --config "$DEV/control-plane.toml" &
 PIDS+=($!)
 
-export TENANTCTL_ENDPOINT="http://127.0.0.1:$CONTROL_PORT" TENANTCTL_TOKEN="$ADMIN_TOKEN"
+export TENANTCTL_ENDPOINT="http://127.0.0.1:$CONTROL_PORT" TENANTCTL_TOKEN="$OPERATOR_TOKEN"
 for _ in $(seq 1 100); do
   if "$CTL" server list >/dev/null 2>&1; then break; fi
   if ! kill -0 "${PIDS[0]}" 2>/dev/null; then echo "control plane exited" >&2; exit 1; fi
@@ -149,7 +155,7 @@ done
 umask 077
 cat > "$DEV/env" <<ENV
 export TENANTCTL_ENDPOINT=http://127.0.0.1:$CONTROL_PORT
-export TENANTCTL_TOKEN=$ADMIN_TOKEN
+export TENANTCTL_TOKEN=$OPERATOR_TOKEN
 export CONTROL_PLANE_DIRECTORY_TOKEN=$DIRECTORY_TOKEN
 export ROUTER_GRPC_ENDPOINT=http://127.0.0.1:$ROUTER_GRPC_PORT
 export ROUTER_HTTP_ENDPOINT=http://127.0.0.1:$ROUTER_HTTP_PORT

@@ -11,12 +11,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+const SIGNING_KEY: &str = "YmVuY2gtc2lnbmluZy1rZXktMDEyMzQ1Njc4OWFiY2Q=";
 
 struct Plane {
     child: Child,
     client: TenantAdminClient<Channel>,
+    /// The bench's admin operator token.
+    token: String,
 }
 
 impl Drop for Plane {
@@ -26,12 +28,10 @@ impl Drop for Plane {
     }
 }
 
-fn req<T>(msg: T) -> tonic::Request<T> {
+fn req<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
-    );
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
@@ -44,22 +44,37 @@ async fn start_plane(pg: &pg_harness::PgServer, use_template: bool, prefix: &str
         .parent()
         .unwrap()
         .join("control-plane");
-    let mut child = Command::new(bin)
-        .env("CONTROL_PLANE__LISTEN", "127.0.0.1:0")
-        .env("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog))
-        .env("CONTROL_PLANE__MASTER_KEY", MASTER_KEY)
-        .env("CONTROL_PLANE__ADMIN_TOKEN", ADMIN_TOKEN)
-        .env(
+    let env = [
+        ("CONTROL_PLANE__LISTEN", "127.0.0.1:0".to_string()),
+        ("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog)),
+        ("CONTROL_PLANE__MASTER_KEY", MASTER_KEY.into()),
+        ("CONTROL_PLANE__TOKEN_SIGNING_KEY", SIGNING_KEY.into()),
+        (
             "CONTROL_PLANE__DIRECTORY_TOKEN",
-            "bench-directory-token-0123456789",
-        )
-        .env(
+            "bench-directory-token-0123456789".into(),
+        ),
+        (
             "CONTROL_PLANE__PROVISIONING__USE_TEMPLATE",
             use_template.to_string(),
-        )
-        .env("CONTROL_PLANE__PROVISIONING__TEMPLATE_PREFIX", prefix)
-        .env("CONTROL_PLANE__FLEET__MAX_CONCURRENCY", "64")
-        .env("RUST_LOG", "warn")
+        ),
+        (
+            "CONTROL_PLANE__PROVISIONING__TEMPLATE_PREFIX",
+            prefix.into(),
+        ),
+        ("CONTROL_PLANE__FLEET__MAX_CONCURRENCY", "64".into()),
+        ("RUST_LOG", "warn".into()),
+    ];
+    let token = {
+        let out = Command::new(&bin)
+            .args(["operator-token", "--name", "bench"])
+            .envs(env.iter().cloned())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "operator-token: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let mut child = Command::new(bin)
+        .envs(env.iter().cloned())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -91,18 +106,25 @@ async fn start_plane(pg: &pg_harness::PgServer, use_template: bool, prefix: &str
     };
     let mut client = TenantAdminClient::new(channel);
     client
-        .add_server(req(pb::AddServerRequest {
-            name: "bench".into(),
-            host: "127.0.0.1".into(),
-            port: u32::from(pg.port),
-            admin_user: pg_harness::SUPERUSER.into(),
-            admin_password: pg_harness::SUPERUSER_PASSWORD.into(),
-            connection_budget: 80,
-            capacity: 100_000,
-        }))
+        .add_server(req(
+            pb::AddServerRequest {
+                name: "bench".into(),
+                host: "127.0.0.1".into(),
+                port: u32::from(pg.port),
+                admin_user: pg_harness::SUPERUSER.into(),
+                admin_password: pg_harness::SUPERUSER_PASSWORD.into(),
+                connection_budget: 80,
+                capacity: 100_000,
+            },
+            &token,
+        ))
         .await
         .unwrap();
-    Plane { child, client }
+    Plane {
+        child,
+        client,
+        token,
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -116,12 +138,15 @@ async fn provision(plane: &mut Plane, prefix: &str, n: usize) -> Vec<f64> {
         let started = Instant::now();
         plane
             .client
-            .create_tenant(req(pb::CreateTenantRequest {
-                slug: format!("{prefix}-{i}"),
-                name: "Bench".into(),
-                sector: "veiculos".into(),
-                ..Default::default()
-            }))
+            .create_tenant(req(
+                pb::CreateTenantRequest {
+                    slug: format!("{prefix}-{i}"),
+                    name: "Bench".into(),
+                    sector: "veiculos".into(),
+                    ..Default::default()
+                },
+                &plane.token,
+            ))
             .await
             .unwrap();
         times.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -135,16 +160,20 @@ async fn provision_many(plane: &Plane, prefix: &str, n: usize, workers: usize) {
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..workers {
         let mut client = plane.client.clone();
+        let token = plane.token.clone();
         let prefix = prefix.to_string();
         tasks.spawn(async move {
             for i in (w..n).step_by(workers) {
                 client
-                    .create_tenant(req(pb::CreateTenantRequest {
-                        slug: format!("{prefix}-{i}"),
-                        name: "Fleet".into(),
-                        sector: "servicos".into(),
-                        ..Default::default()
-                    }))
+                    .create_tenant(req(
+                        pb::CreateTenantRequest {
+                            slug: format!("{prefix}-{i}"),
+                            name: "Fleet".into(),
+                            sector: "servicos".into(),
+                            ..Default::default()
+                        },
+                        &token,
+                    ))
                     .await
                     .unwrap();
             }
@@ -155,14 +184,18 @@ async fn provision_many(plane: &Plane, prefix: &str, n: usize, workers: usize) {
 
 async fn migrate_all(plane: &mut Plane, concurrency: u32) -> (f64, pb::MigrateSummary) {
     let started = Instant::now();
+    let token = plane.token.clone();
     let mut stream = plane
         .client
-        .migrate_tenants(req(pb::MigrateRequest {
-            all: true,
-            concurrency,
-            per_server_concurrency: concurrency,
-            ..Default::default()
-        }))
+        .migrate_tenants(req(
+            pb::MigrateRequest {
+                all: true,
+                concurrency,
+                per_server_concurrency: concurrency,
+                ..Default::default()
+            },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();

@@ -21,14 +21,15 @@ pub struct Config {
     pub catalog_pool_size: usize,
     /// Base64 of the 32-byte key that encrypts stored credentials.
     pub master_key: String,
-    /// Bearer token `tenantctl` and other operator tools present to `TenantAdmin`.
-    pub admin_token: String,
     /// Bearer token routers present to `TenantDirectory`.
     pub directory_token: String,
-    /// HS256 key of the caller tokens `IssueToken` mints (routers verify them with the same
-    /// key, their `jwt_secret`). Unset: tokens cannot be issued.
+    /// Base64 of the 32-byte Ed25519 seed that signs every token the control plane mints
+    /// (caller, operator, router). Only the control plane holds it; routers get the public
+    /// key (`control-plane --print-verifying-key`).
+    pub token_signing_key: String,
+    /// Token lifetimes.
     #[serde(default)]
-    pub token_signing_key: Option<String>,
+    pub tokens: Tokens,
     /// Provisioning settings.
     #[serde(default)]
     pub provisioning: Provisioning,
@@ -90,6 +91,28 @@ impl Provisioning {
     }
 }
 
+/// Token lifetimes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tokens {
+    /// Longest lifetime a token may be issued with, in seconds (`--ttl` above it is
+    /// refused).
+    #[serde(default = "defaults::max_ttl_secs")]
+    pub max_ttl_secs: u64,
+    /// Lifetime of tokens issued without `--ttl`, in seconds.
+    #[serde(default = "defaults::default_ttl_secs")]
+    pub default_ttl_secs: u64,
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens {
+            max_ttl_secs: defaults::max_ttl_secs(),
+            default_ttl_secs: defaults::default_ttl_secs(),
+        }
+    }
+}
+
 /// Fleet migration settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +140,12 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn max_ttl_secs() -> u64 {
+        30 * 24 * 3600
+    }
+    pub fn default_ttl_secs() -> u64 {
+        3600
     }
     pub fn name_prefix() -> String {
         "tenant".into()
@@ -202,18 +231,32 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         crate::crypto::SecretBox::from_base64(&self.master_key)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        if self.admin_token.len() < 16 || self.directory_token.len() < 16 {
+        if self.directory_token.len() < 16 {
             return Err(ConfigError::Invalid(
-                "admin_token and directory_token must be at least 16 characters".into(),
+                "directory_token must be at least 16 characters".into(),
             ));
         }
-        if self
-            .token_signing_key
-            .as_ref()
-            .is_some_and(|k| k.len() < 32)
-        {
+        caller_auth::Signer::from_base64(&self.token_signing_key)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // One secret, one purpose: a leak of one must not open another door.
+        let secrets = [
+            ("master_key", self.master_key.trim()),
+            ("token_signing_key", self.token_signing_key.trim()),
+            ("directory_token", self.directory_token.trim()),
+        ];
+        for (i, (a, x)) in secrets.iter().enumerate() {
+            for (b, y) in &secrets[i + 1..] {
+                if x == y {
+                    return Err(ConfigError::Invalid(format!(
+                        "{a} and {b} must be different secrets"
+                    )));
+                }
+            }
+        }
+        let t = &self.tokens;
+        if t.max_ttl_secs == 0 || t.default_ttl_secs == 0 || t.default_ttl_secs > t.max_ttl_secs {
             return Err(ConfigError::Invalid(
-                "token_signing_key must be at least 32 characters".into(),
+                "tokens.default_ttl_secs must be above 0 and at most tokens.max_ttl_secs".into(),
             ));
         }
         if self.catalog_url.parse::<tokio_postgres::Config>().is_err() {

@@ -1,13 +1,17 @@
-//! The route directory routers read: lookups and a fan-out of tenant changes.
+//! The route directory routers read: lookups and a fan-out of tenant changes and token
+//! revocations.
 //!
-//! Changes come from the catalog itself (`NOTIFY empresas_changed` fired by a trigger on
-//! every tenant row change), so every control-plane replica sees changes made by any other
-//! and tells its own watchers. One listener task per replica loads each changed route once
+//! Changes come from the catalog itself (`NOTIFY empresas_changed` and `tokens_revoked`,
+//! fired by triggers), so every control-plane replica sees changes made by any other and
+//! tells its own watchers. Only the control plane's catalog role can connect to the
+//! catalog database (CONNECT is revoked from PUBLIC), so nobody else can hear or forge
+//! these notifications; a forged one would only make a replica reload a row anyway. One listener task per replica loads each changed route once
 //! and broadcasts it; watchers that fall more than [`CHANGE_BUFFER`] changes behind are
 //! disconnected so they resynchronize instead of silently missing a change.
 
 use crate::catalog::{Catalog, TenantRecord};
 use crate::error::{Error, Result};
+use caller_auth::Kind;
 use futures_util::StreamExt;
 use proto::control::v1 as pb;
 use std::sync::Arc;
@@ -27,11 +31,20 @@ pub enum ResolveKey {
     PhoneNumberId(String),
 }
 
+/// One change watchers hear of.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A tenant's new route.
+    Route(Arc<pb::Route>),
+    /// A token was revoked.
+    Revoked { id: Arc<str>, kind: Kind },
+}
+
 /// Route lookups plus the change broadcast.
 #[derive(Clone)]
 pub struct Directory {
     catalog: Catalog,
-    changes: broadcast::Sender<Arc<pb::Route>>,
+    changes: broadcast::Sender<Change>,
 }
 
 impl Directory {
@@ -42,8 +55,13 @@ impl Directory {
     }
 
     /// A new watcher of changes.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<pb::Route>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    /// Revoked caller tokens that have not expired.
+    pub async fn revoked_callers(&self) -> Result<Vec<String>> {
+        self.catalog.revoked_tokens(Kind::Caller).await
     }
 
     /// The route of one tenant (any status but `deleted`; the router decides what a
@@ -125,13 +143,14 @@ impl Directory {
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(|e| Error::internal("listen connect", e))?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(CHANGE_BUFFER);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, String)>(CHANGE_BUFFER);
         let driver = async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
             while let Some(message) = messages.next().await {
                 match message {
                     Ok(AsyncMessage::Notification(n)) => {
-                        if tx.send(n.payload().to_string()).await.is_err() {
+                        let note = (n.channel().to_string(), n.payload().to_string());
+                        if tx.send(note).await.is_err() {
                             break;
                         }
                     }
@@ -144,14 +163,17 @@ impl Directory {
         tokio::pin!(driver);
         tokio::select! {
             r = &mut driver => return r,
-            r = client.batch_execute("LISTEN empresas_changed") => r.map_err(|e| Error::internal("listen", e))?,
+            r = client.batch_execute("LISTEN empresas_changed; LISTEN tokens_revoked") => r.map_err(|e| Error::internal("listen", e))?,
         }
         tracing::info!("listening for tenant changes");
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 r = &mut driver => return r,
-                Some(payload) = rx.recv() => self.publish(&payload).await,
+                Some((channel, payload)) = rx.recv() => match channel.as_str() {
+                    "tokens_revoked" => self.publish_revocation(&payload).await,
+                    _ => self.publish(&payload).await,
+                },
             }
         }
     }
@@ -168,10 +190,30 @@ impl Directory {
             None => Ok(None),
         }) {
             Ok(Some(route)) => {
-                let _ = self.changes.send(Arc::new(route));
+                let _ = self.changes.send(Change::Route(Arc::new(route)));
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(tenant_id = id, error = %e, "cannot load changed tenant"),
+        }
+    }
+}
+
+impl Directory {
+    async fn publish_revocation(&self, id: &str) {
+        match self.catalog.token(id).await {
+            Ok(Some(token)) => {
+                let kind = match token.kind.as_str() {
+                    "caller" => Kind::Caller,
+                    "operator" => Kind::Operator,
+                    _ => Kind::Router,
+                };
+                let _ = self.changes.send(Change::Revoked {
+                    id: id.into(),
+                    kind,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot load a revoked token"),
         }
     }
 }

@@ -31,6 +31,9 @@ pub enum Error {
     /// The caller presented no or a wrong token.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller is known but its role does not allow the action.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A fault of ours or of the catalog; the detail stays in the logs.
     #[error("internal error: {0}")]
     Internal(String),
@@ -69,6 +72,7 @@ impl From<Error> for tonic::Status {
             Error::Aborted(m) => tonic::Status::aborted(m),
             Error::ResourceExhausted(m) => tonic::Status::resource_exhausted(m),
             Error::Unauthenticated(m) => tonic::Status::unauthenticated(m),
+            Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
             Error::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
                 tonic::Status::internal("internal error; see the control-plane log")
@@ -115,6 +119,10 @@ mod tests {
             (
                 Error::Unauthenticated("x".into()),
                 tonic::Code::Unauthenticated,
+            ),
+            (
+                Error::PermissionDenied("x".into()),
+                tonic::Code::PermissionDenied,
             ),
         ];
         for (err, code) in cases {

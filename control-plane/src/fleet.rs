@@ -149,7 +149,7 @@ impl Fleet {
     pub async fn run(
         &self,
         req: FleetRequest,
-        actor: &str,
+        actor: &crate::auth::Actor,
         events: mpsc::Sender<FleetEvent>,
         cancel: CancellationToken,
     ) -> Result<RunCounts> {

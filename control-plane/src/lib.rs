@@ -2,6 +2,8 @@
 //! databases, fleet migrations, and the directory routers read their routes from.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod bootstrap;
 pub mod catalog;
 pub mod cli;
 pub mod config;
@@ -18,6 +20,7 @@ pub mod provision;
 pub mod roles;
 pub mod server;
 pub mod template;
+pub mod tokens;
 
 pub use config::Config;
 pub use error::Error;

@@ -104,6 +104,23 @@ pub fn server_name(raw: &str) -> Result<String, Error> {
     }
 }
 
+/// An operator (or router) name: 2 to 40 of `[a-z0-9._-]`, starting with a letter.
+pub fn operator_name(raw: &str) -> Result<String, Error> {
+    let raw = raw.trim();
+    let ok = (2..=40).contains(&raw.len())
+        && raw.starts_with(|c: char| c.is_ascii_lowercase())
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid name {raw:?}: use 2 to 40 lowercase letters, digits, '.', '_' or '-', starting with a letter"
+        )))
+    }
+}
+
 /// A host name or IP address for a database server.
 pub fn host(raw: &str) -> Result<String, Error> {
     let ok = !raw.is_empty()

@@ -45,7 +45,11 @@ impl Provisioner {
     }
 
     /// Creates (or resumes creating) a tenant; returns it `active`.
-    pub async fn create(&self, new: &NewTenant, actor: &str) -> Result<TenantRecord> {
+    pub async fn create(
+        &self,
+        new: &NewTenant,
+        actor: &crate::auth::Actor,
+    ) -> Result<TenantRecord> {
         let passwords = NewPasswords {
             login: crate::crypto::random_password(),
             owner: crate::crypto::random_password(),
@@ -118,14 +122,15 @@ impl Provisioner {
                 self.catalog.mark_failed(tenant.id, &message).await?;
                 let _ = self
                     .catalog
-                    .audit(
+                    .audit_outcome(
                         actor,
-                        "tenant.create.failed",
+                        "tenant.create",
                         Some(tenant.id),
                         &tenant.slug,
                         serde_json::json!({
                             "step": step, "reason": reason,
                         }),
+                        "failed",
                     )
                     .await;
                 tracing::warn!(tenant = %tenant.slug, step, %reason, "provisioning failed");

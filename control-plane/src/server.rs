@@ -1,5 +1,6 @@
 //! Assembles the control plane and serves it until shutdown.
 
+use crate::auth::OperatorAuth;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::crypto::SecretBox;
@@ -7,6 +8,7 @@ use crate::directory::Directory;
 use crate::fleet::Fleet;
 use crate::grpc::{AdminService, BearerAuth, DirectoryService};
 use crate::provision::Provisioner;
+use crate::tokens::Minter;
 use proto::control::v1 as pb;
 use std::future::Future;
 use std::time::Duration;
@@ -64,6 +66,10 @@ pub async fn run(
     tasks.spawn(directory.clone().listen(cancel.child_token()));
 
     let connect_timeout = Duration::from_millis(config.provisioning.connect_timeout_ms);
+    let signer = caller_auth::Signer::from_base64(&config.token_signing_key)
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    let minter = Minter::new(signer, &config.tokens);
+    let operators = OperatorAuth::new(minter.verifier());
     let admin = AdminService::new(
         catalog.clone(),
         Provisioner::new(catalog.clone(), config.provisioning.clone()),
@@ -75,11 +81,8 @@ pub async fn run(
         tasks.clone(),
         cancel.clone(),
         connect_timeout,
+        minter,
     );
-    let admin = match &config.token_signing_key {
-        Some(k) => admin.with_token_key(caller_auth::TokenKey::new(k.as_bytes())),
-        None => admin,
-    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::tenant_admin_server::TenantAdminServer<AdminService>>()
@@ -102,12 +105,7 @@ pub async fn run(
     let served = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(
-            pb::tenant_admin_server::TenantAdminServer::with_interceptor(
-                admin,
-                BearerAuth::new(&config.admin_token),
-            ),
-        )
+        .add_service(pb::tenant_admin_server::TenantAdminServer::with_interceptor(admin, operators))
         .add_service(
             pb::tenant_directory_server::TenantDirectoryServer::with_interceptor(
                 DirectoryService::new(directory, cancel.clone()),

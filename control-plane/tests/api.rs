@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{authed, Plane, ADMIN_TOKEN, DIRECTORY_TOKEN};
+use common::{authed, Plane, DIRECTORY_TOKEN};
 use proto::control::v1::{
     resolve_request::Key, tenant_admin_client::TenantAdminClient,
     tenant_directory_client::TenantDirectoryClient, ResolveRequest, WatchRoutesRequest,
@@ -199,11 +199,11 @@ async fn callers_need_the_right_token() {
         "a router's token does not administer tenants"
     );
     admin
-        .list_servers(authed(req(), ADMIN_TOKEN))
+        .list_servers(authed(req(), &plane.admin_token))
         .await
         .unwrap();
     let err = dir
-        .resolve(authed(resolve(Key::Id(1)), ADMIN_TOKEN))
+        .resolve(authed(resolve(Key::Id(1)), &plane.admin_token))
         .await
         .unwrap_err();
     assert_eq!(
@@ -432,7 +432,10 @@ async fn bad_configuration_is_refused_with_a_message_naming_it() {
         ("CONTROL_PLANE__LISTEN", "127.0.0.1:0".to_string()),
         ("CONTROL_PLANE__CATALOG_URL", pg.url("postgres")),
         ("CONTROL_PLANE__MASTER_KEY", common::MASTER_KEY.to_string()),
-        ("CONTROL_PLANE__ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
+        (
+            "CONTROL_PLANE__TOKEN_SIGNING_KEY",
+            common::SIGNING_KEY.to_string(),
+        ),
         (
             "CONTROL_PLANE__DIRECTORY_TOKEN",
             DIRECTORY_TOKEN.to_string(),
@@ -451,9 +454,24 @@ async fn bad_configuration_is_refused_with_a_message_naming_it() {
             "concurrency",
         ),
         (
-            Some(("CONTROL_PLANE__ADMIN_TOKEN", "short")),
+            Some(("CONTROL_PLANE__DIRECTORY_TOKEN", "short")),
             None,
             "at least 16 characters",
+        ),
+        (
+            Some(("CONTROL_PLANE__TOKEN_SIGNING_KEY", "not-a-key")),
+            None,
+            "token signing key must be 32 bytes",
+        ),
+        (
+            Some(("CONTROL_PLANE__TOKEN_SIGNING_KEY", common::MASTER_KEY)),
+            None,
+            "master_key and token_signing_key must be different secrets",
+        ),
+        (
+            Some(("CONTROL_PLANE__TOKENS__DEFAULT_TTL_SECS", "99999999999")),
+            None,
+            "tokens.default_ttl_secs must be above 0 and at most tokens.max_ttl_secs",
         ),
         (
             Some(("CONTROL_PLANE__PROVISIONING__SCRAM_ITERATIONS", "0")),
@@ -502,32 +520,55 @@ async fn sigterm_shuts_down_gracefully() {
 }
 
 #[tokio::test]
-async fn tokens_are_issued_only_when_configured_and_for_known_tenants() {
+async fn caller_tokens_name_tenant_ids_and_stay_within_the_maximum_lifetime() {
     let pg = pg_harness::shared();
-    let off = Plane::start().await;
-    let out = off.ctl(&["token", "issue", "--all"]);
-    assert_eq!(out.code, 4, "{out:?}");
-    assert!(out.stderr.contains("token_signing_key"), "{out:?}");
-
-    let key = "test-token-signing-key-0123456789abcdef";
-    let plane = Plane::start_with(&[("CONTROL_PLANE__TOKEN_SIGNING_KEY", key)]).await;
+    let plane = Plane::start_with(&[("CONTROL_PLANE__TOKENS__MAX_TTL_SECS", "86400")]).await;
     plane.add_server("main", pg, 100);
     plane.ok(&["create", "tok-one", "--name", "T", "--sector", "varejo"]);
+    let id = plane.ok(&["show", "tok-one", "--json"]).json()["id"]
+        .as_i64()
+        .unwrap();
     let out = plane.ok(&["token", "issue", "--tenant", "tok-one", "--ttl", "10m"]);
     let token = out.stdout.trim();
     assert_eq!(out.stdout.lines().count(), 1, "only the token is printed");
-    let claims = caller_auth::TokenKey::new(key.as_bytes())
-        .verify(token)
-        .unwrap();
-    assert!(claims.grants("tok-one") && !claims.grants("tok-two") && !claims.all);
-    assert!(claims.exp - claims.iat == 600);
-    let all = plane.ok(&["token", "issue", "--all"]).stdout;
+    let verifier = caller_auth::Signer::from_base64(common::SIGNING_KEY)
+        .unwrap()
+        .verifier()
+        .clone();
+    let claims = verifier.verify(token, caller_auth::Kind::Caller).unwrap();
+    assert!(claims.grants(id) && !claims.grants(id + 1) && !claims.all);
+    assert_eq!(claims.tenants, vec![id], "grants name ids, not slugs");
+    assert_eq!(claims.exp - claims.iat, 600);
     assert!(
-        caller_auth::TokenKey::new(key.as_bytes())
-            .verify(all.trim())
-            .unwrap()
-            .all
+        verifier.verify(token, caller_auth::Kind::Operator).is_err(),
+        "a caller token is no operator token"
     );
+    let all = plane.ok(&["token", "issue", "--all"]).stdout;
+    let all = verifier
+        .verify(all.trim(), caller_auth::Kind::Caller)
+        .unwrap();
+    assert!(all.all);
+    assert_eq!(all.exp - all.iat, 3600, "the default lifetime");
+    // Every token is recorded, and the audit log names the operator and its token.
+    let listed = plane
+        .ok(&["token", "list", "--kind", "caller", "--json"])
+        .json();
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["id"] == claims.jti.as_str() && t["issued_by"] == "test-admin"));
+    let audit = plane.ok(&["audit", "--json"]).json();
+    let issue = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "token.issue")
+        .unwrap()
+        .clone();
+    assert_eq!(issue["actor"], "test-admin");
+    assert!(!issue["token_id"].as_str().unwrap().is_empty());
+    assert_eq!(issue["outcome"], "ok");
     for (args, code) in [
         (vec!["token", "issue", "--tenant", "nobody-here"], 3),
         (
@@ -535,7 +576,7 @@ async fn tokens_are_issued_only_when_configured_and_for_known_tenants() {
             2,
         ),
         (
-            vec!["token", "issue", "--tenant", "tok-one", "--ttl", "400d"],
+            vec!["token", "issue", "--tenant", "tok-one", "--ttl", "2d"],
             2,
         ),
         (vec!["token", "issue"], 2),

@@ -246,11 +246,12 @@ async fn a_tenant_locked_by_another_run_is_busy_and_concurrent_runs_apply_once()
     // Two runs at once: every pending migration is applied exactly once overall.
     let spawn = |plane: &Plane| {
         let endpoint = plane.endpoint.clone();
+        let admin_token = plane.admin_token.clone();
         std::thread::spawn(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_tenantctl"))
                 .args(["migrate", "--all", "--concurrency", "2", "--json"])
                 .env("TENANTCTL_ENDPOINT", endpoint)
-                .env("TENANTCTL_TOKEN", common::ADMIN_TOKEN)
+                .env("TENANTCTL_TOKEN", &admin_token)
                 .output()
                 .unwrap()
         })

@@ -460,11 +460,12 @@ async fn a_harden_run_killed_midway_resumes_and_loses_nothing() {
             .unwrap();
     }
     let endpoint = plane.endpoint.clone();
+    let admin_token = plane.admin_token.clone();
     let run = std::thread::spawn(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_tenantctl"))
             .args(["harden", "--all", "--concurrency", "2"])
             .env("TENANTCTL_ENDPOINT", endpoint)
-            .env("TENANTCTL_TOKEN", common::ADMIN_TOKEN)
+            .env("TENANTCTL_TOKEN", &admin_token)
             .output()
             .unwrap()
     });
@@ -525,4 +526,179 @@ async fn a_harden_run_killed_midway_resumes_and_loses_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(leftovers, 0);
+}
+
+#[tokio::test]
+async fn operators_act_within_their_roles_and_the_audit_log_names_them() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    let as_op =
+        |token: &str, args: &[&str]| plane.ctl_env(args, &[("TENANTCTL_TOKEN", token)], None);
+    let vera = plane
+        .ok(&["operator", "add", "vera", "--role", "viewer"])
+        .stdout
+        .trim()
+        .to_string();
+    let otto = plane
+        .ok(&["operator", "add", "otto", "--role", "operator"])
+        .stdout
+        .trim()
+        .to_string();
+
+    // A viewer reads and may change nothing.
+    assert_eq!(as_op(&vera, &["list"]).code, 0);
+    let denied = as_op(
+        &vera,
+        &["create", "by-vera", "--name", "V", "--sector", "varejo"],
+    );
+    assert_eq!(denied.code, 8, "{denied:?}");
+    assert!(
+        denied.stderr.contains("needs the operator role"),
+        "{denied:?}"
+    );
+    // An operator runs the fleet but may not touch servers or operators.
+    assert_eq!(
+        as_op(
+            &otto,
+            &["create", "by-otto", "--name", "O", "--sector", "varejo"]
+        )
+        .code,
+        0
+    );
+    for args in [
+        vec!["operator", "add", "eve", "--role", "admin"],
+        vec!["operator", "token", "otto"],
+        vec!["operator", "disable", "vera"],
+    ] {
+        let out = as_op(&otto, &args);
+        assert_eq!(out.code, 8, "{args:?}: {out:?}");
+    }
+    let server_add = plane.ctl_env(
+        &[
+            "server",
+            "add",
+            "x",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "1",
+            "--admin-user",
+            "postgres",
+        ],
+        &[
+            ("TENANTCTL_TOKEN", &otto),
+            ("TENANTCTL_ADMIN_PASSWORD", "pw"),
+        ],
+        None,
+    );
+    assert_eq!(server_add.code, 8, "{server_add:?}");
+
+    // Tokens others cannot use: forged, of another kind, expired, revoked, of a disabled
+    // operator. Each is refused as unauthenticated.
+    let other =
+        caller_auth::Signer::from_base64("b3RoZXIta2V5LW9mLWFuLWF0dGFja2VyLTAxMjM0NTY=").unwrap();
+    let claims = |kind, exp: u64| caller_auth::Claims {
+        jti: "x".into(),
+        kind,
+        sub: "test-admin".into(),
+        tenants: vec![],
+        all: true,
+        role: Some("admin".into()),
+        exp,
+        iat: caller_auth::now_secs(),
+    };
+    let ours = caller_auth::Signer::from_base64(common::SIGNING_KEY).unwrap();
+    let now = caller_auth::now_secs();
+    let caller = plane
+        .ok(&["token", "issue", "--all"])
+        .stdout
+        .trim()
+        .to_string();
+    for (what, token) in [
+        (
+            "forged",
+            other
+                .sign(&claims(caller_auth::Kind::Operator, now + 60))
+                .unwrap(),
+        ),
+        ("a caller token", caller),
+        (
+            "expired",
+            ours.sign(&claims(caller_auth::Kind::Operator, now - 600))
+                .unwrap(),
+        ),
+        // Signed with the real key but never issued (a key leak is not enough without
+        // the catalog's record).
+        (
+            "unrecorded",
+            ours.sign(&claims(caller_auth::Kind::Operator, now + 60))
+                .unwrap(),
+        ),
+    ] {
+        let out = as_op(&token, &["list"]);
+        assert_eq!(out.code, 6, "{what}: {out:?}");
+    }
+    let issued = plane.ok(&["operator", "token", "vera", "--json"]).json();
+    let second = issued["token"].as_str().unwrap();
+    assert_eq!(as_op(second, &["list"]).code, 0);
+    plane.ok(&["token", "revoke", issued["token_id"].as_str().unwrap()]);
+    assert_eq!(
+        as_op(second, &["list"]).code,
+        6,
+        "a revoked token stops at once"
+    );
+    assert_eq!(
+        as_op(&vera, &["list"]).code,
+        0,
+        "the other token still works"
+    );
+    plane.ok(&["operator", "disable", "vera"]);
+    assert_eq!(
+        as_op(&vera, &["list"]).code,
+        6,
+        "a disabled operator's tokens stop"
+    );
+    let out = plane.ctl(&["operator", "disable", "test-admin"]);
+    assert_eq!(out.code, 4, "an admin cannot lock itself out: {out:?}");
+    // Lifetimes past the maximum and bad names are refused before anything is made.
+    for (args, code) in [
+        (vec!["operator", "add", "Bad Name", "--role", "viewer"], 2),
+        (vec!["operator", "add", "ok-name", "--role", "root"], 2),
+        (
+            vec![
+                "operator", "add", "ok-name", "--role", "viewer", "--ttl", "365d",
+            ],
+            2,
+        ),
+        (vec!["token", "revoke", "no-such-token"], 3),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+    }
+    let names: Vec<String> = plane
+        .ok(&["operator", "list", "--json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["otto", "test-admin", "vera"], "nothing half-made");
+
+    // The audit log says who did what, with which token, and how it ended.
+    let audit = plane
+        .ok(&["audit", "--tenant", "by-otto", "--since", "1h", "--json"])
+        .json();
+    let entries = audit.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["actor"], "otto");
+    assert_eq!(entries[0]["action"], "tenant.create");
+    assert_eq!(entries[0]["outcome"], "ok");
+    assert!(!entries[0]["token_id"].as_str().unwrap().is_empty());
+    let all = plane.ok(&["audit", "--json", "--limit", "1000"]).json();
+    assert!(all.as_array().unwrap().iter().any(|e| e["actor"] == "vera"
+        && e["action"] == "tenant.create"
+        && e["outcome"] == "denied"));
+    assert_eq!(plane.ctl(&["audit", "--since", "soon"]).code, 2);
 }

@@ -497,6 +497,7 @@ async fn a_foreign_database_with_the_same_name_is_never_adopted() {
     let mut jobs = Vec::new();
     for i in 0..4 {
         let endpoint = plane.endpoint.clone();
+        let admin_token = plane.admin_token.clone();
         jobs.push(std::thread::spawn(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_tenantctl"))
                 .args([
@@ -508,7 +509,7 @@ async fn a_foreign_database_with_the_same_name_is_never_adopted() {
                     "imoveis",
                 ])
                 .env("TENANTCTL_ENDPOINT", endpoint)
-                .env("TENANTCTL_TOKEN", common::ADMIN_TOKEN)
+                .env("TENANTCTL_TOKEN", &admin_token)
                 .output()
                 .unwrap()
         }));

@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const ADMIN: &str = "loadgen-admin-token-0123456789";
 pub const DIRECTORY: &str = "loadgen-directory-token-0123456789";
-pub const JWT: &str = "loadgen-jwt-secret-0123456789abcdefghij";
+/// Base64 Ed25519 seed of the benchmark control plane's token signing key.
+pub const SIGNING_KEY: &str = "bG9hZGdlbi1zaWduaW5nLWtleS0wMTIzNDU2Nzg5YWI=";
 const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 /// Every server's router connection budget (the issue's 80 per server).
 pub const BUDGET: u32 = 80;
@@ -23,6 +23,8 @@ pub struct Stack {
     catalog: String,
     pub admin: Admin,
     pub directory: Directory,
+    /// Token of the benchmark's admin operator.
+    admin_token: String,
     cp_endpoint: String,
     stop_cp: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -59,13 +61,21 @@ impl Stack {
             &path,
             format!(
                 "listen = \"{addr}\"\ncatalog_url = \"{catalog_url}\"\nmaster_key = \"{MASTER_KEY}\"\n\
-                 admin_token = \"{ADMIN}\"\ndirectory_token = \"{DIRECTORY}\"\ntoken_signing_key = \"{JWT}\"\n",
+                 directory_token = \"{DIRECTORY}\"\ntoken_signing_key = \"{SIGNING_KEY}\"\n",
             ),
         )?;
         let config = control_plane::Config::load(Some(&path));
         let _ = std::fs::remove_file(&path);
+        let config = config?;
+        let admin_token = control_plane::bootstrap::operator_token(
+            &config,
+            "loadgen",
+            control_plane::auth::Role::Admin,
+            0,
+        )
+        .await?;
         let (stop_cp, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(control_plane::server::run(config?, listener, async {
+        tokio::spawn(control_plane::server::run(config, listener, async {
             let _ = stopped.await;
         }));
         let cp_endpoint = format!("http://{addr}");
@@ -91,7 +101,7 @@ impl Stack {
                         connection_budget: BUDGET,
                         capacity: 100_000,
                     },
-                    ADMIN,
+                    &admin_token,
                 ))
                 .await?;
         }
@@ -100,6 +110,7 @@ impl Stack {
             catalog,
             admin,
             directory: Directory::new(channel),
+            admin_token,
             cp_endpoint,
             stop_cp: Some(stop_cp),
         })
@@ -114,7 +125,7 @@ impl Stack {
             .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
             .env("TENANT_ROUTER__CONTROL_PLANE_ENDPOINT", &self.cp_endpoint)
             .env("TENANT_ROUTER__DIRECTORY_TOKEN", DIRECTORY)
-            .env("TENANT_ROUTER__JWT_SECRET", JWT)
+            .env("TENANT_ROUTER__TOKEN_VERIFYING_KEY", verifying_key()?)
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped());
         for (k, v) in env {
@@ -152,6 +163,7 @@ impl Stack {
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..n {
             let (mut admin, mut directory) = (self.admin.clone(), self.directory.clone());
+            let admin_token = self.admin_token.clone();
             let slug = format!("{prefix}-{i}");
             let server = format!("bench{}", i % self.servers.len());
             let gate = Arc::clone(&gate);
@@ -166,7 +178,7 @@ impl Stack {
                             server,
                             ..Default::default()
                         },
-                        ADMIN,
+                        &admin_token,
                     ))
                     .await
                     .with_context(|| format!("creating {slug}"))?;
@@ -247,31 +259,48 @@ impl Stack {
             .collect())
     }
 
-    /// A caller token for every tenant.
-    pub fn token(&self) -> Result<String> {
-        sign(caller_auth::Claims {
-            sub: "loadgen".into(),
-            tenants: vec![],
-            all: true,
-            exp: caller_auth::now_secs() + 3600,
-            iat: caller_auth::now_secs(),
-        })
+    /// Every tenant's slug, by id.
+    pub async fn tenant_slugs(&self) -> Result<Vec<String>> {
+        let client = self.servers[0].connect(&self.catalog).await?;
+        Ok(client
+            .query("SELECT slug FROM empresas ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
-    /// A caller token granted only `slug`.
-    pub fn token_for(&self, slug: &str) -> Result<String> {
-        sign(caller_auth::Claims {
-            sub: "loadgen".into(),
-            tenants: vec![slug.into()],
-            all: false,
-            exp: caller_auth::now_secs() + 3600,
-            iat: caller_auth::now_secs(),
-        })
+    /// A caller token for every tenant.
+    pub fn token(&self) -> Result<String> {
+        sign(Vec::new(), true)
+    }
+
+    /// A caller token granted only the tenant with `tenant_id`.
+    pub fn token_for(&self, tenant_id: i64) -> Result<String> {
+        sign(vec![tenant_id], false)
     }
 }
 
-fn sign(claims: caller_auth::Claims) -> Result<String> {
-    Ok(caller_auth::TokenKey::new(JWT.as_bytes()).sign(&claims)?)
+/// Signs a caller token as the control plane would (routers check only the signature,
+/// expiry, kind and revocations).
+fn sign(tenants: Vec<i64>, all: bool) -> Result<String> {
+    let now = caller_auth::now_secs();
+    Ok(
+        caller_auth::Signer::from_base64(SIGNING_KEY)?.sign(&caller_auth::Claims {
+            jti: format!("loadgen-{now}-{}", tenants.len()),
+            kind: caller_auth::Kind::Caller,
+            sub: "loadgen".into(),
+            tenants,
+            all,
+            role: None,
+            exp: now + 3600,
+            iat: now,
+        })?,
+    )
+}
+
+fn verifying_key() -> Result<String> {
+    Ok(caller_auth::Signer::from_base64(SIGNING_KEY)?.public_base64())
 }
 
 impl Drop for Stack {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const SECRET: &str = "bench-app-secret-0123456789";
-const ADMIN: &str = "bench-admin-token-0123456789";
+const SIGNING_KEY: &str = "YmVuY2gtc2lnbmluZy1rZXktMDEyMzQ1Njc4OWFiY2Q=";
 const DIRECTORY: &str = "bench-directory-token-0123456789";
 
 fn arg(name: &str, default: usize) -> usize {
@@ -26,10 +26,10 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn admin_req<T>(m: T) -> tonic::Request<T> {
+fn admin_req<T>(m: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(m);
     r.metadata_mut()
-        .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
@@ -113,12 +113,20 @@ async fn main() {
         &path,
         format!(
             "listen = \"{cp_addr}\"\ncatalog_url = \"{}\"\nmaster_key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n\
-             admin_token = \"{ADMIN}\"\ndirectory_token = \"{DIRECTORY}\"\n",
+             token_signing_key = \"{SIGNING_KEY}\"\ndirectory_token = \"{DIRECTORY}\"\n",
             pg.url(&catalog)
         ),
     )
     .unwrap();
     let config = control_plane::Config::load(Some(&path)).unwrap();
+    let token = control_plane::bootstrap::operator_token(
+        &config,
+        "bench",
+        control_plane::auth::Role::Admin,
+        0,
+    )
+    .await
+    .unwrap();
     let (stop_cp, stopped) = tokio::sync::oneshot::channel::<()>();
     let cp_task = tokio::spawn(control_plane::server::run(config, listener, async {
         let _ = stopped.await;
@@ -131,31 +139,38 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     admin
-        .add_server(admin_req(cp::AddServerRequest {
-            name: "bench".into(),
-            host: "127.0.0.1".into(),
-            port: u32::from(pg.port),
-            admin_user: pg_harness::SUPERUSER.into(),
-            admin_password: pg_harness::SUPERUSER_PASSWORD.into(),
-            connection_budget: budget,
-            capacity: 100_000,
-        }))
+        .add_server(admin_req(
+            cp::AddServerRequest {
+                name: "bench".into(),
+                host: "127.0.0.1".into(),
+                port: u32::from(pg.port),
+                admin_user: pg_harness::SUPERUSER.into(),
+                admin_password: pg_harness::SUPERUSER_PASSWORD.into(),
+                connection_budget: budget,
+                capacity: 100_000,
+            },
+            &token,
+        ))
         .await
         .unwrap();
     let setup = Instant::now();
     let mut jobs = tokio::task::JoinSet::new();
     for w in 0..4 {
         let mut admin = admin.clone();
+        let token = token.clone();
         jobs.spawn(async move {
             for i in (w..tenants).step_by(4) {
                 admin
-                    .create_tenant(admin_req(cp::CreateTenantRequest {
-                        slug: format!("wh-bench-{i}"),
-                        name: "Bench".into(),
-                        sector: "varejo".into(),
-                        phone_number_id: format!("{}", 700_000_000 + i),
-                        ..Default::default()
-                    }))
+                    .create_tenant(admin_req(
+                        cp::CreateTenantRequest {
+                            slug: format!("wh-bench-{i}"),
+                            name: "Bench".into(),
+                            sector: "varejo".into(),
+                            phone_number_id: format!("{}", 700_000_000 + i),
+                            ..Default::default()
+                        },
+                        &token,
+                    ))
                     .await
                     .unwrap();
             }
@@ -180,8 +195,10 @@ async fn main() {
         .env("TENANT_ROUTER__CONTROL_PLANE_ENDPOINT", &endpoint)
         .env("TENANT_ROUTER__DIRECTORY_TOKEN", DIRECTORY)
         .env(
-            "TENANT_ROUTER__JWT_SECRET",
-            "bench-jwt-secret-0123456789abcdefghij",
+            "TENANT_ROUTER__TOKEN_VERIFYING_KEY",
+            caller_auth::Signer::from_base64(SIGNING_KEY)
+                .unwrap()
+                .public_base64(),
         )
         .env("TENANT_ROUTER__WEBHOOK__APP_SECRET", SECRET)
         .env("TENANT_ROUTER__WEBHOOK__VERIFY_TOKEN", "bench")

@@ -19,8 +19,9 @@ pub struct Config {
     pub control_plane_endpoint: String,
     /// Bearer token for `TenantDirectory`.
     pub directory_token: String,
-    /// HS256 key callers' JWTs are signed with (the control plane's `token_signing_key`).
-    pub jwt_secret: String,
+    /// Base64 Ed25519 public key caller tokens are verified with (the control plane
+    /// prints it: `control-plane --print-verifying-key`). The router cannot mint tokens.
+    pub token_verifying_key: String,
     /// Route cache settings.
     #[serde(default)]
     pub routes: Routes,
@@ -178,8 +179,8 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if self.jwt_secret.len() < 32 {
-            return invalid("jwt_secret must be at least 32 characters");
+        if let Err(e) = caller_auth::Verifier::from_base64(&self.token_verifying_key) {
+            return invalid(&e.to_string());
         }
         if self.directory_token.len() < 16 {
             return invalid("directory_token must be at least 16 characters");

@@ -7,8 +7,9 @@ pub enum RouterError {
     /// No or bad bearer token.
     #[error("{0}")]
     Unauthenticated(String),
-    /// The token does not grant this tenant.
-    #[error("this token does not grant access to tenant {0:?}")]
+    /// The token does not grant this tenant (or the tenant does not exist: one answer
+    /// for both, so callers cannot probe which tenants exist).
+    #[error("{0}")]
     PermissionDenied(String),
     /// Malformed request (names the field).
     #[error("{0}")]

@@ -111,7 +111,6 @@ fn answer(a: crate::webhook::Answer) -> Response<Full<Bytes>> {
             "not a webhook this endpoint takes\n",
         ),
         Answer::Unauthorized => text(StatusCode::UNAUTHORIZED, "invalid signature or token\n"),
-        Answer::NotFound => text(StatusCode::NOT_FOUND, "no such instance\n"),
         Answer::Retry => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "not stored; retry later\n",

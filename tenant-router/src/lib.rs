@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod pools;
+pub mod revocations;
 pub mod routes;
 pub mod server;
 pub mod webhook;

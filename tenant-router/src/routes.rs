@@ -9,6 +9,7 @@
 
 use crate::error::RouterError;
 use crate::metrics::Metrics;
+use crate::revocations::Revocations;
 use proto::control::v1 as pb;
 use proto::control::v1::tenant_directory_client::TenantDirectoryClient;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,8 @@ pub struct RouteCache {
     /// Bumped whenever the change stream (re)connects: older entries may have missed changes.
     generation: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Revoked caller tokens, kept current by the same stream.
+    pub revocations: Arc<Revocations>,
 }
 
 /// Awaited with the tenant id whenever a change replaces a cached route.
@@ -76,6 +79,7 @@ impl RouteCache {
             ttl: Duration::from_secs(cfg.ttl_secs),
             generation: AtomicU64::new(0),
             metrics,
+            revocations: Arc::new(Revocations::default()),
         })
     }
 
@@ -227,6 +231,26 @@ impl RouteCache {
         true
     }
 
+    /// Loads the full list of revoked caller tokens from the directory.
+    pub async fn load_revocations(&self) -> Result<(), RouterError> {
+        let mut req = tonic::Request::new(pb::ListRevokedTokensRequest {});
+        req.metadata_mut()
+            .insert("authorization", self.token.clone());
+        req.set_timeout(Duration::from_secs(2));
+        let mut client = self.directory.clone();
+        let ids = client
+            .list_revoked_tokens(req)
+            .await
+            .map_err(|s| {
+                tracing::warn!(code = ?s.code(), "cannot load revoked tokens");
+                RouterError::Unavailable("control plane unavailable".into())
+            })?
+            .into_inner()
+            .token_ids;
+        self.revocations.load(ids);
+        Ok(())
+    }
+
     /// Follows the directory's change stream until `cancel`, reconnecting with backoff.
     /// `on_change` hears of every replaced route (the pool cache drops that tenant's pool).
     pub async fn watch(self: Arc<Self>, on_change: OnChange, cancel: CancellationToken) {
@@ -242,8 +266,10 @@ impl RouteCache {
             };
             match started {
                 Ok(stream) => {
-                    // Changes made while disconnected were missed: refresh older routes on use.
+                    // Changes made while disconnected were missed: refresh older routes on use,
+                    // and reload the revocations (the stream is already carrying new ones).
                     self.generation.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.load_revocations().await;
                     backoff = Duration::from_millis(100);
                     tracing::info!("following tenant route changes");
                     let mut stream = stream.into_inner();
@@ -254,6 +280,9 @@ impl RouteCache {
                         };
                         match next {
                             Ok(Some(change)) => {
+                                if !change.revoked_token_id.is_empty() {
+                                    self.revocations.revoke(&change.revoked_token_id);
+                                }
                                 if let Some(route) = change.route {
                                     let id = route.tenant_id;
                                     if self.apply(route).await {

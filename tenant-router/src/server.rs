@@ -46,6 +46,13 @@ pub async fn run(
         )
         .map_err(|e| ServeError::Startup(e.to_string()))?,
     );
+    let verifier = caller_auth::Verifier::from_base64(&config.token_verifying_key)
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    // Revocations first, so a revoked token is never accepted after a restart; if the
+    // control plane is down, calls wait (UNAVAILABLE) until the change stream loads them.
+    if routes.load_revocations().await.is_err() {
+        tracing::warn!("revoked tokens not loaded yet; calls are refused until they are");
+    }
     let pools = Arc::new(Pools::new(config.pools.clone(), Arc::clone(&metrics)));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -77,7 +84,7 @@ pub async fn run(
     let ctx = Arc::new(CallContext {
         routes: Arc::clone(&routes),
         pools: Arc::clone(&pools),
-        tokens: caller_auth::TokenKey::new(config.jwt_secret.as_bytes()),
+        tokens: verifier,
         metrics,
         tasks: tasks.clone(),
         default_deadline: Duration::from_millis(config.pools.default_deadline_ms),

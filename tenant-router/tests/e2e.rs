@@ -74,7 +74,7 @@ async fn tenants_on_two_servers_are_served_and_isolated() {
     let bravo_id = plane
         .admin()
         .await
-        .get_tenant(common::admin_req(proto::control::v1::TenantRef {
+        .get_tenant(plane.admin_req(proto::control::v1::TenantRef {
             tenant: "rt-bravo".into(),
         }))
         .await
@@ -280,11 +280,15 @@ async fn bad_callers_and_bad_input_get_clear_statuses() {
         leads.upsert_lead(no_token).await.unwrap_err().code(),
         Code::Unauthenticated
     );
-    let forged = caller_auth::TokenKey::new(b"someone-elses-key-someone-elses-key!")
+    let forged = caller_auth::Signer::from_base64("c29tZW9uZS1lbHNlcy1rZXktc29tZW9uZS1lbHNlcyE=")
+        .unwrap()
         .sign(&caller_auth::Claims {
+            jti: "forged".into(),
+            kind: caller_auth::Kind::Caller,
             sub: "x".into(),
             tenants: vec![],
             all: true,
+            role: None,
             exp: caller_auth::now_secs() + 60,
             iat: 0,
         })
@@ -294,15 +298,7 @@ async fn bad_callers_and_bad_input_get_clear_statuses() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let expired = caller_auth::TokenKey::new(common::JWT_SECRET.as_bytes())
-        .sign(&caller_auth::Claims {
-            sub: "x".into(),
-            tenants: vec![],
-            all: true,
-            exp: caller_auth::now_secs() - 600,
-            iat: 0,
-        })
-        .unwrap();
+    let expired = common::caller_token(vec![], true, -600);
     let err = leads
         .upsert_lead(call(upsert("5511912345678", "X"), "rt-charlie", &expired))
         .await
@@ -463,15 +459,7 @@ async fn suspend_takes_effect_within_a_second_and_the_control_plane_can_go_away(
 }
 
 fn plane_token_all() -> String {
-    caller_auth::TokenKey::new(common::JWT_SECRET.as_bytes())
-        .sign(&caller_auth::Claims {
-            sub: "tests".into(),
-            tenants: vec![],
-            all: true,
-            exp: caller_auth::now_secs() + 600,
-            iat: caller_auth::now_secs(),
-        })
-        .unwrap()
+    common::caller_token(vec![], true, 600)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -712,7 +700,11 @@ async fn operations_endpoints_and_graceful_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_router_configuration_is_refused() {
     for (k, v, msg) in [
-        ("TENANT_ROUTER__JWT_SECRET", "short", "jwt_secret"),
+        (
+            "TENANT_ROUTER__TOKEN_VERIFYING_KEY",
+            "short",
+            "token verifying key must be 32 bytes",
+        ),
         ("TENANT_ROUTER__POOLS__BUDGET_SHARE", "2", "budget_share"),
         ("TENANT_ROUTER__SURPRISE", "1", "surprise"),
         (
@@ -729,7 +721,10 @@ async fn bad_router_configuration_is_refused() {
                 "http://127.0.0.1:1",
             )
             .env("TENANT_ROUTER__DIRECTORY_TOKEN", common::DIRECTORY_TOKEN)
-            .env("TENANT_ROUTER__JWT_SECRET", common::JWT_SECRET)
+            .env(
+                "TENANT_ROUTER__TOKEN_VERIFYING_KEY",
+                common::verifying_key(),
+            )
             .env(k, v)
             .output()
             .unwrap();
@@ -872,4 +867,70 @@ async fn a_burst_on_cold_tenants_does_not_starve_a_hot_one() {
         "the hot tenant waited {worst:?}"
     );
     assert!(tenant_connections(&pg).await <= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_ungranted_tenants_look_alike_and_revoked_tokens_stop_everywhere() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("one", pg, 80).await;
+    plane.create("rv-alpha", "servicos", "one").await;
+    let bravo = plane.create("rv-bravo", "servicos", "one").await;
+    let router = Router::start(&plane, &[]).await;
+    let issued = plane.issue(&["rv-alpha"], false).await;
+    let token = issued.token.clone();
+    let mut leads = LeadsClient::new(router.channel().await);
+    leads
+        .list_leads(call(dm::ListLeadsRequest::default(), "rv-alpha", &token))
+        .await
+        .unwrap();
+
+    // A caller granted one tenant learns nothing about the others: another tenant (by slug
+    // or id) and tenants that do not exist get the very same answer.
+    let bravo_id = bravo.id.to_string();
+    let mut answers = Vec::new();
+    for key in ["rv-bravo", bravo_id.as_str(), "rv-nobody", "987654"] {
+        let err = leads
+            .list_leads(call(dm::ListLeadsRequest::default(), key, &token))
+            .await
+            .unwrap_err();
+        answers.push((err.code(), err.message().to_string()));
+    }
+    assert!(
+        answers.iter().all(|a| a == &answers[0]) && answers[0].0 == Code::PermissionDenied,
+        "{answers:?}"
+    );
+    assert!(!answers[0].1.contains("rv-"), "{answers:?}");
+
+    // Revoked: every router refuses the token within moments, without restarting.
+    plane.revoke(&issued.token_id).await;
+    let refused = eventually(Duration::from_secs(10), || {
+        let mut leads = leads.clone();
+        let token = token.clone();
+        async move {
+            leads
+                .list_leads(call(dm::ListLeadsRequest::default(), "rv-alpha", &token))
+                .await
+                .is_err_and(|e| {
+                    e.code() == Code::Unauthenticated && e.message().contains("revoked")
+                })
+        }
+    })
+    .await;
+    assert!(refused, "the revocation reached the router");
+    // A router started afterwards knows it too.
+    drop(router);
+    let router = Router::start(&plane, &[]).await;
+    let mut leads = LeadsClient::new(router.channel().await);
+    let err = leads
+        .list_leads(call(dm::ListLeadsRequest::default(), "rv-alpha", &token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // Another token for the same tenant still works.
+    let fresh = plane.token(&["rv-alpha"], false).await;
+    leads
+        .list_leads(call(dm::ListLeadsRequest::default(), "rv-alpha", &fresh))
+        .await
+        .unwrap();
 }

@@ -100,7 +100,7 @@ async fn setup(slug: &str, phone_number_id: &str, pg: &pg_harness::PgServer) -> 
     plane.add_server("main", pg, 80).await;
     let mut admin = plane.admin().await;
     admin
-        .create_tenant(common::admin_req(proto::control::v1::CreateTenantRequest {
+        .create_tenant(plane.admin_req(proto::control::v1::CreateTenantRequest {
             slug: slug.into(),
             name: "Loja".into(),
             sector: "varejo".into(),
@@ -560,15 +560,17 @@ async fn evolution_gateways_with_a_per_tenant_token() {
     let db = s.plane.database_of("wh-foxtrot").await;
     let db = db.as_str();
     let mut admin = s.plane.admin().await;
+    let plane = &s.plane;
     let rotate = |admin: &mut proto::control::v1::tenant_admin_client::TenantAdminClient<
         tonic::transport::Channel,
     >| {
         let mut admin = admin.clone();
+        let req = plane.admin_req(proto::control::v1::TenantRef {
+            tenant: "wh-foxtrot".into(),
+        });
         async move {
             admin
-                .rotate_webhook_token(common::admin_req(proto::control::v1::TenantRef {
-                    tenant: "wh-foxtrot".into(),
-                }))
+                .rotate_webhook_token(req)
                 .await
                 .unwrap()
                 .into_inner()
@@ -606,15 +608,19 @@ async fn evolution_gateways_with_a_per_tenant_token() {
         401,
         "wrong token"
     );
-    assert_eq!(
-        send(
-            vec![("apikey", token.clone())],
-            "/webhooks/evolution/nobody-here",
-            body.clone()
-        )
-        .await,
-        404
-    );
+    // An unknown instance and a wrong token look the same: the endpoint does not tell
+    // which slugs exist.
+    let unknown = http(
+        addr,
+        "POST",
+        "/webhooks/evolution/nobody-here",
+        &[("apikey", token.clone())],
+        &body,
+    )
+    .await;
+    let wrong = http(addr, "POST", path, &[("apikey", "wrong".into())], &body).await;
+    assert_eq!(unknown, wrong);
+    assert_eq!(unknown.0, 401);
     assert_eq!(
         count(pg, db, "SELECT count(*) FROM mensagens").await,
         0,

@@ -1,6 +1,6 @@
-//! The control-plane daemon: `control-plane [--config FILE]`.
+//! The control-plane daemon: `control-plane [--config FILE] [COMMAND]`.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -15,20 +15,66 @@ struct Args {
     /// Print a fresh base64 master key and exit.
     #[arg(long)]
     generate_key: bool,
+    /// Print a fresh base64 token signing key (an Ed25519 seed) and exit.
+    #[arg(long)]
+    generate_signing_key: bool,
+    /// Print the public key routers verify caller tokens with (`token_verifying_key`) and
+    /// exit.
+    #[arg(long)]
+    print_verifying_key: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Register an operator if needed and print a token for it (bootstrap of the first
+    /// admin: needs the configuration, not a token).
+    OperatorToken {
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin (an existing operator keeps its role).
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// Lifetime in seconds (0: the configured default).
+        #[arg(long, default_value_t = 0)]
+        ttl_secs: u64,
+    },
+}
+
+#[allow(clippy::print_stdout)]
+fn print(line: &str) {
+    println!("{line}");
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.generate_key {
-        #[allow(clippy::print_stdout)]
-        {
-            println!("{}", control_plane::crypto::random_master_key());
-        }
+    if args.generate_key || args.generate_signing_key {
+        print(&control_plane::crypto::random_master_key());
+        return Ok(());
+    }
+    let config = control_plane::Config::load(args.config.as_deref())?;
+    if args.print_verifying_key {
+        let signer = caller_auth::Signer::from_base64(&config.token_signing_key)?;
+        print(&signer.public_base64());
+        return Ok(());
+    }
+    if let Some(Command::OperatorToken {
+        name,
+        role,
+        ttl_secs,
+    }) = args.command
+    {
+        let role = control_plane::auth::Role::parse(&role)?;
+        let token =
+            control_plane::bootstrap::operator_token(&config, &name, role, ttl_secs).await?;
+        print(&token);
         return Ok(());
     }
     service_kit::init_tracing();
-    let config = control_plane::Config::load(args.config.as_deref())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

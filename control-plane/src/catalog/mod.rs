@@ -6,10 +6,12 @@
 //! bumps its `version` and fires `empresas_changed` (a trigger), which is how routers learn
 //! about it.
 
+mod identities;
 mod runs;
 mod servers;
 mod tenants;
 
+pub use identities::{AuditRecord, OperatorRecord, TokenRecord};
 pub use runs::{RunCounts, RunTenantRow};
 pub use servers::{NewServer, ServerRecord, TemplateRecord};
 pub use tenants::{NewPasswords, NewTenant, RoleModel, TenantFilter, TenantRecord};
@@ -125,23 +127,17 @@ impl Catalog {
         Ok(self.pool.get().await?)
     }
 
-    /// Appends to the audit log.
+    /// Appends a successful action to the audit log.
     pub async fn audit(
         &self,
-        actor: &str,
+        actor: &crate::auth::Actor,
         action: &str,
         tenant_id: Option<i64>,
         target: &str,
         details: serde_json::Value,
     ) -> Result<()> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO auditoria (ator, acao, empresa_id, alvo, detalhes) VALUES ($1, $2, $3, $4, $5)",
-                &[&actor, &action, &tenant_id, &target, &details],
-            )
-            .await?;
-        Ok(())
+        self.audit_outcome(actor, action, tenant_id, target, details, "ok")
+            .await
     }
 
     /// Stores an unroutable webhook body.

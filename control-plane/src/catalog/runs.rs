@@ -35,7 +35,7 @@ impl Catalog {
     /// Opens a run record.
     pub async fn start_run(
         &self,
-        actor: &str,
+        actor: &crate::auth::Actor,
         operation: &str,
         request: &serde_json::Value,
     ) -> Result<i64> {
@@ -44,7 +44,7 @@ impl Catalog {
             .await?
             .query_one(
                 "INSERT INTO migration_runs (iniciado_por, operacao, pedido) VALUES ($1, $2, $3) RETURNING id",
-                &[&actor, &operation, request],
+                &[&actor.name, &operation, request],
             )
             .await?;
         Ok(row.get(0))

@@ -4,6 +4,7 @@
 //! 4 conflict (already exists, wrong state); 5 unavailable (control plane or database
 //! server); 6 not authenticated; 7 a migration run finished with failed or busy tenants.
 
+mod access;
 mod output;
 
 use clap::{Args, Parser, Subcommand};
@@ -81,11 +82,16 @@ enum Command {
     /// Issue a new Evolution API webhook token for a tenant (prints only the token; the
     /// previous one stops working).
     WebhookToken { tenant: String },
+    /// Named operators and their roles (viewer, operator, admin).
+    #[command(subcommand)]
+    Operator(access::OperatorCommand),
+    /// Read the audit log: who did what, to which target, with which token, how it ended.
+    Audit(access::AuditArgs),
 }
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Mint a token granting the named tenants (or all); prints only the token.
+    /// Mint a caller token granting the named tenants (or all); prints only the token.
     Issue {
         /// A tenant the token grants (repeat for more).
         #[arg(long = "tenant", required_unless_present = "all")]
@@ -93,13 +99,32 @@ enum TokenCommand {
         /// Grant every tenant (platform services).
         #[arg(long, conflicts_with = "tenants")]
         all: bool,
-        /// Lifetime: seconds, or a number with s, m, h or d (default 1h).
-        #[arg(long, default_value = "1h")]
-        ttl: String,
+        /// Lifetime: seconds, or a number with s, m, h or d (default: the control plane's;
+        /// at most its maximum).
+        #[arg(long)]
+        ttl: Option<String>,
         /// Who the token is for.
         #[arg(long, default_value = "")]
         subject: String,
     },
+    /// Revoke a token by id (routers refuse a revoked caller token within moments).
+    Revoke { id: String },
+    /// List tokens (id, kind, subject, grants, expiry, revocation).
+    List {
+        /// Only this kind: caller, operator or router.
+        #[arg(long, default_value = "")]
+        kind: String,
+        /// Include expired tokens.
+        #[arg(long)]
+        expired: bool,
+    },
+}
+
+/// A `--ttl` in seconds, or 0 (the control plane's default) when not given.
+fn ttl_or_default(raw: Option<&str>) -> Result<u64, Failure> {
+    raw.map(parse_ttl)
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 /// Parses `90`, `90s`, `15m`, `12h`, `30d` into seconds.
@@ -240,7 +265,8 @@ impl From<tonic::Status> for Failure {
             Code::NotFound => 3,
             Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => 4,
             Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => 5,
-            Code::Unauthenticated | Code::PermissionDenied => 6,
+            Code::Unauthenticated => 6,
+            Code::PermissionDenied => 8,
             _ => 1,
         };
         let message = match s.code() {
@@ -442,7 +468,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             ttl,
             subject,
         }) => {
-            let ttl_secs = parse_ttl(&ttl)?;
+            let ttl_secs = ttl_or_default(ttl.as_deref())?;
             let t = client
                 .issue_token(pb::IssueTokenRequest {
                     tenants,
@@ -452,12 +478,28 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 })
                 .await?
                 .into_inner();
-            if json {
-                output::json(&serde_json::json!({"token": t.token, "expires_at": t.expires_at}));
-            } else {
-                output::line(&t.token);
-            }
+            access::print_issued(&t, json);
         }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            let t = client
+                .revoke_token(pb::RevokeTokenRequest { token_id: id })
+                .await?
+                .into_inner();
+            access::print_tokens(&[t], json);
+        }
+        Command::Token(TokenCommand::List { kind, expired }) => {
+            let tokens = client
+                .list_tokens(pb::ListTokensRequest {
+                    kind,
+                    include_expired: expired,
+                })
+                .await?
+                .into_inner()
+                .tokens;
+            access::print_tokens(&tokens, json);
+        }
+        Command::Operator(cmd) => access::operator(&mut client, cmd, json).await?,
+        Command::Audit(a) => access::audit(&mut client, a, json).await?,
     }
     Ok(0)
 }

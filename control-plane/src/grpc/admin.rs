@@ -2,21 +2,24 @@
 //! touches the catalog or a database server.
 
 use super::directory::async_stream;
-use crate::catalog::{Catalog, NewServer, NewTenant, ServerRecord, TenantFilter, TenantRecord};
+use crate::auth::{self, Actor, Role};
+use crate::catalog::{
+    Catalog, NewServer, NewTenant, OperatorRecord, ServerRecord, TenantFilter, TenantRecord,
+    TokenRecord,
+};
 use crate::dbserver;
 use crate::error::Error;
 use crate::fleet::{Fleet, FleetEvent, FleetOp, FleetRequest};
 use crate::model::{self, Slug, Status, TenantKey};
 use crate::provision::Provisioner;
 use crate::roles;
+use crate::tokens::{Grant, Minted, Minter};
+use caller_auth::Kind;
 use proto::control::v1 as pb;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status as GrpcStatus};
-
-/// Who the audit log names for calls authenticated with the admin token.
-const ACTOR: &str = "admin-token";
 
 /// The gRPC face of provisioning, lifecycle and fleet operations.
 pub struct AdminService {
@@ -26,11 +29,8 @@ pub struct AdminService {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     connect_timeout: Duration,
-    tokens: Option<caller_auth::TokenKey>,
+    minter: Minter,
 }
-
-/// Longest lifetime of a caller token: a year.
-const MAX_TOKEN_TTL_SECS: u64 = 365 * 24 * 3600;
 
 impl AdminService {
     /// Long operations (provisioning, fleet runs) run on `tasks`, so a client that hangs up
@@ -42,6 +42,7 @@ impl AdminService {
         tasks: TaskTracker,
         shutdown: CancellationToken,
         connect_timeout: Duration,
+        minter: Minter,
     ) -> AdminService {
         AdminService {
             catalog,
@@ -50,14 +51,18 @@ impl AdminService {
             tasks,
             shutdown,
             connect_timeout,
-            tokens: None,
+            minter,
         }
     }
 
-    /// Enables `IssueToken` with this signing key.
-    pub fn with_token_key(mut self, key: caller_auth::TokenKey) -> AdminService {
-        self.tokens = Some(key);
-        self
+    /// The operator behind `request`, if its role allows `needed` (see `auth`).
+    async fn actor<T>(
+        &self,
+        request: &Request<T>,
+        needed: Role,
+        action: &str,
+    ) -> Result<Actor, GrpcStatus> {
+        Ok(auth::authorize(&self.catalog, request, needed, action).await?)
     }
 
     /// Moves a tenant `from` -> `to` (idempotent when already `to`) and audits it.
@@ -68,10 +73,11 @@ impl AdminService {
         to: Status,
         action: &str,
     ) -> Result<Response<pb::Tenant>, GrpcStatus> {
+        let actor = self.actor(&request, Role::Operator, action).await?;
         let key = TenantKey::parse(&request.into_inner().tenant)?;
         let t = self.catalog.transition(&key, &[from], to).await?;
         self.catalog
-            .audit(ACTOR, action, Some(t.id), &t.slug, serde_json::json!({}))
+            .audit(&actor, action, Some(t.id), &t.slug, serde_json::json!({}))
             .await?;
         Ok(Response::new(tenant_pb(&t)))
     }
@@ -82,6 +88,64 @@ impl AdminService {
             .tenant(&key)
             .await?
             .ok_or_else(|| Error::NotFound(format!("tenant {raw:?} not found")))
+    }
+}
+
+impl AdminService {
+    async fn operator_token(
+        &self,
+        by: &Actor,
+        name: &str,
+        role: Role,
+        ttl_secs: u64,
+    ) -> Result<Minted, Error> {
+        self.minter
+            .mint(
+                &self.catalog,
+                by,
+                Grant {
+                    kind: Kind::Operator,
+                    subject: name.to_string(),
+                    tenants: Vec::new(),
+                    all: false,
+                    role: Some(role),
+                    ttl_secs,
+                },
+            )
+            .await
+    }
+}
+
+fn issued(minted: Minted) -> pb::IssueTokenResponse {
+    pb::IssueTokenResponse {
+        token: minted.token,
+        expires_at: i64::try_from(minted.claims.exp).unwrap_or(i64::MAX),
+        token_id: minted.claims.jti,
+    }
+}
+
+fn token_pb(t: &TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: t.id.clone(),
+        kind: t.kind.clone(),
+        subject: t.subject.clone(),
+        tenant_ids: t.tenant_ids.clone(),
+        all_tenants: t.all_tenants,
+        issued_by: t.issued_by.clone(),
+        issued_at_ms: t.issued_at_ms,
+        expires_at_ms: t.expires_at_ms,
+        revoked_at_ms: t.revoked_at_ms.unwrap_or_default(),
+        revoked_by: t.revoked_by.clone().unwrap_or_default(),
+    }
+}
+
+fn operator_pb(o: &OperatorRecord) -> pb::Operator {
+    pb::Operator {
+        name: o.name.clone(),
+        role: o.role.as_str().to_string(),
+        active: o.active,
+        created_by: o.created_by.clone(),
+        created_at_ms: o.created_at_ms,
     }
 }
 
@@ -250,12 +314,15 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Operator, "tenant.create")
+            .await?;
         let new = new_tenant(request.into_inner())?;
         let provisioner = self.provisioner.clone();
         // Owned by the tracker: a client hanging up mid-saga must not leave it half done.
         let job = self
             .tasks
-            .spawn(async move { provisioner.create(&new, ACTOR).await });
+            .spawn(async move { provisioner.create(&new, &actor).await });
         let tenant = job
             .await
             .map_err(|e| Error::internal("provisioning task", e))??;
@@ -266,6 +333,7 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         &self,
         request: Request<pb::TenantRef>,
     ) -> Result<Response<pb::Tenant>, GrpcStatus> {
+        self.actor(&request, Role::Viewer, "tenant.show").await?;
         let tenant = self.tenant(&request.into_inner().tenant).await?;
         Ok(Response::new(tenant_pb(&tenant)))
     }
@@ -274,6 +342,7 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         &self,
         request: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, GrpcStatus> {
+        self.actor(&request, Role::Viewer, "tenant.list").await?;
         let req = request.into_inner();
         let filter = TenantFilter {
             status: non_empty(req.status)
@@ -312,6 +381,7 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         &self,
         request: Request<pb::MigrateRequest>,
     ) -> Result<Response<Self::MigrateTenantsStream>, GrpcStatus> {
+        let actor = self.actor(&request, Role::Operator, "fleet.run").await?;
         let req = request.into_inner();
         let keys = req
             .tenants
@@ -352,7 +422,7 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         // results land in the catalog either way.
         let run = self
             .tasks
-            .spawn(async move { fleet.run(fleet_req, ACTOR, tx, cancel).await });
+            .spawn(async move { fleet.run(fleet_req, &actor, tx, cancel).await });
         let stream = async_stream(move |out| async move {
             while let Some(event) = rx.recv().await {
                 let _ = out.send(Ok(migrate_event(event))).await;
@@ -372,8 +442,9 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
 
     async fn status(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, GrpcStatus> {
+        self.actor(&request, Role::Viewer, "status").await?;
         let (by_status, by_schema) = self.catalog.fleet_counts().await?;
         let servers = self.catalog.list_servers().await?;
         let pending = self
@@ -401,6 +472,7 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         &self,
         request: Request<pb::AddServerRequest>,
     ) -> Result<Response<pb::Server>, GrpcStatus> {
+        let actor = self.actor(&request, Role::Admin, "server.add").await?;
         let req = request.into_inner();
         let port = u16::try_from(req.port)
             .ok()
@@ -457,7 +529,7 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
             .await?;
         server.maintenance_closed = closed;
         self.catalog
-            .audit(ACTOR, "server.add", None, &server.name, serde_json::json!({
+            .audit(&actor, "server.add", None, &server.name, serde_json::json!({
                 "port": server.port, "capacity": server.capacity, "connection_budget": server.connection_budget,
                 "maintenance_closed": closed,
             }))
@@ -469,60 +541,105 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, GrpcStatus> {
+        let actor = self.actor(&request, Role::Operator, "token.issue").await?;
         let req = request.into_inner();
-        let key = self.tokens.as_ref().ok_or_else(|| {
-            Error::FailedPrecondition(
-                "token issuing is off: set token_signing_key in the control-plane config".into(),
-            )
-        })?;
         if req.all != req.tenants.is_empty() {
             return Err(Error::InvalidArgument(
                 "name tenants or ask for all of them (not both)".into(),
             )
             .into());
         }
-        let ttl = match req.ttl_secs {
-            0 => 3600,
-            n if n > MAX_TOKEN_TTL_SECS => {
-                return Err(Error::InvalidArgument(format!(
-                    "ttl must be at most {MAX_TOKEN_TTL_SECS} seconds"
-                ))
-                .into())
-            }
-            n => n,
-        };
         let subject = if req.subject.trim().is_empty() {
-            "tenantctl".to_string()
+            actor.name.clone()
         } else {
             model::tenant_name(&req.subject)?
         };
-        let mut slugs = Vec::with_capacity(req.tenants.len());
+        // Grants name tenant ids: a slug renamed or reused later grants nothing new.
+        let mut ids = Vec::with_capacity(req.tenants.len());
         for raw in &req.tenants {
-            slugs.push(self.tenant(raw).await?.slug);
+            ids.push(self.tenant(raw).await?.id);
         }
-        let now = caller_auth::now_secs();
-        let claims = caller_auth::Claims {
-            sub: subject.clone(),
-            tenants: slugs.clone(),
-            all: req.all,
-            exp: now + ttl,
-            iat: now,
-        };
-        let token = key.sign(&claims).map_err(|e| Error::internal("token", e))?;
+        let minted = self
+            .minter
+            .mint(
+                &self.catalog,
+                &actor,
+                Grant {
+                    kind: Kind::Caller,
+                    subject: subject.clone(),
+                    tenants: ids.clone(),
+                    all: req.all,
+                    role: None,
+                    ttl_secs: req.ttl_secs,
+                },
+            )
+            .await?;
         self.catalog
             .audit(
-                ACTOR,
+                &actor,
                 "token.issue",
                 None,
                 &subject,
                 serde_json::json!({
-                    "tenants": slugs, "all": req.all, "ttl_secs": ttl,
+                    "token_id": minted.claims.jti, "tenant_ids": ids, "all": req.all,
+                    "expires_at": minted.claims.exp,
                 }),
             )
             .await?;
-        Ok(Response::new(pb::IssueTokenResponse {
-            token,
-            expires_at: i64::try_from(now + ttl).unwrap_or(i64::MAX),
+        Ok(Response::new(issued(minted)))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::TokenInfo>, GrpcStatus> {
+        let actor = self.actor(&request, Role::Operator, "token.revoke").await?;
+        let id = request.get_ref().token_id.trim().to_string();
+        let id = id.as_str();
+        let token = self
+            .catalog
+            .token(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("token {id:?} not found")))?;
+        // Operators revoke callers' tokens; operator and router credentials are the
+        // platform's own access and need an admin.
+        if token.kind != "caller" {
+            self.actor(&request, Role::Admin, "token.revoke").await?;
+        }
+        let token = self.catalog.revoke_token(id, &actor).await?;
+        self.catalog
+            .audit(
+                &actor,
+                "token.revoke",
+                None,
+                id,
+                serde_json::json!({"kind": token.kind, "subject": token.subject}),
+            )
+            .await?;
+        Ok(Response::new(token_pb(&token)))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, GrpcStatus> {
+        self.actor(&request, Role::Operator, "token.list").await?;
+        let req = request.into_inner();
+        let kind = match req.kind.trim() {
+            "" => None,
+            "caller" => Some(Kind::Caller),
+            "operator" => Some(Kind::Operator),
+            "router" => Some(Kind::Router),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown token kind {other:?}: expected caller, operator or router"
+                ))
+                .into())
+            }
+        };
+        let tokens = self.catalog.tokens(kind, req.include_expired).await?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.iter().map(token_pb).collect(),
         }))
     }
 
@@ -530,12 +647,15 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         &self,
         request: Request<pb::TenantRef>,
     ) -> Result<Response<pb::WebhookToken>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Operator, "tenant.webhook_token")
+            .await?;
         let tenant = self.tenant(&request.into_inner().tenant).await?;
         let token = crate::crypto::random_password();
         self.catalog.set_webhook_token(&tenant, &token).await?;
         self.catalog
             .audit(
-                ACTOR,
+                &actor,
                 "tenant.webhook_token",
                 Some(tenant.id),
                 &tenant.slug,
@@ -545,10 +665,139 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         Ok(Response::new(pb::WebhookToken { token }))
     }
 
+    async fn add_operator(
+        &self,
+        request: Request<pb::AddOperatorRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, GrpcStatus> {
+        let actor = self.actor(&request, Role::Admin, "operator.add").await?;
+        let req = request.into_inner();
+        let name = model::operator_name(&req.name)?;
+        let role = Role::parse(req.role.trim())?;
+        self.minter.ttl(req.ttl_secs)?;
+        self.catalog.add_operator(&name, role, &actor).await?;
+        let minted = self
+            .operator_token(&actor, &name, role, req.ttl_secs)
+            .await?;
+        self.catalog
+            .audit(
+                &actor,
+                "operator.add",
+                None,
+                &name,
+                serde_json::json!({"role": role.as_str(), "token_id": minted.claims.jti}),
+            )
+            .await?;
+        Ok(Response::new(issued(minted)))
+    }
+
+    async fn issue_operator_token(
+        &self,
+        request: Request<pb::OperatorTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, GrpcStatus> {
+        let actor = self.actor(&request, Role::Admin, "operator.token").await?;
+        let req = request.into_inner();
+        let name = model::operator_name(&req.name)?;
+        let op = self
+            .catalog
+            .operator(&name)
+            .await?
+            .filter(|o| o.active)
+            .ok_or_else(|| Error::NotFound(format!("no active operator {name:?}")))?;
+        let minted = self
+            .operator_token(&actor, &name, op.role, req.ttl_secs)
+            .await?;
+        self.catalog
+            .audit(
+                &actor,
+                "operator.token",
+                None,
+                &name,
+                serde_json::json!({"token_id": minted.claims.jti}),
+            )
+            .await?;
+        Ok(Response::new(issued(minted)))
+    }
+
+    async fn list_operators(
+        &self,
+        request: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, GrpcStatus> {
+        self.actor(&request, Role::Viewer, "operator.list").await?;
+        let operators = self.catalog.operators().await?;
+        Ok(Response::new(pb::ListOperatorsResponse {
+            operators: operators.iter().map(operator_pb).collect(),
+        }))
+    }
+
+    async fn disable_operator(
+        &self,
+        request: Request<pb::OperatorRef>,
+    ) -> Result<Response<pb::Operator>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Admin, "operator.disable")
+            .await?;
+        let name = model::operator_name(&request.into_inner().name)?;
+        if name == actor.name {
+            return Err(Error::FailedPrecondition(
+                "an operator cannot disable itself (ask another admin)".into(),
+            )
+            .into());
+        }
+        let op = self.catalog.disable_operator(&name, &actor).await?;
+        self.catalog
+            .audit(
+                &actor,
+                "operator.disable",
+                None,
+                &name,
+                serde_json::json!({}),
+            )
+            .await?;
+        Ok(Response::new(operator_pb(&op)))
+    }
+
+    async fn read_audit(
+        &self,
+        request: Request<pb::ReadAuditRequest>,
+    ) -> Result<Response<pb::ReadAuditResponse>, GrpcStatus> {
+        self.actor(&request, Role::Viewer, "audit.read").await?;
+        let req = request.into_inner();
+        let tenant_id = match req.tenant.trim() {
+            "" => None,
+            raw => Some(self.tenant(raw).await?.id),
+        };
+        let limit = match req.limit {
+            0 => 100,
+            n if n > 10_000 => {
+                return Err(Error::InvalidArgument("limit must be at most 10000".into()).into())
+            }
+            n => n,
+        };
+        let since = (req.since_ms > 0).then_some(req.since_ms);
+        let entries = self.catalog.audit_log(tenant_id, since, limit).await?;
+        Ok(Response::new(pb::ReadAuditResponse {
+            entries: entries
+                .into_iter()
+                .map(|e| pb::AuditEntry {
+                    id: e.id,
+                    at_ms: e.at_ms,
+                    actor: e.actor,
+                    token_id: e.token_id.unwrap_or_default(),
+                    action: e.action,
+                    target: e.target,
+                    tenant_id: e.tenant_id.unwrap_or_default(),
+                    outcome: e.outcome,
+                    details_json: e.details.to_string(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn list_servers(
         &self,
-        _request: Request<pb::ListServersRequest>,
+        request: Request<pb::ListServersRequest>,
     ) -> Result<Response<pb::ListServersResponse>, GrpcStatus> {
+        self.actor(&request, Role::Viewer, "server.list").await?;
         let servers = self.catalog.list_servers().await?;
         Ok(Response::new(pb::ListServersResponse {
             servers: servers.iter().map(server_pb).collect(),

@@ -1,6 +1,7 @@
 //! `TenantDirectory`: how routers resolve tenants and follow their changes.
 
-use crate::directory::{Directory, ResolveKey};
+use crate::directory::{Change, Directory, ResolveKey};
+use caller_auth::Kind;
 use futures_util::Stream;
 use proto::control::v1 as pb;
 use std::pin::Pin;
@@ -70,6 +71,15 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
         Ok(Response::new(pb::UnroutableRecorded { id }))
     }
 
+    async fn list_revoked_tokens(
+        &self,
+        _request: Request<pb::ListRevokedTokensRequest>,
+    ) -> Result<Response<pb::RevokedTokens>, Status> {
+        Ok(Response::new(pb::RevokedTokens {
+            token_ids: self.directory.revoked_callers().await?,
+        }))
+    }
+
     type WatchRoutesStream = ChangeStream;
 
     async fn watch_routes(
@@ -85,9 +95,18 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
                     r = changes.recv() => r,
                 };
                 let msg = match item {
-                    Ok(route) => Ok(pb::RouteChange {
+                    Ok(Change::Route(route)) => Ok(pb::RouteChange {
                         route: Some((*route).clone()),
+                        revoked_token_id: String::new(),
                     }),
+                    Ok(Change::Revoked {
+                        id,
+                        kind: Kind::Caller,
+                    }) => Ok(pb::RouteChange {
+                        route: None,
+                        revoked_token_id: id.to_string(),
+                    }),
+                    Ok(Change::Revoked { .. }) => continue,
                     Err(RecvError::Lagged(n)) => Err(Status::aborted(format!(
                         "watcher fell {n} changes behind; resolve again and re-watch"
                     ))),

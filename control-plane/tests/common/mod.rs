@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// Base64 of the 32-byte Ed25519 seed the test control planes sign tokens with.
+pub const SIGNING_KEY: &str = "c2lnbmluZy1rZXktZm9yLXRlc3RzLTAxMjM0NTY3ODk=";
 pub const DIRECTORY_TOKEN: &str = "test-directory-token-0123456789";
 pub const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
@@ -21,7 +22,22 @@ pub struct Plane {
     pub template_prefix: String,
     /// Prefix of this plane's tenant database and role names.
     pub name_prefix: String,
+    /// Token of the operator `test-admin` (role admin), made with `control-plane
+    /// operator-token` as a fresh deployment would.
+    pub admin_token: String,
     env: Vec<(String, String)>,
+}
+
+/// `control-plane operator-token`: registers the operator if needed, prints a token.
+fn operator_token(env: &[(String, String)], name: &str, role: &str) -> String {
+    let mut cmd = control_plane_cmd();
+    cmd.args(["operator-token", "--name", name, "--role", role]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "operator-token: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Starts a control-plane process; returns it with its endpoint once its socket is bound.
@@ -88,7 +104,7 @@ impl Plane {
             ("CONTROL_PLANE__LISTEN", "127.0.0.1:0".to_string()),
             ("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog_db)),
             ("CONTROL_PLANE__MASTER_KEY", MASTER_KEY.into()),
-            ("CONTROL_PLANE__ADMIN_TOKEN", ADMIN_TOKEN.into()),
+            ("CONTROL_PLANE__TOKEN_SIGNING_KEY", SIGNING_KEY.into()),
             ("CONTROL_PLANE__DIRECTORY_TOKEN", DIRECTORY_TOKEN.into()),
             (
                 "CONTROL_PLANE__PROVISIONING__TEMPLATE_PREFIX",
@@ -109,16 +125,23 @@ impl Plane {
         .collect();
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let (child, endpoint) = spawn_plane(&env);
+        let admin_token = operator_token(&env, "test-admin", "admin");
         let plane = Plane {
             child,
             endpoint,
             catalog_db,
             template_prefix,
             name_prefix,
+            admin_token,
             env,
         };
         plane.wait_ready();
         plane
+    }
+
+    /// A token of a new or existing operator `name` (bootstrap path).
+    pub fn operator_token(&self, name: &str, role: &str) -> String {
+        operator_token(&self.env, name, role)
     }
 
     fn wait_ready(&self) {
@@ -156,7 +179,7 @@ impl Plane {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantctl"));
         cmd.args(args)
             .env("TENANTCTL_ENDPOINT", &self.endpoint)
-            .env("TENANTCTL_TOKEN", ADMIN_TOKEN)
+            .env("TENANTCTL_TOKEN", &self.admin_token)
             .env_remove("TENANTCTL_ADMIN_PASSWORD")
             .stdin(if stdin.is_some() {
                 Stdio::piped()

@@ -33,17 +33,17 @@ pub async fn scenario(
     let existing = stack.tenant_ids().await?.len();
     let catalog_only = s.routes.saturating_sub(existing);
     stack.catalog_only_tenants("mem", catalog_only).await?;
-    let ids = stack.tenant_ids().await?;
+    let ids = stack.tenant_slugs().await?;
     let warm: Arc<Vec<Fixture>> = Arc::new(warm.iter().take(s.warm_pools).cloned().collect());
     let budget = i32::try_from(warm.len() / 2 + 100)?;
     stack.set_budget(budget).await?;
     let router = stack.router(&[("POOLS__MAX_PER_TENANT", "1"), ("POOLS__IDLE_SECS", "3600")])?;
-    // Routes only: a token granted no tenant, naming tenants by id, makes the router resolve
-    // and cache each route, then refuse the call before any pool or connection exists.
-    let nobody =
-        Arc::new(RouterClients::new(&router, 16, &stack.token_for("nobody-at-all")?).await?);
+    // Routes only: a token granted no tenant, naming tenants by slug, makes the router
+    // resolve and cache each route (a slug says nothing about the id it may be granted),
+    // then refuse the call before any pool or connection exists.
+    let nobody = Arc::new(RouterClients::new(&router, 16, &stack.token_for(0)?).await?);
     // Settle the process (runtime, channels, first allocations) before the baseline.
-    nobody.get_lead_code(0, &ids[0].to_string()).await?;
+    nobody.get_lead_code(0, &ids[0]).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_start_kib = router.rss_kib()?;
     let ids = Arc::new(ids);
@@ -52,7 +52,7 @@ pub async fn scenario(
         let (nobody, ids) = (Arc::clone(&nobody), Arc::clone(&ids));
         tasks.spawn(async move {
             for id in ids.iter().skip(caller).step_by(16) {
-                let code = nobody.get_lead_code(caller, &id.to_string()).await?;
+                let code = nobody.get_lead_code(caller, id).await?;
                 if code != tonic::Code::PermissionDenied {
                     return Err(anyhow!(
                         "tenant {id}: expected PERMISSION_DENIED, got {code:?}"

@@ -13,7 +13,7 @@ use crate::error::RouterError;
 use crate::metrics::Metrics;
 use crate::pools::{Canceller, GetError, PgConn, Pools};
 use crate::routes::RouteCache;
-use caller_auth::{Claims, TokenKey};
+use caller_auth::{Claims, Kind, Verifier};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,8 +27,8 @@ pub struct CallContext {
     pub routes: Arc<RouteCache>,
     /// Tenant pools and server budgets.
     pub pools: Arc<Pools>,
-    /// Verifies callers' tokens.
-    pub tokens: TokenKey,
+    /// Verifies callers' tokens (public key only).
+    pub tokens: Verifier,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Owns the query-cancel tasks spawned at deadlines.
@@ -87,13 +87,19 @@ impl CallContext {
                 .min(Duration::from_secs(300));
         let claims = self.authenticate(meta)?;
         let key = tenant_key(meta)?;
-        if !claims.all && key.parse::<i64>().is_err() && !claims.grants(&key) {
-            return Err(RouterError::PermissionDenied(key));
+        // For a caller not granted every tenant, an unknown tenant and an ungranted one get
+        // the same answer, so a token cannot be used to learn which tenants exist.
+        let denied = || RouterError::PermissionDenied("caller may not act for this tenant".into());
+        if !claims.all && key.parse::<i64>().is_ok_and(|id| !claims.grants(id)) {
+            return Err(denied());
         }
-        let mut cached = self.routes.get(&key).await?;
+        let mut cached = match self.routes.get(&key).await {
+            Err(RouterError::TenantNotFound) if !claims.all => return Err(denied()),
+            other => other?,
+        };
         let route = &cached.route;
-        if !claims.grants(&route.slug) {
-            return Err(RouterError::PermissionDenied(key));
+        if !claims.grants(route.tenant_id) {
+            return Err(denied());
         }
         tracing::Span::current().record("tenant", route.slug.as_str());
         check_status(&route.status)?;
@@ -145,9 +151,19 @@ impl CallContext {
             .ok_or_else(|| {
                 RouterError::Unauthenticated("authorization must be 'Bearer <token>'".into())
             })?;
-        self.tokens
-            .verify(token)
-            .map_err(|e| RouterError::Unauthenticated(e.to_string()))
+        let claims = self
+            .tokens
+            .verify(token, Kind::Caller)
+            .map_err(|e| RouterError::Unauthenticated(e.to_string()))?;
+        if !self.routes.revocations.loaded() {
+            return Err(RouterError::Unavailable(
+                "token revocations not loaded yet (control plane unreachable)".into(),
+            ));
+        }
+        if self.routes.revocations.is_revoked(&claims.jti) {
+            return Err(RouterError::Unauthenticated("token revoked".into()));
+        }
+        Ok(claims)
     }
 }
 

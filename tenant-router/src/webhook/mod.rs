@@ -26,10 +26,9 @@ pub enum Answer {
     Ok,
     /// 400: the body is not a webhook at all (retrying cannot help).
     BadRequest,
-    /// 401: missing or wrong signature; nothing was written.
+    /// 401: missing or wrong signature or token, or (Evolution) no such instance: one
+    /// answer for both, so the endpoint does not tell which slugs exist. Nothing written.
     Unauthorized,
-    /// 404: no such Evolution instance.
-    NotFound,
     /// 500: a tenant database (or the control plane) failed; Meta will retry.
     Retry,
 }
@@ -197,24 +196,27 @@ impl Webhooks {
             && instance
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let unauthorized = || {
+            self.metrics
+                .webhooks
+                .with_label_values(&["unauthorized"])
+                .inc();
+            Answer::Unauthorized
+        };
         if !slug_ok {
-            return Answer::NotFound;
+            return unauthorized();
         }
         let route = match self.routes.get(instance).await {
             Ok(r) => r,
             Err(RouterError::TenantNotFound) | Err(RouterError::InvalidArgument(_)) => {
-                return Answer::NotFound
+                return unauthorized()
             }
             Err(_) => return Answer::Retry,
         };
         let expected = route.route.webhook_token.as_bytes();
         let presented = token.unwrap_or("").as_bytes();
         if expected.is_empty() || !signature_eq(expected, presented) {
-            self.metrics
-                .webhooks
-                .with_label_values(&["unauthorized"])
-                .inc();
-            return Answer::Unauthorized;
+            return unauthorized();
         }
         let batch = match evolution::parse(body) {
             Ok(Some(b)) => b,

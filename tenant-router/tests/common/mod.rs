@@ -10,9 +10,35 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-pub const ADMIN_TOKEN: &str = "router-test-admin-token-0123";
 pub const DIRECTORY_TOKEN: &str = "router-test-directory-token-0123";
-pub const JWT_SECRET: &str = "router-test-jwt-secret-0123456789abcdef";
+/// Base64 of the Ed25519 seed the test control planes sign tokens with.
+pub const SIGNING_KEY: &str = "cm91dGVyLXRlc3RzLXNpZ25pbmcta2V5LTAxMjM0NTY=";
+
+/// The public key routers verify caller tokens with.
+pub fn verifying_key() -> String {
+    caller_auth::Signer::from_base64(SIGNING_KEY)
+        .unwrap()
+        .public_base64()
+}
+
+/// A caller token signed like the control plane's (routers check only the signature,
+/// expiry, kind and revocations), expiring `exp_in` seconds from now.
+pub fn caller_token(tenants: Vec<i64>, all: bool, exp_in: i64) -> String {
+    let now = caller_auth::now_secs();
+    caller_auth::Signer::from_base64(SIGNING_KEY)
+        .unwrap()
+        .sign(&caller_auth::Claims {
+            jti: format!("test-{now}-{}", SEQ.fetch_add(1, Ordering::Relaxed)),
+            kind: caller_auth::Kind::Caller,
+            sub: "tests".into(),
+            tenants,
+            all,
+            role: None,
+            exp: now.saturating_add_signed(exp_in),
+            iat: now,
+        })
+        .unwrap()
+}
 pub const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -21,6 +47,8 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 pub struct Plane {
     pub endpoint: String,
     pub catalog_db: String,
+    /// Token of the operator `router-tests` (role admin).
+    pub admin_token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -39,7 +67,7 @@ impl Plane {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let toml = format!(
             "listen = \"127.0.0.1:{port}\"\ncatalog_url = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n\
-             admin_token = \"{ADMIN_TOKEN}\"\ndirectory_token = \"{DIRECTORY_TOKEN}\"\ntoken_signing_key = \"{JWT_SECRET}\"\n\
+             directory_token = \"{DIRECTORY_TOKEN}\"\ntoken_signing_key = \"{SIGNING_KEY}\"\n\
              [provisioning]\ntemplate_prefix = \"rtpl_{}_{n}\"\nname_prefix = \"rt{}_{n}\"\n",
             pg.url(&catalog_db),
             std::process::id(),
@@ -48,6 +76,14 @@ impl Plane {
         let path = std::env::temp_dir().join(format!("rt-cp-{}-{n}.toml", std::process::id()));
         std::fs::write(&path, toml).unwrap();
         let config = control_plane::Config::load(Some(&path)).unwrap();
+        let admin_token = control_plane::bootstrap::operator_token(
+            &config,
+            "router-tests",
+            control_plane::auth::Role::Admin,
+            0,
+        )
+        .await
+        .unwrap();
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             control_plane::server::run(config, listener, async {
@@ -58,6 +94,7 @@ impl Plane {
         });
         Plane {
             endpoint: format!("http://127.0.0.1:{port}"),
+            admin_token,
             catalog_db,
             stop: Some(stop),
             task: Some(task),
@@ -92,7 +129,7 @@ impl Plane {
     pub async fn add_server(&self, name: &str, pg: &pg_harness::PgServer, budget: u32) {
         self.admin()
             .await
-            .add_server(admin_req(cp::AddServerRequest {
+            .add_server(self.admin_req(cp::AddServerRequest {
                 name: name.into(),
                 host: "127.0.0.1".into(),
                 port: u32::from(pg.port),
@@ -108,7 +145,7 @@ impl Plane {
     pub async fn create(&self, slug: &str, sector: &str, server: &str) -> cp::Tenant {
         self.admin()
             .await
-            .create_tenant(admin_req(cp::CreateTenantRequest {
+            .create_tenant(self.admin_req(cp::CreateTenantRequest {
                 slug: slug.into(),
                 name: format!("Empresa {slug}"),
                 sector: sector.into(),
@@ -121,9 +158,14 @@ impl Plane {
     }
 
     pub async fn token(&self, tenants: &[&str], all: bool) -> String {
+        self.issue(tenants, all).await.token
+    }
+
+    /// A caller token minted (and recorded) by the control plane, with its id.
+    pub async fn issue(&self, tenants: &[&str], all: bool) -> cp::IssueTokenResponse {
         self.admin()
             .await
-            .issue_token(admin_req(cp::IssueTokenRequest {
+            .issue_token(self.admin_req(cp::IssueTokenRequest {
                 tenants: tenants.iter().map(|s| s.to_string()).collect(),
                 all,
                 ttl_secs: 600,
@@ -132,7 +174,17 @@ impl Plane {
             .await
             .unwrap()
             .into_inner()
-            .token
+    }
+
+    /// Revokes a token through the admin API.
+    pub async fn revoke(&self, token_id: &str) {
+        self.admin()
+            .await
+            .revoke_token(self.admin_req(cp::RevokeTokenRequest {
+                token_id: token_id.into(),
+            }))
+            .await
+            .unwrap();
     }
 
     /// The database of a tenant, as the catalog records it.
@@ -162,7 +214,7 @@ impl Plane {
     pub async fn suspend(&self, slug: &str) {
         self.admin()
             .await
-            .suspend_tenant(admin_req(cp::TenantRef {
+            .suspend_tenant(self.admin_req(cp::TenantRef {
                 tenant: slug.into(),
             }))
             .await
@@ -172,7 +224,7 @@ impl Plane {
     pub async fn resume(&self, slug: &str) {
         self.admin()
             .await
-            .resume_tenant(admin_req(cp::TenantRef {
+            .resume_tenant(self.admin_req(cp::TenantRef {
                 tenant: slug.into(),
             }))
             .await
@@ -188,13 +240,16 @@ impl Drop for Plane {
     }
 }
 
-pub fn admin_req<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
-    );
-    r
+impl Plane {
+    /// A request carrying this plane's admin operator token.
+    pub fn admin_req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.admin_token).parse().unwrap(),
+        );
+        r
+    }
 }
 
 /// A running tenant-router binary.
@@ -211,7 +266,7 @@ impl Router {
             .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
             .env("TENANT_ROUTER__CONTROL_PLANE_ENDPOINT", &plane.endpoint)
             .env("TENANT_ROUTER__DIRECTORY_TOKEN", DIRECTORY_TOKEN)
-            .env("TENANT_ROUTER__JWT_SECRET", JWT_SECRET)
+            .env("TENANT_ROUTER__TOKEN_VERIFYING_KEY", verifying_key())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped());

@@ -1,0 +1,239 @@
+//! `tenantctl operator ...`, `tenantctl token revoke|list`, `tenantctl audit`: who may use
+//! the platform, and what they did.
+
+use super::{output, parse_ttl, ttl_or_default, Client, Failure};
+use clap::{Args, Subcommand};
+use proto::control::v1 as pb;
+use serde_json::json;
+
+#[derive(Subcommand)]
+pub(super) enum OperatorCommand {
+    /// Register an operator and print its first token.
+    Add {
+        name: String,
+        /// viewer (reads), operator (runs the fleet), admin (servers, operators, routers).
+        #[arg(long)]
+        role: String,
+        /// Token lifetime (default: the control plane's).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Print a new token for an existing operator.
+    Token {
+        name: String,
+        /// Token lifetime (default: the control plane's).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List operators.
+    List,
+    /// Disable an operator and revoke every token it holds.
+    Disable { name: String },
+}
+
+#[derive(Args)]
+pub(super) struct AuditArgs {
+    /// Only entries about this tenant (slug or id).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only entries this recent: a duration (`90m`, `2d`) back from now.
+    #[arg(long)]
+    since: Option<String>,
+    /// Most entries shown, newest first.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+}
+
+pub(super) async fn operator(
+    client: &mut Client,
+    cmd: OperatorCommand,
+    json: bool,
+) -> Result<(), Failure> {
+    match cmd {
+        OperatorCommand::Add { name, role, ttl } => {
+            let t = client
+                .add_operator(pb::AddOperatorRequest {
+                    name,
+                    role,
+                    ttl_secs: ttl_or_default(ttl.as_deref())?,
+                })
+                .await?
+                .into_inner();
+            print_issued(&t, json);
+        }
+        OperatorCommand::Token { name, ttl } => {
+            let t = client
+                .issue_operator_token(pb::OperatorTokenRequest {
+                    name,
+                    ttl_secs: ttl_or_default(ttl.as_deref())?,
+                })
+                .await?
+                .into_inner();
+            print_issued(&t, json);
+        }
+        OperatorCommand::List => {
+            let ops = client
+                .list_operators(pb::ListOperatorsRequest {})
+                .await?
+                .into_inner()
+                .operators;
+            print_operators(&ops, json);
+        }
+        OperatorCommand::Disable { name } => {
+            let op = client
+                .disable_operator(pb::OperatorRef { name })
+                .await?
+                .into_inner();
+            print_operators(&[op], json);
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn audit(client: &mut Client, a: AuditArgs, json: bool) -> Result<(), Failure> {
+    let since_ms = match a.since {
+        Some(raw) => {
+            // A duration above zero (parse_ttl refuses 0 and anything unparseable).
+            let back = parse_ttl(&raw)?;
+            let now_ms = i64::try_from(caller_auth::now_secs()).unwrap_or(i64::MAX) * 1000;
+            now_ms - i64::try_from(back).unwrap_or(i64::MAX / 1000) * 1000
+        }
+        None => 0,
+    };
+    let entries = client
+        .read_audit(pb::ReadAuditRequest {
+            tenant: a.tenant.unwrap_or_default(),
+            since_ms,
+            limit: a.limit,
+        })
+        .await?
+        .into_inner()
+        .entries;
+    if json {
+        output::json(&serde_json::Value::Array(
+            entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "id": e.id, "at_ms": e.at_ms, "actor": e.actor, "token_id": e.token_id,
+                        "action": e.action, "target": e.target, "tenant_id": e.tenant_id,
+                        "outcome": e.outcome,
+                        "details": serde_json::from_str::<serde_json::Value>(&e.details_json)
+                            .unwrap_or(serde_json::Value::Null),
+                    })
+                })
+                .collect(),
+        ));
+        return Ok(());
+    }
+    let rows: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.at_ms.to_string(),
+                e.actor.clone(),
+                e.action.clone(),
+                e.target.clone(),
+                e.outcome.clone(),
+                e.token_id.clone(),
+            ]
+        })
+        .collect();
+    output::table(
+        &["AT_MS", "ACTOR", "ACTION", "TARGET", "OUTCOME", "TOKEN"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// Prints a minted token: the token alone (scripts capture it), or JSON with its id.
+pub(super) fn print_issued(t: &pb::IssueTokenResponse, json: bool) {
+    if json {
+        output::json(
+            &json!({"token": t.token, "token_id": t.token_id, "expires_at": t.expires_at}),
+        );
+    } else {
+        output::line(&t.token);
+    }
+}
+
+pub(super) fn print_tokens(tokens: &[pb::TokenInfo], json: bool) {
+    if json {
+        output::json(&serde_json::Value::Array(
+            tokens
+                .iter()
+                .map(|t| {
+                    json!({
+                        "id": t.id, "kind": t.kind, "subject": t.subject, "tenant_ids": t.tenant_ids,
+                        "all_tenants": t.all_tenants, "issued_by": t.issued_by,
+                        "issued_at_ms": t.issued_at_ms, "expires_at_ms": t.expires_at_ms,
+                        "revoked_at_ms": (t.revoked_at_ms != 0).then_some(t.revoked_at_ms),
+                        "revoked_by": (!t.revoked_by.is_empty()).then_some(&t.revoked_by),
+                    })
+                })
+                .collect(),
+        ));
+        return;
+    }
+    let rows: Vec<_> = tokens
+        .iter()
+        .map(|t| {
+            let grants = if t.all_tenants {
+                "all".to_string()
+            } else {
+                t.tenant_ids
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let revoked = if t.revoked_at_ms == 0 {
+                String::new()
+            } else {
+                format!("by {}", t.revoked_by)
+            };
+            vec![
+                t.id.clone(),
+                t.kind.clone(),
+                t.subject.clone(),
+                grants,
+                t.expires_at_ms.to_string(),
+                revoked,
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "ID",
+            "KIND",
+            "SUBJECT",
+            "TENANTS",
+            "EXPIRES_AT_MS",
+            "REVOKED",
+        ],
+        &rows,
+    );
+}
+
+fn print_operators(ops: &[pb::Operator], json: bool) {
+    if json {
+        output::json(&serde_json::Value::Array(
+            ops.iter()
+                .map(|o| json!({"name": o.name, "role": o.role, "active": o.active, "created_by": o.created_by}))
+                .collect(),
+        ));
+        return;
+    }
+    let rows: Vec<_> = ops
+        .iter()
+        .map(|o| {
+            vec![
+                o.name.clone(),
+                o.role.clone(),
+                if o.active { "active" } else { "disabled" }.to_string(),
+                o.created_by.clone(),
+            ]
+        })
+        .collect();
+    output::table(&["NAME", "ROLE", "STATE", "CREATED_BY"], &rows);
+}
