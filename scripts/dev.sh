@@ -52,7 +52,6 @@ if [ ! -f "$DEV/secrets" ]; then
   {
     echo "PG_PASSWORD=$(random_secret)"
     echo "MASTER_KEY=$("$CP" --generate-key)"
-    echo "DIRECTORY_TOKEN=$(random_secret)"
     echo "WHATSAPP_APP_SECRET=$(random_secret)"
     echo "WHATSAPP_VERIFY_TOKEN=$(random_secret)"
   } > "$DEV/secrets"
@@ -107,23 +106,10 @@ cat > "$DEV/control-plane.toml" <<TOML
 listen = "127.0.0.1:$CONTROL_PORT"
 catalog_url = "$PG_URL/tenancy_catalog"
 master_key = "$MASTER_KEY"
-directory_token = "$DIRECTORY_TOKEN"
 token_signing_key = "$TOKEN_SIGNING_KEY"
 TOML
 chmod 600 "$DEV/control-plane.toml"
 TOKEN_VERIFYING_KEY="$("$CP" --config "$DEV/control-plane.toml" --print-verifying-key)"
-cat > "$DEV/tenant-router.toml" <<TOML
-grpc_listen = "127.0.0.1:$ROUTER_GRPC_PORT"
-http_listen = "127.0.0.1:$ROUTER_HTTP_PORT"
-control_plane_endpoint = "http://127.0.0.1:$CONTROL_PORT"
-directory_token = "$DIRECTORY_TOKEN"
-token_verifying_key = "$TOKEN_VERIFYING_KEY"
-
-[webhook]
-app_secret = "$WHATSAPP_APP_SECRET"
-verify_token = "$WHATSAPP_VERIFY_TOKEN"
-TOML
-chmod 600 "$DEV/control-plane.toml" "$DEV/tenant-router.toml"
 
 # The dev operator (role admin), made the way a fresh deployment makes its first admin.
 OPERATOR_TOKEN="$("$CP" --config "$DEV/control-plane.toml" operator-token --name dev --role admin --ttl-secs 2592000)"
@@ -143,6 +129,26 @@ if ! "$CTL" server list --json | grep -q '"name": "local"'; then
     --admin-user postgres --connection-budget 80 --capacity 1000 >/dev/null
 fi
 
+# The dev router's own directory credential (a registered router, every server).
+if "$CTL" router list --json | grep -q '"name": "dev-router"'; then
+  ROUTER_TOKEN="$("$CTL" router token dev-router)"
+else
+  ROUTER_TOKEN="$("$CTL" router add dev-router --all-servers)"
+fi
+umask 077
+cat > "$DEV/tenant-router.toml" <<TOML
+grpc_listen = "127.0.0.1:$ROUTER_GRPC_PORT"
+http_listen = "127.0.0.1:$ROUTER_HTTP_PORT"
+control_plane_endpoint = "http://127.0.0.1:$CONTROL_PORT"
+directory_token = "$ROUTER_TOKEN"
+token_verifying_key = "$TOKEN_VERIFYING_KEY"
+
+[webhook]
+app_secret = "$WHATSAPP_APP_SECRET"
+verify_token = "$WHATSAPP_VERIFY_TOKEN"
+TOML
+umask 022
+
 echo "==> starting the tenant router on 127.0.0.1:$ROUTER_GRPC_PORT (gRPC) and :$ROUTER_HTTP_PORT (HTTP)"
 RUST_LOG="${RUST_LOG:-info}" "$ROUTER" --config "$DEV/tenant-router.toml" &
 PIDS+=($!)
@@ -156,7 +162,6 @@ umask 077
 cat > "$DEV/env" <<ENV
 export TENANTCTL_ENDPOINT=http://127.0.0.1:$CONTROL_PORT
 export TENANTCTL_TOKEN=$OPERATOR_TOKEN
-export CONTROL_PLANE_DIRECTORY_TOKEN=$DIRECTORY_TOKEN
 export ROUTER_GRPC_ENDPOINT=http://127.0.0.1:$ROUTER_GRPC_PORT
 export ROUTER_HTTP_ENDPOINT=http://127.0.0.1:$ROUTER_HTTP_PORT
 export CATALOG_DATABASE_URL=$PG_URL/tenancy_catalog

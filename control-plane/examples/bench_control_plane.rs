@@ -50,10 +50,6 @@ async fn start_plane(pg: &pg_harness::PgServer, use_template: bool, prefix: &str
         ("CONTROL_PLANE__MASTER_KEY", MASTER_KEY.into()),
         ("CONTROL_PLANE__TOKEN_SIGNING_KEY", SIGNING_KEY.into()),
         (
-            "CONTROL_PLANE__DIRECTORY_TOKEN",
-            "bench-directory-token-0123456789".into(),
-        ),
-        (
             "CONTROL_PLANE__PROVISIONING__USE_TEMPLATE",
             use_template.to_string(),
         ),

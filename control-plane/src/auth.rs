@@ -6,7 +6,7 @@
 //! active, and the operator's role (from the catalog, not the token) allows the action.
 //! Refusals are audited as `denied`.
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, RouterRecord};
 use crate::error::{Error, Result};
 use caller_auth::{Claims, Kind, Verifier};
 use std::fmt;
@@ -73,16 +73,19 @@ impl fmt::Display for Actor {
     }
 }
 
-/// Interceptor: a valid operator token's claims go into the request's extensions.
+/// Interceptor: a valid token of one kind (operator for the admin API, router for the
+/// directory) puts its claims into the request's extensions; anything else is refused
+/// before the service sees the request.
 #[derive(Clone)]
-pub struct OperatorAuth {
+pub struct TokenAuth {
     verifier: Verifier,
+    kind: Kind,
 }
 
-impl OperatorAuth {
-    /// Checks tokens against `verifier` (the control plane's own public key).
-    pub fn new(verifier: Verifier) -> OperatorAuth {
-        OperatorAuth { verifier }
+impl TokenAuth {
+    /// Checks tokens of `kind` against `verifier` (the control plane's own public key).
+    pub fn new(verifier: Verifier, kind: Kind) -> TokenAuth {
+        TokenAuth { verifier, kind }
     }
 }
 
@@ -98,12 +101,14 @@ pub fn bearer<T>(request: &Request<T>) -> Result<&str, Status> {
         .ok_or_else(|| Status::unauthenticated("authorization must be 'Bearer <token>'"))
 }
 
-impl tonic::service::Interceptor for OperatorAuth {
+impl tonic::service::Interceptor for TokenAuth {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let claims = self
             .verifier
-            .verify(bearer(&request)?, Kind::Operator)
-            .map_err(|e| Status::unauthenticated(format!("operator token refused: {e}")))?;
+            .verify(bearer(&request)?, self.kind)
+            .map_err(|e| {
+                Status::unauthenticated(format!("{} token refused: {e}", self.kind.as_str()))
+            })?;
         request.extensions_mut().insert(claims);
         Ok(request)
     }
@@ -150,6 +155,19 @@ pub async fn authorize<T>(
         )));
     }
     Ok(actor)
+}
+
+/// The router behind a directory request, if its token and registration are live.
+pub async fn router<T>(catalog: &Catalog, request: &Request<T>) -> Result<(RouterRecord, String)> {
+    let claims = request
+        .extensions()
+        .get::<Claims>()
+        .ok_or_else(|| Error::Unauthenticated("missing router token".into()))?;
+    let router = catalog
+        .live_router(&claims.sub, &claims.jti)
+        .await?
+        .ok_or_else(|| Error::Unauthenticated("router credential revoked or unknown".into()))?;
+    Ok((router, claims.jti.clone()))
 }
 
 #[cfg(test)]

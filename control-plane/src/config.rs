@@ -21,8 +21,6 @@ pub struct Config {
     pub catalog_pool_size: usize,
     /// Base64 of the 32-byte key that encrypts stored credentials.
     pub master_key: String,
-    /// Bearer token routers present to `TenantDirectory`.
-    pub directory_token: String,
     /// Base64 of the 32-byte Ed25519 seed that signs every token the control plane mints
     /// (caller, operator, router). Only the control plane holds it; routers get the public
     /// key (`control-plane --print-verifying-key`).
@@ -77,6 +75,10 @@ pub struct Provisioning {
     /// `idle_in_transaction_session_timeout` of tenant login sessions, in milliseconds.
     #[serde(default = "defaults::login_idle_in_transaction_ms")]
     pub login_idle_in_transaction_ms: u64,
+    /// After a password rotation, how long the previous login role keeps working (routers
+    /// that have not heard of the rotation yet), in seconds.
+    #[serde(default = "defaults::rotation_grace_secs")]
+    pub rotation_grace_secs: u64,
 }
 
 impl Provisioning {
@@ -183,6 +185,9 @@ mod defaults {
     pub fn login_idle_in_transaction_ms() -> u64 {
         60_000
     }
+    pub fn rotation_grace_secs() -> u64 {
+        30
+    }
     pub fn lock_timeout_ms() -> u64 {
         5_000
     }
@@ -204,6 +209,7 @@ impl Default for Provisioning {
             login_statement_timeout_ms: defaults::login_statement_timeout_ms(),
             login_temp_file_limit_kb: defaults::login_temp_file_limit_kb(),
             login_idle_in_transaction_ms: defaults::login_idle_in_transaction_ms(),
+            rotation_grace_secs: defaults::rotation_grace_secs(),
         }
     }
 }
@@ -231,18 +237,12 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         crate::crypto::SecretBox::from_base64(&self.master_key)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        if self.directory_token.len() < 16 {
-            return Err(ConfigError::Invalid(
-                "directory_token must be at least 16 characters".into(),
-            ));
-        }
         caller_auth::Signer::from_base64(&self.token_signing_key)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         // One secret, one purpose: a leak of one must not open another door.
         let secrets = [
             ("master_key", self.master_key.trim()),
             ("token_signing_key", self.token_signing_key.trim()),
-            ("directory_token", self.directory_token.trim()),
         ];
         for (i, (a, x)) in secrets.iter().enumerate() {
             for (b, y) in &secrets[i + 1..] {

@@ -54,6 +54,11 @@ impl Directory {
         Directory { catalog, changes }
     }
 
+    /// The catalog behind the directory.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
     /// A new watcher of changes.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()

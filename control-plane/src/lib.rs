@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod model;
 pub mod provision;
 pub mod roles;
+pub mod rotation;
 pub mod server;
 pub mod template;
 pub mod tokens;

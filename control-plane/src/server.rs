@@ -1,13 +1,12 @@
 //! Assembles the control plane and serves it until shutdown.
 
-use crate::auth::OperatorAuth;
+use crate::auth::TokenAuth;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::crypto::SecretBox;
 use crate::directory::Directory;
-use crate::fleet::Fleet;
-use crate::grpc::{AdminService, BearerAuth, DirectoryService};
-use crate::provision::Provisioner;
+use crate::grpc::{AdminService, DirectoryService};
+use crate::rotation::Rotator;
 use crate::tokens::Minter;
 use proto::control::v1 as pb;
 use std::future::Future;
@@ -65,23 +64,20 @@ pub async fn run(
     let directory = Directory::new(catalog.clone());
     tasks.spawn(directory.clone().listen(cancel.child_token()));
 
-    let connect_timeout = Duration::from_millis(config.provisioning.connect_timeout_ms);
     let signer = caller_auth::Signer::from_base64(&config.token_signing_key)
         .map_err(|e| ServeError::Startup(e.to_string()))?;
     let minter = Minter::new(signer, &config.tokens);
-    let operators = OperatorAuth::new(minter.verifier());
+    let operators = TokenAuth::new(minter.verifier(), caller_auth::Kind::Operator);
+    let routers = TokenAuth::new(minter.verifier(), caller_auth::Kind::Router);
     let admin = AdminService::new(
         catalog.clone(),
-        Provisioner::new(catalog.clone(), config.provisioning.clone()),
-        Fleet::new(
-            catalog.clone(),
-            config.fleet.clone(),
-            config.provisioning.clone(),
-        ),
+        &config,
         tasks.clone(),
         cancel.clone(),
-        connect_timeout,
         minter,
+    );
+    tasks.spawn(
+        Rotator::new(catalog.clone(), config.provisioning.clone()).sweep_loop(cancel.child_token()),
     );
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -109,7 +105,7 @@ pub async fn run(
         .add_service(
             pb::tenant_directory_server::TenantDirectoryServer::with_interceptor(
                 DirectoryService::new(directory, cancel.clone()),
-                BearerAuth::new(&config.directory_token),
+                routers,
             ),
         )
         .serve_with_incoming_shutdown(incoming, async move {

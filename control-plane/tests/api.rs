@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{authed, Plane, DIRECTORY_TOKEN};
+use common::{authed, Plane};
 use proto::control::v1::{
     resolve_request::Key, tenant_admin_client::TenantAdminClient,
     tenant_directory_client::TenantDirectoryClient, ResolveRequest, WatchRoutesRequest,
@@ -42,7 +42,7 @@ async fn directory_resolves_by_id_slug_and_phone_and_streams_versioned_changes()
         Key::PhoneNumberId("5553003003".into()),
     ] {
         let route = dir
-            .resolve(authed(resolve(key), DIRECTORY_TOKEN))
+            .resolve(authed(resolve(key), &plane.router_token))
             .await
             .unwrap()
             .into_inner();
@@ -61,20 +61,20 @@ async fn directory_resolves_by_id_slug_and_phone_and_streams_versioned_changes()
         (Key::PhoneNumberId("12ab".into()), Code::InvalidArgument),
     ] {
         let err = dir
-            .resolve(authed(resolve(key.clone()), DIRECTORY_TOKEN))
+            .resolve(authed(resolve(key.clone()), &plane.router_token))
             .await
             .unwrap_err();
         assert_eq!(err.code(), code, "{key:?}: {err:?}");
     }
     let empty = dir
-        .resolve(authed(ResolveRequest { key: None }, DIRECTORY_TOKEN))
+        .resolve(authed(ResolveRequest { key: None }, &plane.router_token))
         .await
         .unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
 
     // Suspend and resume show up on the change stream within a second, newer each time.
     let mut watch = dir
-        .watch_routes(authed(WatchRoutesRequest {}, DIRECTORY_TOKEN))
+        .watch_routes(authed(WatchRoutesRequest {}, &plane.router_token))
         .await
         .unwrap()
         .into_inner();
@@ -191,7 +191,7 @@ async fn callers_need_the_right_token() {
     );
     assert_eq!(
         admin
-            .list_servers(authed(req(), DIRECTORY_TOKEN))
+            .list_servers(authed(req(), &plane.router_token))
             .await
             .unwrap_err()
             .code(),
@@ -436,10 +436,6 @@ async fn bad_configuration_is_refused_with_a_message_naming_it() {
             "CONTROL_PLANE__TOKEN_SIGNING_KEY",
             common::SIGNING_KEY.to_string(),
         ),
-        (
-            "CONTROL_PLANE__DIRECTORY_TOKEN",
-            DIRECTORY_TOKEN.to_string(),
-        ),
     ];
     let cases = [
         (Some(("CONTROL_PLANE__LISTN", "x")), None, "listn"),
@@ -454,9 +450,9 @@ async fn bad_configuration_is_refused_with_a_message_naming_it() {
             "concurrency",
         ),
         (
-            Some(("CONTROL_PLANE__DIRECTORY_TOKEN", "short")),
+            Some(("CONTROL_PLANE__DIRECTORY_TOKEN", "a-removed-setting")),
             None,
-            "at least 16 characters",
+            "directory_token",
         ),
         (
             Some(("CONTROL_PLANE__TOKEN_SIGNING_KEY", "not-a-key")),

@@ -702,3 +702,137 @@ async fn operators_act_within_their_roles_and_the_audit_log_names_them() {
         && e["outcome"] == "denied"));
     assert_eq!(plane.ctl(&["audit", "--since", "soon"]).code, 2);
 }
+
+#[tokio::test]
+async fn routers_get_only_their_servers_routes_and_a_revoked_router_is_cut_off() {
+    use proto::control::v1::{
+        resolve_request::Key, tenant_directory_client::TenantDirectoryClient, ResolveRequest,
+        WatchRoutesRequest,
+    };
+    let plane =
+        Plane::start_with(&[("CONTROL_PLANE__PROVISIONING__ROTATION_GRACE_SECS", "1")]).await;
+    plane.add_server("pg-a", pg_harness::shared(), 100);
+    plane.add_server("pg-b", pg_harness::shared_second(), 100);
+    plane.ok(&[
+        "create", "on-a", "--name", "A", "--sector", "servicos", "--server", "pg-a",
+    ]);
+    plane.ok(&[
+        "create", "on-b", "--name", "B", "--sector", "servicos", "--server", "pg-b",
+    ]);
+    let scoped = plane
+        .ok(&["router", "add", "edge-a", "--server", "pg-a"])
+        .stdout
+        .trim()
+        .to_string();
+    let mut dir = TenantDirectoryClient::new(plane.channel().await);
+    let resolve = |slug: &str, token: &str| {
+        common::authed(
+            ResolveRequest {
+                key: Some(Key::Slug(slug.into())),
+            },
+            token,
+        )
+    };
+    let on_a = dir
+        .resolve(resolve("on-a", &scoped))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(on_a.server, "pg-a");
+    let err = dir.resolve(resolve("on-b", &scoped)).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::NotFound,
+        "another server's tenant does not exist for it"
+    );
+    // Operator and caller tokens are no router credentials.
+    for token in [
+        plane.admin_token.clone(),
+        plane
+            .ok(&["token", "issue", "--all"])
+            .stdout
+            .trim()
+            .to_string(),
+    ] {
+        let err = dir.resolve(resolve("on-a", &token)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+
+    // Its change stream carries only its servers' tenants.
+    let mut stream = dir
+        .watch_routes(common::authed(WatchRoutesRequest {}, &scoped))
+        .await
+        .unwrap()
+        .into_inner();
+    plane.ok(&["suspend", "on-b"]);
+    plane.ok(&["suspend", "on-a"]);
+    let change = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        change.route.unwrap().slug,
+        "on-a",
+        "on-b's change was not sent"
+    );
+    let listed = plane.ok(&["router", "list", "--json"]).json();
+    let edge = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "edge-a")
+        .unwrap()
+        .clone();
+    assert_eq!(edge["tenants_seen"], 1);
+
+    // Revoked (with rotation): its open stream ends at once, its lookups stop, and the
+    // password it saw no longer opens the database once the grace period is over.
+    let revoked = plane
+        .ok(&["router", "revoke", "edge-a", "--rotate", "--json"])
+        .json();
+    assert_eq!(revoked["rotated"], serde_json::json!(["on-a"]));
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return tonic::Code::Ok,
+                Err(s) => return s.code(),
+            }
+        }
+    })
+    .await
+    .expect("the stream closed within seconds");
+    assert_eq!(ended, tonic::Code::Unauthenticated);
+    let err = dir.resolve(resolve("on-a", &scoped)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let fresh = common::route(&plane, "on-a").await;
+    assert_ne!(fresh.password, on_a.password);
+    assert_ne!(fresh.role, on_a.role, "the standby login took over");
+    let pg = pg_harness::shared();
+    connect_as(pg, &fresh.role, &fresh.password, &fresh.database)
+        .await
+        .unwrap();
+    let old_dead = pg_harness::eventually(std::time::Duration::from_secs(15), || async {
+        connect_as(pg, &on_a.role, &on_a.password, &on_a.database)
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(
+        old_dead,
+        "the revoked router's password stopped working after the grace"
+    );
+    // Bad input changes nothing.
+    for (args, code) in [
+        (vec!["router", "add", "edge-x", "--server", "no-such"], 3),
+        (vec!["router", "add", "Edge", "--all-servers"], 2),
+        (vec!["router", "add", "edge-a", "--all-servers"], 4),
+        (vec!["router", "revoke", "nobody"], 3),
+        (vec!["rotate"], 2),
+        (vec!["rotate", "no-such-tenant"], 3),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+    }
+}

@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const DIRECTORY: &str = "loadgen-directory-token-0123456789";
 /// Base64 Ed25519 seed of the benchmark control plane's token signing key.
 pub const SIGNING_KEY: &str = "bG9hZGdlbi1zaWduaW5nLWtleS0wMTIzNDU2Nzg5YWI=";
 const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
@@ -25,6 +24,8 @@ pub struct Stack {
     pub directory: Directory,
     /// Token of the benchmark's admin operator.
     admin_token: String,
+    /// Directory credential of the benchmark's routers.
+    router_token: String,
     cp_endpoint: String,
     stop_cp: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -61,7 +62,7 @@ impl Stack {
             &path,
             format!(
                 "listen = \"{addr}\"\ncatalog_url = \"{catalog_url}\"\nmaster_key = \"{MASTER_KEY}\"\n\
-                 directory_token = \"{DIRECTORY}\"\ntoken_signing_key = \"{SIGNING_KEY}\"\n",
+                 token_signing_key = \"{SIGNING_KEY}\"\n",
             ),
         )?;
         let config = control_plane::Config::load(Some(&path));
@@ -105,12 +106,26 @@ impl Stack {
                 ))
                 .await?;
         }
+        let router_token = admin
+            .add_router(admin_req(
+                cp::AddRouterRequest {
+                    name: "loadgen".into(),
+                    servers: Vec::new(),
+                    all_servers: true,
+                    ttl_secs: 0,
+                },
+                &admin_token,
+            ))
+            .await?
+            .into_inner()
+            .token;
         Ok(Stack {
             servers,
             catalog,
             admin,
             directory: Directory::new(channel),
             admin_token,
+            router_token,
             cp_endpoint,
             stop_cp: Some(stop_cp),
         })
@@ -124,7 +139,7 @@ impl Stack {
         cmd.env("TENANT_ROUTER__GRPC_LISTEN", "127.0.0.1:0")
             .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
             .env("TENANT_ROUTER__CONTROL_PLANE_ENDPOINT", &self.cp_endpoint)
-            .env("TENANT_ROUTER__DIRECTORY_TOKEN", DIRECTORY)
+            .env("TENANT_ROUTER__DIRECTORY_TOKEN", &self.router_token)
             .env("TENANT_ROUTER__TOKEN_VERIFYING_KEY", verifying_key()?)
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped());
@@ -164,6 +179,7 @@ impl Stack {
         for i in 0..n {
             let (mut admin, mut directory) = (self.admin.clone(), self.directory.clone());
             let admin_token = self.admin_token.clone();
+            let router_token = self.router_token.clone();
             let slug = format!("{prefix}-{i}");
             let server = format!("bench{}", i % self.servers.len());
             let gate = Arc::clone(&gate);
@@ -187,7 +203,7 @@ impl Stack {
                         cp::ResolveRequest {
                             key: Some(cp::resolve_request::Key::Slug(slug)),
                         },
-                        DIRECTORY,
+                        &router_token,
                     ))
                     .await?
                     .into_inner();

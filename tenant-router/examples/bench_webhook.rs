@@ -15,7 +15,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const SECRET: &str = "bench-app-secret-0123456789";
 const SIGNING_KEY: &str = "YmVuY2gtc2lnbmluZy1rZXktMDEyMzQ1Njc4OWFiY2Q=";
-const DIRECTORY: &str = "bench-directory-token-0123456789";
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -113,7 +112,7 @@ async fn main() {
         &path,
         format!(
             "listen = \"{cp_addr}\"\ncatalog_url = \"{}\"\nmaster_key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n\
-             token_signing_key = \"{SIGNING_KEY}\"\ndirectory_token = \"{DIRECTORY}\"\n",
+             token_signing_key = \"{SIGNING_KEY}\"\n",
             pg.url(&catalog)
         ),
     )
@@ -153,6 +152,20 @@ async fn main() {
         ))
         .await
         .unwrap();
+    let router_token = admin
+        .add_router(admin_req(
+            cp::AddRouterRequest {
+                name: "bench".into(),
+                servers: Vec::new(),
+                all_servers: true,
+                ttl_secs: 0,
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
     let setup = Instant::now();
     let mut jobs = tokio::task::JoinSet::new();
     for w in 0..4 {
@@ -193,7 +206,7 @@ async fn main() {
         .env("TENANT_ROUTER__GRPC_LISTEN", "127.0.0.1:0")
         .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
         .env("TENANT_ROUTER__CONTROL_PLANE_ENDPOINT", &endpoint)
-        .env("TENANT_ROUTER__DIRECTORY_TOKEN", DIRECTORY)
+        .env("TENANT_ROUTER__DIRECTORY_TOKEN", &router_token)
         .env(
             "TENANT_ROUTER__TOKEN_VERIFYING_KEY",
             caller_auth::Signer::from_base64(SIGNING_KEY)

@@ -17,7 +17,7 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// The control plane's gRPC endpoint (`TenantDirectory`).
     pub control_plane_endpoint: String,
-    /// Bearer token for `TenantDirectory`.
+    /// This router's own directory credential (`tenantctl router add NAME` prints it).
     pub directory_token: String,
     /// Base64 Ed25519 public key caller tokens are verified with (the control plane
     /// prints it: `control-plane --print-verifying-key`). The router cannot mint tokens.

@@ -720,7 +720,7 @@ async fn bad_router_configuration_is_refused() {
                 "TENANT_ROUTER__CONTROL_PLANE_ENDPOINT",
                 "http://127.0.0.1:1",
             )
-            .env("TENANT_ROUTER__DIRECTORY_TOKEN", common::DIRECTORY_TOKEN)
+            .env("TENANT_ROUTER__DIRECTORY_TOKEN", "some-router-credential")
             .env(
                 "TENANT_ROUTER__TOKEN_VERIFYING_KEY",
                 common::verifying_key(),
@@ -933,4 +933,76 @@ async fn unknown_and_ungranted_tenants_look_alike_and_revoked_tokens_stop_everyw
         .list_leads(call(dm::ListLeadsRequest::default(), "rv-alpha", &fresh))
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_tenant_password_fails_no_call() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("one", pg, 80).await;
+    plane.create("rot-alpha", "servicos", "one").await;
+    let router = Router::start(&plane, &[]).await;
+    let token = plane_token_all();
+    let (old_role, old_password) = (
+        plane.role_of("rot-alpha").await,
+        plane.password_of("rot-alpha").await,
+    );
+    let db = plane.database_of("rot-alpha").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let mut leads = LeadsClient::new(router.channel().await);
+        let (token, stop) = (token.clone(), std::sync::Arc::clone(&stop));
+        callers.spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let phone = format!("55119{:08}", w * 100_000 + i);
+                match leads
+                    .upsert_lead(call(upsert(&phone, "R"), "rot-alpha", &token))
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(format!("{:?}: {}", e.code(), e.message())),
+                }
+                i += 1;
+            }
+            (ok, failed)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    plane.rotate("rot-alpha").await;
+    // Keep calling through the switch and past the old role's grace period.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(r) = callers.join_next().await {
+        let (o, f) = r.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 20, "calls kept flowing: {ok}");
+    assert_ne!(
+        plane.role_of("rot-alpha").await,
+        old_role,
+        "the standby login took over"
+    );
+    // The old credentials stop opening the database once the grace period is over.
+    let dead = eventually(Duration::from_secs(15), || async {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(pg.port)
+            .user(&old_role)
+            .password(&old_password)
+            .dbname(&db);
+        cfg.connect(tokio_postgres::NoTls).await.is_err()
+    })
+    .await;
+    assert!(dead, "the previous login role was disabled");
 }

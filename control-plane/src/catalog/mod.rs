@@ -7,11 +7,13 @@
 //! about it.
 
 mod identities;
+mod routers;
 mod runs;
 mod servers;
 mod tenants;
 
 pub use identities::{AuditRecord, OperatorRecord, TokenRecord};
+pub use routers::RouterRecord;
 pub use runs::{RunCounts, RunTenantRow};
 pub use servers::{NewServer, ServerRecord, TemplateRecord};
 pub use tenants::{NewPasswords, NewTenant, RoleModel, TenantFilter, TenantRecord};

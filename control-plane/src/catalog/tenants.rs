@@ -361,6 +361,95 @@ impl Catalog {
         Ok(())
     }
 
+    /// The password staged for the standby login role: the one a crashed rotation stored,
+    /// or `fresh`, stored now.
+    pub async fn stage_rotation(&self, tenant: &TenantRecord, fresh: &str) -> Result<String> {
+        let sealed = self
+            .secrets()
+            .seal(fresh, &standby_context(tenant.id))
+            .map_err(|e| Error::internal("seal", e))?;
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "UPDATE empresas SET senha_reserva_cifrada = coalesce(senha_reserva_cifrada, $2) \
+                 WHERE id = $1 RETURNING senha_reserva_cifrada",
+                &[&tenant.id, &sealed],
+            )
+            .await?;
+        let stored: Vec<u8> = row.get(0);
+        self.secrets()
+            .open(&stored, &standby_context(tenant.id))
+            .map_err(|e| Error::internal("staged password", e))
+    }
+
+    /// Makes the standby login role the active one with `password` (routers hear of it and
+    /// rebuild their pools); the previous one is disabled after `grace_secs`.
+    pub async fn swap_logins(
+        &self,
+        tenant: &TenantRecord,
+        password: &str,
+        grace_secs: u64,
+    ) -> Result<TenantRecord> {
+        let sealed = self
+            .secrets()
+            .seal(password, &password_context(&tenant.slug))
+            .map_err(|e| Error::internal("seal", e))?;
+        let grace = i64::try_from(grace_secs).unwrap_or(i64::MAX);
+        let updated = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE empresas SET papel = papel_reserva, papel_reserva = papel, senha_cifrada = $3, \
+                 senha_reserva_cifrada = NULL, papel_a_desativar = papel, \
+                 desativar_em = now() + make_interval(secs => $4::int8::float8), \
+                 atualizado_em = now(), version = version + 1 \
+                 WHERE id = $1 AND papel = $2 AND modelo_papeis = 2",
+                &[&tenant.id, &tenant.role, &sealed, &grace],
+            )
+            .await?;
+        if updated == 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "tenant {} changed during the rotation; run it again",
+                tenant.slug
+            )));
+        }
+        self.tenant_by_id(tenant.id)
+            .await?
+            .ok_or_else(|| Error::NotFound("tenant not found".into()))
+    }
+
+    /// Tenants whose previous login role is due to be disabled: `(id, role, server id)`.
+    pub async fn due_login_disables(&self) -> Result<Vec<(i64, String, i64)>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, papel_a_desativar, servidor_id FROM empresas \
+                 WHERE desativar_em IS NOT NULL AND desativar_em <= now() ORDER BY desativar_em LIMIT 100",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Records that a previous login role was disabled (unless a newer rotation replaced
+    /// the pending one meanwhile).
+    pub async fn login_disabled(&self, id: i64, role: &str) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE empresas SET papel_a_desativar = NULL, desativar_em = NULL \
+                 WHERE id = $1 AND papel_a_desativar = $2",
+                &[&id, &role],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Records that an upgrade dropped the tenant's legacy role.
     pub async fn legacy_role_dropped(&self, id: i64) -> Result<()> {
         self.client()

@@ -31,6 +31,47 @@ pub(super) enum OperatorCommand {
     Disable { name: String },
 }
 
+#[derive(Subcommand)]
+pub(super) enum RouterCommand {
+    /// Register a router and print its directory credential (its `directory_token`).
+    Add {
+        name: String,
+        /// A database server it may serve (repeat for more).
+        #[arg(long = "server", required_unless_present = "all_servers")]
+        servers: Vec<String>,
+        /// It may serve every server.
+        #[arg(long, conflicts_with = "servers")]
+        all_servers: bool,
+        /// Credential lifetime (default: the control plane's).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Print a new credential for a registered router.
+    Token {
+        name: String,
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List routers, their servers and how many tenants' credentials each was handed.
+    List,
+    /// Revoke a router: its credentials stop working and its change streams close.
+    Revoke {
+        name: String,
+        /// Also rotate the password of every tenant the router was handed.
+        #[arg(long)]
+        rotate: bool,
+    },
+}
+
+#[derive(Args)]
+pub(super) struct RotateArgs {
+    /// Tenants (slugs or ids).
+    tenants: Vec<String>,
+    /// Every active or suspended tenant.
+    #[arg(long, conflicts_with = "tenants")]
+    all: bool,
+}
+
 #[derive(Args)]
 pub(super) struct AuditArgs {
     /// Only entries about this tenant (slug or id).
@@ -88,6 +129,136 @@ pub(super) async fn operator(
         }
     }
     Ok(())
+}
+
+pub(super) async fn router(
+    client: &mut Client,
+    cmd: RouterCommand,
+    json: bool,
+) -> Result<(), Failure> {
+    match cmd {
+        RouterCommand::Add {
+            name,
+            servers,
+            all_servers,
+            ttl,
+        } => {
+            let t = client
+                .add_router(pb::AddRouterRequest {
+                    name,
+                    servers,
+                    all_servers,
+                    ttl_secs: ttl_or_default(ttl.as_deref())?,
+                })
+                .await?
+                .into_inner();
+            print_issued(&t, json);
+        }
+        RouterCommand::Token { name, ttl } => {
+            let t = client
+                .issue_router_token(pb::RouterTokenRequest {
+                    name,
+                    ttl_secs: ttl_or_default(ttl.as_deref())?,
+                })
+                .await?
+                .into_inner();
+            print_issued(&t, json);
+        }
+        RouterCommand::List => {
+            let routers = client
+                .list_routers(pb::ListRoutersRequest {})
+                .await?
+                .into_inner()
+                .routers;
+            print_routers(&routers, json);
+        }
+        RouterCommand::Revoke { name, rotate } => {
+            let r = client
+                .revoke_router(pb::RevokeRouterRequest { name, rotate })
+                .await?
+                .into_inner();
+            if json {
+                output::json(&json!({
+                    "router": r.router.as_ref().map(|r| r.name.clone()),
+                    "tenants_seen": r.tenants_seen, "rotated": r.rotated,
+                }));
+            } else {
+                output::line(&format!(
+                    "router revoked; it was handed {} tenants' credentials, {} rotated",
+                    r.tenants_seen.len(),
+                    r.rotated.len()
+                ));
+                if !rotate && !r.tenants_seen.is_empty() {
+                    output::warn(
+                        "those passwords still work: rotate them with `tenantctl rotate` (or revoke with --rotate)",
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn rotate(client: &mut Client, a: RotateArgs, json: bool) -> Result<u8, Failure> {
+    if !a.all && a.tenants.is_empty() {
+        return Err(super::fail(2, "name tenants to rotate or pass --all"));
+    }
+    let r = client
+        .rotate_credentials(pb::RotateRequest {
+            tenants: a.tenants,
+            all: a.all,
+        })
+        .await?
+        .into_inner();
+    if json {
+        output::json(&json!({
+            "rotated": r.rotated,
+            "failed": r.failed.iter().map(|f| json!({"slug": f.slug, "error": f.error})).collect::<Vec<_>>(),
+        }));
+    } else {
+        output::line(&format!(
+            "{} rotated, {} failed",
+            r.rotated.len(),
+            r.failed.len()
+        ));
+        for f in &r.failed {
+            output::line(&format!("{}: {}", f.slug, f.error));
+        }
+    }
+    Ok(if r.failed.is_empty() { 0 } else { 7 })
+}
+
+fn print_routers(routers: &[pb::RouterInfo], json: bool) {
+    if json {
+        output::json(&serde_json::Value::Array(
+            routers
+                .iter()
+                .map(|r| {
+                    json!({
+                        "name": r.name, "servers": if r.all_servers { json!("all") } else { json!(r.servers) },
+                        "active": r.active, "tenants_seen": r.tenants_seen, "created_by": r.created_by,
+                    })
+                })
+                .collect(),
+        ));
+        return;
+    }
+    let rows: Vec<_> = routers
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                if r.all_servers {
+                    "all".to_string()
+                } else {
+                    r.servers.join(",")
+                },
+                if r.active { "active" } else { "revoked" }.to_string(),
+                r.tenants_seen.to_string(),
+            ]
+        })
+        .collect();
+    output::table(&["NAME", "SERVERS", "STATE", "TENANTS_SEEN"], &rows);
 }
 
 pub(super) async fn audit(client: &mut Client, a: AuditArgs, json: bool) -> Result<(), Failure> {

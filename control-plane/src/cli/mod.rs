@@ -85,6 +85,11 @@ enum Command {
     /// Named operators and their roles (viewer, operator, admin).
     #[command(subcommand)]
     Operator(access::OperatorCommand),
+    /// Routers as identities: each with its own directory credential.
+    #[command(subcommand)]
+    Router(access::RouterCommand),
+    /// Rotate tenants' login passwords while routers keep serving.
+    Rotate(access::RotateArgs),
     /// Read the audit log: who did what, to which target, with which token, how it ended.
     Audit(access::AuditArgs),
 }
@@ -499,6 +504,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             access::print_tokens(&tokens, json);
         }
         Command::Operator(cmd) => access::operator(&mut client, cmd, json).await?,
+        Command::Router(cmd) => access::router(&mut client, cmd, json).await?,
+        Command::Rotate(a) => return access::rotate(&mut client, a, json).await,
         Command::Audit(a) => access::audit(&mut client, a, json).await?,
     }
     Ok(0)

@@ -13,6 +13,7 @@ use crate::fleet::{Fleet, FleetEvent, FleetOp, FleetRequest};
 use crate::model::{self, Slug, Status, TenantKey};
 use crate::provision::Provisioner;
 use crate::roles;
+use crate::rotation::Rotator;
 use crate::tokens::{Grant, Minted, Minter};
 use caller_auth::Kind;
 use proto::control::v1 as pb;
@@ -23,13 +24,14 @@ use tonic::{Request, Response, Status as GrpcStatus};
 
 /// The gRPC face of provisioning, lifecycle and fleet operations.
 pub struct AdminService {
-    catalog: Catalog,
+    pub(super) catalog: Catalog,
     provisioner: Provisioner,
     fleet: Fleet,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     connect_timeout: Duration,
-    minter: Minter,
+    pub(super) minter: Minter,
+    pub(super) rotator: Rotator,
 }
 
 impl AdminService {
@@ -37,26 +39,29 @@ impl AdminService {
     /// does not cut them off half way; `shutdown` stops fleet runs from launching more.
     pub fn new(
         catalog: Catalog,
-        provisioner: Provisioner,
-        fleet: Fleet,
+        config: &crate::Config,
         tasks: TaskTracker,
         shutdown: CancellationToken,
-        connect_timeout: Duration,
         minter: Minter,
     ) -> AdminService {
         AdminService {
+            provisioner: Provisioner::new(catalog.clone(), config.provisioning.clone()),
+            fleet: Fleet::new(
+                catalog.clone(),
+                config.fleet.clone(),
+                config.provisioning.clone(),
+            ),
+            rotator: Rotator::new(catalog.clone(), config.provisioning.clone()),
+            connect_timeout: Duration::from_millis(config.provisioning.connect_timeout_ms),
             catalog,
-            provisioner,
-            fleet,
             tasks,
             shutdown,
-            connect_timeout,
             minter,
         }
     }
 
     /// The operator behind `request`, if its role allows `needed` (see `auth`).
-    async fn actor<T>(
+    pub(super) async fn actor<T>(
         &self,
         request: &Request<T>,
         needed: Role,
@@ -116,7 +121,7 @@ impl AdminService {
     }
 }
 
-fn issued(minted: Minted) -> pb::IssueTokenResponse {
+pub(super) fn issued(minted: Minted) -> pb::IssueTokenResponse {
     pb::IssueTokenResponse {
         token: minted.token,
         expires_at: i64::try_from(minted.claims.exp).unwrap_or(i64::MAX),
@@ -791,6 +796,41 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn add_router(
+        &self,
+        request: Request<pb::AddRouterRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, GrpcStatus> {
+        self.do_add_router(request).await
+    }
+
+    async fn issue_router_token(
+        &self,
+        request: Request<pb::RouterTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, GrpcStatus> {
+        self.do_issue_router_token(request).await
+    }
+
+    async fn list_routers(
+        &self,
+        request: Request<pb::ListRoutersRequest>,
+    ) -> Result<Response<pb::ListRoutersResponse>, GrpcStatus> {
+        self.do_list_routers(request).await
+    }
+
+    async fn revoke_router(
+        &self,
+        request: Request<pb::RevokeRouterRequest>,
+    ) -> Result<Response<pb::RevokeRouterResponse>, GrpcStatus> {
+        self.do_revoke_router(request).await
+    }
+
+    async fn rotate_credentials(
+        &self,
+        request: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::RotateResponse>, GrpcStatus> {
+        self.do_rotate_credentials(request).await
     }
 
     async fn list_servers(

@@ -1,5 +1,7 @@
 //! `TenantDirectory`: how routers resolve tenants and follow their changes.
 
+use crate::auth;
+use crate::catalog::RouterRecord;
 use crate::directory::{Change, Directory, ResolveKey};
 use caller_auth::Kind;
 use futures_util::Stream;
@@ -9,7 +11,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-/// The gRPC face of [`Directory`].
+/// The gRPC face of [`Directory`]. Every call comes from a registered router (its token
+/// checked by the interceptor, its registration here): it is handed only routes of the
+/// servers it may serve, and every route handed over is recorded.
 pub struct DirectoryService {
     directory: Directory,
     shutdown: CancellationToken,
@@ -22,6 +26,10 @@ impl DirectoryService {
             directory,
             shutdown,
         }
+    }
+
+    async fn router<T>(&self, request: &Request<T>) -> Result<(RouterRecord, String), Status> {
+        Ok(auth::router(self.directory.catalog(), request).await?)
     }
 }
 
@@ -36,6 +44,7 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::Route>, Status> {
+        let (router, _) = self.router(&request).await?;
         let key = match request.into_inner().key {
             Some(pb::resolve_request::Key::Id(id)) => ResolveKey::Id(id),
             Some(pb::resolve_request::Key::Slug(s)) => ResolveKey::Slug(s),
@@ -46,13 +55,23 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
                 ))
             }
         };
-        Ok(Response::new(self.directory.resolve(&key).await?))
+        let route = self.directory.resolve(&key).await?;
+        // A tenant on a server this router may not serve does not exist for it.
+        if !router.serves(&route.server) {
+            return Err(Status::not_found("tenant not found"));
+        }
+        self.directory
+            .catalog()
+            .record_delivery(&router.name, route.tenant_id, route.version)
+            .await?;
+        Ok(Response::new(route))
     }
 
     async fn record_unroutable(
         &self,
         request: Request<pb::UnroutableWebhook>,
     ) -> Result<Response<pb::UnroutableRecorded>, Status> {
+        self.router(&request).await?;
         let w = request.into_inner();
         if !matches!(w.source.as_str(), "meta" | "evolution") {
             return Err(Status::invalid_argument("source must be meta or evolution"));
@@ -73,8 +92,9 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
 
     async fn list_revoked_tokens(
         &self,
-        _request: Request<pb::ListRevokedTokensRequest>,
+        request: Request<pb::ListRevokedTokensRequest>,
     ) -> Result<Response<pb::RevokedTokens>, Status> {
+        self.router(&request).await?;
         Ok(Response::new(pb::RevokedTokens {
             token_ids: self.directory.revoked_callers().await?,
         }))
@@ -84,10 +104,12 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
 
     async fn watch_routes(
         &self,
-        _request: Request<pb::WatchRoutesRequest>,
+        request: Request<pb::WatchRoutesRequest>,
     ) -> Result<Response<Self::WatchRoutesStream>, Status> {
+        let (router, token_id) = self.router(&request).await?;
         let mut changes = self.directory.subscribe();
         let shutdown = self.shutdown.clone();
+        let catalog = self.directory.catalog().clone();
         let stream = async_stream(move |tx| async move {
             loop {
                 let item = tokio::select! {
@@ -95,10 +117,25 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
                     r = changes.recv() => r,
                 };
                 let msg = match item {
-                    Ok(Change::Route(route)) => Ok(pb::RouteChange {
-                        route: Some((*route).clone()),
-                        revoked_token_id: String::new(),
-                    }),
+                    Ok(Change::Route(route)) if router.serves(&route.server) => {
+                        if let Err(e) = catalog
+                            .record_delivery(&router.name, route.tenant_id, route.version)
+                            .await
+                        {
+                            // Not handed over unrecorded: the router resolves it later.
+                            tracing::warn!(error = %e, router = %router.name, "cannot record a delivery");
+                            continue;
+                        }
+                        Ok(pb::RouteChange {
+                            route: Some((*route).clone()),
+                            revoked_token_id: String::new(),
+                        })
+                    }
+                    Ok(Change::Route(_)) => continue,
+                    // This stream's own credential was revoked: it ends now.
+                    Ok(Change::Revoked { id, .. }) if *id == *token_id => {
+                        Err(Status::unauthenticated("router credential revoked"))
+                    }
                     Ok(Change::Revoked {
                         id,
                         kind: Kind::Caller,

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 /// Base64 of the 32-byte Ed25519 seed the test control planes sign tokens with.
 pub const SIGNING_KEY: &str = "c2lnbmluZy1rZXktZm9yLXRlc3RzLTAxMjM0NTY3ODk=";
-pub const DIRECTORY_TOKEN: &str = "test-directory-token-0123456789";
 pub const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -25,6 +24,8 @@ pub struct Plane {
     /// Token of the operator `test-admin` (role admin), made with `control-plane
     /// operator-token` as a fresh deployment would.
     pub admin_token: String,
+    /// Directory credential of the router `test-router` (every server).
+    pub router_token: String,
     env: Vec<(String, String)>,
 }
 
@@ -105,7 +106,6 @@ impl Plane {
             ("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog_db)),
             ("CONTROL_PLANE__MASTER_KEY", MASTER_KEY.into()),
             ("CONTROL_PLANE__TOKEN_SIGNING_KEY", SIGNING_KEY.into()),
-            ("CONTROL_PLANE__DIRECTORY_TOKEN", DIRECTORY_TOKEN.into()),
             (
                 "CONTROL_PLANE__PROVISIONING__TEMPLATE_PREFIX",
                 template_prefix.clone(),
@@ -126,16 +126,22 @@ impl Plane {
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let (child, endpoint) = spawn_plane(&env);
         let admin_token = operator_token(&env, "test-admin", "admin");
-        let plane = Plane {
+        let mut plane = Plane {
             child,
             endpoint,
             catalog_db,
             template_prefix,
             name_prefix,
             admin_token,
+            router_token: String::new(),
             env,
         };
         plane.wait_ready();
+        plane.router_token = plane
+            .ok(&["router", "add", "test-router", "--all-servers"])
+            .stdout
+            .trim()
+            .to_string();
         plane
     }
 
@@ -382,7 +388,7 @@ pub async fn route(plane: &Plane, slug: &str) -> proto::control::v1::Route {
         ResolveRequest {
             key: Some(Key::Slug(slug.into())),
         },
-        DIRECTORY_TOKEN,
+        &plane.router_token,
     ))
     .await
     .unwrap()

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
-pub const DIRECTORY_TOKEN: &str = "router-test-directory-token-0123";
 /// Base64 of the Ed25519 seed the test control planes sign tokens with.
 pub const SIGNING_KEY: &str = "cm91dGVyLXRlc3RzLXNpZ25pbmcta2V5LTAxMjM0NTY=";
 
@@ -49,6 +48,8 @@ pub struct Plane {
     pub catalog_db: String,
     /// Token of the operator `router-tests` (role admin).
     pub admin_token: String,
+    /// Directory credential the test routers use (a router registered for every server).
+    pub router_token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -67,8 +68,8 @@ impl Plane {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let toml = format!(
             "listen = \"127.0.0.1:{port}\"\ncatalog_url = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n\
-             directory_token = \"{DIRECTORY_TOKEN}\"\ntoken_signing_key = \"{SIGNING_KEY}\"\n\
-             [provisioning]\ntemplate_prefix = \"rtpl_{}_{n}\"\nname_prefix = \"rt{}_{n}\"\n",
+             token_signing_key = \"{SIGNING_KEY}\"\n\
+             [provisioning]\ntemplate_prefix = \"rtpl_{}_{n}\"\nname_prefix = \"rt{}_{n}\"\nrotation_grace_secs = 2\n",
             pg.url(&catalog_db),
             std::process::id(),
             std::process::id() % 100_000
@@ -92,13 +93,28 @@ impl Plane {
             .await
             .unwrap();
         });
-        Plane {
+        let mut plane = Plane {
             endpoint: format!("http://127.0.0.1:{port}"),
             admin_token,
+            router_token: String::new(),
             catalog_db,
             stop: Some(stop),
             task: Some(task),
-        }
+        };
+        plane.router_token = plane
+            .admin()
+            .await
+            .add_router(plane.admin_req(cp::AddRouterRequest {
+                name: format!("rt-router-{n}"),
+                servers: Vec::new(),
+                all_servers: true,
+                ttl_secs: 0,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        plane
     }
 
     /// Stops the control plane and waits for it.
@@ -174,6 +190,40 @@ impl Plane {
             .await
             .unwrap()
             .into_inner()
+    }
+
+    /// Rotates a tenant's login password through the admin API.
+    pub async fn rotate(&self, slug: &str) {
+        let r = self
+            .admin()
+            .await
+            .rotate_credentials(self.admin_req(cp::RotateRequest {
+                tenants: vec![slug.into()],
+                all: false,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.rotated, vec![slug.to_string()], "{r:?}");
+    }
+
+    /// The active login role's password, as the catalog holds it (sealed).
+    pub async fn password_of(&self, slug: &str) -> String {
+        let sealed: Vec<u8> = pg_harness::shared()
+            .connect(&self.catalog_db)
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT senha_cifrada FROM empresas WHERE slug = $1",
+                &[&slug],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        control_plane::crypto::SecretBox::from_base64(MASTER_KEY)
+            .unwrap()
+            .open(&sealed, &format!("tenant:{slug}:password"))
+            .unwrap()
     }
 
     /// Revokes a token through the admin API.
@@ -265,7 +315,7 @@ impl Router {
         cmd.env("TENANT_ROUTER__GRPC_LISTEN", "127.0.0.1:0")
             .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
             .env("TENANT_ROUTER__CONTROL_PLANE_ENDPOINT", &plane.endpoint)
-            .env("TENANT_ROUTER__DIRECTORY_TOKEN", DIRECTORY_TOKEN)
+            .env("TENANT_ROUTER__DIRECTORY_TOKEN", &plane.router_token)
             .env("TENANT_ROUTER__TOKEN_VERIFYING_KEY", verifying_key())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

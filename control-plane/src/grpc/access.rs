@@ -1,0 +1,253 @@
+//! The admin API's router registry and credential rotation (kept apart from tenant
+//! lifecycle in `admin`).
+
+use super::admin::{issued, AdminService};
+use crate::auth::{Actor, Role};
+use crate::catalog::{RouterRecord, TenantFilter, TenantRecord};
+use crate::error::Error;
+use crate::model::{self, Status, TenantKey};
+use crate::tokens::{Grant, Minted};
+use caller_auth::Kind;
+use proto::control::v1 as pb;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+/// Tenants rotated at once by one request.
+const ROTATE_CONCURRENCY: usize = 4;
+
+pub(super) fn router_pb(r: &RouterRecord, tenants_seen: usize) -> pb::RouterInfo {
+    pb::RouterInfo {
+        name: r.name.clone(),
+        servers: r.servers.clone().unwrap_or_default(),
+        all_servers: r.servers.is_none(),
+        active: r.active,
+        created_by: r.created_by.clone(),
+        created_at_ms: r.created_at_ms,
+        tenants_seen: u32::try_from(tenants_seen).unwrap_or(u32::MAX),
+    }
+}
+
+impl AdminService {
+    async fn router_token(&self, by: &Actor, name: &str, ttl_secs: u64) -> Result<Minted, Error> {
+        self.minter
+            .mint(
+                &self.catalog,
+                by,
+                Grant {
+                    kind: Kind::Router,
+                    subject: name.to_string(),
+                    tenants: Vec::new(),
+                    all: false,
+                    role: None,
+                    ttl_secs,
+                },
+            )
+            .await
+    }
+
+    pub(super) async fn do_add_router(
+        &self,
+        request: Request<pb::AddRouterRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, GrpcStatus> {
+        let actor = self.actor(&request, Role::Admin, "router.add").await?;
+        let req = request.into_inner();
+        let name = model::operator_name(&req.name)?;
+        if req.all_servers != req.servers.is_empty() {
+            return Err(Error::InvalidArgument(
+                "name the servers the router may serve, or all of them (not both)".into(),
+            )
+            .into());
+        }
+        let mut servers = Vec::with_capacity(req.servers.len());
+        for raw in &req.servers {
+            let server = model::server_name(raw)?;
+            if self.catalog.server_by_name(&server).await?.is_none() {
+                return Err(Error::NotFound(format!("server {server:?} is not registered")).into());
+            }
+            servers.push(server);
+        }
+        self.minter.ttl(req.ttl_secs)?;
+        let scope = (!req.all_servers).then_some(servers.as_slice());
+        self.catalog.add_router(&name, scope, &actor).await?;
+        let minted = self.router_token(&actor, &name, req.ttl_secs).await?;
+        self.catalog
+            .audit(
+                &actor,
+                "router.add",
+                None,
+                &name,
+                serde_json::json!({"servers": scope, "token_id": minted.claims.jti}),
+            )
+            .await?;
+        Ok(Response::new(issued(minted)))
+    }
+
+    pub(super) async fn do_issue_router_token(
+        &self,
+        request: Request<pb::RouterTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, GrpcStatus> {
+        let actor = self.actor(&request, Role::Admin, "router.token").await?;
+        let req = request.into_inner();
+        let name = model::operator_name(&req.name)?;
+        self.catalog
+            .router(&name)
+            .await?
+            .filter(|r| r.active)
+            .ok_or_else(|| Error::NotFound(format!("no active router {name:?}")))?;
+        let minted = self.router_token(&actor, &name, req.ttl_secs).await?;
+        self.catalog
+            .audit(
+                &actor,
+                "router.token",
+                None,
+                &name,
+                serde_json::json!({"token_id": minted.claims.jti}),
+            )
+            .await?;
+        Ok(Response::new(issued(minted)))
+    }
+
+    pub(super) async fn do_list_routers(
+        &self,
+        request: Request<pb::ListRoutersRequest>,
+    ) -> Result<Response<pb::ListRoutersResponse>, GrpcStatus> {
+        self.actor(&request, Role::Viewer, "router.list").await?;
+        let mut out = Vec::new();
+        for r in self.catalog.routers().await? {
+            let seen = self.catalog.deliveries(&r.name).await?.len();
+            out.push(router_pb(&r, seen));
+        }
+        Ok(Response::new(pb::ListRoutersResponse { routers: out }))
+    }
+
+    pub(super) async fn do_revoke_router(
+        &self,
+        request: Request<pb::RevokeRouterRequest>,
+    ) -> Result<Response<pb::RevokeRouterResponse>, GrpcStatus> {
+        let actor = self.actor(&request, Role::Admin, "router.revoke").await?;
+        let req = request.into_inner();
+        let name = model::operator_name(&req.name)?;
+        let seen = self.catalog.revoke_router(&name, &actor).await?;
+        let mut tenants = Vec::with_capacity(seen.len());
+        for id in &seen {
+            if let Some(t) = self.catalog.tenant_by_id(*id).await? {
+                tenants.push(t);
+            }
+        }
+        let (rotated, failed) = if req.rotate {
+            self.rotate_all(&actor, tenants.clone()).await
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let router = self
+            .catalog
+            .router(&name)
+            .await?
+            .ok_or_else(|| Error::Internal("router vanished".into()))?;
+        self.catalog
+            .audit(
+                &actor,
+                "router.revoke",
+                None,
+                &name,
+                serde_json::json!({
+                    "tenants_seen": seen, "rotated": rotated,
+                    "rotation_failed": failed.iter().map(|f| &f.slug).collect::<Vec<_>>(),
+                }),
+            )
+            .await?;
+        if !failed.is_empty() {
+            let list: Vec<String> = failed
+                .iter()
+                .map(|f| format!("{}: {}", f.slug, f.error))
+                .collect();
+            return Err(Error::Unavailable(format!(
+                "router {name} revoked, but some passwords were not rotated (run `tenantctl rotate` for them): {}",
+                list.join("; ")
+            ))
+            .into());
+        }
+        Ok(Response::new(pb::RevokeRouterResponse {
+            router: Some(router_pb(&router, seen.len())),
+            tenants_seen: tenants.iter().map(|t| t.slug.clone()).collect(),
+            rotated,
+        }))
+    }
+
+    pub(super) async fn do_rotate_credentials(
+        &self,
+        request: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::RotateResponse>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Operator, "tenant.rotate")
+            .await?;
+        let req = request.into_inner();
+        if req.all != req.tenants.is_empty() {
+            return Err(Error::InvalidArgument(
+                "name tenants to rotate or ask for all of them (not both)".into(),
+            )
+            .into());
+        }
+        let keys = req
+            .tenants
+            .iter()
+            .map(|t| TenantKey::parse(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tenants = Vec::new();
+        if req.all {
+            tenants = self.catalog.list_tenants(&TenantFilter::default()).await?;
+            tenants.retain(|t| matches!(t.status, Status::Active | Status::Suspended));
+        } else {
+            for key in &keys {
+                let t = self
+                    .catalog
+                    .tenant(key)
+                    .await?
+                    .ok_or_else(|| Error::NotFound("tenant not found".into()))?;
+                tenants.push(t);
+            }
+        }
+        let (rotated, failed) = self.rotate_all(&actor, tenants).await;
+        Ok(Response::new(pb::RotateResponse { rotated, failed }))
+    }
+
+    /// Rotates each tenant (a few at once), auditing each; returns (rotated, failed).
+    async fn rotate_all(
+        &self,
+        actor: &Actor,
+        tenants: Vec<TenantRecord>,
+    ) -> (Vec<String>, Vec<pb::RotateFailure>) {
+        let (mut rotated, mut failed) = (Vec::new(), Vec::new());
+        for chunk in tenants.chunks(ROTATE_CONCURRENCY) {
+            let results = futures_util::future::join_all(chunk.iter().map(|t| async move {
+                let result = self.rotator.rotate(t).await;
+                let (outcome, details) = match &result {
+                    Ok(_) => ("ok", serde_json::json!({})),
+                    Err(e) => ("failed", serde_json::json!({"error": e.to_string()})),
+                };
+                let _ = self
+                    .catalog
+                    .audit_outcome(
+                        actor,
+                        "tenant.rotate",
+                        Some(t.id),
+                        &t.slug,
+                        details,
+                        outcome,
+                    )
+                    .await;
+                (t.slug.clone(), result)
+            }))
+            .await;
+            for (slug, result) in results {
+                match result {
+                    Ok(_) => rotated.push(slug),
+                    Err(e) => failed.push(pb::RotateFailure {
+                        slug,
+                        error: e.to_string(),
+                    }),
+                }
+            }
+        }
+        (rotated, failed)
+    }
+}
