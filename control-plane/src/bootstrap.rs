@@ -5,7 +5,6 @@
 use crate::auth::{Actor, Role};
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::crypto::SecretBox;
 use crate::error::{Error, Result};
 use crate::tokens::{Grant, Minter};
 use caller_auth::Kind;
@@ -19,7 +18,8 @@ pub async fn operator_token(
     ttl_secs: u64,
 ) -> Result<String> {
     let name = crate::model::operator_name(name)?;
-    let secrets = SecretBox::from_base64(&config.master_key)
+    let secrets = config
+        .secret_box()
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let catalog = Catalog::connect(&config.catalog_url, 1, secrets)?;
     catalog.migrate().await?;

@@ -21,6 +21,10 @@ pub struct Config {
     pub catalog_pool_size: usize,
     /// Base64 of the 32-byte key that encrypts stored credentials.
     pub master_key: String,
+    /// Previous master keys, base64, comma-separated: they still open what they sealed
+    /// until `tenantctl rekey` has re-sealed every stored secret with `master_key`.
+    #[serde(default)]
+    pub retired_master_keys: String,
     /// Base64 of the 32-byte Ed25519 seed that signs every token the control plane mints
     /// (caller, operator, router). Only the control plane holds it; routers get the public
     /// key (`control-plane --print-verifying-key`).
@@ -234,16 +238,35 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The retired master keys, in order.
+    pub fn retired_keys(&self) -> Vec<&str> {
+        self.retired_master_keys
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    /// The box sealing stored secrets: the master key, plus retired keys for reading.
+    pub fn secret_box(&self) -> Result<crate::crypto::SecretBox, crate::crypto::CryptoError> {
+        crate::crypto::SecretBox::with_retired(&self.master_key, &self.retired_keys())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
-        crate::crypto::SecretBox::from_base64(&self.master_key)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.secret_box()
+            .map_err(|e| ConfigError::Invalid(format!("master_key or retired_master_keys: {e}")))?;
         caller_auth::Signer::from_base64(&self.token_signing_key)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         // One secret, one purpose: a leak of one must not open another door.
-        let secrets = [
+        let mut secrets = vec![
             ("master_key", self.master_key.trim()),
             ("token_signing_key", self.token_signing_key.trim()),
         ];
+        secrets.extend(
+            self.retired_keys()
+                .into_iter()
+                .map(|k| ("a retired master key", k)),
+        );
         for (i, (a, x)) in secrets.iter().enumerate() {
             for (b, y) in &secrets[i + 1..] {
                 if x == y {

@@ -1,13 +1,21 @@
 //! Encryption of stored credentials (XChaCha20-Poly1305) and generation of role passwords.
 //!
-//! Ciphertexts are `nonce (24 bytes) || sealed`, with the catalog row's purpose bound in as
-//! associated data, so a ciphertext copied into another row or column does not decrypt.
+//! Ciphertexts are `0x01 || key id (4 bytes) || nonce (24 bytes) || sealed`, with the
+//! catalog row's purpose bound in as associated data, so a ciphertext copied into another
+//! row or column does not decrypt. The key id (the first 4 bytes of the key's SHA-256)
+//! says which master key sealed it: after a master-key change, the retired keys still open
+//! what they sealed until `tenantctl rekey` has re-sealed everything with the current one.
+//! Ciphertexts of the first release (`nonce || sealed`, no header) still open.
 
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 const NONCE_LEN: usize = 24;
+/// First byte of a ciphertext that names its key.
+const VERSION: u8 = 1;
+const KEY_ID_LEN: usize = 4;
+const HEADER_LEN: usize = 1 + KEY_ID_LEN;
 
 /// Why a secret could not be sealed or opened.
 #[derive(Debug, thiserror::Error)]
@@ -23,10 +31,18 @@ pub enum CryptoError {
     Seal,
 }
 
-/// Seals and opens secrets with the control plane's master key.
+/// One master key and its id.
+#[derive(Clone)]
+struct Key {
+    id: [u8; KEY_ID_LEN],
+    cipher: XChaCha20Poly1305,
+}
+
+/// Seals with the current master key; opens with it or any retired one.
 #[derive(Clone)]
 pub struct SecretBox {
-    cipher: XChaCha20Poly1305,
+    current: Key,
+    retired: Vec<Key>,
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -38,20 +54,34 @@ impl std::fmt::Debug for SecretBox {
 impl SecretBox {
     /// Builds from a base64-encoded 32-byte key.
     pub fn from_base64(key: &str) -> Result<SecretBox, CryptoError> {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(key.trim())
-            .map_err(|_| CryptoError::BadKey)?;
-        if bytes.len() != 32 {
-            return Err(CryptoError::BadKey);
-        }
-        let cipher = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?;
-        Ok(SecretBox { cipher })
+        SecretBox::with_retired(key, &[])
     }
 
-    /// Encrypts `plain`, binding `context` (e.g. `"tenant:42:password"`).
+    /// The current key (seals and opens) and retired keys (open only), base64 each.
+    pub fn with_retired(current: &str, retired: &[&str]) -> Result<SecretBox, CryptoError> {
+        Ok(SecretBox {
+            current: Key::from_base64(current)?,
+            retired: retired
+                .iter()
+                .map(|k| Key::from_base64(k))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Whether `sealed` was sealed by a key other than the current one (or in the first
+    /// release's format): `rekey` re-seals it.
+    pub fn needs_reseal(&self, sealed: &[u8]) -> bool {
+        !(sealed.len() > HEADER_LEN
+            && sealed[0] == VERSION
+            && sealed[1..HEADER_LEN] == self.current.id)
+    }
+
+    /// Encrypts `plain` with the current key, binding `context` (e.g.
+    /// `"tenant:42:password"`).
     pub fn seal(&self, plain: &str, context: &str) -> Result<Vec<u8>, CryptoError> {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
         let sealed = self
+            .current
             .cipher
             .encrypt(
                 &nonce,
@@ -61,14 +91,51 @@ impl SecretBox {
                 },
             )
             .map_err(|_| CryptoError::Seal)?;
-        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + sealed.len());
+        out.push(VERSION);
+        out.extend_from_slice(&self.current.id);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
         Ok(out)
     }
 
-    /// Decrypts what [`SecretBox::seal`] made with the same `context`.
+    /// Decrypts what [`SecretBox::seal`] made with the same `context`, with whichever of
+    /// the current and retired keys sealed it.
     pub fn open(&self, sealed: &[u8], context: &str) -> Result<String, CryptoError> {
+        let keys = || std::iter::once(&self.current).chain(&self.retired);
+        if sealed.len() > HEADER_LEN + NONCE_LEN && sealed[0] == VERSION {
+            let id = &sealed[1..HEADER_LEN];
+            if let Some(key) = keys().find(|k| k.id[..] == *id) {
+                if let Ok(plain) = key.open(&sealed[HEADER_LEN..], context) {
+                    return Ok(plain);
+                }
+            }
+        }
+        // The first release's format: any key may have sealed it.
+        keys()
+            .find_map(|k| k.open(sealed, context).ok())
+            .ok_or(CryptoError::Open)
+    }
+}
+
+impl Key {
+    fn from_base64(key: &str) -> Result<Key, CryptoError> {
+        use sha2::{Digest, Sha256};
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(key.trim())
+            .map_err(|_| CryptoError::BadKey)?;
+        if bytes.len() != 32 {
+            return Err(CryptoError::BadKey);
+        }
+        let cipher = XChaCha20Poly1305::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?;
+        let digest = Sha256::digest(&bytes);
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&digest[..KEY_ID_LEN]);
+        Ok(Key { id, cipher })
+    }
+
+    /// Opens `nonce || sealed`.
+    fn open(&self, sealed: &[u8], context: &str) -> Result<String, CryptoError> {
         if sealed.len() < NONCE_LEN {
             return Err(CryptoError::Open);
         }
@@ -198,6 +265,44 @@ mod tests {
             sb.open(&sealed[..10], "tenant:1:password"),
             Err(CryptoError::Open)
         ));
+    }
+
+    #[test]
+    fn retired_keys_open_until_everything_is_resealed() {
+        let (old, new) = (random_master_key(), random_master_key());
+        let before = SecretBox::from_base64(&old).unwrap();
+        let sealed = before.seal("s3cret", "tenant:1:owner").unwrap();
+        let during = SecretBox::with_retired(&new, &[&old]).unwrap();
+        assert_eq!(during.open(&sealed, "tenant:1:owner").unwrap(), "s3cret");
+        assert!(during.needs_reseal(&sealed));
+        let resealed = during.seal("s3cret", "tenant:1:owner").unwrap();
+        assert!(!during.needs_reseal(&resealed));
+        let after = SecretBox::from_base64(&new).unwrap();
+        assert_eq!(after.open(&resealed, "tenant:1:owner").unwrap(), "s3cret");
+        assert!(
+            after.open(&sealed, "tenant:1:owner").is_err(),
+            "the old key is gone"
+        );
+        // The first release's format (no header) still opens.
+        let legacy = {
+            let key = Key::from_base64(&old).unwrap();
+            let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+            let mut out = nonce.to_vec();
+            out.extend(
+                key.cipher
+                    .encrypt(
+                        &nonce,
+                        Payload {
+                            msg: b"legacy",
+                            aad: b"ctx",
+                        },
+                    )
+                    .unwrap(),
+            );
+            out
+        };
+        assert_eq!(during.open(&legacy, "ctx").unwrap(), "legacy");
+        assert!(during.needs_reseal(&legacy));
     }
 
     #[test]

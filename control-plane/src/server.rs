@@ -3,7 +3,6 @@
 use crate::auth::TokenAuth;
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::crypto::SecretBox;
 use crate::directory::Directory;
 use crate::grpc::{AdminService, DirectoryService};
 use crate::rotation::Rotator;
@@ -38,7 +37,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let secrets = SecretBox::from_base64(&config.master_key)
+    let secrets = config
+        .secret_box()
         .map_err(|e| ServeError::Startup(e.to_string()))?;
     let catalog = Catalog::connect(&config.catalog_url, config.catalog_pool_size, secrets)
         .map_err(|e| ServeError::Startup(e.to_string()))?;

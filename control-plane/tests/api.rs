@@ -460,6 +460,16 @@ async fn bad_configuration_is_refused_with_a_message_naming_it() {
             "token signing key must be 32 bytes",
         ),
         (
+            Some(("CONTROL_PLANE__RETIRED_MASTER_KEYS", "not-a-key")),
+            None,
+            "master_key or retired_master_keys",
+        ),
+        (
+            Some(("CONTROL_PLANE__RETIRED_MASTER_KEYS", common::SIGNING_KEY)),
+            None,
+            "must be different secrets",
+        ),
+        (
             Some(("CONTROL_PLANE__TOKEN_SIGNING_KEY", common::MASTER_KEY)),
             None,
             "master_key and token_signing_key must be different secrets",

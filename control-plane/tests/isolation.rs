@@ -836,3 +836,51 @@ async fn routers_get_only_their_servers_routes_and_a_revoked_router_is_cut_off()
         assert_eq!(out.code, code, "{args:?}: {out:?}");
     }
 }
+
+#[tokio::test]
+async fn a_new_master_key_takes_over_every_stored_secret() {
+    let pg = pg_harness::shared();
+    let mut plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "keyed", "--name", "K", "--sector", "servicos"]);
+    plane.ok(&["webhook-token", "keyed"]);
+    let before = common::route(&plane, "keyed").await;
+    let rekey = plane.ok(&["rekey", "--json"]).json();
+    assert_eq!(
+        rekey["resealed"], 0,
+        "everything is under the current key: {rekey}"
+    );
+
+    // A new key, the old one retired: everything still opens; rekey moves it all over.
+    let new_key = "bmV3LW1hc3Rlci1rZXktZm9yLXRlc3RzLTAxMjM0NTY=";
+    plane.restart_with(&[
+        ("CONTROL_PLANE__MASTER_KEY", new_key),
+        ("CONTROL_PLANE__RETIRED_MASTER_KEYS", common::MASTER_KEY),
+    ]);
+    assert_eq!(
+        common::route(&plane, "keyed").await.password,
+        before.password
+    );
+    let rekey = plane.ok(&["rekey", "--json"]).json();
+    assert!(rekey["resealed"].as_u64().unwrap() >= 5, "{rekey}");
+    assert_eq!(rekey["remaining"], 0, "{rekey}");
+    let again = plane.ok(&["rekey", "--json"]).json();
+    assert_eq!(again["resealed"], 0, "repeatable: {again}");
+
+    // Without the old key, every secret still opens: routes, server admin, owners.
+    plane.restart_with(&[("CONTROL_PLANE__RETIRED_MASTER_KEYS", "")]);
+    assert_eq!(
+        common::route(&plane, "keyed").await.password,
+        before.password
+    );
+    age_to_v1(&plane, pg, "keyed").await;
+    plane.ok(&["migrate", "keyed"]);
+    plane.ok(&["create", "keyed-two", "--name", "K", "--sector", "servicos"]);
+    plane.ok(&["rotate", "keyed"]);
+    let audit = plane.ok(&["audit", "--json"]).json();
+    assert!(audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "master_key.rekey" && e["actor"] == "test-admin"));
+}

@@ -7,12 +7,14 @@
 //! about it.
 
 mod identities;
+mod rekey;
 mod routers;
 mod runs;
 mod servers;
 mod tenants;
 
 pub use identities::{AuditRecord, OperatorRecord, TokenRecord};
+pub use rekey::Resealed;
 pub use routers::RouterRecord;
 pub use runs::{RunCounts, RunTenantRow};
 pub use servers::{NewServer, ServerRecord, TemplateRecord};

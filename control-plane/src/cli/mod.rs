@@ -90,6 +90,9 @@ enum Command {
     Router(access::RouterCommand),
     /// Rotate tenants' login passwords while routers keep serving.
     Rotate(access::RotateArgs),
+    /// Re-seal every stored secret with the current master key (after changing it, with
+    /// the previous one in retired_master_keys).
+    Rekey,
     /// Read the audit log: who did what, to which target, with which token, how it ended.
     Audit(access::AuditArgs),
 }
@@ -506,6 +509,19 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Operator(cmd) => access::operator(&mut client, cmd, json).await?,
         Command::Router(cmd) => access::router(&mut client, cmd, json).await?,
         Command::Rotate(a) => return access::rotate(&mut client, a, json).await,
+        Command::Rekey => {
+            let r = client.rekey(pb::RekeyRequest {}).await?.into_inner();
+            if json {
+                output::json(&serde_json::json!({
+                    "resealed": r.resealed, "already_current": r.already_current, "remaining": r.remaining,
+                }));
+            } else {
+                output::line(&format!(
+                    "{} secrets re-sealed, {} already under the current key, {} remaining",
+                    r.resealed, r.already_current, r.remaining
+                ));
+            }
+        }
         Command::Audit(a) => access::audit(&mut client, a, json).await?,
     }
     Ok(0)

@@ -210,6 +210,30 @@ impl AdminService {
         Ok(Response::new(pb::RotateResponse { rotated, failed }))
     }
 
+    pub(super) async fn do_rekey(
+        &self,
+        request: Request<pb::RekeyRequest>,
+    ) -> Result<Response<pb::RekeyResponse>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Admin, "master_key.rekey")
+            .await?;
+        let result = self.catalog.reseal_all().await;
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        let details = match &result {
+            Ok(r) => serde_json::json!({"resealed": r.resealed, "already_current": r.current}),
+            Err(e) => serde_json::json!({"error": e.to_string()}),
+        };
+        self.catalog
+            .audit_outcome(&actor, "master_key.rekey", None, "", details, outcome)
+            .await?;
+        let done = result?;
+        Ok(Response::new(pb::RekeyResponse {
+            resealed: done.resealed,
+            already_current: done.current,
+            remaining: self.catalog.secrets_under_old_keys().await?,
+        }))
+    }
+
     /// Rotates each tenant (a few at once), auditing each; returns (rotated, failed).
     async fn rotate_all(
         &self,

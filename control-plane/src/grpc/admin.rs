@@ -833,6 +833,13 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         self.do_rotate_credentials(request).await
     }
 
+    async fn rekey(
+        &self,
+        request: Request<pb::RekeyRequest>,
+    ) -> Result<Response<pb::RekeyResponse>, GrpcStatus> {
+        self.do_rekey(request).await
+    }
+
     async fn list_servers(
         &self,
         request: Request<pb::ListServersRequest>,

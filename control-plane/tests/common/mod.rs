@@ -164,6 +164,15 @@ impl Plane {
         }
     }
 
+    /// Restarts the control plane on the same catalog with some settings changed.
+    pub fn restart_with(&mut self, overrides: &[(&str, &str)]) {
+        for (k, v) in overrides {
+            self.env.retain(|(name, _)| name != k);
+            self.env.push((k.to_string(), v.to_string()));
+        }
+        self.crash_and_restart();
+    }
+
     /// Kills the control plane at once (SIGKILL: a crash) and starts it again on the same
     /// catalog.
     pub fn crash_and_restart(&mut self) {
