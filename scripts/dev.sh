@@ -92,9 +92,32 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-echo "==> starting PostgreSQL on 127.0.0.1:$PG_PORT"
+# A local CA, made once under .dev/tls: PostgreSQL, the control plane and the router
+# present certificates it signed; every client verifies them against it.
+TLS="$DEV/tls"
+if [ ! -f "$TLS/ca.crt" ]; then
+  echo "==> creating a local certificate authority in $TLS"
+  command -v openssl >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq openssl >/dev/null; }
+  mkdir -p "$TLS"
+  umask 077
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=tenancy dev CA" -keyout "$TLS/ca.key" -out "$TLS/ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' > "$TLS/ext.cnf"
+  for name in postgres control-plane router; do
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$name" \
+      -keyout "$TLS/$name.key" -out "$TLS/$name.csr" 2>/dev/null
+    openssl x509 -req -in "$TLS/$name.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" -CAcreateserial \
+      -days 825 -extfile "$TLS/ext.cnf" -out "$TLS/$name.crt" 2>/dev/null
+  done
+  umask 022
+  chmod 755 "$TLS"; chmod 644 "$TLS/ca.crt"
+  [ "$(id -u)" = 0 ] && chown nobody:nogroup "$TLS/postgres.key" "$TLS/postgres.crt"
+fi
+
+echo "==> starting PostgreSQL on 127.0.0.1:$PG_PORT (TLS on)"
 as_pg "$BINDIR/pg_ctl" -D "$DEV/pg" -l "$DEV/run/postgres.log" -w \
-  -o "-p $PG_PORT -k $DEV/run -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+  -o "-p $PG_PORT -k $DEV/run -c listen_addresses=127.0.0.1 -c max_connections=300 -c ssl=on -c ssl_cert_file=$TLS/postgres.crt -c ssl_key_file=$TLS/postgres.key" start >/dev/null
 PG_URL="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT"
 export PGPASSWORD="$PG_PASSWORD"
 if ! psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'tenancy_catalog'" | grep -q 1; then
@@ -107,6 +130,13 @@ listen = "127.0.0.1:$CONTROL_PORT"
 catalog_url = "$PG_URL/tenancy_catalog"
 master_key = "$MASTER_KEY"
 token_signing_key = "$TOKEN_SIGNING_KEY"
+
+[tls]
+cert_file = "$TLS/control-plane.crt"
+key_file = "$TLS/control-plane.key"
+
+[database_tls]
+ca_file = "$TLS/ca.crt"
 TOML
 chmod 600 "$DEV/control-plane.toml"
 TOKEN_VERIFYING_KEY="$("$CP" --config "$DEV/control-plane.toml" --print-verifying-key)"
@@ -118,7 +148,7 @@ echo "==> starting the control plane on 127.0.0.1:$CONTROL_PORT"
 RUST_LOG="${RUST_LOG:-info}" "$CP" --config "$DEV/control-plane.toml" &
 PIDS+=($!)
 
-export TENANTCTL_ENDPOINT="http://127.0.0.1:$CONTROL_PORT" TENANTCTL_TOKEN="$OPERATOR_TOKEN"
+export TENANTCTL_ENDPOINT="https://127.0.0.1:$CONTROL_PORT" TENANTCTL_TOKEN="$OPERATOR_TOKEN" TENANTCTL_CA_FILE="$TLS/ca.crt"
 for _ in $(seq 1 100); do
   if "$CTL" server list >/dev/null 2>&1; then break; fi
   if ! kill -0 "${PIDS[0]}" 2>/dev/null; then echo "control plane exited" >&2; exit 1; fi
@@ -139,9 +169,19 @@ umask 077
 cat > "$DEV/tenant-router.toml" <<TOML
 grpc_listen = "127.0.0.1:$ROUTER_GRPC_PORT"
 http_listen = "127.0.0.1:$ROUTER_HTTP_PORT"
-control_plane_endpoint = "http://127.0.0.1:$CONTROL_PORT"
+control_plane_endpoint = "https://127.0.0.1:$CONTROL_PORT"
 directory_token = "$ROUTER_TOKEN"
 token_verifying_key = "$TOKEN_VERIFYING_KEY"
+
+[tls]
+cert_file = "$TLS/router.crt"
+key_file = "$TLS/router.key"
+
+[control_plane_tls]
+ca_file = "$TLS/ca.crt"
+
+[database_tls]
+ca_file = "$TLS/ca.crt"
 
 [webhook]
 app_secret = "$WHATSAPP_APP_SECRET"
@@ -160,9 +200,10 @@ done
 
 umask 077
 cat > "$DEV/env" <<ENV
-export TENANTCTL_ENDPOINT=http://127.0.0.1:$CONTROL_PORT
+export TENANTCTL_ENDPOINT=https://127.0.0.1:$CONTROL_PORT
+export TENANTCTL_CA_FILE=$TLS/ca.crt
 export TENANTCTL_TOKEN=$OPERATOR_TOKEN
-export ROUTER_GRPC_ENDPOINT=http://127.0.0.1:$ROUTER_GRPC_PORT
+export ROUTER_GRPC_ENDPOINT=https://127.0.0.1:$ROUTER_GRPC_PORT
 export ROUTER_HTTP_ENDPOINT=http://127.0.0.1:$ROUTER_HTTP_PORT
 export CATALOG_DATABASE_URL=$PG_URL/tenancy_catalog
 export PG_ADMIN_URL=$PG_URL/postgres

@@ -21,7 +21,13 @@ pub async fn operator_token(
     let secrets = config
         .secret_box()
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let catalog = Catalog::connect(&config.catalog_url, 1, secrets)?;
+    let catalog = Catalog::connect(
+        &config.catalog_url,
+        1,
+        secrets,
+        crate::pgconn::DbTls::from_config(config.database_tls.as_ref())
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+    )?;
     catalog.migrate().await?;
     let by = Actor::system("bootstrap");
     let op = catalog.ensure_operator(&name, role, &by).await?;

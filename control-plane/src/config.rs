@@ -32,6 +32,14 @@ pub struct Config {
     /// Token lifetimes.
     #[serde(default)]
     pub tokens: Tokens,
+    /// Serve gRPC over TLS with this certificate. Without it the control plane serves
+    /// plaintext and hands tenant credentials only to routers connecting over loopback.
+    #[serde(default)]
+    pub tls: Option<service_kit::tls::ServerTls>,
+    /// Connect to PostgreSQL (catalog and database servers) over TLS, verifying servers'
+    /// certificates and host names against this CA.
+    #[serde(default)]
+    pub database_tls: Option<service_kit::tls::ClientTls>,
     /// Provisioning settings.
     #[serde(default)]
     pub provisioning: Provisioning,

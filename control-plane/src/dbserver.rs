@@ -3,8 +3,9 @@
 
 use crate::catalog::{Catalog, ServerRecord};
 use crate::error::{Error, Result};
+use crate::pgconn::DbTls;
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// The one database admin sessions use. Nothing a tenant can define lives there: `CONNECT`
 /// on it is revoked from `PUBLIC` where the control plane manages the cluster.
@@ -44,6 +45,7 @@ pub async fn connect_maintenance(
 ) -> Result<Client> {
     let password = catalog.server_password(server)?;
     connect(
+        catalog.db_tls(),
         &Target {
             server_name: &server.name,
             host: &server.host,
@@ -61,14 +63,16 @@ pub async fn connect_maintenance(
 /// Opens a connection to `database` on `server` logged in as a non-superuser role (a
 /// tenant's owner, the template owner).
 pub async fn connect_login(
+    catalog: &Catalog,
     server: &ServerRecord,
-    user: &str,
-    password: &str,
+    login: (&str, &str),
     database: &str,
     search_path: SearchPath,
     timeout: Duration,
 ) -> Result<Client> {
+    let (user, password) = login;
     connect(
+        catalog.db_tls(),
         &Target {
             server_name: &server.name,
             host: &server.host,
@@ -99,14 +103,15 @@ pub struct Target<'a> {
 /// Opens an admin connection with explicit credentials to the maintenance database (used
 /// to verify a server before it is registered).
 pub async fn connect_unregistered(
-    server_name: &str,
-    host: &str,
-    port: u16,
+    tls: &DbTls,
+    target: (&str, &str, u16),
     user: &str,
     password: &str,
     timeout: Duration,
 ) -> Result<Client> {
+    let (server_name, host, port) = target;
     connect(
+        tls,
         &Target {
             server_name,
             host,
@@ -121,7 +126,7 @@ pub async fn connect_unregistered(
     .await
 }
 
-async fn connect(target: &Target<'_>, timeout: Duration) -> Result<Client> {
+async fn connect(tls: &DbTls, target: &Target<'_>, timeout: Duration) -> Result<Client> {
     let server_name = target.server_name;
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(target.host)
@@ -132,9 +137,12 @@ async fn connect(target: &Target<'_>, timeout: Duration) -> Result<Client> {
         .options(target.options)
         .application_name("control-plane")
         .connect_timeout(timeout);
-    let connecting = cfg.connect(NoTls);
-    let (client, conn) = match tokio::time::timeout(timeout, connecting).await {
-        Ok(Ok(pair)) => pair,
+    if matches!(tls, DbTls::Verified(_)) {
+        cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
+    let connecting = tls.connect(&cfg);
+    let client = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(client)) => client,
         Ok(Err(e)) => return Err(connect_error(server_name, target.user, &e)),
         Err(_) => {
             return Err(Error::Unavailable(format!(
@@ -143,13 +151,6 @@ async fn connect(target: &Target<'_>, timeout: Duration) -> Result<Client> {
             )))
         }
     };
-    // The driver task lives exactly as long as the client: it returns once the client is
-    // dropped and the socket closes.
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "admin connection closed");
-        }
-    });
     Ok(client)
 }
 

@@ -142,15 +142,14 @@ impl Directory {
     }
 
     async fn listen_once(&self, cancel: &CancellationToken) -> Result<()> {
-        let (client, mut conn) = self
+        let (client, mut messages) = self
             .catalog
-            .pg_config()
-            .connect(tokio_postgres::NoTls)
+            .db_tls()
+            .connect_listening(self.catalog.pg_config())
             .await
             .map_err(|e| Error::internal("listen connect", e))?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, String)>(CHANGE_BUFFER);
         let driver = async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
             while let Some(message) = messages.next().await {
                 match message {
                     Ok(AsyncMessage::Notification(n)) => {

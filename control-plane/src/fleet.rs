@@ -551,9 +551,9 @@ async fn migrate_database(
     let names = tenant.require_names().map_err(as_failed)?;
     let password = shared.catalog.owner_password(tenant).map_err(as_failed)?;
     let mut client = dbserver::connect_login(
+        &shared.catalog,
         server,
-        &names.owner,
-        &password,
+        (&names.owner, &password),
         &tenant.database,
         dbserver::SearchPath::Public,
         shared.connect_timeout,

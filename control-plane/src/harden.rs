@@ -123,9 +123,9 @@ impl Hardener {
     ) -> Result<Vec<Item>> {
         let password = self.catalog.tenant_password(tenant)?;
         let client = dbserver::connect_login(
+            &self.catalog,
             server,
-            &tenant.role,
-            &password,
+            (&tenant.role, &password),
             database,
             SearchPath::CatalogOnly,
             self.timeout(),
@@ -216,9 +216,9 @@ impl Hardener {
         remedies: &[inventory::Remedy],
     ) -> Result<()> {
         let client = dbserver::connect_login(
+            &self.catalog,
             server,
-            &names.owner,
-            owner_password,
+            (&names.owner, owner_password),
             database,
             SearchPath::CatalogOnly,
             self.timeout(),
@@ -269,9 +269,9 @@ impl Hardener {
         let old = quote_ident(legacy);
         if dbserver::role_exists(admin, legacy).await? {
             let owner = dbserver::connect_login(
+                &self.catalog,
                 server,
-                &names.owner,
-                &self.catalog.owner_password(tenant)?,
+                (&names.owner, &self.catalog.owner_password(tenant)?),
                 &names.database,
                 SearchPath::CatalogOnly,
                 self.timeout(),
@@ -340,9 +340,9 @@ impl Hardener {
                 .batch_execute(&format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC"))
                 .await?;
             let mut client = dbserver::connect_login(
+                &self.catalog,
                 server,
-                &owner,
-                &password,
+                (&owner, &password),
                 &scratch,
                 SearchPath::Public,
                 self.timeout(),

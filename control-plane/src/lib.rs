@@ -16,6 +16,7 @@ pub mod grpc;
 pub mod harden;
 pub mod inventory;
 pub mod model;
+pub mod pgconn;
 pub mod provision;
 pub mod roles;
 pub mod rotation;

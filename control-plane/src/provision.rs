@@ -263,9 +263,9 @@ impl Provisioner {
         // 4. Inside the database, as the owner: adopt a clone's objects, then migrations (a
         // catch-up after a clone) under the migration lock.
         let mut owner = dbserver::connect_login(
+            &self.catalog,
             server,
-            &names.owner,
-            &passwords.owner,
+            (&names.owner, &passwords.owner),
             &names.database,
             dbserver::SearchPath::Public,
             self.timeout(),

@@ -40,8 +40,14 @@ pub async fn run(
     let secrets = config
         .secret_box()
         .map_err(|e| ServeError::Startup(e.to_string()))?;
-    let catalog = Catalog::connect(&config.catalog_url, config.catalog_pool_size, secrets)
-        .map_err(|e| ServeError::Startup(e.to_string()))?;
+    let catalog = Catalog::connect(
+        &config.catalog_url,
+        config.catalog_pool_size,
+        secrets,
+        crate::pgconn::DbTls::from_config(config.database_tls.as_ref())
+            .map_err(|e| ServeError::Startup(e.to_string()))?,
+    )
+    .map_err(|e| ServeError::Startup(e.to_string()))?;
     catalog
         .migrate()
         .await
@@ -98,13 +104,23 @@ pub async fn run(
     tracing::info!(%addr, "control plane listening");
     let incoming = service_kit::nodelay_incoming(listener);
     let stop = cancel.clone();
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    let tls = config.tls.is_some();
+    if let Some(cfg) = &config.tls {
+        let cfg = cfg
+            .tonic()
+            .map_err(|e| ServeError::Startup(e.to_string()))?;
+        builder = builder.tls_config(cfg)?;
+    } else if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving without TLS: the directory answers loopback callers only");
+    }
+    let served = builder
         .add_service(health)
         .add_service(reflection)
         .add_service(pb::tenant_admin_server::TenantAdminServer::with_interceptor(admin, operators))
         .add_service(
             pb::tenant_directory_server::TenantDirectoryServer::with_interceptor(
-                DirectoryService::new(directory, cancel.clone()),
+                DirectoryService::new(directory, cancel.clone(), tls),
                 routers,
             ),
         )

@@ -201,9 +201,9 @@ async fn refresh_locked(
     let timeout = dbserver::millis(cfg.connect_timeout_ms);
     let outcome = {
         let mut client = dbserver::connect_login(
+            catalog,
             server,
-            &owner,
-            &password,
+            (&owner, &password),
             name,
             dbserver::SearchPath::Public,
             timeout,

@@ -245,16 +245,9 @@ async fn a_tenant_locked_by_another_run_is_busy_and_concurrent_runs_apply_once()
 
     // Two runs at once: every pending migration is applied exactly once overall.
     let spawn = |plane: &Plane| {
-        let endpoint = plane.endpoint.clone();
-        let admin_token = plane.admin_token.clone();
-        std::thread::spawn(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_tenantctl"))
-                .args(["migrate", "--all", "--concurrency", "2", "--json"])
-                .env("TENANTCTL_ENDPOINT", endpoint)
-                .env("TENANTCTL_TOKEN", &admin_token)
-                .output()
-                .unwrap()
-        })
+        let mut cmd = plane.tenantctl();
+        cmd.args(["migrate", "--all", "--concurrency", "2", "--json"]);
+        std::thread::spawn(move || cmd.output().unwrap())
     };
     let (one, two) = (spawn(&plane), spawn(&plane));
     for out in [one.join().unwrap(), two.join().unwrap()] {

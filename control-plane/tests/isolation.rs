@@ -459,16 +459,9 @@ async fn a_harden_run_killed_midway_resumes_and_loses_nothing() {
             .await
             .unwrap();
     }
-    let endpoint = plane.endpoint.clone();
-    let admin_token = plane.admin_token.clone();
-    let run = std::thread::spawn(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tenantctl"))
-            .args(["harden", "--all", "--concurrency", "2"])
-            .env("TENANTCTL_ENDPOINT", endpoint)
-            .env("TENANTCTL_TOKEN", &admin_token)
-            .output()
-            .unwrap()
-    });
+    let mut cmd = plane.tenantctl();
+    cmd.args(["harden", "--all", "--concurrency", "2"]);
+    let run = std::thread::spawn(move || cmd.output().unwrap());
     // Kill the control plane once the run is under way (some tenant staged or done).
     let catalog = plane.catalog().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -883,4 +876,60 @@ async fn a_new_master_key_takes_over_every_stored_secret() {
         .unwrap()
         .iter()
         .any(|e| e["action"] == "master_key.rekey" && e["actor"] == "test-admin"));
+}
+
+#[tokio::test]
+async fn every_hop_is_tls_and_an_impostor_certificate_is_refused() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "tls-one", "--name", "T", "--sector", "servicos"]);
+    // The control plane's own sessions (catalog, admin, owner) are all TLS.
+    let su = pg.connect("postgres").await.unwrap();
+    let plain: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.datname = $1 AND a.pid <> pg_backend_pid() AND NOT s.ssl",
+            &[&plane.catalog_db],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plain, 0, "no plaintext catalog session");
+
+    // A client that trusts another CA refuses the control plane's certificate.
+    let untrusted = pg_harness::untrusted_ca_file().unwrap();
+    let untrusted = untrusted.display().to_string();
+    let out = plane.ctl_env(
+        &["list"],
+        &[("TENANTCTL_CA_FILE", untrusted.as_str())],
+        None,
+    );
+    assert_eq!(out.code, 5, "{out:?}");
+    // Plaintext to a TLS endpoint, or TLS without a CA, is refused before anything is sent.
+    let plain_endpoint = plane.endpoint.replace("https://", "http://");
+    let out = plane.ctl_env(
+        &["list"],
+        &[("TENANTCTL_ENDPOINT", plain_endpoint.as_str())],
+        None,
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+
+    // A control plane that trusts another CA refuses the database server's certificate
+    // (the catalog's, here): it will not start, and says why without any secret.
+    let out = plane.run_binary(
+        &[("CONTROL_PLANE__DATABASE_TLS__CA_FILE", untrusted.as_str())],
+        &["operator-token", "--name", "impostor-check"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("TLS handshake"), "{stderr}");
+    assert!(!stderr.contains(pg_harness::SUPERUSER_PASSWORD), "{stderr}");
+    assert!(plane
+        .ok(&["operator", "list", "--json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["name"] != "impostor-check"));
 }

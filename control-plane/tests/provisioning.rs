@@ -496,23 +496,16 @@ async fn a_foreign_database_with_the_same_name_is_never_adopted() {
     // share the template lock).
     let mut jobs = Vec::new();
     for i in 0..4 {
-        let endpoint = plane.endpoint.clone();
-        let admin_token = plane.admin_token.clone();
-        jobs.push(std::thread::spawn(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_tenantctl"))
-                .args([
-                    "create",
-                    &format!("conc-{i}"),
-                    "--name",
-                    "C",
-                    "--sector",
-                    "imoveis",
-                ])
-                .env("TENANTCTL_ENDPOINT", endpoint)
-                .env("TENANTCTL_TOKEN", &admin_token)
-                .output()
-                .unwrap()
-        }));
+        let mut cmd = plane.tenantctl();
+        cmd.args([
+            "create",
+            &format!("conc-{i}"),
+            "--name",
+            "C",
+            "--sector",
+            "imoveis",
+        ]);
+        jobs.push(std::thread::spawn(move || cmd.output().unwrap()));
     }
     for job in jobs {
         let out = job.join().unwrap();

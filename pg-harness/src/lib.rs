@@ -11,6 +11,10 @@
 //! when the process ends for any reason the pipe closes and the supervisor stops the
 //! server and deletes its directory.
 
+mod tls;
+
+pub use tls::{test_ca, untrusted_ca_file, TestCa};
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -163,10 +167,20 @@ impl PgServer {
             return Err(e);
         }
         // On failure the supervisor removes the directory when `spawn`'s server drops.
-        let extra: String = settings
-            .iter()
-            .map(|(k, v)| format!(" -c {k}={v}"))
-            .collect();
+        let mut extra: String = match test_ca()?.install(&base) {
+            Ok(ssl) => ssl,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&base);
+                return Err(e);
+            }
+        };
+        if as_root {
+            run(Command::new("chown")
+                .args(["nobody:nogroup"])
+                .arg(base.join("server.crt"))
+                .arg(base.join("server.key")))?;
+        }
+        extra.extend(settings.iter().map(|(k, v)| format!(" -c {k}={v}")));
         Self::spawn(as_root, &bindir, &base, &data, free_port()?, &extra)
     }
 

@@ -2,6 +2,8 @@
 //! overridden by `<PREFIX>__*` environment variables, logs on stderr, and shutdown on
 //! SIGTERM or Ctrl-C.
 
+pub mod tls;
+
 use serde::de::DeserializeOwned;
 use std::path::Path;
 

@@ -22,6 +22,17 @@ pub struct Config {
     /// Base64 Ed25519 public key caller tokens are verified with (the control plane
     /// prints it: `control-plane --print-verifying-key`). The router cannot mint tokens.
     pub token_verifying_key: String,
+    /// Serve gRPC over TLS with this certificate.
+    #[serde(default)]
+    pub tls: Option<service_kit::tls::ServerTls>,
+    /// Verify the control plane's certificate against this CA (with an `https://`
+    /// endpoint).
+    #[serde(default)]
+    pub control_plane_tls: Option<service_kit::tls::ClientTls>,
+    /// Connect to tenant databases over TLS, verifying servers' certificates and host
+    /// names against this CA.
+    #[serde(default)]
+    pub database_tls: Option<service_kit::tls::ClientTls>,
     /// Route cache settings.
     #[serde(default)]
     pub routes: Routes,
@@ -189,6 +200,11 @@ impl Config {
             || self.control_plane_endpoint.starts_with("https://"))
         {
             return invalid("control_plane_endpoint must be an http:// or https:// URL");
+        }
+        if self.control_plane_endpoint.starts_with("https://") != self.control_plane_tls.is_some() {
+            return invalid(
+                "an https:// control_plane_endpoint needs control_plane_tls.ca_file (and http:// none)",
+            );
         }
         if !(self.pools.budget_share > 0.0 && self.pools.budget_share <= 1.0) {
             return invalid("pools.budget_share must be in (0, 1]");

@@ -32,11 +32,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
-    let channel = tonic::transport::Endpoint::from_shared(config.control_plane_endpoint.clone())
-        .map_err(|_| ServeError::Startup("control_plane_endpoint is not a valid URL".into()))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy();
+    let startup = |e: service_kit::tls::TlsError| ServeError::Startup(e.to_string());
+    let mut endpoint =
+        tonic::transport::Endpoint::from_shared(config.control_plane_endpoint.clone())
+            .map_err(|_| ServeError::Startup("control_plane_endpoint is not a valid URL".into()))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+    if let Some(tls) = &config.control_plane_tls {
+        endpoint = endpoint.tls_config(tls.tonic().map_err(startup)?)?;
+    }
+    let channel = endpoint.connect_lazy();
     let routes = Arc::new(
         RouteCache::new(
             channel,
@@ -53,7 +58,17 @@ pub async fn run(
     if routes.load_revocations().await.is_err() {
         tracing::warn!("revoked tokens not loaded yet; calls are refused until they are");
     }
-    let pools = Arc::new(Pools::new(config.pools.clone(), Arc::clone(&metrics)));
+    let db_tls = config
+        .database_tls
+        .as_ref()
+        .map(|c| c.postgres())
+        .transpose()
+        .map_err(startup)?;
+    let pools = Arc::new(Pools::new(
+        config.pools.clone(),
+        Arc::clone(&metrics),
+        db_tls,
+    ));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
 
@@ -111,7 +126,11 @@ pub async fn run(
     // Fires once shutdown starts; the drain grace period counts from then, not from startup.
     let draining = Arc::new(tokio::sync::Notify::new());
     let drain_signal = Arc::clone(&draining);
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.tonic().map_err(startup)?)?;
+    }
+    let served = builder
         .tcp_nodelay(true)
         .add_service(health)
         .add_service(reflection)

@@ -22,7 +22,8 @@ pub use tenants::{NewPasswords, NewTenant, RoleModel, TenantFilter, TenantRecord
 
 use crate::crypto::SecretBox;
 use crate::error::{Error, Result};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use crate::pgconn::DbTls;
+use deadpool_postgres::{ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 
 mod embedded {
@@ -40,17 +41,24 @@ pub struct Catalog {
     pool: Pool,
     secrets: SecretBox,
     pg_config: tokio_postgres::Config,
+    /// How every PostgreSQL connection of the control plane is secured.
+    tls: DbTls,
 }
 
 impl Catalog {
     /// Opens a bounded pool (`pool_size` connections) to the catalog.
-    pub fn connect(url: &str, pool_size: usize, secrets: SecretBox) -> Result<Catalog> {
-        let pg_config: tokio_postgres::Config = url.parse().map_err(|_| {
+    pub fn connect(url: &str, pool_size: usize, secrets: SecretBox, tls: DbTls) -> Result<Catalog> {
+        let mut pg_config: tokio_postgres::Config = url.parse().map_err(|_| {
             Error::InvalidArgument("catalog_url is not a valid PostgreSQL URL".into())
         })?;
-        let manager = Manager::from_config(
+        if matches!(tls, DbTls::Verified(_)) {
+            pg_config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        if pg_config.get_application_name().is_none() {
+            pg_config.application_name("control-plane");
+        }
+        let manager = tls.manager(
             pg_config.clone(),
-            tokio_postgres::NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -66,6 +74,7 @@ impl Catalog {
             pool,
             secrets,
             pg_config,
+            tls,
         })
     }
 
@@ -104,17 +113,15 @@ impl Catalog {
 
     /// A connection of its own, outside the pool (for LISTEN and long-held session locks).
     pub async fn dedicated(&self) -> Result<tokio_postgres::Client> {
-        let (client, conn) = self
-            .pg_config
-            .connect(tokio_postgres::NoTls)
+        self.tls
+            .connect(&self.pg_config)
             .await
-            .map_err(|e| Error::internal("catalog connect", e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "dedicated catalog connection closed");
-            }
-        });
-        Ok(client)
+            .map_err(|e| Error::internal("catalog connect", e))
+    }
+
+    /// How PostgreSQL connections are secured (the catalog's and the servers').
+    pub fn db_tls(&self) -> &DbTls {
+        &self.tls
     }
 
     /// Connection settings of the catalog (for the change listener).

@@ -30,7 +30,11 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     endpoint: String,
-    /// Admin token (prefer the environment variable: flags show up in `ps`).
+    /// CA certificate (PEM) the control plane's TLS certificate must chain to (with an
+    /// https:// endpoint).
+    #[arg(long, global = true, env = "TENANTCTL_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Operator token (prefer the environment variable: flags show up in `ps`).
     #[arg(
         long,
         global = true,
@@ -317,9 +321,29 @@ pub fn main() -> ExitCode {
 }
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
-    let endpoint = Channel::from_shared(cli.endpoint.clone())
+    let mut endpoint = Channel::from_shared(cli.endpoint.clone())
         .map_err(|_| fail(2, format!("invalid endpoint {:?}", cli.endpoint)))?
         .connect_timeout(std::time::Duration::from_secs(5));
+    match (&cli.ca_file, cli.endpoint.starts_with("https://")) {
+        (Some(ca), true) => {
+            let tls = service_kit::tls::ClientTls {
+                ca_file: ca.clone(),
+            }
+            .tonic()
+            .map_err(|e| fail(2, e.to_string()))?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| fail(2, format!("TLS: {e}")))?;
+        }
+        (None, true) => {
+            return Err(fail(
+                2,
+                "an https:// endpoint needs --ca-file (TENANTCTL_CA_FILE)",
+            ))
+        }
+        (Some(_), false) => return Err(fail(2, "--ca-file needs an https:// endpoint")),
+        (None, false) => {}
+    }
     let channel = endpoint
         .connect()
         .await

@@ -513,9 +513,8 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         }
         // Verify the server and its credentials before it can be chosen by placement.
         let admin = dbserver::connect_unregistered(
-            &new.name,
-            &new.host,
-            new.port,
+            self.catalog.db_tls(),
+            (&new.name, &new.host, new.port),
             &new.admin_user,
             &new.admin_password,
             self.connect_timeout,

@@ -17,20 +17,34 @@ use tonic::{Request, Response, Status};
 pub struct DirectoryService {
     directory: Directory,
     shutdown: CancellationToken,
+    /// Whether the server speaks TLS; without it, credentials go to loopback callers only.
+    tls: bool,
 }
 
 impl DirectoryService {
     /// Serves `directory`; change streams end when `shutdown` fires.
-    pub fn new(directory: Directory, shutdown: CancellationToken) -> DirectoryService {
+    pub fn new(directory: Directory, shutdown: CancellationToken, tls: bool) -> DirectoryService {
         DirectoryService {
             directory,
             shutdown,
+            tls,
         }
     }
 
     async fn router<T>(&self, request: &Request<T>) -> Result<(RouterRecord, String), Status> {
+        if !plaintext_allowed(self.tls, request.remote_addr()) {
+            return Err(Status::permission_denied(
+                "this control plane serves without TLS: it hands tenant credentials to loopback callers only",
+            ));
+        }
         Ok(auth::router(self.directory.catalog(), request).await?)
     }
+}
+
+/// Whether credentials may go to a caller at `remote`: over TLS always, in plaintext only
+/// to the same host.
+fn plaintext_allowed(tls: bool, remote: Option<std::net::SocketAddr>) -> bool {
+    tls || remote.is_some_and(|a| a.ip().is_loopback())
 }
 
 /// Largest dead-letter body kept (webhook bodies are at most 3 MB).
@@ -194,5 +208,20 @@ impl<T> Stream for ProducerStream<T> {
             }
         }
         Pin::new(&mut self.rx).poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plaintext_allowed;
+
+    #[test]
+    fn credentials_travel_in_plaintext_on_loopback_only() {
+        let at = |a: &str| Some(a.parse().expect("an address"));
+        assert!(plaintext_allowed(false, at("127.0.0.1:5000")));
+        assert!(plaintext_allowed(false, at("[::1]:5000")));
+        assert!(!plaintext_allowed(false, at("10.1.2.3:5000")));
+        assert!(!plaintext_allowed(false, None));
+        assert!(plaintext_allowed(true, at("10.1.2.3:5000")));
     }
 }

@@ -52,7 +52,7 @@ fn spawn_plane(env: &[(String, String)]) -> (Child, String) {
     let addr = listening_line(&mut child)
         .trim_start_matches("listening ")
         .to_string();
-    (child, format!("http://{addr}"))
+    (child, format!("https://{addr}"))
 }
 
 /// What one tenantctl invocation did.
@@ -101,6 +101,8 @@ impl Plane {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let template_prefix = format!("tpl_{}_{n}", std::process::id());
         let name_prefix = format!("t{}_{n}", std::process::id() % 100_000);
+        let ca = pg_harness::test_ca().unwrap();
+        let tls = ca.issue(&format!("control-plane-{n}")).unwrap();
         let mut env: Vec<(String, String)> = [
             ("CONTROL_PLANE__LISTEN", "127.0.0.1:0".to_string()),
             ("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog_db)),
@@ -119,6 +121,13 @@ impl Plane {
                 "2000".into(),
             ),
             ("RUST_LOG", "warn".into()),
+            // TLS everywhere, verified against the test CA: gRPC and PostgreSQL.
+            ("CONTROL_PLANE__TLS__CERT_FILE", tls.0.display().to_string()),
+            ("CONTROL_PLANE__TLS__KEY_FILE", tls.1.display().to_string()),
+            (
+                "CONTROL_PLANE__DATABASE_TLS__CA_FILE",
+                ca.ca_file.display().to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -164,6 +173,20 @@ impl Plane {
         }
     }
 
+    /// Runs the control-plane binary once with this plane's settings, some overridden, and
+    /// `args` (a subcommand such as `operator-token`).
+    pub fn run_binary(&self, overrides: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+        let mut cmd = control_plane_cmd();
+        cmd.args(args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in overrides {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
     /// Restarts the control plane on the same catalog with some settings changed.
     pub fn restart_with(&mut self, overrides: &[(&str, &str)]) {
         for (k, v) in overrides {
@@ -189,12 +212,20 @@ impl Plane {
         self.ctl_env(args, &[], None)
     }
 
+    /// A tenantctl command aimed at this control plane (TLS verified against the test CA)
+    /// as its admin operator.
+    pub fn tenantctl(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantctl"));
+        cmd.env("TENANTCTL_ENDPOINT", &self.endpoint)
+            .env("TENANTCTL_CA_FILE", &pg_harness::test_ca().unwrap().ca_file)
+            .env("TENANTCTL_TOKEN", &self.admin_token);
+        cmd
+    }
+
     /// Runs tenantctl with extra environment and optional stdin.
     pub fn ctl_env(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Out {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenantctl"));
+        let mut cmd = self.tenantctl();
         cmd.args(args)
-            .env("TENANTCTL_ENDPOINT", &self.endpoint)
-            .env("TENANTCTL_TOKEN", &self.admin_token)
             .env_remove("TENANTCTL_ADMIN_PASSWORD")
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -291,7 +322,13 @@ impl Plane {
 
     /// A gRPC channel to the control plane.
     pub async fn channel(&self) -> tonic::transport::Channel {
+        let ca = std::fs::read(&pg_harness::test_ca().unwrap().ca_file).unwrap();
         tonic::transport::Channel::from_shared(self.endpoint.clone())
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )
             .unwrap()
             .connect()
             .await

@@ -103,6 +103,21 @@ impl From<ConnectError> for RouterError {
     }
 }
 
+/// A connection's driver, whatever its TLS: it ends when the client is dropped.
+fn drive<S, T>(
+    conn: tokio_postgres::Connection<S, T>,
+) -> futures_util::future::BoxFuture<'static, ()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "tenant connection ended");
+        }
+    })
+}
+
 /// Opens connections for one tenant.
 pub struct TenantManager {
     pub(crate) pg: tokio_postgres::Config,
@@ -115,6 +130,8 @@ pub struct TenantManager {
     pub(crate) live: Arc<AtomicUsize>,
     /// Calls for the tenant lately (halved every second; see `ServerBudget::decay_uses`).
     pub(crate) uses: AtomicU64,
+    /// TLS to the server, verified against the configured CA (`None`: plaintext).
+    pub(crate) tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 /// A tenant connection's socket, holding its server budget permit. When the driver drops it
@@ -238,10 +255,27 @@ impl deadpool::managed::Manager for TenantManager {
                 inner: Some(stream),
                 permit: Some(permit),
             };
-            self.pg
-                .connect_raw(socket, NoTls)
-                .await
-                .map_err(ConnectError::Postgres)
+            match &self.tls {
+                None => self
+                    .pg
+                    .connect_raw(socket, NoTls)
+                    .await
+                    .map(|(client, conn)| (client, drive(conn)))
+                    .map_err(ConnectError::Postgres),
+                Some(tls) => {
+                    use tokio_postgres::tls::MakeTlsConnect;
+                    let host = self.server_addr.0.as_str();
+                    let connector = <tokio_postgres_rustls::MakeRustlsConnect as MakeTlsConnect<
+                        Socket,
+                    >>::make_tls_connect(&mut tls.clone(), host)
+                    .map_err(|e| ConnectError::Connect(format!("tls: {e}")))?;
+                    self.pg
+                        .connect_raw(socket, connector)
+                        .await
+                        .map(|(client, conn)| (client, drive(conn)))
+                        .map_err(ConnectError::Postgres)
+                }
+            }
         })
         .await;
         let (client, connection) = match connected {
@@ -276,11 +310,7 @@ impl deadpool::managed::Manager for TenantManager {
         self.server.record_connect(true);
         // The driver task ends when the client is dropped; its socket then waits for the
         // backend to exit before giving the budget permit back (see `Socket`).
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "tenant connection ended");
-            }
-        });
+        tokio::spawn(connection);
         Ok(PgConn {
             client,
             statements: HashMap::new(),

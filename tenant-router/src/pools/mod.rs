@@ -36,6 +36,8 @@ pub struct Pools {
     servers: Mutex<HashMap<String, Arc<ServerBudget>>>,
     cfg: config::Pools,
     metrics: Arc<Metrics>,
+    /// TLS to tenant databases, verified against the configured CA (`None`: plaintext).
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 /// A checked-out tenant connection.
@@ -43,7 +45,11 @@ pub type Conn = Object<TenantManager>;
 
 impl Pools {
     /// An empty pool cache.
-    pub fn new(cfg: config::Pools, metrics: Arc<Metrics>) -> Pools {
+    pub fn new(
+        cfg: config::Pools,
+        metrics: Arc<Metrics>,
+        tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    ) -> Pools {
         let per_tenant = cfg.max_per_tenant;
         let cache = moka::future::Cache::builder()
             .max_capacity(cfg.max_connections)
@@ -60,6 +66,7 @@ impl Pools {
             servers: Mutex::new(HashMap::new()),
             cfg,
             metrics,
+            tls,
         }
     }
 
@@ -120,6 +127,7 @@ impl Pools {
             server_addr: Arc::new((route.host.clone(), port)),
             live: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             uses: std::sync::atomic::AtomicU64::new(0),
+            tls: self.tls.clone(),
         };
         let size = self.cfg.max_per_tenant.min(server.budget as usize).max(1);
         let pool = Pool::builder(manager)

@@ -66,13 +66,19 @@ impl Plane {
     async fn start_on(catalog_db: String, listener: tokio::net::TcpListener, port: u16) -> Plane {
         let pg = pg_harness::shared();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let ca = pg_harness::test_ca().unwrap();
+        let (cert, key) = ca.issue(&format!("rt-control-plane-{n}")).unwrap();
         let toml = format!(
             "listen = \"127.0.0.1:{port}\"\ncatalog_url = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n\
              token_signing_key = \"{SIGNING_KEY}\"\n\
-             [provisioning]\ntemplate_prefix = \"rtpl_{}_{n}\"\nname_prefix = \"rt{}_{n}\"\nrotation_grace_secs = 2\n",
+             [provisioning]\ntemplate_prefix = \"rtpl_{}_{n}\"\nname_prefix = \"rt{}_{n}\"\nrotation_grace_secs = 2\n\
+             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[database_tls]\nca_file = \"{}\"\n",
             pg.url(&catalog_db),
             std::process::id(),
-            std::process::id() % 100_000
+            std::process::id() % 100_000,
+            cert.display(),
+            key.display(),
+            ca.ca_file.display(),
         );
         let path = std::env::temp_dir().join(format!("rt-cp-{}-{n}.toml", std::process::id()));
         std::fs::write(&path, toml).unwrap();
@@ -94,7 +100,7 @@ impl Plane {
             .unwrap();
         });
         let mut plane = Plane {
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("https://127.0.0.1:{port}"),
             admin_token,
             router_token: String::new(),
             catalog_db,
@@ -131,6 +137,8 @@ impl Plane {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(ch) = Channel::from_shared(self.endpoint.clone())
+                .unwrap()
+                .tls_config(client_tls())
                 .unwrap()
                 .connect()
                 .await
@@ -311,12 +319,21 @@ pub struct Router {
 
 impl Router {
     pub async fn start(plane: &Plane, env: &[(&str, &str)]) -> Router {
+        let ca = pg_harness::test_ca().unwrap();
+        let (cert, key) = ca
+            .issue(&format!("router-{}", SEQ.fetch_add(1, Ordering::Relaxed)))
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenant-router"));
         cmd.env("TENANT_ROUTER__GRPC_LISTEN", "127.0.0.1:0")
             .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
             .env("TENANT_ROUTER__CONTROL_PLANE_ENDPOINT", &plane.endpoint)
             .env("TENANT_ROUTER__DIRECTORY_TOKEN", &plane.router_token)
             .env("TENANT_ROUTER__TOKEN_VERIFYING_KEY", verifying_key())
+            // TLS everywhere, verified against the test CA.
+            .env("TENANT_ROUTER__CONTROL_PLANE_TLS__CA_FILE", &ca.ca_file)
+            .env("TENANT_ROUTER__DATABASE_TLS__CA_FILE", &ca.ca_file)
+            .env("TENANT_ROUTER__TLS__CERT_FILE", &cert)
+            .env("TENANT_ROUTER__TLS__KEY_FILE", &key)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
@@ -341,11 +358,13 @@ impl Router {
         };
         let router = Router {
             child,
-            grpc: format!("http://{}", addr("grpc=")),
+            grpc: format!("https://{}", addr("grpc=")),
             http: addr("http="),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Channel::from_shared(router.grpc.clone())
+            .unwrap()
+            .tls_config(client_tls())
             .unwrap()
             .connect()
             .await
@@ -359,6 +378,8 @@ impl Router {
 
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(self.grpc.clone())
+            .unwrap()
+            .tls_config(client_tls())
             .unwrap()
             .connect()
             .await
@@ -437,3 +458,10 @@ pub async fn tenant_connections(pg: &pg_harness::PgServer) -> i64 {
 }
 
 pub use pg_harness::eventually;
+
+/// Client TLS trusting the test CA (control plane and routers serve gRPC over TLS).
+pub fn client_tls() -> tonic::transport::ClientTlsConfig {
+    let ca = std::fs::read(&pg_harness::test_ca().unwrap().ca_file).unwrap();
+    tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+}
