@@ -67,6 +67,35 @@ impl Rotator {
             .await
     }
 
+    /// Gives the tenant's owner role a fresh password. The catalog is written first: if the
+    /// server is not reached (or the process dies) before `ALTER ROLE`, the owner cannot
+    /// log in until the rotation is run again, which sets whatever the catalog holds.
+    pub async fn rotate_owner(&self, tenant: &TenantRecord) -> Result<()> {
+        let names = tenant.require_names()?;
+        let server = self.server(tenant.server_id).await?;
+        let password = crate::crypto::random_password();
+        self.catalog.set_owner_password(tenant, &password).await?;
+        let admin = dbserver::connect_maintenance(&self.catalog, &server, self.timeout()).await?;
+        roles::ensure_role(
+            &admin,
+            &names.owner,
+            RoleKind::Owner,
+            Some(&password),
+            self.cfg.scram_iterations,
+        )
+        .await
+        .map_err(|e| Error::Unavailable(format!("server {:?}: {}", server.name, describe(&e))))
+    }
+
+    /// Gives a server's template owner role a fresh password (forgotten first, so a crash
+    /// half way is healed by the next template refresh, which sets a new one).
+    pub async fn rotate_template_owner(&self, server: &ServerRecord) -> Result<ServerRecord> {
+        let server = self.catalog.reset_template_owner_password(server).await?;
+        let admin = dbserver::connect_maintenance(&self.catalog, &server, self.timeout()).await?;
+        crate::template::ensure_owner(&self.catalog, &server, &admin, &self.cfg).await?;
+        self.server(server.id).await
+    }
+
     async fn server(&self, id: i64) -> Result<ServerRecord> {
         self.catalog
             .server_by_id(id)

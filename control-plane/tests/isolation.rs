@@ -55,6 +55,11 @@ async fn a_login_role_can_read_and_write_its_tables_and_nothing_else() {
         "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES (99, 'x', 'y', 'z')",
         "SET temp_file_limit = -1",
         "SET ROLE postgres",
+        "SET SESSION AUTHORIZATION postgres",
+        "COPY leads TO PROGRAM 'id'",
+        "SELECT pg_read_file('/etc/passwd')",
+        "CREATE EXTENSION IF NOT EXISTS dblink",
+        "ALTER ROLE CURRENT_USER CONNECTION LIMIT -1",
     ] {
         assert_eq!(refused(c.batch_execute(sql).await, sql), denied, "{sql}");
     }
@@ -932,4 +937,42 @@ async fn every_hop_is_tls_and_an_impostor_certificate_is_refused() {
         .unwrap()
         .iter()
         .all(|o| o["name"] != "impostor-check"));
+}
+
+#[tokio::test]
+async fn owner_template_owner_and_server_admin_passwords_rotate() {
+    let pg = pg_harness::shared_second();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "own-rot", "--name", "O", "--sector", "veiculos"]);
+    plane.ok(&["rotate", "own-rot", "--owners"]);
+    // The owner still runs jobs with its new password; the template owner too.
+    age_to_v1(&plane, pg, "own-rot").await;
+    plane.ok(&["migrate", "own-rot"]);
+    plane.ok(&["server", "rotate-template-owner", "main"]);
+    plane.ok(&["create", "own-rot-2", "--name", "O", "--sector", "veiculos"]);
+    // A server's admin password: a wrong one is refused before it is stored.
+    let out = plane.ctl_env(
+        &["server", "set-password", "main"],
+        &[("TENANTCTL_ADMIN_PASSWORD", "not-the-password")],
+        None,
+    );
+    assert_eq!(out.code, 5, "{out:?}");
+    let out = plane.ctl_env(
+        &["server", "set-password", "main"],
+        &[("TENANTCTL_ADMIN_PASSWORD", pg_harness::SUPERUSER_PASSWORD)],
+        None,
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    plane.ok(&["create", "own-rot-3", "--name", "O", "--sector", "servicos"]);
+    let audit = plane.ok(&["audit", "--json", "--limit", "1000"]).json();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in ["tenant.rotate_owner", "server.rotate_template_owner"] {
+        assert!(actions.contains(&action), "{action} audited: {actions:?}");
+    }
 }

@@ -219,6 +219,15 @@ impl Config {
             if w.app_secret.len() < 16 || w.verify_token.is_empty() {
                 return invalid("webhook.app_secret must be at least 16 characters and webhook.verify_token set");
             }
+            // One secret, one purpose: the handshake's verify token travels in URLs.
+            if w.app_secret == w.verify_token
+                || w.app_secret == self.directory_token
+                || w.verify_token == self.directory_token
+            {
+                return invalid(
+                    "webhook.app_secret, webhook.verify_token and directory_token must be different secrets",
+                );
+            }
             if w.body_limit_bytes == 0 || w.body_limit_bytes > 64 << 20 {
                 return invalid("webhook.body_limit_bytes must be between 1 and 64 MiB");
             }

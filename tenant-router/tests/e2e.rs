@@ -732,6 +732,26 @@ async fn bad_router_configuration_is_refused() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(msg), "{k}: {stderr}");
     }
+    // One secret for two purposes is refused.
+    let same = "the-same-secret-for-two-purposes";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-router"))
+        .env("TENANT_ROUTER__GRPC_LISTEN", "127.0.0.1:0")
+        .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
+        .env(
+            "TENANT_ROUTER__CONTROL_PLANE_ENDPOINT",
+            "http://127.0.0.1:1",
+        )
+        .env("TENANT_ROUTER__DIRECTORY_TOKEN", "some-router-credential")
+        .env(
+            "TENANT_ROUTER__TOKEN_VERIFYING_KEY",
+            common::verifying_key(),
+        )
+        .env("TENANT_ROUTER__WEBHOOK__APP_SECRET", same)
+        .env("TENANT_ROUTER__WEBHOOK__VERIFY_TOKEN", same)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be different secrets"));
 }
 
 async fn role_connections(pg: &pg_harness::PgServer, role: &str) -> i64 {

@@ -162,6 +162,40 @@ impl Catalog {
             .map_err(|e| Error::internal("template owner password", e))
     }
 
+    /// Stores a server's new admin password.
+    pub async fn set_server_password(&self, server: &ServerRecord, password: &str) -> Result<()> {
+        let sealed = self
+            .secrets()
+            .seal(password, &password_context(&server.name))
+            .map_err(|e| Error::internal("seal", e))?;
+        self.client()
+            .await?
+            .execute(
+                "UPDATE servidores SET admin_senha_cifrada = $2 WHERE id = $1",
+                &[&server.id, &sealed],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a server's template owner password (the next template refresh, or
+    /// `ensure_owner`, makes and sets a new one).
+    pub async fn reset_template_owner_password(
+        &self,
+        server: &ServerRecord,
+    ) -> Result<ServerRecord> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE servidores SET template_senha_cifrada = NULL WHERE id = $1",
+                &[&server.id],
+            )
+            .await?;
+        self.server_by_id(server.id)
+            .await?
+            .ok_or_else(|| Error::Internal("server vanished".into()))
+    }
+
     /// Records whether a server's maintenance databases are closed to `PUBLIC`.
     pub async fn set_maintenance_closed(&self, server_id: i64, closed: bool) -> Result<()> {
         self.client()

@@ -450,6 +450,22 @@ impl Catalog {
         Ok(())
     }
 
+    /// Stores a new owner password (see `Rotator::rotate_owner` for the order of steps).
+    pub async fn set_owner_password(&self, tenant: &TenantRecord, password: &str) -> Result<()> {
+        let sealed = self
+            .secrets()
+            .seal(password, &owner_context(tenant.id))
+            .map_err(|e| Error::internal("seal", e))?;
+        self.client()
+            .await?
+            .execute(
+                "UPDATE empresas SET senha_dono_cifrada = $2 WHERE id = $1 AND modelo_papeis = 2",
+                &[&tenant.id, &sealed],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Records that an upgrade dropped the tenant's legacy role.
     pub async fn legacy_role_dropped(&self, id: i64) -> Result<()> {
         self.client()

@@ -70,6 +70,10 @@ pub(super) struct RotateArgs {
     /// Every active or suspended tenant.
     #[arg(long, conflicts_with = "tenants")]
     all: bool,
+    /// Rotate the owner roles' passwords (used by control-plane jobs only) instead of the
+    /// login roles' (used by routers).
+    #[arg(long)]
+    owners: bool,
 }
 
 #[derive(Args)]
@@ -207,6 +211,7 @@ pub(super) async fn rotate(client: &mut Client, a: RotateArgs, json: bool) -> Re
         .rotate_credentials(pb::RotateRequest {
             tenants: a.tenants,
             all: a.all,
+            owners: a.owners,
         })
         .await?
         .into_inner();

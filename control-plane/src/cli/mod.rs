@@ -188,6 +188,11 @@ enum ServerCommand {
     },
     /// List registered servers.
     List,
+    /// Store a server's new admin password (after changing it on the server), read like
+    /// `add` reads it; it is checked by connecting first.
+    SetPassword { name: String },
+    /// Give a server's template owner role a fresh password.
+    RotateTemplateOwner { name: String },
 }
 
 #[cfg(test)]
@@ -400,6 +405,24 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     );
                 }
             }
+        }
+        Command::Server(ServerCommand::SetPassword { name }) => {
+            let admin_password = read_admin_password()?;
+            let s = client
+                .set_server_password(pb::SetServerPasswordRequest {
+                    name,
+                    admin_password,
+                })
+                .await?
+                .into_inner();
+            print_servers(&[s], json);
+        }
+        Command::Server(ServerCommand::RotateTemplateOwner { name }) => {
+            let s = client
+                .rotate_template_owner(pb::ServerRef { name })
+                .await?
+                .into_inner();
+            print_servers(&[s], json);
         }
         Command::Server(ServerCommand::List) => {
             let servers = client

@@ -134,7 +134,7 @@ impl AdminService {
             }
         }
         let (rotated, failed) = if req.rotate {
-            self.rotate_all(&actor, tenants.clone()).await
+            self.rotate_all(&actor, tenants.clone(), false).await
         } else {
             (Vec::new(), Vec::new())
         };
@@ -206,7 +206,7 @@ impl AdminService {
                 tenants.push(t);
             }
         }
-        let (rotated, failed) = self.rotate_all(&actor, tenants).await;
+        let (rotated, failed) = self.rotate_all(&actor, tenants, req.owners).await;
         Ok(Response::new(pb::RotateResponse { rotated, failed }))
     }
 
@@ -234,30 +234,97 @@ impl AdminService {
         }))
     }
 
-    /// Rotates each tenant (a few at once), auditing each; returns (rotated, failed).
+    pub(super) async fn do_set_server_password(
+        &self,
+        request: Request<pb::SetServerPasswordRequest>,
+    ) -> Result<Response<pb::Server>, GrpcStatus> {
+        let actor = self.actor(&request, Role::Admin, "server.password").await?;
+        let req = request.into_inner();
+        let server = self.server_named(&req.name).await?;
+        if req.admin_password.is_empty() {
+            return Err(Error::InvalidArgument("the admin password is empty".into()).into());
+        }
+        // Checked before it is stored: a wrong password must not lock the control plane out.
+        crate::dbserver::connect_unregistered(
+            self.catalog.db_tls(),
+            (&server.name, &server.host, server.port),
+            &server.admin_user,
+            &req.admin_password,
+            self.connect_timeout,
+        )
+        .await?;
+        self.catalog
+            .set_server_password(&server, &req.admin_password)
+            .await?;
+        self.catalog
+            .audit(
+                &actor,
+                "server.password",
+                None,
+                &server.name,
+                serde_json::json!({}),
+            )
+            .await?;
+        Ok(Response::new(super::admin::server_pb(&server)))
+    }
+
+    pub(super) async fn do_rotate_template_owner(
+        &self,
+        request: Request<pb::ServerRef>,
+    ) -> Result<Response<pb::Server>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Admin, "server.rotate_template_owner")
+            .await?;
+        let server = self.server_named(&request.into_inner().name).await?;
+        let server = self.rotator.rotate_template_owner(&server).await?;
+        self.catalog
+            .audit(
+                &actor,
+                "server.rotate_template_owner",
+                None,
+                &server.name,
+                serde_json::json!({}),
+            )
+            .await?;
+        Ok(Response::new(super::admin::server_pb(&server)))
+    }
+
+    async fn server_named(&self, raw: &str) -> Result<crate::catalog::ServerRecord, Error> {
+        let name = model::server_name(raw)?;
+        self.catalog
+            .server_by_name(&name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("server {name:?} is not registered")))
+    }
+
+    /// Rotates each tenant's login (or, with `owners`, owner) password, a few at once,
+    /// auditing each; returns (rotated, failed).
     async fn rotate_all(
         &self,
         actor: &Actor,
         tenants: Vec<TenantRecord>,
+        owners: bool,
     ) -> (Vec<String>, Vec<pb::RotateFailure>) {
         let (mut rotated, mut failed) = (Vec::new(), Vec::new());
+        let action = if owners {
+            "tenant.rotate_owner"
+        } else {
+            "tenant.rotate"
+        };
         for chunk in tenants.chunks(ROTATE_CONCURRENCY) {
             let results = futures_util::future::join_all(chunk.iter().map(|t| async move {
-                let result = self.rotator.rotate(t).await;
+                let result = if owners {
+                    self.rotator.rotate_owner(t).await
+                } else {
+                    self.rotator.rotate(t).await.map(|_| ())
+                };
                 let (outcome, details) = match &result {
                     Ok(_) => ("ok", serde_json::json!({})),
                     Err(e) => ("failed", serde_json::json!({"error": e.to_string()})),
                 };
                 let _ = self
                     .catalog
-                    .audit_outcome(
-                        actor,
-                        "tenant.rotate",
-                        Some(t.id),
-                        &t.slug,
-                        details,
-                        outcome,
-                    )
+                    .audit_outcome(actor, action, Some(t.id), &t.slug, details, outcome)
                     .await;
                 (t.slug.clone(), result)
             }))

@@ -29,7 +29,7 @@ pub struct AdminService {
     fleet: Fleet,
     tasks: TaskTracker,
     shutdown: CancellationToken,
-    connect_timeout: Duration,
+    pub(super) connect_timeout: Duration,
     pub(super) minter: Minter,
     pub(super) rotator: Rotator,
 }
@@ -238,7 +238,7 @@ fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
     }
 }
 
-fn server_pb(s: &ServerRecord) -> pb::Server {
+pub(super) fn server_pb(s: &ServerRecord) -> pb::Server {
     pb::Server {
         name: s.name.clone(),
         host: s.host.clone(),
@@ -830,6 +830,20 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         request: Request<pb::RotateRequest>,
     ) -> Result<Response<pb::RotateResponse>, GrpcStatus> {
         self.do_rotate_credentials(request).await
+    }
+
+    async fn set_server_password(
+        &self,
+        request: Request<pb::SetServerPasswordRequest>,
+    ) -> Result<Response<pb::Server>, GrpcStatus> {
+        self.do_set_server_password(request).await
+    }
+
+    async fn rotate_template_owner(
+        &self,
+        request: Request<pb::ServerRef>,
+    ) -> Result<Response<pb::Server>, GrpcStatus> {
+        self.do_rotate_template_owner(request).await
     }
 
     async fn rekey(
