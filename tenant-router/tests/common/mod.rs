@@ -208,6 +208,7 @@ impl Plane {
             .rotate_credentials(self.admin_req(cp::RotateRequest {
                 tenants: vec![slug.into()],
                 all: false,
+                owners: false,
             }))
             .await
             .unwrap()
