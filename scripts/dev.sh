@@ -97,7 +97,7 @@ trap cleanup INT TERM EXIT
 TLS="$DEV/tls"
 if [ ! -f "$TLS/ca.crt" ]; then
   echo "==> creating a local certificate authority in $TLS"
-  command -v openssl >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq openssl >/dev/null; }
+  require_tool openssl
   mkdir -p "$TLS"
   umask 077
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \

@@ -30,3 +30,14 @@ require_cargo() {
 random_secret() {
   head -c 32 /dev/urandom | base64 | tr -d '\n=' | tr '+/' '-_'
 }
+
+# Makes sure a command is there, installing the Debian package that has it when missing.
+require_tool() {
+  local tool="$1" package="${2:-$1}"
+  command -v "$tool" >/dev/null 2>&1 && return 0
+  echo "$tool not found; installing $package with apt-get" >&2
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >&2
+}

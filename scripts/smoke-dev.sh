@@ -4,6 +4,7 @@
 # $DEV_DIR/env, creates a tenant with tenantctl, checks it, and stops everything (SIGTERM, as Ctrl-C would).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 export DEV_PG_PORT="${DEV_PG_PORT:-25439}" DEV_CONTROL_PORT="${DEV_CONTROL_PORT:-25061}"
 export DEV_ROUTER_GRPC_PORT="${DEV_ROUTER_GRPC_PORT:-25062}" DEV_ROUTER_HTTP_PORT="${DEV_ROUTER_HTTP_PORT:-25080}"
 export DEV_DIR="$PWD/.dev-smoke"
@@ -44,8 +45,8 @@ printf 'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
 grep -q "tenant_router_" <&3 || { echo "smoke: router /metrics did not answer" >&2; exit 1; }
 exec 3>&-
 # A real signed WhatsApp delivery, sent with curl, lands in the tenant's mensagens.
-command -v curl >/dev/null && command -v openssl >/dev/null || \
-  { [ "$(id -u)" = 0 ] && apt-get install -y -qq curl openssl >/dev/null; }
+require_tool curl
+require_tool openssl
 pnid="$(date +%s%N | cut -c1-15)"
 wh_slug="smoke-wh-$(date +%s)"
 tenantctl create "$wh_slug" --name "Smoke WA" --sector varejo --phone-number-id "$pnid" >/dev/null

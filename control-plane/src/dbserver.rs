@@ -44,17 +44,11 @@ pub async fn connect_maintenance(
     timeout: Duration,
 ) -> Result<Client> {
     let password = catalog.server_password(server)?;
-    connect(
+    connect_unregistered(
         catalog.db_tls(),
-        &Target {
-            server_name: &server.name,
-            host: &server.host,
-            port: server.port,
-            user: &server.admin_user,
-            password: &password,
-            database: MAINTENANCE_DB,
-            options: ADMIN_OPTIONS,
-        },
+        (&server.name, &server.host, server.port),
+        &server.admin_user,
+        &password,
         timeout,
     )
     .await
@@ -100,8 +94,8 @@ pub struct Target<'a> {
     pub options: &'a str,
 }
 
-/// Opens an admin connection with explicit credentials to the maintenance database (used
-/// to verify a server before it is registered).
+/// Opens an admin connection with explicit credentials to the maintenance database (also
+/// used to verify a server, or a new admin password, before it is stored).
 pub async fn connect_unregistered(
     tls: &DbTls,
     target: (&str, &str, u16),

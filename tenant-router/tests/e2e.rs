@@ -699,6 +699,26 @@ async fn operations_endpoints_and_graceful_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_router_configuration_is_refused() {
+    let refused = |extra: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-router"));
+        cmd.env("TENANT_ROUTER__GRPC_LISTEN", "127.0.0.1:0")
+            .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
+            .env(
+                "TENANT_ROUTER__CONTROL_PLANE_ENDPOINT",
+                "http://127.0.0.1:1",
+            )
+            .env("TENANT_ROUTER__DIRECTORY_TOKEN", "some-router-credential")
+            .env(
+                "TENANT_ROUTER__TOKEN_VERIFYING_KEY",
+                common::verifying_key(),
+            );
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{extra:?} accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     for (k, v, msg) in [
         (
             "TENANT_ROUTER__TOKEN_VERIFYING_KEY",
@@ -712,46 +732,22 @@ async fn bad_router_configuration_is_refused() {
             "ftp://x",
             "control_plane_endpoint",
         ),
+        (
+            "TENANT_ROUTER__CONTROL_PLANE_ENDPOINT",
+            "https://127.0.0.1:1",
+            "needs control_plane_tls.ca_file",
+        ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-router"))
-            .env("TENANT_ROUTER__GRPC_LISTEN", "127.0.0.1:0")
-            .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
-            .env(
-                "TENANT_ROUTER__CONTROL_PLANE_ENDPOINT",
-                "http://127.0.0.1:1",
-            )
-            .env("TENANT_ROUTER__DIRECTORY_TOKEN", "some-router-credential")
-            .env(
-                "TENANT_ROUTER__TOKEN_VERIFYING_KEY",
-                common::verifying_key(),
-            )
-            .env(k, v)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{k}={v} accepted");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = refused(&[(k, v)]);
         assert!(stderr.contains(msg), "{k}: {stderr}");
     }
     // One secret for two purposes is refused.
     let same = "the-same-secret-for-two-purposes";
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-router"))
-        .env("TENANT_ROUTER__GRPC_LISTEN", "127.0.0.1:0")
-        .env("TENANT_ROUTER__HTTP_LISTEN", "127.0.0.1:0")
-        .env(
-            "TENANT_ROUTER__CONTROL_PLANE_ENDPOINT",
-            "http://127.0.0.1:1",
-        )
-        .env("TENANT_ROUTER__DIRECTORY_TOKEN", "some-router-credential")
-        .env(
-            "TENANT_ROUTER__TOKEN_VERIFYING_KEY",
-            common::verifying_key(),
-        )
-        .env("TENANT_ROUTER__WEBHOOK__APP_SECRET", same)
-        .env("TENANT_ROUTER__WEBHOOK__VERIFY_TOKEN", same)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("must be different secrets"));
+    let stderr = refused(&[
+        ("TENANT_ROUTER__WEBHOOK__APP_SECRET", same),
+        ("TENANT_ROUTER__WEBHOOK__VERIFY_TOKEN", same),
+    ]);
+    assert!(stderr.contains("must be different secrets"), "{stderr}");
 }
 
 async fn role_connections(pg: &pg_harness::PgServer, role: &str) -> i64 {
