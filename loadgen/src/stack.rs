@@ -58,11 +58,14 @@ impl Stack {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let path = std::env::temp_dir().join(format!("loadgen-cp-{}.toml", std::process::id()));
+        // The direct baseline opens a connection per caller with a tenant's login role: the
+        // login roles' connection limit must not cap the baseline.
         std::fs::write(
             &path,
             format!(
                 "listen = \"{addr}\"\ncatalog_url = \"{catalog_url}\"\nmaster_key = \"{MASTER_KEY}\"\n\
-                 token_signing_key = \"{SIGNING_KEY}\"\n",
+                 token_signing_key = \"{SIGNING_KEY}\"\n\
+                 [provisioning]\nlogin_connection_limit = 1000\n",
             ),
         )?;
         let config = control_plane::Config::load(Some(&path));
