@@ -97,9 +97,10 @@ impl Directory {
         source: &str,
         phone_number_id: Option<&str>,
         body: &[u8],
+        reason: Option<&str>,
     ) -> Result<i64> {
         self.catalog
-            .dead_letter(source, phone_number_id, body)
+            .dead_letter(source, phone_number_id, body, reason)
             .await
     }
 

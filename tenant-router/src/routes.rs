@@ -309,18 +309,21 @@ impl RouteCache {
         }
     }
 
-    /// Keeps a webhook body no tenant owns in the control database (through the control
-    /// plane: the router has no catalog credentials).
+    /// Keeps a webhook body no tenant owns (or an item no tenant database can take, with
+    /// `reason`) in the control database (through the control plane: the router has no
+    /// catalog credentials).
     pub async fn record_unroutable(
         &self,
         source: &str,
         phone_number_id: &str,
         body: &[u8],
+        reason: &str,
     ) -> Result<i64, RouterError> {
         let mut req = tonic::Request::new(pb::UnroutableWebhook {
             source: source.to_string(),
             phone_number_id: phone_number_id.to_string(),
             body: body.to_vec(),
+            reason: reason.to_string(),
         });
         req.metadata_mut()
             .insert("authorization", self.token.clone());

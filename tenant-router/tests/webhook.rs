@@ -717,3 +717,131 @@ async fn evolution_gateways_with_a_per_tenant_token() {
         200
     );
 }
+
+/// Dead letters the control plane kept with a reason (item-level refusals).
+async fn refused_items(s: &Setup) -> Vec<String> {
+    pg_harness::shared()
+        .connect(&s.plane.catalog_db)
+        .await
+        .unwrap()
+        .query(
+            "SELECT motivo FROM webhooks_nao_roteados WHERE motivo IS NOT NULL ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_item_never_costs_its_neighbours() {
+    let pg = pg_harness::shared();
+    let s = setup("wh-golf", "900000007", pg).await;
+    let db = s.plane.database_of("wh-golf").await;
+    let db = db.as_str();
+    // Meta: a NUL in a text and in the profile name (normalised), an absurd timestamp and a
+    // non-numeric one (refused), beside a good message; then a lone surrogate escape.
+    let mut huge = text_msg("wamid.G3", "551187654323", "late");
+    huge["timestamp"] = json!("9223372036854775807");
+    let mut word = text_msg("wamid.G4", "551187654324", "when");
+    word["timestamp"] = json!("yesterday");
+    let body = serde_json::to_vec(&json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "WABA1", "changes": [{"field": "messages", "value": {
+            "metadata": {"phone_number_id": "900000007"},
+            "contacts": [{"wa_id": "551187654322", "profile": {"name": "Bi\u{0}a"}}],
+            "messages": [
+                text_msg("wamid.G1", "551187654321", "bom dia"),
+                text_msg("wamid.G2", "551187654322", "o\u{0}i"),
+                huge, word,
+            ],
+        }}]}]
+    }))
+    .unwrap();
+    assert_eq!(post(&s.router, &body).await, 200);
+    let lone = br#"{"entry":[{"id":"1","changes":[{"field":"messages","value":{"metadata":{"phone_number_id":"900000007"},"messages":[{"from":"551187654325","id":"wamid.G5","timestamp":"1763800000","type":"text","text":{"body":"x\ud800y"}}]}}]}]}"#;
+    assert_eq!(post(&s.router, lone).await, 200);
+    let stored: Vec<(String, String)> = pg
+        .connect(db)
+        .await
+        .unwrap()
+        .query("SELECT wamid, conteudo FROM mensagens ORDER BY wamid", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("wamid.G1".to_string(), "bom dia".to_string()),
+            ("wamid.G2".into(), "oi".into()),
+            ("wamid.G5".into(), "x\u{fffd}y".into()),
+        ]
+    );
+    let name: String = pg
+        .connect(db)
+        .await
+        .unwrap()
+        .query_one("SELECT nome FROM leads WHERE wa_id = '5511987654322'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "Bia");
+    let reasons = refused_items(&s).await;
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("out of range")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("not a number")),
+        "{reasons:?}"
+    );
+
+    // Evolution: a NaN timestamp is refused, its neighbour stored.
+    let mut admin = s.plane.admin().await;
+    let token = admin
+        .rotate_webhook_token(s.plane.admin_req(proto::control::v1::TenantRef {
+            tenant: "wh-golf".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let evo = serde_json::to_vec(
+        &json!({"event": "messages.upsert", "instance": "wh-golf", "data": [
+            {"key": {"remoteJid": "551187654326@s.whatsapp.net", "fromMe": false, "id": "EVO-G1"},
+             "message": {"conversation": "ok"}, "messageTimestamp": 1763800000},
+            {"key": {"remoteJid": "551187654327@s.whatsapp.net", "fromMe": false, "id": "EVO-G2"},
+             "message": {"conversation": "nan"}, "messageTimestamp": "NaN"}
+        ]}),
+    )
+    .unwrap();
+    // The new token reaches the router through the change stream.
+    let accepted = pg_harness::eventually(Duration::from_secs(10), || async {
+        http(
+            &s.router.http,
+            "POST",
+            "/webhooks/evolution/wh-golf",
+            &[("apikey", token.clone())],
+            &evo,
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    assert!(accepted, "the Evolution delivery was accepted");
+    assert_eq!(
+        count(
+            pg,
+            db,
+            "SELECT count(*) FROM mensagens WHERE wamid LIKE 'EVO-G%'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(refused_items(&s).await.len(), 3);
+}

@@ -157,13 +157,15 @@ impl Catalog {
         source: &str,
         phone_number_id: Option<&str>,
         body: &[u8],
+        reason: Option<&str>,
     ) -> Result<i64> {
         let row = self
             .client()
             .await?
             .query_one(
-                "INSERT INTO webhooks_nao_roteados (fonte, phone_number_id, corpo) VALUES ($1, $2, $3) RETURNING id",
-                &[&source, &phone_number_id, &body],
+                "INSERT INTO webhooks_nao_roteados (fonte, phone_number_id, corpo, motivo) \
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&source, &phone_number_id, &body, &reason],
             )
             .await?;
         Ok(row.get(0))

@@ -97,9 +97,13 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
         if phone.is_some_and(|p| p.len() > 64) {
             return Err(Status::invalid_argument("phone_number_id too long"));
         }
+        if w.reason.len() > 1024 {
+            return Err(Status::invalid_argument("reason longer than 1024 bytes"));
+        }
+        let reason = (!w.reason.is_empty()).then_some(w.reason.as_str());
         let id = self
             .directory
-            .dead_letter(&w.source, phone, &w.body)
+            .dead_letter(&w.source, phone, &w.body, reason)
             .await?;
         Ok(Response::new(pb::UnroutableRecorded { id }))
     }

@@ -10,7 +10,9 @@ use serde_json::Value;
 /// Parses an Evolution webhook body. `Ok(None)` for events other than `messages.upsert`
 /// (acknowledged and ignored); `Err` when the body is not an Evolution event.
 pub fn parse(body: &[u8]) -> Result<Option<Batch>, String> {
-    let root: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let body = super::items::repair_surrogates(body);
+    let root: Value =
+        serde_json::from_slice(&body).map_err(|e| format!("body is not JSON: {e}"))?;
     let event = root
         .get("event")
         .and_then(Value::as_str)
@@ -109,10 +111,12 @@ fn message(item: &Value) -> Option<Incoming> {
     if kind == "conversation" || kind == "extendedTextMessage" {
         kind = "text".into();
     }
+    // Anything but a number (or its decimal string) is `NaN`: the item rules refuse it.
     let sent_at = match item.get("messageTimestamp") {
         Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(s)) => s.parse().ok(),
-        _ => None,
+        Some(Value::String(s)) => Some(s.trim().parse().unwrap_or(f64::NAN)),
+        None | Some(Value::Null) => None,
+        Some(_) => Some(f64::NAN),
     };
     Some(Incoming {
         wamid: wamid.to_string(),

@@ -44,7 +44,7 @@ const APPLY_STATUS: &str = "UPDATE mensagens SET status = $2, erro = coalesce($3
      (CASE $2 WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3 ELSE 0 END))";
 
 /// One message, whatever webhook it came in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Incoming {
     /// Message id (`wamid` for Meta, the key id for Evolution).
     pub wamid: String,
@@ -70,6 +70,36 @@ pub struct Batch {
     pub statuses: Vec<Status>,
     /// Items that could not be attributed to a lead.
     pub skipped: u32,
+}
+
+impl Batch {
+    /// Applies the item rules (`items`): returns the batch to store and the messages that
+    /// can never be stored, each with its reason.
+    pub fn admit(self, now_secs: f64) -> (Batch, Vec<(Incoming, String)>) {
+        let mut refused = Vec::new();
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for m in self.messages {
+            match super::items::admit(m.clone(), now_secs) {
+                Ok(m) => messages.push(m),
+                Err(reason) => refused.push((m, reason)),
+            }
+        }
+        let total = self.statuses.len();
+        let statuses: Vec<Status> = self
+            .statuses
+            .into_iter()
+            .filter_map(super::items::admit_status)
+            .collect();
+        let skipped = self.skipped + u32::try_from(total - statuses.len()).unwrap_or(0);
+        (
+            Batch {
+                messages,
+                statuses,
+                skipped,
+            },
+            refused,
+        )
+    }
 }
 
 /// What one tenant's batch did.

@@ -8,6 +8,7 @@
 
 pub mod evolution;
 pub mod ingest;
+pub mod items;
 pub mod payload;
 
 use crate::error::RouterError;
@@ -132,22 +133,37 @@ impl Webhooks {
             Ok(r) if r.route.status == "active" => r,
             Ok(_) | Err(RouterError::TenantNotFound) | Err(RouterError::InvalidArgument(_)) => {
                 // Nobody (or nobody active) owns this number: keep it, answer 200.
-                self.routes.record_unroutable("meta", phone, body).await?;
+                self.routes
+                    .record_unroutable("meta", phone, body, "")
+                    .await?;
                 self.metrics.dead_letters.inc();
                 return Ok(());
             }
             Err(e) => return Err(e),
         };
-        self.store_for(&route, batch.normalize(), deadline).await
+        self.store_for(&route, "meta", phone, batch.normalize(), deadline)
+            .await
     }
 
-    /// Stores a normalized batch in the route's tenant database before `deadline`.
+    /// Stores a normalized batch in the route's tenant database before `deadline`; items
+    /// that can never be stored become dead letters with their reason.
     async fn store_for(
         &self,
         route: &crate::routes::CachedRoute,
+        source: &str,
+        phone: &str,
         batch: ingest::Batch,
         deadline: Instant,
     ) -> Result<(), RouterError> {
+        let now = caller_auth::now_secs() as f64;
+        let (batch, refused) = batch.admit(now);
+        for (item, reason) in &refused {
+            let body = serde_json::to_vec(item).unwrap_or_default();
+            self.routes
+                .record_unroutable(source, phone, &body, reason)
+                .await?;
+            self.metrics.dead_letters.inc();
+        }
         let mut conn = match self.pools.get(&route.route, deadline).await {
             Ok(c) => c,
             Err(GetError::Auth) => {
@@ -232,7 +248,11 @@ impl Webhooks {
         };
         if route.route.status != "active" {
             // Keep what a suspended tenant receives rather than lose it.
-            return match self.routes.record_unroutable("evolution", "", body).await {
+            return match self
+                .routes
+                .record_unroutable("evolution", "", body, "tenant suspended")
+                .await
+            {
                 Ok(_) => {
                     self.metrics.dead_letters.inc();
                     Answer::Ok
@@ -241,7 +261,10 @@ impl Webhooks {
             };
         }
         let deadline = started + Duration::from_millis(self.cfg.deadline_ms);
-        match self.store_for(&route, batch, deadline).await {
+        match self
+            .store_for(&route, "evolution", "", batch, deadline)
+            .await
+        {
             Ok(()) => {
                 self.metrics.webhooks.with_label_values(&["ok"]).inc();
                 Answer::Ok

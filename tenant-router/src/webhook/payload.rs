@@ -66,13 +66,11 @@ impl InMessage {
         self.media().and_then(|m| m.caption.or(m.filename))
     }
 
-    /// The sent-at time in seconds since the epoch, if valid.
+    /// The sent-at time in seconds since the epoch (`NaN` when the field holds something
+    /// else than a number: the item rules refuse it).
     pub fn sent_at(&self) -> Option<f64> {
-        self.timestamp
-            .as_deref()?
-            .parse::<i64>()
-            .ok()
-            .map(|t| t as f64)
+        let raw = self.timestamp.as_deref()?;
+        Some(raw.parse::<i64>().map(|t| t as f64).unwrap_or(f64::NAN))
     }
 }
 
@@ -176,7 +174,9 @@ impl Parsed {
 /// Parses a whole delivery: every entry, every change, every message and status.
 /// `Err` only when the body is not a JSON object at all.
 pub fn parse(body: &[u8]) -> Result<Parsed, String> {
-    let root: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let body = super::items::repair_surrogates(body);
+    let root: Value =
+        serde_json::from_slice(&body).map_err(|e| format!("body is not JSON: {e}"))?;
     let entries = root
         .get("entry")
         .and_then(Value::as_array)
