@@ -186,18 +186,53 @@ impl RouteCache {
         cached
     }
 
-    /// Puts a route under both keys unless a newer version is already there.
+    /// Every key a route can be reached by: slug, id, WhatsApp number.
+    fn keys(route: &pb::Route) -> Vec<String> {
+        let mut keys = vec![route.slug.clone(), route.tenant_id.to_string()];
+        if !route.phone_number_id.is_empty() {
+            keys.push(phone_key(&route.phone_number_id));
+        }
+        keys
+    }
+
+    /// Puts a route under every key it can be reached by, unless a newer version of the
+    /// same tenant is already there, and forgets the keys an older version of it had and
+    /// this one has not (a renamed slug, a changed number).
     async fn index(&self, cached: &Arc<CachedRoute>) {
-        for key in [
-            cached.route.slug.clone(),
-            cached.route.tenant_id.to_string(),
-        ] {
+        let id = cached.route.tenant_id;
+        let keys = Self::keys(&cached.route);
+        if let Some(old) = self.routes.get(&id.to_string()).await {
+            if old.route.version < cached.route.version {
+                for stale in Self::keys(&old.route)
+                    .into_iter()
+                    .filter(|k| !keys.contains(k))
+                {
+                    self.routes
+                        .entry(stale)
+                        .and_compute_with(|held| {
+                            let ours = held.is_some_and(|h| h.value().route.tenant_id == id);
+                            std::future::ready(if ours {
+                                moka::ops::compute::Op::Remove
+                            } else {
+                                moka::ops::compute::Op::Nop
+                            })
+                        })
+                        .await;
+                }
+            }
+        }
+        for key in keys {
             self.missing.invalidate(&key).await;
             let new = Arc::clone(cached);
             self.routes
                 .entry(key)
                 .and_compute_with(|old| {
-                    let keep_old = old.is_some_and(|o| o.value().route.version > new.route.version);
+                    // Versions order one tenant's states; another tenant under the key (a
+                    // number or slug that moved) gives way to the newest news.
+                    let keep_old = old.is_some_and(|o| {
+                        o.value().route.tenant_id == id
+                            && o.value().route.version > new.route.version
+                    });
                     std::future::ready(if keep_old {
                         moka::ops::compute::Op::Nop
                     } else {

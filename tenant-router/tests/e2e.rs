@@ -1022,3 +1022,33 @@ async fn rotating_a_tenant_password_fails_no_call() {
     .await;
     assert!(dead, "the previous login role was disabled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_id_has_one_spelling() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("one", pg, 80).await;
+    let t = plane.create("sp-alpha", "servicos", "one").await;
+    let router = Router::start(&plane, &[]).await;
+    let token = plane_token_all();
+    let mut leads = LeadsClient::new(router.channel().await);
+    let id = t.id.to_string();
+    leads
+        .list_leads(call(dm::ListLeadsRequest::default(), &id, &token))
+        .await
+        .unwrap();
+    for key in [
+        format!("0{id}"),
+        format!("+{id}"),
+        format!(" {id}"),
+        format!("{id} "),
+        "-1".into(),
+    ] {
+        let err = leads
+            .list_leads(call(dm::ListLeadsRequest::default(), &key, &token))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{key:?}");
+        assert!(err.message().contains("leading zeros"), "{key:?}: {err:?}");
+    }
+}

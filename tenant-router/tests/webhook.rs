@@ -845,3 +845,63 @@ async fn one_bad_item_never_costs_its_neighbours() {
     );
     assert_eq!(refused_items(&s).await.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_and_resume_reach_the_webhook_path_within_seconds() {
+    let pg = pg_harness::shared();
+    let s = setup("wh-hotel", "900000008", pg).await;
+    let db = s.plane.database_of("wh-hotel").await;
+    let db = db.as_str();
+    let send = |i: u32| {
+        delivery(
+            "900000008",
+            json!([text_msg(&format!("wamid.H{i}"), "551187654321", "oi")]),
+            json!([]),
+        )
+    };
+    assert_eq!(post(&s.router, &send(0)).await, 200);
+    assert_eq!(count(pg, db, "SELECT count(*) FROM mensagens").await, 1);
+    let dead = || async {
+        pg_harness::shared()
+            .connect(&s.plane.catalog_db)
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT count(*) FROM webhooks_nao_roteados WHERE phone_number_id = '900000008'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    // Suspended: the route cached under the number is replaced by the pushed change, so
+    // deliveries become dead letters instead of landing in the tenant database.
+    s.plane.suspend("wh-hotel").await;
+    let (router, dead) = (&s.router, &dead);
+    let mut i = 1;
+    let diverted = pg_harness::eventually(Duration::from_secs(10), || {
+        i += 1;
+        let body = send(i);
+        async move {
+            assert_eq!(post(router, &body).await, 200);
+            dead().await > 0
+        }
+    })
+    .await;
+    assert!(
+        diverted,
+        "a suspended tenant's deliveries are dead-lettered"
+    );
+    let stored = count(pg, db, "SELECT count(*) FROM mensagens").await;
+    s.plane.resume("wh-hotel").await;
+    let landed = pg_harness::eventually(Duration::from_secs(10), || {
+        i += 1;
+        let body = send(i);
+        async move {
+            assert_eq!(post(router, &body).await, 200);
+            count(pg, db, "SELECT count(*) FROM mensagens").await > stored
+        }
+    })
+    .await;
+    assert!(landed, "a resumed tenant receives deliveries again");
+}

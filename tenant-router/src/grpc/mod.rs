@@ -190,9 +190,13 @@ fn tenant_key(meta: &MetadataMap) -> Result<String, RouterError> {
             RouterError::InvalidArgument("x-tenant metadata (tenant slug or id) is required".into())
         })?
         .to_str()
-        .map_err(|_| RouterError::InvalidArgument("x-tenant must be a slug or an id".into()))?
-        .trim();
-    let is_id = !raw.is_empty() && raw.len() <= 18 && raw.bytes().all(|b| b.is_ascii_digit());
+        .map_err(|_| RouterError::InvalidArgument("x-tenant must be a slug or an id".into()))?;
+    // One spelling per id: no leading zeros, signs or spaces (each would be a cache key of
+    // its own that changes never reach).
+    let is_id = !raw.is_empty()
+        && raw.len() <= 18
+        && raw.bytes().all(|b| b.is_ascii_digit())
+        && !raw.starts_with('0');
     let is_slug = (3..=40).contains(&raw.len())
         && raw.as_bytes()[0].is_ascii_lowercase()
         && raw
@@ -202,7 +206,8 @@ fn tenant_key(meta: &MetadataMap) -> Result<String, RouterError> {
         Ok(raw.to_string())
     } else {
         Err(RouterError::InvalidArgument(
-            "x-tenant must be a tenant slug or a numeric id".into(),
+            "x-tenant must be a tenant slug or a numeric id (no leading zeros, signs or spaces)"
+                .into(),
         ))
     }
 }

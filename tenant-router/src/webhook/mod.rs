@@ -167,10 +167,22 @@ impl Webhooks {
         let mut conn = match self.pools.get(&route.route, deadline).await {
             Ok(c) => c,
             Err(GetError::Auth) => {
+                // Credentials rotated or tenant moved: refetch the route and retry once, as
+                // the gRPC path does.
                 self.pools.invalidate(route.route.tenant_id).await;
-                return Err(RouterError::Unavailable(
-                    "tenant database refused the cached credentials".into(),
-                ));
+                let fresh = self
+                    .routes
+                    .refetch(&route.route.tenant_id.to_string())
+                    .await?;
+                match self.pools.get(&fresh.route, deadline).await {
+                    Ok(c) => c,
+                    Err(GetError::Auth) => {
+                        return Err(RouterError::Unavailable(
+                            "tenant database refused the stored credentials".into(),
+                        ))
+                    }
+                    Err(GetError::Other(e)) => return Err(e),
+                }
             }
             Err(GetError::Other(e)) => return Err(e),
         };
