@@ -7,4 +7,6 @@ source scripts/lib.sh
 require_cargo
 PG_BINDIR="$(pg_bindir)"
 export PG_BINDIR
+# The edge tests hold over a thousand connections open at once.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo test --workspace --all-targets "$@"

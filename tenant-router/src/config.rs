@@ -42,6 +42,9 @@ pub struct Config {
     /// How long in-flight calls may take to finish once shutdown starts, in milliseconds.
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Bounds of the HTTP side.
+    #[serde(default)]
+    pub http: Http,
     /// WhatsApp webhook settings; without them the webhook endpoints answer 404.
     #[serde(default)]
     pub webhook: Option<Webhook>,
@@ -61,6 +64,37 @@ pub struct Webhook {
     /// Time to answer Meta within, in milliseconds (Meta wants well under a second).
     #[serde(default = "defaults::webhook_deadline_ms")]
     pub deadline_ms: u64,
+}
+
+/// Bounds of the HTTP side (webhooks, metrics, health): what one client, or many, can hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Connections served at once; past it a new connection is answered 503 and closed
+    /// at once (never queued). Raise the process's open-files limit above it.
+    #[serde(default = "defaults::http_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send its request headers, in milliseconds.
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send its body, in milliseconds (408 past it).
+    #[serde(default = "defaults::body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// Bytes of request bodies held in memory at once across all requests; a request that
+    /// cannot reserve its share within a second is answered 503.
+    #[serde(default = "defaults::max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            max_connections: defaults::http_max_connections(),
+            header_read_timeout_ms: defaults::header_read_timeout_ms(),
+            body_read_timeout_ms: defaults::body_read_timeout_ms(),
+            max_buffered_bytes: defaults::max_buffered_bytes(),
+        }
+    }
 }
 
 /// Route cache settings.
@@ -111,6 +145,18 @@ pub struct Pools {
 }
 
 mod defaults {
+    pub fn http_max_connections() -> usize {
+        10_000
+    }
+    pub fn header_read_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn body_read_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn max_buffered_bytes() -> usize {
+        64 << 20
+    }
     pub fn shutdown_grace_ms() -> u64 {
         20_000
     }
@@ -215,7 +261,20 @@ impl Config {
         {
             return invalid("pools.max_per_tenant, pools.max_connections and routes.capacity must be at least 1");
         }
+        let h = &self.http;
+        if h.max_connections == 0
+            || h.header_read_timeout_ms == 0
+            || h.body_read_timeout_ms == 0
+            || h.max_buffered_bytes == 0
+        {
+            return invalid(
+                "http.max_connections, its timeouts and max_buffered_bytes must be above 0",
+            );
+        }
         if let Some(w) = &self.webhook {
+            if w.body_limit_bytes > self.http.max_buffered_bytes {
+                return invalid("webhook.body_limit_bytes must not exceed http.max_buffered_bytes");
+            }
             if w.app_secret.len() < 16 || w.verify_token.is_empty() {
                 return invalid("webhook.app_secret must be at least 16 characters and webhook.verify_token set");
             }

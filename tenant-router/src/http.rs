@@ -15,8 +15,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// HTTP connections served at once; more wait in the accept queue.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Per-connection read-ahead buffer (hyper's minimum is 8 KiB).
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// How long a request may wait for its share of the body buffer before it gets 503.
+const BUFFER_WAIT: Duration = Duration::from_secs(1);
 
 /// What the HTTP handlers read.
 pub struct HttpState {
@@ -25,6 +28,17 @@ pub struct HttpState {
     pub routes: Arc<RouteCache>,
     /// WhatsApp webhooks, when configured.
     pub webhooks: Option<crate::webhook::Webhooks>,
+    /// Connection and timing bounds.
+    pub limits: crate::config::Http,
+    /// Body bytes that may be buffered at once (`limits.max_buffered_bytes` permits).
+    pub buffer: Arc<Semaphore>,
+}
+
+impl HttpState {
+    /// The body-buffer semaphore for `limits` (one permit per byte).
+    pub fn buffer_for(limits: &crate::config::Http) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(limits.max_buffered_bytes))
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -76,7 +90,7 @@ async fn read_body(
     state: &HttpState,
     req: Request<Incoming>,
     limit: usize,
-) -> Result<Bytes, Response<Full<Bytes>>> {
+) -> Result<(Bytes, tokio::sync::OwnedSemaphorePermit), Response<Full<Bytes>>> {
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
@@ -93,13 +107,71 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    match http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), limit))
-        .await
-    {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(text(StatusCode::BAD_REQUEST, "could not read the body\n")),
+    // Bytes are reserved from the shared buffer as they arrive (a client that stalls holds
+    // nothing), and the reservation lives as long as the caller holds the body.
+    let overloaded = || {
+        state
+            .metrics
+            .webhooks
+            .with_label_values(&["overloaded"])
+            .inc();
+        text(StatusCode::SERVICE_UNAVAILABLE, "busy; retry later\n")
+    };
+    let mut reservation = match Arc::clone(&state.buffer).try_acquire_many_owned(0) {
+        Ok(p) => p,
+        Err(_) => return Err(overloaded()),
+    };
+    let mut body = req.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut reserved = 0usize;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(state.limits.body_read_timeout_ms);
+    loop {
+        let next = tokio::time::timeout_at(deadline, http_body_util::BodyExt::frame(&mut body));
+        let frame = match next.await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(text(StatusCode::BAD_REQUEST, "could not read the body\n"))
+            }
+            Err(_) => {
+                state
+                    .metrics
+                    .webhooks
+                    .with_label_values(&["slow_body"])
+                    .inc();
+                return Err(text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body not received in time\n",
+                ));
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let needed = buf.len() + data.len();
+        if needed > limit {
+            return Err(too_large());
+        }
+        if needed > reserved {
+            // The whole declared body at once (one allocation, no growth copies), else what
+            // arrived.
+            let want = declared.unwrap_or(needed).clamp(needed, limit);
+            let more = u32::try_from(want - reserved).unwrap_or(u32::MAX);
+            let got = tokio::time::timeout(
+                BUFFER_WAIT,
+                Arc::clone(&state.buffer).acquire_many_owned(more),
+            );
+            match got.await {
+                Ok(Ok(permit)) => reservation.merge(permit),
+                _ => return Err(overloaded()),
+            }
+            reserved = want;
+            buf.reserve_exact(want - buf.len());
+        }
+        buf.extend_from_slice(&data);
     }
+    Ok((Bytes::from(buf), reservation))
 }
 
 fn answer(a: crate::webhook::Answer) -> Response<Full<Bytes>> {
@@ -138,7 +210,7 @@ async fn evolution(
     let token = header("apikey").or_else(|| {
         header("authorization").and_then(|a| a.strip_prefix("Bearer ").map(str::to_string))
     });
-    let body = match read_body(state, req, hooks.cfg.body_limit_bytes).await {
+    let (body, _reservation) = match read_body(state, req, hooks.cfg.body_limit_bytes).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -168,7 +240,8 @@ async fn whatsapp(state: &HttpState, req: Request<Incoming>) -> Response<Full<By
                 .get("x-hub-signature-256")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            let body = match read_body(state, req, hooks.cfg.body_limit_bytes).await {
+            let (body, _reservation) = match read_body(state, req, hooks.cfg.body_limit_bytes).await
+            {
                 Ok(b) => b,
                 Err(resp) => return resp,
             };
@@ -181,23 +254,36 @@ async fn whatsapp(state: &HttpState, req: Request<Incoming>) -> Response<Full<By
 /// Serves HTTP on `listener` until `shutdown`, then lets open requests finish (bounded).
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: CancellationToken) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(state.limits.max_connections));
+    let header_timeout = Duration::from_millis(state.limits.header_read_timeout_ms);
     let tasks = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             a = listener.accept() => a,
         };
-        let (stream, _) = match accepted {
+        let (mut stream, _) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %e, "http accept failed");
+                // Out of file descriptors, say: give the others a moment to close.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            // Full: answer at once and close, never queue.
+            state
+                .metrics
+                .webhooks
+                .with_label_values(&["overloaded"])
+                .inc();
+            tasks.spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let busy = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = tokio::time::timeout(Duration::from_millis(200), stream.write_all(busy)).await;
+            });
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
@@ -207,7 +293,10 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: Cance
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+            .header_read_timeout(header_timeout)
+            // hyper reads ahead into its own buffer: keep it small so bodies wait in the
+            // socket, not in memory outside the shared body bound.
+            .max_buf_size(READ_BUFFER_BYTES)
             .serve_connection(TokioIo::new(stream), service);
         let watched = graceful.watch(conn);
         tasks.spawn(async move {

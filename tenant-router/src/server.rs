@@ -83,6 +83,8 @@ pub async fn run(
     tasks.spawn(http::serve(
         http_listener,
         Arc::new(HttpState {
+            limits: config.http.clone(),
+            buffer: HttpState::buffer_for(&config.http),
             metrics: Arc::clone(&metrics),
             pools: Arc::clone(&pools),
             routes: Arc::clone(&routes),

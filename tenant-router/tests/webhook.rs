@@ -96,6 +96,15 @@ struct Setup {
 }
 
 async fn setup(slug: &str, phone_number_id: &str, pg: &pg_harness::PgServer) -> Setup {
+    setup_with(slug, phone_number_id, pg, &[]).await
+}
+
+async fn setup_with(
+    slug: &str,
+    phone_number_id: &str,
+    pg: &pg_harness::PgServer,
+    extra: &[(&str, &str)],
+) -> Setup {
     let plane = Plane::start().await;
     plane.add_server("main", pg, 80).await;
     let mut admin = plane.admin().await;
@@ -109,15 +118,13 @@ async fn setup(slug: &str, phone_number_id: &str, pg: &pg_harness::PgServer) -> 
         }))
         .await
         .unwrap();
-    let router = Router::start(
-        &plane,
-        &[
-            ("TENANT_ROUTER__WEBHOOK__APP_SECRET", APP_SECRET),
-            ("TENANT_ROUTER__WEBHOOK__VERIFY_TOKEN", VERIFY_TOKEN),
-            ("TENANT_ROUTER__WEBHOOK__BODY_LIMIT_BYTES", "262144"),
-        ],
-    )
-    .await;
+    let mut env = vec![
+        ("TENANT_ROUTER__WEBHOOK__APP_SECRET", APP_SECRET),
+        ("TENANT_ROUTER__WEBHOOK__VERIFY_TOKEN", VERIFY_TOKEN),
+        ("TENANT_ROUTER__WEBHOOK__BODY_LIMIT_BYTES", "262144"),
+    ];
+    env.extend_from_slice(extra);
+    let router = Router::start(&plane, &env).await;
     Setup { plane, router }
 }
 
@@ -904,4 +911,128 @@ async fn suspend_and_resume_reach_the_webhook_path_within_seconds() {
     })
     .await;
     assert!(landed, "a resumed tenant receives deliveries again");
+}
+
+/// The open-files limit of this process (the router started by the test inherits it).
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_do_not_block_health_or_webhooks() {
+    use tokio::io::AsyncWriteExt;
+    assert!(
+        open_files_limit() >= 2_500,
+        "raise the open-files limit to run this test (scripts/test.sh does: ulimit -n)"
+    );
+    let pg = pg_harness::shared();
+    let s = setup("wh-india", "900000009", pg).await;
+    let db = s.plane.database_of("wh-india").await;
+    // 1,100 clients send headers promising a body and stall.
+    let mut stalled = Vec::with_capacity(1_100);
+    for _ in 0..1_100 {
+        let mut c = tokio::net::TcpStream::connect(&s.router.http)
+            .await
+            .unwrap();
+        c.write_all(
+            b"POST /webhooks/whatsapp HTTP/1.1\r\nhost: x\r\ncontent-length: 200000\r\n\
+              x-hub-signature-256: sha256=00\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        stalled.push(c);
+    }
+    let started = std::time::Instant::now();
+    let (status, _) = http(&s.router.http, "GET", "/healthz", &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
+    let body = delivery(
+        "900000009",
+        json!([text_msg("wamid.I1", "551187654321", "ainda aqui")]),
+        json!([]),
+    );
+    assert_eq!(post(&s.router, &body).await, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(count(pg, &db, "SELECT count(*) FROM mensagens").await, 1);
+    drop(stalled);
+}
+
+/// A process's resident and peak resident memory, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_limit_bodies_stay_within_the_buffer_bound() {
+    const BOUND: u64 = 4 << 20;
+    /// What is not a body: each of the 100 connections' 64 KiB read-ahead buffer, plus
+    /// 4 MiB for tasks, parsing and allocator slack. (Without the bound the same burst grows
+    /// the router by about 25 MB.)
+    const MARGIN: u64 = 100 * (64 << 10) + (4 << 20);
+    let pg = pg_harness::shared();
+    let bound = BOUND.to_string();
+    let s = setup_with(
+        "wh-juliett",
+        "900000010",
+        pg,
+        &[("TENANT_ROUTER__HTTP__MAX_BUFFERED_BYTES", bound.as_str())],
+    )
+    .await;
+    let (rss_before, _) = memory_kib(s.router.pid());
+    let body = vec![b'x'; 250_000];
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let (addr, body) = (s.router.http.clone(), body.clone());
+        clients.spawn(async move {
+            http(
+                &addr,
+                "POST",
+                "/webhooks/whatsapp",
+                &[("X-Hub-Signature-256", sign(&body))],
+                &body,
+            )
+            .await
+            .0
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(r) = clients.join_next().await {
+        statuses.push(r.unwrap());
+    }
+    // Each was read in full (400: not a delivery) or turned away after a short wait for
+    // buffer room (503).
+    assert!(
+        statuses.iter().all(|s| *s == 400 || *s == 503),
+        "{statuses:?}"
+    );
+    let (_, peak) = memory_kib(s.router.pid());
+    let grown = peak.saturating_sub(rss_before) * 1024;
+    assert!(
+        grown <= BOUND + MARGIN,
+        "peak memory grew {grown} bytes for a {BOUND}-byte body bound"
+    );
 }
