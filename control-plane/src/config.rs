@@ -32,6 +32,9 @@ pub struct Config {
     /// Token lifetimes.
     #[serde(default)]
     pub tokens: Tokens,
+    /// Connection bounds and HTTP/2 limits of the gRPC listener.
+    #[serde(default)]
+    pub grpc: service_kit::incoming::GrpcLimits,
     /// Serve gRPC over TLS with this certificate. Without it the control plane serves
     /// plaintext and hands tenant credentials only to routers connecting over loopback.
     #[serde(default)]
@@ -284,6 +287,7 @@ impl Config {
                 }
             }
         }
+        self.grpc.validate().map_err(ConfigError::Invalid)?;
         let t = &self.tokens;
         if t.max_ttl_secs == 0 || t.default_ttl_secs == 0 || t.default_ttl_secs > t.max_ttl_secs {
             return Err(ConfigError::Invalid(

@@ -102,9 +102,9 @@ pub async fn run(
         .local_addr()
         .map_err(|e| ServeError::Startup(e.to_string()))?;
     tracing::info!(%addr, "control plane listening");
-    let incoming = service_kit::nodelay_incoming(listener);
+    let incoming = service_kit::nodelay_incoming(listener, config.grpc.bounds());
     let stop = cancel.clone();
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = config.grpc.server();
     let tls = config.tls.is_some();
     if let Some(cfg) = &config.tls {
         let cfg = cfg

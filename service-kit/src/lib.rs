@@ -2,6 +2,7 @@
 //! overridden by `<PREFIX>__*` environment variables, logs on stderr, and shutdown on
 //! SIGTERM or Ctrl-C.
 
+pub mod incoming;
 pub mod tls;
 
 use serde::de::DeserializeOwned;
@@ -73,17 +74,10 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Accepted connections with `TCP_NODELAY` set, for `serve_with_incoming*`: tonic applies its
-/// own `tcp_nodelay` only to listeners it binds itself, and without it small gRPC frames
-/// (headers, data, trailers written separately) wait on Nagle and delayed ACKs (~40 ms).
+/// Accepted connections for `serve_with_incoming*`, bounded (see [`incoming`]).
 pub fn nodelay_incoming(
     listener: tokio::net::TcpListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures_util::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| {
-            let _ = stream.set_nodelay(true);
-            stream
-        });
-        Some((accepted, listener))
-    })
+    bounds: incoming::Bounds,
+) -> impl futures_util::Stream<Item = std::io::Result<incoming::Guarded>> {
+    incoming::incoming(listener, bounds)
 }

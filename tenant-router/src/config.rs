@@ -45,6 +45,9 @@ pub struct Config {
     /// Bounds of the HTTP side.
     #[serde(default)]
     pub http: Http,
+    /// Connection bounds and HTTP/2 limits of the gRPC listener.
+    #[serde(default)]
+    pub grpc: service_kit::incoming::GrpcLimits,
     /// WhatsApp webhook settings; without them the webhook endpoints answer 404.
     #[serde(default)]
     pub webhook: Option<Webhook>,
@@ -260,6 +263,9 @@ impl Config {
             || self.routes.capacity == 0
         {
             return invalid("pools.max_per_tenant, pools.max_connections and routes.capacity must be at least 1");
+        }
+        if let Err(e) = self.grpc.validate() {
+            return invalid(&e);
         }
         let h = &self.http;
         if h.max_connections == 0

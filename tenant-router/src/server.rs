@@ -128,12 +128,11 @@ pub async fn run(
     // Fires once shutdown starts; the drain grace period counts from then, not from startup.
     let draining = Arc::new(tokio::sync::Notify::new());
     let drain_signal = Arc::clone(&draining);
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = config.grpc.server();
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls.tonic().map_err(startup)?)?;
     }
     let served = builder
-        .tcp_nodelay(true)
         .add_service(health)
         .add_service(reflection)
         .add_service(pb::leads_server::LeadsServer::new(LeadsService(
@@ -145,12 +144,15 @@ pub async fn run(
         .add_service(pb::catalog_server::CatalogServer::new(CatalogService(
             Arc::clone(&ctx),
         )))
-        .serve_with_incoming_shutdown(service_kit::nodelay_incoming(grpc), async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining calls");
-            stop.cancel();
-            drain_signal.notify_one();
-        });
+        .serve_with_incoming_shutdown(
+            service_kit::nodelay_incoming(grpc, config.grpc.bounds()),
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining calls");
+                stop.cancel();
+                drain_signal.notify_one();
+            },
+        );
     let served = tokio::select! {
         r = served => Ok(r),
         _ = async {

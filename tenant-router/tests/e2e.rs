@@ -1052,3 +1052,53 @@ async fn a_tenant_id_has_one_spelling() {
         assert!(err.message().contains("leading zeros"), "{key:?}: {err:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_grpc_handshakes_are_bounded_and_dropped() {
+    use tokio::io::AsyncReadExt;
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("one", pg, 80).await;
+    plane.create("gh-alpha", "servicos", "one").await;
+    let router = Router::start(
+        &plane,
+        &[
+            ("TENANT_ROUTER__GRPC__MAX_CONNECTIONS", "200"),
+            ("TENANT_ROUTER__GRPC__HANDSHAKE_TIMEOUT_MS", "1000"),
+        ],
+    )
+    .await;
+    let addr = router.grpc.trim_start_matches("https://").to_string();
+    // 250 clients connect and never start the TLS handshake.
+    let mut stalled = Vec::new();
+    for _ in 0..250 {
+        stalled.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Past the cap a connection is closed at once; every stalled one once the handshake
+    // timeout passes. A read sees the close (0 bytes or a reset).
+    let closed = |mut c: tokio::net::TcpStream, within: Duration| async move {
+        let mut buf = [0u8; 16];
+        matches!(
+            tokio::time::timeout(within, c.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    };
+    let last = stalled.pop().unwrap();
+    assert!(
+        closed(last, Duration::from_millis(500)).await,
+        "over the cap: closed at once"
+    );
+    let first = stalled.remove(0);
+    assert!(
+        closed(first, Duration::from_secs(5)).await,
+        "a silent client is dropped"
+    );
+    drop(stalled);
+    // Meanwhile and afterwards, real calls are served.
+    let token = plane_token_all();
+    let mut leads = LeadsClient::new(router.channel().await);
+    leads
+        .list_leads(call(dm::ListLeadsRequest::default(), "gh-alpha", &token))
+        .await
+        .unwrap();
+}
