@@ -35,6 +35,9 @@ pub struct Config {
     /// Connection bounds and HTTP/2 limits of the gRPC listener.
     #[serde(default)]
     pub grpc: service_kit::incoming::GrpcLimits,
+    /// Retention of dead letters.
+    #[serde(default)]
+    pub dead_letters: DeadLetters,
     /// Serve gRPC over TLS with this certificate. Without it the control plane serves
     /// plaintext and hands tenant credentials only to routers connecting over loopback.
     #[serde(default)]
@@ -108,6 +111,27 @@ impl Provisioning {
     }
 }
 
+/// Retention of dead letters (webhooks no tenant database took).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetters {
+    /// Dead letters not seen for this many days are deleted.
+    #[serde(default = "defaults::retention_days")]
+    pub retention_days: u32,
+    /// How often each replica prunes, in seconds.
+    #[serde(default = "defaults::prune_every_secs")]
+    pub prune_every_secs: u64,
+}
+
+impl Default for DeadLetters {
+    fn default() -> Self {
+        DeadLetters {
+            retention_days: defaults::retention_days(),
+            prune_every_secs: defaults::prune_every_secs(),
+        }
+    }
+}
+
 /// Token lifetimes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +181,12 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn retention_days() -> u32 {
+        30
+    }
+    pub fn prune_every_secs() -> u64 {
+        3_600
     }
     pub fn max_ttl_secs() -> u64 {
         30 * 24 * 3600
@@ -288,6 +318,11 @@ impl Config {
             }
         }
         self.grpc.validate().map_err(ConfigError::Invalid)?;
+        if self.dead_letters.prune_every_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "dead_letters.prune_every_secs must be above 0".into(),
+            ));
+        }
         let t = &self.tokens;
         if t.max_ttl_secs == 0 || t.default_ttl_secs == 0 || t.default_ttl_secs > t.max_ttl_secs {
             return Err(ConfigError::Invalid(

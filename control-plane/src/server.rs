@@ -85,6 +85,11 @@ pub async fn run(
     tasks.spawn(
         Rotator::new(catalog.clone(), config.provisioning.clone()).sweep_loop(cancel.child_token()),
     );
+    tasks.spawn(prune_dead_letters(
+        catalog.clone(),
+        config.dead_letters.clone(),
+        cancel.child_token(),
+    ));
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::tenant_admin_server::TenantAdminServer<AdminService>>()
@@ -143,4 +148,23 @@ pub async fn run(
     }
     served?;
     Ok(())
+}
+
+/// Deletes dead letters past their retention, every `prune_every_secs`, until `cancel`.
+async fn prune_dead_letters(
+    catalog: Catalog,
+    cfg: crate::config::DeadLetters,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(cfg.prune_every_secs)) => {}
+        }
+        match catalog.prune_dead_letters(cfg.retention_days).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "dead letters past their retention deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune dead letters"),
+        }
+    }
 }

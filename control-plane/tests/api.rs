@@ -592,3 +592,93 @@ async fn caller_tokens_name_tenant_ids_and_stay_within_the_maximum_lifetime() {
         assert_eq!(out.code, code, "{args:?}: {out:?}");
     }
 }
+
+#[tokio::test]
+async fn dead_letters_are_kept_once_listed_shown_and_pruned() {
+    use proto::control::v1::{tenant_directory_client::TenantDirectoryClient, UnroutableWebhook};
+    let plane = Plane::start_with(&[("CONTROL_PLANE__DEAD_LETTERS__PRUNE_EVERY_SECS", "1")]).await;
+    let mut dir = TenantDirectoryClient::new(plane.channel().await);
+    let send = |body: &str, reason: &str| {
+        authed(
+            UnroutableWebhook {
+                source: "meta".into(),
+                phone_number_id: "5550001".into(),
+                body: body.as_bytes().to_vec(),
+                reason: reason.into(),
+            },
+            &plane.router_token,
+        )
+    };
+    // Meta retries the same bytes: stored once, counted twice.
+    let first = dir
+        .record_unroutable(send("{\"a\":1}", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let again = dir
+        .record_unroutable(send("{\"a\":1}", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    assert_eq!(first, again);
+    dir.record_unroutable(send("{\"b\":2}", "timestamp is not a number"))
+        .await
+        .unwrap();
+    let listed = plane.ok(&["dead-letters", "list", "--json"]).json();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    let counted = listed.iter().find(|d| d["id"] == first).unwrap();
+    assert_eq!(counted["times"], 2);
+    assert!(listed
+        .iter()
+        .any(|d| d["reason"] == "timestamp is not a number"));
+    assert_eq!(
+        plane
+            .ok(&["dead-letters", "show", &first.to_string()])
+            .stdout
+            .trim(),
+        "{\"a\":1}"
+    );
+    // Bodies hold customers' messages: a viewer lists, but may not read them.
+    let viewer = plane
+        .ok(&["operator", "add", "vic", "--role", "viewer"])
+        .stdout
+        .trim()
+        .to_string();
+    let as_viewer =
+        |args: &[&str]| plane.ctl_env(args, &[("TENANTCTL_TOKEN", viewer.as_str())], None);
+    assert_eq!(as_viewer(&["dead-letters", "list"]).code, 0);
+    assert_eq!(
+        as_viewer(&["dead-letters", "show", &first.to_string()]).code,
+        8
+    );
+    for (args, code) in [
+        (vec!["dead-letters", "show", "999999"], 3),
+        (vec!["dead-letters", "list", "--source", "telegram"], 2),
+    ] {
+        assert_eq!(plane.ctl(&args).code, code, "{args:?}");
+    }
+    // Past their retention they go.
+    plane
+        .catalog()
+        .await
+        .execute(
+            "UPDATE webhooks_nao_roteados SET ultima_em = now() - interval '40 days' WHERE id = $1",
+            &[&first],
+        )
+        .await
+        .unwrap();
+    let pruned = pg_harness::eventually(Duration::from_secs(10), || async {
+        plane
+            .ok(&["dead-letters", "list", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    assert!(pruned, "the old dead letter was pruned");
+}

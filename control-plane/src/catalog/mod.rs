@@ -6,6 +6,7 @@
 //! bumps its `version` and fires `empresas_changed` (a trigger), which is how routers learn
 //! about it.
 
+mod dead_letters;
 mod identities;
 mod rekey;
 mod routers;
@@ -13,6 +14,7 @@ mod runs;
 mod servers;
 mod tenants;
 
+pub use dead_letters::DeadLetter;
 pub use identities::{AuditRecord, OperatorRecord, TokenRecord};
 pub use rekey::Resealed;
 pub use routers::RouterRecord;
@@ -149,26 +151,6 @@ impl Catalog {
     ) -> Result<()> {
         self.audit_outcome(actor, action, tenant_id, target, details, "ok")
             .await
-    }
-
-    /// Stores an unroutable webhook body.
-    pub async fn dead_letter(
-        &self,
-        source: &str,
-        phone_number_id: Option<&str>,
-        body: &[u8],
-        reason: Option<&str>,
-    ) -> Result<i64> {
-        let row = self
-            .client()
-            .await?
-            .query_one(
-                "INSERT INTO webhooks_nao_roteados (fonte, phone_number_id, corpo, motivo) \
-                 VALUES ($1, $2, $3, $4) RETURNING id",
-                &[&source, &phone_number_id, &body, &reason],
-            )
-            .await?;
-        Ok(row.get(0))
     }
 }
 

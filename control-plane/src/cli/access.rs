@@ -63,6 +63,20 @@ pub(super) enum RouterCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub(super) enum DeadLetterCommand {
+    /// List dead letters, newest first.
+    List {
+        /// Only this source: meta or evolution.
+        #[arg(long, default_value = "")]
+        source: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Print one dead letter's body (and, with --json, its details).
+    Show { id: i64 },
+}
+
 #[derive(Args)]
 pub(super) struct RotateArgs {
     /// Tenants (slugs or ids).
@@ -197,6 +211,67 @@ pub(super) async fn router(
                         "those passwords still work: rotate them with `tenantctl rotate` (or revoke with --rotate)",
                     );
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn dead_letters(
+    client: &mut Client,
+    cmd: DeadLetterCommand,
+    json: bool,
+) -> Result<(), Failure> {
+    let info = |d: &pb::DeadLetterInfo| {
+        json!({
+            "id": d.id, "source": d.source, "phone_number_id": d.phone_number_id,
+            "reason": d.reason, "times": d.times, "first_ms": d.first_ms, "last_ms": d.last_ms,
+            "size": d.size,
+        })
+    };
+    match cmd {
+        DeadLetterCommand::List { source, limit } => {
+            let letters = client
+                .list_dead_letters(pb::ListDeadLettersRequest { source, limit })
+                .await?
+                .into_inner()
+                .dead_letters;
+            if json {
+                output::json(&serde_json::Value::Array(
+                    letters.iter().map(info).collect(),
+                ));
+            } else {
+                let rows: Vec<_> = letters
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.id.to_string(),
+                            d.source.clone(),
+                            d.phone_number_id.clone(),
+                            d.times.to_string(),
+                            d.size.to_string(),
+                            d.reason.clone(),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["ID", "SOURCE", "NUMBER", "TIMES", "BYTES", "REASON"],
+                    &rows,
+                );
+            }
+        }
+        DeadLetterCommand::Show { id } => {
+            let d = client
+                .get_dead_letter(pb::DeadLetterRef { id })
+                .await?
+                .into_inner();
+            let body = String::from_utf8_lossy(&d.body).into_owned();
+            if json {
+                let mut v = info(&d);
+                v["body"] = json!(body);
+                output::json(&v);
+            } else {
+                output::line(&body);
             }
         }
     }

@@ -97,6 +97,9 @@ enum Command {
     /// Re-seal every stored secret with the current master key (after changing it, with
     /// the previous one in retired_master_keys).
     Rekey,
+    /// Webhooks no tenant database took (unknown numbers, suspended tenants, bad items).
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(access::DeadLetterCommand),
     /// Read the audit log: who did what, to which target, with which token, how it ended.
     Audit(access::AuditArgs),
 }
@@ -556,6 +559,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Operator(cmd) => access::operator(&mut client, cmd, json).await?,
         Command::Router(cmd) => access::router(&mut client, cmd, json).await?,
         Command::Rotate(a) => return access::rotate(&mut client, a, json).await,
+        Command::DeadLetters(cmd) => access::dead_letters(&mut client, cmd, json).await?,
         Command::Rekey => {
             let r = client.rekey(pb::RekeyRequest {}).await?.into_inner();
             if json {

@@ -289,6 +289,52 @@ impl AdminService {
         Ok(Response::new(super::admin::server_pb(&server)))
     }
 
+    pub(super) async fn do_list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, GrpcStatus> {
+        self.actor(&request, Role::Viewer, "dead_letters.list")
+            .await?;
+        let req = request.into_inner();
+        let source = match req.source.trim() {
+            "" => None,
+            s @ ("meta" | "evolution") => Some(s.to_string()),
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown source {other:?}: expected meta or evolution"
+                ))
+                .into())
+            }
+        };
+        let limit = match req.limit {
+            0 => 100,
+            n if n > 10_000 => {
+                return Err(Error::InvalidArgument("limit must be at most 10000".into()).into())
+            }
+            n => n,
+        };
+        let letters = self.catalog.dead_letters(source.as_deref(), limit).await?;
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters: letters.into_iter().map(dead_letter_pb).collect(),
+        }))
+    }
+
+    pub(super) async fn do_get_dead_letter(
+        &self,
+        request: Request<pb::DeadLetterRef>,
+    ) -> Result<Response<pb::DeadLetterInfo>, GrpcStatus> {
+        // Bodies hold customers' messages: operators only.
+        self.actor(&request, Role::Operator, "dead_letters.show")
+            .await?;
+        let id = request.into_inner().id;
+        let letter = self
+            .catalog
+            .dead_letter_by_id(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("dead letter {id} not found")))?;
+        Ok(Response::new(dead_letter_pb(letter)))
+    }
+
     async fn server_named(&self, raw: &str) -> Result<crate::catalog::ServerRecord, Error> {
         let name = model::server_name(raw)?;
         self.catalog
@@ -340,5 +386,19 @@ impl AdminService {
             }
         }
         (rotated, failed)
+    }
+}
+
+fn dead_letter_pb(d: crate::catalog::DeadLetter) -> pb::DeadLetterInfo {
+    pb::DeadLetterInfo {
+        id: d.id,
+        source: d.source,
+        phone_number_id: d.phone_number_id.unwrap_or_default(),
+        reason: d.reason.unwrap_or_default(),
+        times: d.times,
+        first_ms: d.first_ms,
+        last_ms: d.last_ms,
+        size: d.size,
+        body: d.body.unwrap_or_default(),
     }
 }

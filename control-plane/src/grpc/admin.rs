@@ -846,6 +846,20 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         self.do_rotate_template_owner(request).await
     }
 
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, GrpcStatus> {
+        self.do_list_dead_letters(request).await
+    }
+
+    async fn get_dead_letter(
+        &self,
+        request: Request<pb::DeadLetterRef>,
+    ) -> Result<Response<pb::DeadLetterInfo>, GrpcStatus> {
+        self.do_get_dead_letter(request).await
+    }
+
     async fn rekey(
         &self,
         request: Request<pb::RekeyRequest>,
