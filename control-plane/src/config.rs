@@ -121,6 +121,23 @@ pub struct DeadLetters {
     /// How often each replica prunes, in seconds.
     #[serde(default = "defaults::prune_every_secs")]
     pub prune_every_secs: u64,
+    /// Most dead letters one source (`meta`, `evolution`) keeps; new content past it is
+    /// dropped and counted by the router (repeats of kept content still count).
+    #[serde(default = "defaults::per_source_max_rows")]
+    pub per_source_max_rows: u32,
+    /// Most body bytes one source keeps.
+    #[serde(default = "defaults::per_source_max_bytes")]
+    pub per_source_max_bytes: u64,
+}
+
+impl DeadLetters {
+    /// The per-source quota.
+    pub fn quota(&self) -> crate::catalog::DeadLetterQuota {
+        crate::catalog::DeadLetterQuota {
+            rows: self.per_source_max_rows,
+            bytes: i64::try_from(self.per_source_max_bytes).unwrap_or(i64::MAX),
+        }
+    }
 }
 
 impl Default for DeadLetters {
@@ -128,6 +145,8 @@ impl Default for DeadLetters {
         DeadLetters {
             retention_days: defaults::retention_days(),
             prune_every_secs: defaults::prune_every_secs(),
+            per_source_max_rows: defaults::per_source_max_rows(),
+            per_source_max_bytes: defaults::per_source_max_bytes(),
         }
     }
 }
@@ -187,6 +206,12 @@ mod defaults {
     }
     pub fn prune_every_secs() -> u64 {
         3_600
+    }
+    pub fn per_source_max_rows() -> u32 {
+        100_000
+    }
+    pub fn per_source_max_bytes() -> u64 {
+        1 << 30
     }
     pub fn max_ttl_secs() -> u64 {
         30 * 24 * 3600
@@ -318,9 +343,11 @@ impl Config {
             }
         }
         self.grpc.validate().map_err(ConfigError::Invalid)?;
-        if self.dead_letters.prune_every_secs == 0 {
+        let d = &self.dead_letters;
+        if d.prune_every_secs == 0 || d.per_source_max_rows == 0 || d.per_source_max_bytes == 0 {
             return Err(ConfigError::Invalid(
-                "dead_letters.prune_every_secs must be above 0".into(),
+                "dead_letters.prune_every_secs, per_source_max_rows and per_source_max_bytes must be above 0"
+                    .into(),
             ));
         }
         let t = &self.tokens;

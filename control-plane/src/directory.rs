@@ -9,7 +9,7 @@
 //! and broadcasts it; watchers that fall more than [`CHANGE_BUFFER`] changes behind are
 //! disconnected so they resynchronize instead of silently missing a change.
 
-use crate::catalog::{Catalog, TenantRecord};
+use crate::catalog::{Catalog, DeadLetterQuota, TenantRecord};
 use crate::error::{Error, Result};
 use caller_auth::Kind;
 use futures_util::StreamExt;
@@ -45,13 +45,18 @@ pub enum Change {
 pub struct Directory {
     catalog: Catalog,
     changes: broadcast::Sender<Change>,
+    dead_letter_quota: DeadLetterQuota,
 }
 
 impl Directory {
     /// A directory over `catalog`; start [`Directory::listen`] to feed changes.
-    pub fn new(catalog: Catalog) -> Directory {
+    pub fn new(catalog: Catalog, dead_letter_quota: DeadLetterQuota) -> Directory {
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
-        Directory { catalog, changes }
+        Directory {
+            catalog,
+            changes,
+            dead_letter_quota,
+        }
     }
 
     /// The catalog behind the directory.
@@ -91,16 +96,22 @@ impl Directory {
         }
     }
 
-    /// Stores a webhook no tenant owns.
+    /// Stores a webhook no tenant owns; `None` when its source's quota is full.
     pub async fn dead_letter(
         &self,
         source: &str,
         phone_number_id: Option<&str>,
         body: &[u8],
         reason: Option<&str>,
-    ) -> Result<i64> {
+    ) -> Result<Option<i64>> {
         self.catalog
-            .dead_letter(source, phone_number_id, body, reason)
+            .dead_letter(
+                source,
+                phone_number_id,
+                body,
+                reason,
+                &self.dead_letter_quota,
+            )
             .await
     }
 

@@ -67,7 +67,7 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let directory = Directory::new(catalog.clone());
+    let directory = Directory::new(catalog.clone(), config.dead_letters.quota());
     tasks.spawn(directory.clone().listen(cancel.child_token()));
 
     let signer = caller_auth::Signer::from_base64(&config.token_signing_key)

@@ -480,6 +480,11 @@ async fn bad_configuration_is_refused_with_a_message_naming_it() {
             "tokens.default_ttl_secs must be above 0 and at most tokens.max_ttl_secs",
         ),
         (
+            Some(("CONTROL_PLANE__DEAD_LETTERS__PER_SOURCE_MAX_ROWS", "0")),
+            None,
+            "per_source_max_rows and per_source_max_bytes must be above 0",
+        ),
+        (
             Some(("CONTROL_PLANE__PROVISIONING__SCRAM_ITERATIONS", "0")),
             None,
             "scram_iterations must be between 1 and 1000000",
@@ -681,4 +686,54 @@ async fn dead_letters_are_kept_once_listed_shown_and_pruned() {
     })
     .await;
     assert!(pruned, "the old dead letter was pruned");
+}
+
+#[tokio::test]
+async fn a_full_dead_letter_quota_drops_new_content_from_that_source_only() {
+    use proto::control::v1::{tenant_directory_client::TenantDirectoryClient, UnroutableWebhook};
+    let plane = Plane::start_with(&[
+        ("CONTROL_PLANE__DEAD_LETTERS__PER_SOURCE_MAX_ROWS", "2"),
+        ("CONTROL_PLANE__DEAD_LETTERS__PER_SOURCE_MAX_BYTES", "64"),
+    ])
+    .await;
+    let dir = TenantDirectoryClient::new(plane.channel().await);
+    let send = |source: &str, body: &str| {
+        authed(
+            UnroutableWebhook {
+                source: source.into(),
+                phone_number_id: "5550001".into(),
+                body: body.as_bytes().to_vec(),
+                reason: String::new(),
+            },
+            &plane.router_token,
+        )
+    };
+    let record = |source: &'static str, body: &'static str| {
+        let req = send(source, body);
+        let mut dir = dir.clone();
+        async move { dir.record_unroutable(req).await.unwrap().into_inner() }
+    };
+    // Bytes: one body larger than the whole byte quota is not kept.
+    let big = record(
+        "meta",
+        "{\"x\":\"0123456789012345678901234567890123456789012345678901234567890\"}",
+    )
+    .await;
+    assert!(big.dropped && big.id == 0, "{big:?}");
+    let a = record("meta", "{\"a\":1}").await;
+    let b = record("meta", "{\"b\":2}").await;
+    assert!(!a.dropped && !b.dropped);
+    // Rows: the third distinct body from the same source is dropped...
+    let c = record("meta", "{\"c\":3}").await;
+    assert!(c.dropped, "{c:?}");
+    // ...a repeat of kept content still counts...
+    let again = record("meta", "{\"a\":1}").await;
+    assert_eq!((again.id, again.dropped), (a.id, false));
+    // ...and the other source has its own quota.
+    let evo = record("evolution", "{\"c\":3}").await;
+    assert!(!evo.dropped);
+    let listed = plane.ok(&["dead-letters", "list", "--json"]).json();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(listed.iter().any(|d| d["id"] == a.id && d["times"] == 2));
 }

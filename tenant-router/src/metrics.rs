@@ -34,7 +34,7 @@ pub struct Metrics {
     /// Webhook items by kind (message, duplicate, status, skipped, malformed).
     pub webhook_items: IntCounterVec,
     /// Webhooks kept as dead letters (no tenant owns the number).
-    pub dead_letters: IntCounter,
+    pub dead_letters: IntCounterVec,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -98,9 +98,12 @@ impl Metrics {
             Opts::new("webhook_items_total", "webhook items by kind"),
             &["kind"],
         ));
-        let dead_letters = must(IntCounter::new(
-            "dead_letters_total",
-            "webhooks kept as dead letters",
+        let dead_letters = must(IntCounterVec::new(
+            Opts::new(
+                "dead_letters_total",
+                "webhooks sent to the dead letters, by outcome (kept, or dropped: quota full)",
+            ),
+            &["outcome"],
         ));
         for c in [
             Box::new(webhooks.clone()) as Box<dyn prometheus::core::Collector>,

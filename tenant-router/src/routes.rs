@@ -346,14 +346,14 @@ impl RouteCache {
 
     /// Keeps a webhook body no tenant owns (or an item no tenant database can take, with
     /// `reason`) in the control database (through the control plane: the router has no
-    /// catalog credentials).
+    /// catalog credentials). `false` when the source's quota is full and it was dropped.
     pub async fn record_unroutable(
         &self,
         source: &str,
         phone_number_id: &str,
         body: &[u8],
         reason: &str,
-    ) -> Result<i64, RouterError> {
+    ) -> Result<bool, RouterError> {
         let mut req = tonic::Request::new(pb::UnroutableWebhook {
             source: source.to_string(),
             phone_number_id: phone_number_id.to_string(),
@@ -367,7 +367,7 @@ impl RouteCache {
         client
             .record_unroutable(req)
             .await
-            .map(|r| r.into_inner().id)
+            .map(|r| !r.into_inner().dropped)
             .map_err(|s| {
                 tracing::warn!(code = ?s.code(), "cannot record a dead letter");
                 RouterError::Unavailable("control plane unavailable".into())

@@ -417,7 +417,7 @@ async fn batches_media_malformed_items_and_unknown_numbers() {
     assert_eq!(row.get::<_, Vec<u8>>(1), body);
     let (_, metrics) = s.router.http_get("/metrics").await;
     assert!(
-        metrics.contains("tenant_router_dead_letters_total 1"),
+        metrics.contains("tenant_router_dead_letters_total{outcome=\"kept\"} 1"),
         "{metrics}"
     );
 }

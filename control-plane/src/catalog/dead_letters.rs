@@ -6,6 +6,13 @@ use crate::error::Result;
 use sha2::{Digest, Sha256};
 use tokio_postgres::Row;
 
+/// How much one source may keep.
+#[derive(Debug, Clone, Copy)]
+pub struct Quota {
+    pub rows: u32,
+    pub bytes: i64,
+}
+
 /// A dead letter as the catalog holds it.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -47,18 +54,50 @@ fn select() -> String {
 
 impl Catalog {
     /// Keeps a webhook body (or item) no tenant database took; the same content from the
-    /// same source is stored once and counted.
+    /// same source is stored once and counted. New content from a source already holding
+    /// `quota` is not kept (`None`): one noisy sender cannot fill the control database.
     pub async fn dead_letter(
         &self,
         source: &str,
         phone_number_id: Option<&str>,
         body: &[u8],
         reason: Option<&str>,
-    ) -> Result<i64> {
+        quota: &Quota,
+    ) -> Result<Option<i64>> {
         let hash = Sha256::digest(body).to_vec();
-        let row = self
-            .client()
-            .await?
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let seen = tx
+            .query_opt(
+                "UPDATE webhooks_nao_roteados SET vezes = vezes + 1, ultima_em = now() \
+                 WHERE fonte = $1 AND hash = $2 RETURNING id",
+                &[&source, &hash],
+            )
+            .await?;
+        if let Some(row) = seen {
+            tx.commit().await?;
+            return Ok(Some(row.get(0)));
+        }
+        // One source's quota is checked and filled by one replica at a time.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('dead_letters:' || $1::text))",
+            &[&source],
+        )
+        .await?;
+        let held = tx
+            .query_one(
+                "SELECT count(*), coalesce(sum(octet_length(corpo)), 0)::int8 \
+                 FROM webhooks_nao_roteados WHERE fonte = $1",
+                &[&source],
+            )
+            .await?;
+        let (rows, bytes): (i64, i64) = (held.get(0), held.get(1));
+        let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
+        if rows >= i64::from(quota.rows) || bytes.saturating_add(size) > quota.bytes {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let row = tx
             .query_one(
                 "INSERT INTO webhooks_nao_roteados (fonte, phone_number_id, corpo, motivo, hash) \
                  VALUES ($1, $2, $3, $4, $5) \
@@ -67,7 +106,8 @@ impl Catalog {
                 &[&source, &phone_number_id, &body, &reason, &hash],
             )
             .await?;
-        Ok(row.get(0))
+        tx.commit().await?;
+        Ok(Some(row.get(0)))
     }
 
     /// Dead letters, newest first (without their bodies).

@@ -101,11 +101,17 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
             return Err(Status::invalid_argument("reason longer than 1024 bytes"));
         }
         let reason = (!w.reason.is_empty()).then_some(w.reason.as_str());
-        let id = self
+        let kept = self
             .directory
             .dead_letter(&w.source, phone, &w.body, reason)
             .await?;
-        Ok(Response::new(pb::UnroutableRecorded { id }))
+        if kept.is_none() {
+            tracing::warn!(source = %w.source, "dead-letter quota full: new content dropped");
+        }
+        Ok(Response::new(pb::UnroutableRecorded {
+            id: kept.unwrap_or(0),
+            dropped: kept.is_none(),
+        }))
     }
 
     async fn list_revoked_tokens(

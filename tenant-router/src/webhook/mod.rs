@@ -133,16 +133,36 @@ impl Webhooks {
             Ok(r) if r.route.status == "active" => r,
             Ok(_) | Err(RouterError::TenantNotFound) | Err(RouterError::InvalidArgument(_)) => {
                 // Nobody (or nobody active) owns this number: keep it, answer 200.
-                self.routes
-                    .record_unroutable("meta", phone, body, "")
-                    .await?;
-                self.metrics.dead_letters.inc();
-                return Ok(());
+                return self.dead_letter("meta", phone, body, "").await;
             }
             Err(e) => return Err(e),
         };
         self.store_for(&route, "meta", phone, batch.normalize(), deadline)
             .await
+    }
+
+    /// Sends a body (or item) to the dead letters and counts what became of it: dropped
+    /// (the source's quota is full) is logged and answered like kept, so the sender does
+    /// not retry into a full quota.
+    async fn dead_letter(
+        &self,
+        source: &str,
+        phone: &str,
+        body: &[u8],
+        reason: &str,
+    ) -> Result<(), RouterError> {
+        let kept = self
+            .routes
+            .record_unroutable(source, phone, body, reason)
+            .await?;
+        if !kept {
+            tracing::warn!(source, "dead-letter quota full: delivery dropped");
+        }
+        self.metrics
+            .dead_letters
+            .with_label_values(&[if kept { "kept" } else { "dropped" }])
+            .inc();
+        Ok(())
     }
 
     /// Stores a normalized batch in the route's tenant database before `deadline`; items
@@ -159,10 +179,7 @@ impl Webhooks {
         let (batch, refused) = batch.admit(now);
         for (item, reason) in &refused {
             let body = serde_json::to_vec(item).unwrap_or_default();
-            self.routes
-                .record_unroutable(source, phone, &body, reason)
-                .await?;
-            self.metrics.dead_letters.inc();
+            self.dead_letter(source, phone, &body, reason).await?;
         }
         let mut conn = match self.pools.get(&route.route, deadline).await {
             Ok(c) => c,
@@ -261,14 +278,10 @@ impl Webhooks {
         if route.route.status != "active" {
             // Keep what a suspended tenant receives rather than lose it.
             return match self
-                .routes
-                .record_unroutable("evolution", "", body, "tenant suspended")
+                .dead_letter("evolution", "", body, "tenant suspended")
                 .await
             {
-                Ok(_) => {
-                    self.metrics.dead_letters.inc();
-                    Answer::Ok
-                }
+                Ok(()) => Answer::Ok,
                 Err(_) => Answer::Retry,
             };
         }
