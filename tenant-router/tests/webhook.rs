@@ -1036,3 +1036,41 @@ async fn near_limit_bodies_stay_within_the_buffer_bound() {
         "peak memory grew {grown} bytes for a {BOUND}-byte body bound"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_dead_letter_quota_is_answered_200_and_counted_as_dropped() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start_with("[dead_letters]\nper_source_max_rows = 1\n").await;
+    let router = Router::start(
+        &plane,
+        &[
+            ("TENANT_ROUTER__WEBHOOK__APP_SECRET", APP_SECRET),
+            ("TENANT_ROUTER__WEBHOOK__VERIFY_TOKEN", VERIFY_TOKEN),
+        ],
+    )
+    .await;
+    // Two different deliveries for a number nobody owns: the first is kept, the second
+    // finds the quota full; Meta gets 200 for both (a retry would hit the same quota).
+    for wamid in ["wamid.Q1", "wamid.Q2"] {
+        let body = delivery(
+            "777000999",
+            json!([text_msg(wamid, "5511900001111", "oi")]),
+            json!([]),
+        );
+        assert_eq!(post(&router, &body).await, 200, "{wamid}");
+    }
+    let kept = count(
+        pg,
+        &plane.catalog_db,
+        "SELECT count(*) FROM webhooks_nao_roteados",
+    )
+    .await;
+    assert_eq!(kept, 1);
+    let (_, metrics) = router.http_get("/metrics").await;
+    for line in [
+        "tenant_router_dead_letters_total{outcome=\"kept\"} 1",
+        "tenant_router_dead_letters_total{outcome=\"dropped\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
+}

@@ -56,14 +56,24 @@ pub struct Plane {
 
 impl Plane {
     pub async fn start() -> Plane {
+        Plane::start_with("").await
+    }
+
+    /// A control plane whose configuration ends with `extra` (TOML sections).
+    pub async fn start_with(extra: &str) -> Plane {
         let pg = pg_harness::shared();
         let catalog_db = pg.fresh_database("rt_catalog").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        Plane::start_on(catalog_db, listener, port).await
+        Plane::start_on(catalog_db, listener, port, extra).await
     }
 
-    async fn start_on(catalog_db: String, listener: tokio::net::TcpListener, port: u16) -> Plane {
+    async fn start_on(
+        catalog_db: String,
+        listener: tokio::net::TcpListener,
+        port: u16,
+        extra: &str,
+    ) -> Plane {
         let pg = pg_harness::shared();
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let ca = pg_harness::test_ca().unwrap();
@@ -72,7 +82,7 @@ impl Plane {
             "listen = \"127.0.0.1:{port}\"\ncatalog_url = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n\
              token_signing_key = \"{SIGNING_KEY}\"\n\
              [provisioning]\ntemplate_prefix = \"rtpl_{}_{n}\"\nname_prefix = \"rt{}_{n}\"\nrotation_grace_secs = 2\n\
-             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[database_tls]\nca_file = \"{}\"\n",
+             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[database_tls]\nca_file = \"{}\"\n{extra}",
             pg.url(&catalog_db),
             std::process::id(),
             std::process::id() % 100_000,
