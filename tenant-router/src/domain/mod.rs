@@ -23,13 +23,15 @@ pub fn page_size(asked: u32) -> Result<i64, RouterError> {
     }
 }
 
-/// The id a page starts after: an opaque token of the previous page (empty: start).
+/// The id a page starts after: an opaque token of the previous page (empty: start). Only
+/// the exact form [`next_token`] writes is accepted (no sign, spaces or leading zeros).
 pub fn after_id(token: &str) -> Result<i64, RouterError> {
     if token.is_empty() {
         return Ok(0);
     }
     token
         .strip_prefix("id:")
+        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0'))
         .and_then(|s| s.parse::<i64>().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| RouterError::InvalidArgument("invalid page_token".into()))
