@@ -57,8 +57,13 @@ async fn http(
 }
 
 async fn post(router: &Router, body: &[u8]) -> u16 {
+    post_to(&router.http, body).await
+}
+
+/// Posts a correctly signed Meta delivery to the router's HTTP address; the status.
+async fn post_to(addr: &str, body: &[u8]) -> u16 {
     http(
-        &router.http,
+        addr,
         "POST",
         "/webhooks/whatsapp",
         &[("X-Hub-Signature-256", sign(body))],
@@ -300,17 +305,7 @@ async fn messages_leads_and_duplicates() {
                 json!([]),
             )
         };
-        set.spawn(async move {
-            http(
-                &addr,
-                "POST",
-                "/webhooks/whatsapp",
-                &[("X-Hub-Signature-256", sign(&body))],
-                &body,
-            )
-            .await
-            .0
-        });
+        set.spawn(async move { post_to(&addr, &body).await });
     }
     while let Some(r) = set.join_next().await {
         assert_eq!(r.unwrap(), 200);
@@ -1007,17 +1002,7 @@ async fn near_limit_bodies_stay_within_the_buffer_bound() {
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..100 {
         let (addr, body) = (s.router.http.clone(), body.clone());
-        clients.spawn(async move {
-            http(
-                &addr,
-                "POST",
-                "/webhooks/whatsapp",
-                &[("X-Hub-Signature-256", sign(&body))],
-                &body,
-            )
-            .await
-            .0
-        });
+        clients.spawn(async move { post_to(&addr, &body).await });
     }
     let mut statuses = Vec::new();
     while let Some(r) = clients.join_next().await {
