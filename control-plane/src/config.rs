@@ -128,6 +128,10 @@ pub struct DeadLetters {
     /// Most body bytes one source keeps.
     #[serde(default = "defaults::per_source_max_bytes")]
     pub per_source_max_bytes: u64,
+    /// How often each replica looks for suspended-tenant dead letters of tenants that are
+    /// active again and replays them, in seconds (a resume also replays at once).
+    #[serde(default = "defaults::replay_every_secs")]
+    pub replay_every_secs: u64,
 }
 
 impl DeadLetters {
@@ -147,6 +151,7 @@ impl Default for DeadLetters {
             prune_every_secs: defaults::prune_every_secs(),
             per_source_max_rows: defaults::per_source_max_rows(),
             per_source_max_bytes: defaults::per_source_max_bytes(),
+            replay_every_secs: defaults::replay_every_secs(),
         }
     }
 }
@@ -206,6 +211,9 @@ mod defaults {
     }
     pub fn prune_every_secs() -> u64 {
         3_600
+    }
+    pub fn replay_every_secs() -> u64 {
+        60
     }
     pub fn per_source_max_rows() -> u32 {
         100_000
@@ -344,11 +352,17 @@ impl Config {
         }
         self.grpc.validate().map_err(ConfigError::Invalid)?;
         let d = &self.dead_letters;
-        if d.prune_every_secs == 0 || d.per_source_max_rows == 0 || d.per_source_max_bytes == 0 {
-            return Err(ConfigError::Invalid(
-                "dead_letters.prune_every_secs, per_source_max_rows and per_source_max_bytes must be above 0"
-                    .into(),
-            ));
+        for (name, value) in [
+            ("prune_every_secs", d.prune_every_secs),
+            ("per_source_max_rows", u64::from(d.per_source_max_rows)),
+            ("per_source_max_bytes", d.per_source_max_bytes),
+            ("replay_every_secs", d.replay_every_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "dead_letters.{name} must be above 0"
+                )));
+            }
         }
         let t = &self.tokens;
         if t.max_ttl_secs == 0 || t.default_ttl_secs == 0 || t.default_ttl_secs > t.max_ttl_secs {

@@ -99,19 +99,10 @@ impl Directory {
     /// Stores a webhook no tenant owns; `None` when its source's quota is full.
     pub async fn dead_letter(
         &self,
-        source: &str,
-        phone_number_id: Option<&str>,
-        body: &[u8],
-        reason: Option<&str>,
+        letter: crate::catalog::NewDeadLetter<'_>,
     ) -> Result<Option<i64>> {
         self.catalog
-            .dead_letter(
-                source,
-                phone_number_id,
-                body,
-                reason,
-                &self.dead_letter_quota,
-            )
+            .dead_letter(letter, &self.dead_letter_quota)
             .await
     }
 

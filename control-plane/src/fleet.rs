@@ -328,7 +328,7 @@ impl Fleet {
         if !req.all {
             for key in &req.keys {
                 let found = tenants.iter().any(|t| match key {
-                    TenantKey::Id(id) => t.id == *id,
+                    TenantKey::Id(id) => t.id == id.get(),
                     TenantKey::Slug(s) => t.slug == s.as_str(),
                 });
                 if !found {

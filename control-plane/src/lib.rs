@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod model;
 pub mod pgconn;
 pub mod provision;
+pub mod replay;
 pub mod roles;
 pub mod rotation;
 pub mod server;

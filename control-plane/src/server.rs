@@ -85,6 +85,8 @@ pub async fn run(
     tasks.spawn(
         Rotator::new(catalog.clone(), config.provisioning.clone()).sweep_loop(cancel.child_token()),
     );
+    // Also replays at start what a crashed replica left pending.
+    tasks.spawn(admin.replayer().run(cancel.child_token()));
     tasks.spawn(prune_dead_letters(
         catalog.clone(),
         config.dead_letters.clone(),

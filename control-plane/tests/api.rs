@@ -482,7 +482,12 @@ async fn bad_configuration_is_refused_with_a_message_naming_it() {
         (
             Some(("CONTROL_PLANE__DEAD_LETTERS__PER_SOURCE_MAX_ROWS", "0")),
             None,
-            "per_source_max_rows and per_source_max_bytes must be above 0",
+            "dead_letters.per_source_max_rows must be above 0",
+        ),
+        (
+            Some(("CONTROL_PLANE__DEAD_LETTERS__REPLAY_EVERY_SECS", "0")),
+            None,
+            "dead_letters.replay_every_secs must be above 0",
         ),
         (
             Some(("CONTROL_PLANE__PROVISIONING__SCRAM_ITERATIONS", "0")),
@@ -600,16 +605,21 @@ async fn caller_tokens_name_tenant_ids_and_stay_within_the_maximum_lifetime() {
 
 #[tokio::test]
 async fn dead_letters_are_kept_once_listed_shown_and_pruned() {
-    use proto::control::v1::{tenant_directory_client::TenantDirectoryClient, UnroutableWebhook};
+    use proto::control::v1::{
+        tenant_directory_client::TenantDirectoryClient, DeadLetterKind, UnroutableWebhook,
+        WebhookSource,
+    };
     let plane = Plane::start_with(&[("CONTROL_PLANE__DEAD_LETTERS__PRUNE_EVERY_SECS", "1")]).await;
     let mut dir = TenantDirectoryClient::new(plane.channel().await);
     let send = |body: &str, reason: &str| {
         authed(
             UnroutableWebhook {
-                source: "meta".into(),
+                source: WebhookSource::Meta as i32,
                 phone_number_id: "5550001".into(),
                 body: body.as_bytes().to_vec(),
                 reason: reason.into(),
+                kind: DeadLetterKind::UnknownNumber as i32,
+                tenant_id: 0,
             },
             &plane.router_token,
         )
@@ -690,7 +700,10 @@ async fn dead_letters_are_kept_once_listed_shown_and_pruned() {
 
 #[tokio::test]
 async fn a_full_dead_letter_quota_drops_new_content_from_that_source_only() {
-    use proto::control::v1::{tenant_directory_client::TenantDirectoryClient, UnroutableWebhook};
+    use proto::control::v1::{
+        tenant_directory_client::TenantDirectoryClient, DeadLetterKind, UnroutableWebhook,
+        WebhookSource,
+    };
     let plane = Plane::start_with(&[
         ("CONTROL_PLANE__DEAD_LETTERS__PER_SOURCE_MAX_ROWS", "2"),
         ("CONTROL_PLANE__DEAD_LETTERS__PER_SOURCE_MAX_BYTES", "64"),
@@ -698,12 +711,18 @@ async fn a_full_dead_letter_quota_drops_new_content_from_that_source_only() {
     .await;
     let dir = TenantDirectoryClient::new(plane.channel().await);
     let send = |source: &str, body: &str| {
+        let source = match source {
+            "meta" => WebhookSource::Meta,
+            _ => WebhookSource::Evolution,
+        };
         authed(
             UnroutableWebhook {
-                source: source.into(),
+                source: source as i32,
                 phone_number_id: "5550001".into(),
                 body: body.as_bytes().to_vec(),
                 reason: String::new(),
+                kind: DeadLetterKind::UnknownNumber as i32,
+                tenant_id: 0,
             },
             &plane.router_token,
         )
@@ -736,4 +755,267 @@ async fn a_full_dead_letter_quota_drops_new_content_from_that_source_only() {
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 3, "{listed:?}");
     assert!(listed.iter().any(|d| d["id"] == a.id && d["times"] == 2));
+}
+
+#[tokio::test]
+async fn dead_letters_are_filed_only_under_tenants_they_were_meant_for() {
+    use proto::control::v1::{DeadLetterKind, UnroutableWebhook, WebhookSource};
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    let t = plane
+        .ok(&[
+            "create",
+            "dl-file",
+            "--name",
+            "Dl",
+            "--sector",
+            "varejo",
+            "--phone-number-id",
+            "5550777",
+            "--json",
+        ])
+        .json();
+    let id = t["id"].as_i64().unwrap();
+    let mut dir = TenantDirectoryClient::new(plane.channel().await);
+    let letter = |source: WebhookSource, kind: DeadLetterKind, tenant_id: i64, phone: &str| {
+        authed(
+            UnroutableWebhook {
+                source: source as i32,
+                phone_number_id: phone.into(),
+                body: b"{}".to_vec(),
+                reason: String::new(),
+                kind: kind as i32,
+                tenant_id,
+            },
+            &plane.router_token,
+        )
+    };
+    use DeadLetterKind::{ItemRefused, TenantSuspended, UnknownNumber, Unspecified};
+    use WebhookSource::{Evolution, Meta};
+    for (req, code, why) in [
+        (
+            letter(WebhookSource::Unspecified, UnknownNumber, 0, "5550777"),
+            Code::InvalidArgument,
+            "no source",
+        ),
+        (
+            letter(Meta, Unspecified, 0, "5550777"),
+            Code::InvalidArgument,
+            "no kind",
+        ),
+        (
+            letter(Meta, TenantSuspended, 0, "5550777"),
+            Code::InvalidArgument,
+            "a suspended-tenant letter without its tenant",
+        ),
+        (
+            letter(Meta, UnknownNumber, id, "5550777"),
+            Code::InvalidArgument,
+            "an unknown-number letter naming a tenant",
+        ),
+        (
+            letter(Meta, TenantSuspended, id, "5550999"),
+            Code::InvalidArgument,
+            "a delivery to another number filed under this tenant",
+        ),
+        (
+            letter(Evolution, ItemRefused, id + 1000, ""),
+            Code::NotFound,
+            "a tenant that does not exist",
+        ),
+    ] {
+        let err = dir.record_unroutable(req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{why}: {err:?}");
+    }
+    let kept = dir
+        .record_unroutable(letter(Meta, TenantSuspended, id, "5550777"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!kept.dropped);
+    let listed = plane.ok(&["dead-letters", "list", "--json"]).json();
+    assert_eq!(listed[0]["kind"], "tenant_suspended");
+    assert_eq!(listed[0]["tenant"], "dl-file");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}
+
+#[tokio::test]
+async fn unknown_number_letters_replay_once_a_tenant_owns_the_number() {
+    use proto::control::v1::{DeadLetterKind, UnroutableWebhook, WebhookSource};
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    let dir = TenantDirectoryClient::new(plane.channel().await);
+    let delivery = |wamid: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "W", "changes": [{"field": "messages", "value": {
+                "metadata": {"phone_number_id": "5550888"},
+                "contacts": [{"wa_id": "5511987654321", "profile": {"name": "Ana"}}],
+                "messages": [
+                    {"from": "5511987654321", "id": wamid, "timestamp": "1763800000",
+                     "type": "text", "text": {"body": "oi"}},
+                    {"from": "5511987654321", "id": format!("{wamid}-bad"), "timestamp": "NaN",
+                     "type": "text", "text": {"body": "hora errada"}}
+                ]}}]}]
+        }))
+        .unwrap()
+    };
+    let record = |body: Vec<u8>, kind: DeadLetterKind| {
+        let req = authed(
+            UnroutableWebhook {
+                source: WebhookSource::Meta as i32,
+                phone_number_id: "5550888".into(),
+                body,
+                reason: if kind == DeadLetterKind::ItemRefused {
+                    "timestamp is not a number".into()
+                } else {
+                    String::new()
+                },
+                kind: kind as i32,
+                tenant_id: 0,
+            },
+            &plane.router_token,
+        );
+        let mut dir = dir.clone();
+        async move { dir.record_unroutable(req).await.unwrap().into_inner().id }
+    };
+    let unknown = record(delivery("wamid.U1"), DeadLetterKind::UnknownNumber).await;
+    let unknown = unknown.to_string();
+    // Nobody owns the number yet: nothing to replay into.
+    assert_eq!(plane.ctl(&["dead-letters", "replay", &unknown]).code, 4);
+    plane.ok(&[
+        "create",
+        "dl-late",
+        "--name",
+        "Late",
+        "--sector",
+        "varejo",
+        "--phone-number-id",
+        "5550888",
+    ]);
+    let db = plane.database_of("dl-late").await;
+    let replayed = plane
+        .ok(&["dead-letters", "replay", &unknown, "--json"])
+        .json();
+    assert_eq!(replayed[0]["tenant"], "dl-late");
+    assert_eq!(replayed[0]["messages"], 1, "{replayed}");
+    assert_eq!(replayed[0]["refused"], 1, "the NaN timestamp is refused");
+    // A second replay stores nothing new.
+    let again = plane
+        .ok(&["dead-letters", "replay", &unknown, "--json"])
+        .json();
+    assert_eq!(
+        (
+            again[0]["messages"].as_u64(),
+            again[0]["duplicates"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+    let stored: i64 = pg
+        .connect(&db)
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM mensagens", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1);
+    let listed = plane.ok(&["dead-letters", "list", "--json"]).json();
+    let listed = listed.as_array().unwrap();
+    let refused = listed
+        .iter()
+        .find(|d| d["kind"] == "item_refused")
+        .unwrap_or_else(|| panic!("{listed:?}"));
+    assert_eq!(refused["tenant"], "dl-late");
+    assert!(listed
+        .iter()
+        .any(
+            |d| d["id"].as_i64().map(|i| i.to_string()) == Some(unknown.clone())
+                && d["replayed_ms"].as_i64() > Some(0)
+        ));
+    // Refused items are never replayed; bad requests are refused by name.
+    let refused = refused["id"].to_string();
+    for (args, code) in [
+        (vec!["dead-letters", "replay", refused.as_str()], 4),
+        (vec!["dead-letters", "replay", "999999"], 3),
+        (vec!["dead-letters", "replay"], 2),
+        (
+            vec!["dead-letters", "replay", "1", "--tenant", "dl-late"],
+            2,
+        ),
+        (vec!["dead-letters", "replay", "--tenant", "013"], 2),
+        (vec!["dead-letters", "replay", "--tenant", "nobody-here"], 3),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+    }
+    // Viewers may not write customers' messages anywhere.
+    let viewer = plane
+        .ok(&["operator", "add", "vera", "--role", "viewer"])
+        .stdout
+        .trim()
+        .to_string();
+    let out = plane.ctl_env(
+        &["dead-letters", "replay", &unknown],
+        &[("TENANTCTL_TOKEN", viewer.as_str())],
+        None,
+    );
+    assert_eq!(out.code, 8, "{out:?}");
+}
+
+#[tokio::test]
+async fn replays_left_pending_by_a_crash_run_when_the_control_plane_starts() {
+    use proto::control::v1::{DeadLetterKind, UnroutableWebhook, WebhookSource};
+    let pg = pg_harness::shared();
+    let mut plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    let t = plane
+        .ok(&[
+            "create", "dl-crash", "--name", "Crash", "--sector", "varejo", "--json",
+        ])
+        .json();
+    let id = t["id"].as_i64().unwrap();
+    let db = plane.database_of("dl-crash").await;
+    // Kept while the tenant was suspended; the replica that resumed it died before
+    // replaying (the letters are pending and the tenant is active).
+    let mut dir = TenantDirectoryClient::new(plane.channel().await);
+    for key in ["EVO-C1", "EVO-C2"] {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "event": "messages.upsert", "instance": "dl-crash",
+            "data": {"key": {"remoteJid": "5511912345678@s.whatsapp.net", "fromMe": false, "id": key},
+                     "message": {"conversation": "oi"}}
+        }))
+        .unwrap();
+        dir.record_unroutable(authed(
+            UnroutableWebhook {
+                source: WebhookSource::Evolution as i32,
+                phone_number_id: String::new(),
+                body,
+                reason: String::new(),
+                kind: DeadLetterKind::TenantSuspended as i32,
+                tenant_id: id,
+            },
+            &plane.router_token,
+        ))
+        .await
+        .unwrap();
+    }
+    plane.crash_and_restart();
+    let stored = pg_harness::eventually(Duration::from_secs(10), || async {
+        pg.connect(&db)
+            .await
+            .unwrap()
+            .query_one("SELECT count(*) FROM mensagens", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 2
+    })
+    .await;
+    assert!(
+        stored,
+        "the restarted control plane replayed what was pending"
+    );
 }

@@ -15,5 +15,7 @@ pub mod domain {
     }
 }
 
+pub mod model;
+
 /// Encoded `FileDescriptorSet` of every proto in this crate, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

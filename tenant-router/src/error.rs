@@ -40,6 +40,12 @@ pub enum RouterError {
     Internal(String),
 }
 
+impl From<tenant_model::Invalid> for RouterError {
+    fn from(e: tenant_model::Invalid) -> RouterError {
+        RouterError::InvalidArgument(e.0)
+    }
+}
+
 impl RouterError {
     /// Short label for metrics.
     pub fn kind(&self) -> &'static str {

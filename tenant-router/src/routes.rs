@@ -15,16 +15,49 @@ use proto::control::v1::tenant_directory_client::TenantDirectoryClient;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tenant_model::{PhoneNumberId, TenantId, TenantKey};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// Cache keys of WhatsApp `phone_number_id`s start with this (slugs start with a letter,
 /// ids are digits: no clash).
-pub const PHONE_PREFIX: &str = "pnid:";
+const PHONE_PREFIX: &str = "pnid:";
 
 /// The cache key of a WhatsApp `phone_number_id`.
-pub fn phone_key(phone_number_id: &str) -> String {
+fn phone_key(phone_number_id: &str) -> String {
     format!("{PHONE_PREFIX}{phone_number_id}")
+}
+
+/// How a route is looked up, parsed at the edge: a tenant (gRPC `x-tenant`, the Evolution
+/// instance) or a WhatsApp business number (Meta deliveries).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RouteKey {
+    Tenant(TenantKey),
+    Phone(PhoneNumberId),
+}
+
+impl RouteKey {
+    /// A tenant by id (a route refetched after an authentication failure).
+    pub fn id(id: i64) -> Result<RouteKey, RouterError> {
+        Ok(RouteKey::Tenant(TenantKey::Id(TenantId::new(id)?)))
+    }
+
+    /// Its cache key: one per key, whichever path asks.
+    fn cache_key(&self) -> String {
+        match self {
+            RouteKey::Tenant(k) => k.to_string(),
+            RouteKey::Phone(p) => phone_key(p.as_str()),
+        }
+    }
+
+    fn resolve_key(&self) -> pb::resolve_request::Key {
+        use pb::resolve_request::Key;
+        match self {
+            RouteKey::Tenant(TenantKey::Id(id)) => Key::Id(id.get()),
+            RouteKey::Tenant(TenantKey::Slug(s)) => Key::Slug(s.as_str().to_string()),
+            RouteKey::Phone(p) => Key::PhoneNumberId(p.as_str().to_string()),
+        }
+    }
 }
 
 /// A cached route and when it was fetched.
@@ -88,15 +121,17 @@ impl RouteCache {
             && cached.generation == self.generation.load(Ordering::Relaxed)
     }
 
-    /// The route for an `x-tenant` value (already validated as a slug or an id).
-    pub async fn get(&self, key: &str) -> Result<Arc<CachedRoute>, RouterError> {
+    /// The route for a key.
+    pub async fn get(&self, route_key: &RouteKey) -> Result<Arc<CachedRoute>, RouterError> {
+        let key = route_key.cache_key();
+        let key = key.as_str();
         if let Some(cached) = self.routes.get(key).await {
             if self.fresh(&cached) {
                 self.metrics.route_cache.with_label_values(&["hit"]).inc();
                 return Ok(cached);
             }
             self.metrics.route_cache.with_label_values(&["stale"]).inc();
-            return match self.resolve(key).await {
+            return match self.resolve(route_key).await {
                 Ok(route) => Ok(self.store(route).await),
                 Err(RouterError::Unavailable(_)) => Ok(cached),
                 Err(e) => {
@@ -118,7 +153,7 @@ impl RouteCache {
         let loaded = self
             .routes
             .try_get_with(key.to_string(), async {
-                let route = self.resolve(key).await?;
+                let route = self.resolve(route_key).await?;
                 Ok::<_, RouterError>(Arc::new(CachedRoute {
                     route,
                     fetched: Instant::now(),
@@ -144,19 +179,15 @@ impl RouteCache {
 
     /// Fetches a route from the directory, bypassing the cache (after an authentication
     /// failure, say), and caches it.
-    pub async fn refetch(&self, key: &str) -> Result<Arc<CachedRoute>, RouterError> {
+    pub async fn refetch(&self, key: &RouteKey) -> Result<Arc<CachedRoute>, RouterError> {
         let route = self.resolve(key).await?;
         Ok(self.store(route).await)
     }
 
-    async fn resolve(&self, key: &str) -> Result<pb::Route, RouterError> {
-        use pb::resolve_request::Key;
-        let k = match (key.strip_prefix(PHONE_PREFIX), key.parse::<i64>()) {
-            (Some(phone), _) => Key::PhoneNumberId(phone.to_string()),
-            (None, Ok(id)) => Key::Id(id),
-            (None, Err(_)) => Key::Slug(key.to_string()),
-        };
-        let mut req = tonic::Request::new(pb::ResolveRequest { key: Some(k) });
+    async fn resolve(&self, key: &RouteKey) -> Result<pb::Route, RouterError> {
+        let mut req = tonic::Request::new(pb::ResolveRequest {
+            key: Some(key.resolve_key()),
+        });
         req.metadata_mut()
             .insert("authorization", self.token.clone());
         req.set_timeout(Duration::from_secs(2));
@@ -347,18 +378,15 @@ impl RouteCache {
     /// Keeps a webhook body no tenant owns (or an item no tenant database can take, with
     /// `reason`) in the control database (through the control plane: the router has no
     /// catalog credentials). `false` when the source's quota is full and it was dropped.
-    pub async fn record_unroutable(
-        &self,
-        source: &str,
-        phone_number_id: &str,
-        body: &[u8],
-        reason: &str,
-    ) -> Result<bool, RouterError> {
+    pub async fn record_unroutable(&self, letter: Unroutable<'_>) -> Result<bool, RouterError> {
+        use proto::model::ToWire;
         let mut req = tonic::Request::new(pb::UnroutableWebhook {
-            source: source.to_string(),
-            phone_number_id: phone_number_id.to_string(),
-            body: body.to_vec(),
-            reason: reason.to_string(),
+            source: letter.source.to_wire(),
+            phone_number_id: letter.phone_number_id.to_string(),
+            body: letter.body.to_vec(),
+            reason: letter.reason.to_string(),
+            kind: letter.kind.to_wire(),
+            tenant_id: letter.tenant_id.unwrap_or(0),
         });
         req.metadata_mut()
             .insert("authorization", self.token.clone());
@@ -378,6 +406,19 @@ impl RouteCache {
     pub fn entries(&self) -> u64 {
         self.routes.entry_count()
     }
+}
+
+/// A delivery (or item) no tenant database took, for the control plane to keep.
+#[derive(Debug, Clone, Copy)]
+pub struct Unroutable<'a> {
+    pub source: tenant_model::WebhookSource,
+    pub kind: tenant_model::DeadLetterKind,
+    /// The tenant it was meant for (suspended tenants, refused items).
+    pub tenant_id: Option<i64>,
+    pub phone_number_id: &'a str,
+    pub body: &'a [u8],
+    /// In words (refused items).
+    pub reason: &'a str,
 }
 
 fn clone_error(e: &RouterError) -> RouterError {

@@ -5,9 +5,9 @@
 
 use caller_auth::{Claims, Kind, Signer, Verifier};
 use proptest::prelude::*;
-use tenant_router::domain::phone::canonical_wa_id;
 use tenant_router::domain::{after_id, next_token};
-use tenant_router::webhook::{evolution, items, payload};
+use whatsapp_ingest::phone::canonical_wa_id;
+use whatsapp_ingest::{evolution, items, meta as payload};
 
 fn json_text() -> impl Strategy<Value = String> {
     // Strings with escapes, surrogates, controls and quotes mixed in.

@@ -1059,3 +1059,128 @@ async fn a_full_dead_letter_quota_is_answered_200_and_counted_as_dropped() {
         assert!(metrics.contains(line), "{line}: {metrics}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_kept_while_suspended_are_stored_on_resume_once() {
+    use proto::control::v1 as cp;
+    let pg = pg_harness::shared();
+    let s = setup("wh-kilo", "900000011", pg).await;
+    let db = s.plane.database_of("wh-kilo").await;
+    let db = db.as_str();
+    let mut admin = s.plane.admin().await;
+    let token = admin
+        .rotate_webhook_token(s.plane.admin_req(cp::TenantRef {
+            tenant: "wh-kilo".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let meta = |i: u32| {
+        delivery(
+            "900000011",
+            json!([text_msg(&format!("wamid.K{i}"), "551187654321", "oi")]),
+            json!([]),
+        )
+    };
+    let evolution = serde_json::to_vec(&json!({"event": "messages.upsert", "instance": "wh-kilo",
+        "data": {"key": {"remoteJid": "5511912345678@s.whatsapp.net", "fromMe": false, "id": "EVO-K1"},
+                 "message": {"conversation": "pelo gateway"}, "messageTimestamp": 1763800000}}))
+    .unwrap();
+    let kept = |pg: &'static pg_harness::PgServer, catalog: String| async move {
+        pg.connect(&catalog)
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT count(*) FROM webhooks_nao_roteados WHERE tipo = 'tenant_suspended'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    s.plane.suspend("wh-kilo").await;
+    let (router, catalog) = (&s.router, s.plane.catalog_db.clone());
+    let mut sent = 0;
+    let diverted = eventually(Duration::from_secs(10), || {
+        sent += 1;
+        let (body, catalog) = (meta(sent), catalog.clone());
+        async move {
+            assert_eq!(post(router, &body).await, 200);
+            kept(pg, catalog).await > 0
+        }
+    })
+    .await;
+    assert!(diverted, "a suspended tenant's deliveries are kept aside");
+    // Two more while suspended (one through the gateway); the tenant database has none.
+    for i in [sent + 1, sent + 2] {
+        assert_eq!(post(router, &meta(i)).await, 200);
+    }
+    sent += 2;
+    let (status, _) = http(
+        &router.http,
+        "POST",
+        "/webhooks/evolution/wh-kilo",
+        &[("apikey", token)],
+        &evolution,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let before = count(pg, db, "SELECT count(*) FROM mensagens").await;
+    let suspended = kept(pg, catalog.clone()).await;
+    assert!(suspended >= 3, "{suspended}");
+
+    // Resumed: what was kept goes in without anyone asking.
+    s.plane.resume("wh-kilo").await;
+    let all_in = eventually(Duration::from_secs(10), || async {
+        count(pg, db, "SELECT count(*) FROM mensagens").await == i64::from(sent) + 1
+    })
+    .await;
+    assert!(
+        all_in,
+        "every delivery sent while suspended is stored after resume ({before} before, {} now, {sent} Meta + 1 Evolution sent)",
+        count(pg, db, "SELECT count(*) FROM mensagens").await
+    );
+    let pending = pg
+        .connect(&catalog)
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM webhooks_nao_roteados WHERE tipo = 'tenant_suspended' \
+             AND reproduzido_em IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(pending, 0, "every kept delivery is marked replayed");
+    // On demand, again: nothing is stored twice.
+    let ids: Vec<i64> = admin
+        .list_dead_letters(s.plane.admin_req(cp::ListDeadLettersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters
+        .iter()
+        .filter(|d| d.kind == cp::DeadLetterKind::TenantSuspended as i32)
+        .map(|d| d.id)
+        .collect();
+    let again = admin
+        .replay_dead_letters(s.plane.admin_req(cp::ReplayDeadLettersRequest {
+            ids: ids.clone(),
+            tenant: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .replayed;
+    assert_eq!(again.len(), ids.len());
+    assert!(
+        again.iter().all(|r| r.messages == 0 && r.duplicates >= 1),
+        "{again:?}"
+    );
+    assert_eq!(
+        count(pg, db, "SELECT count(*) FROM mensagens").await,
+        i64::from(sent) + 1
+    );
+}

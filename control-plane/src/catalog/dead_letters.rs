@@ -1,10 +1,25 @@
 //! Webhook deliveries (or single items) no tenant database took: kept once per content
-//! (a retry counts, it is not stored again), listable, and pruned after a retention period.
+//! and destination (a retry counts, it is not stored again), listable, replayable (see
+//! `replay`), and pruned after a retention period.
 
 use super::{epoch_ms, Catalog};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
+use tenant_model::{DeadLetterKind, WebhookSource};
 use tokio_postgres::Row;
+
+/// A dead letter to keep.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDeadLetter<'a> {
+    pub source: WebhookSource,
+    pub kind: DeadLetterKind,
+    /// The tenant it was meant for, when known.
+    pub tenant_id: Option<i64>,
+    pub phone_number_id: Option<&'a str>,
+    pub body: &'a [u8],
+    /// In words (refused items).
+    pub reason: Option<&'a str>,
+}
 
 /// How much one source may keep.
 #[derive(Debug, Clone, Copy)]
@@ -17,7 +32,12 @@ pub struct Quota {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub id: i64,
-    pub source: String,
+    pub source: WebhookSource,
+    pub kind: DeadLetterKind,
+    /// The tenant it was meant for (id, slug), when known.
+    pub tenant: Option<(i64, String)>,
+    /// When it was last replayed (since it last arrived).
+    pub replayed_ms: Option<i64>,
     pub phone_number_id: Option<String>,
     pub reason: Option<String>,
     /// How many times this exact content arrived.
@@ -29,10 +49,13 @@ pub struct DeadLetter {
     pub body: Option<Vec<u8>>,
 }
 
-fn from_row(row: &Row, with_body: bool) -> DeadLetter {
-    DeadLetter {
+fn from_row(row: &Row, with_body: bool) -> Result<DeadLetter> {
+    let bad = |e: tenant_model::Invalid| Error::Internal(format!("catalog dead letter: {e}"));
+    let tenant_id: Option<i64> = row.get(10);
+    let slug: Option<String> = row.get(11);
+    Ok(DeadLetter {
         id: row.get(0),
-        source: row.get(1),
+        source: WebhookSource::parse(row.get(1)).map_err(bad)?,
         phone_number_id: row.get(2),
         reason: row.get(3),
         times: row.get(4),
@@ -40,15 +63,20 @@ fn from_row(row: &Row, with_body: bool) -> DeadLetter {
         last_ms: row.get(6),
         size: row.get(7),
         body: with_body.then(|| row.get(8)),
-    }
+        kind: DeadLetterKind::parse(row.get(9)).map_err(bad)?,
+        tenant: tenant_id.zip(slug),
+        replayed_ms: row.get(12),
+    })
 }
 
 fn select() -> String {
     format!(
-        "SELECT id, fonte, phone_number_id, motivo, vezes, {}, {}, octet_length(corpo)::int8, corpo \
-         FROM webhooks_nao_roteados",
-        epoch_ms("recebido_em"),
-        epoch_ms("ultima_em")
+        "SELECT d.id, d.fonte, d.phone_number_id, d.motivo, d.vezes, {}, {}, \
+         octet_length(d.corpo)::int8, d.corpo, d.tipo, d.empresa_id, e.slug, {} \
+         FROM webhooks_nao_roteados d LEFT JOIN empresas e ON e.id = d.empresa_id",
+        epoch_ms("d.recebido_em"),
+        epoch_ms("d.ultima_em"),
+        epoch_ms("d.reproduzido_em"),
     )
 }
 
@@ -56,21 +84,35 @@ impl Catalog {
     /// Keeps a webhook body (or item) no tenant database took; the same content from the
     /// same source is stored once and counted. New content from a source already holding
     /// `quota` is not kept (`None`): one noisy sender cannot fill the control database.
-    pub async fn dead_letter(
-        &self,
-        source: &str,
-        phone_number_id: Option<&str>,
-        body: &[u8],
-        reason: Option<&str>,
-        quota: &Quota,
-    ) -> Result<Option<i64>> {
-        let hash = Sha256::digest(body).to_vec();
+    pub async fn dead_letter(&self, d: NewDeadLetter<'_>, quota: &Quota) -> Result<Option<i64>> {
+        let NewDeadLetter {
+            source,
+            kind,
+            tenant_id,
+            phone_number_id,
+            body,
+            reason,
+        } = d;
+        let source = source.as_str();
+        // One row per content and destination: a Meta body that carries two tenants'
+        // numbers is kept once for each.
+        let mut digest = Sha256::new();
+        for part in [
+            kind.as_str().as_bytes(),
+            &tenant_id.unwrap_or(0).to_be_bytes(),
+            phone_number_id.unwrap_or("").as_bytes(),
+        ] {
+            digest.update(part);
+            digest.update([0]);
+        }
+        digest.update(body);
+        let hash = digest.finalize().to_vec();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let seen = tx
             .query_opt(
-                "UPDATE webhooks_nao_roteados SET vezes = vezes + 1, ultima_em = now() \
-                 WHERE fonte = $1 AND hash = $2 RETURNING id",
+                "UPDATE webhooks_nao_roteados SET vezes = vezes + 1, ultima_em = now(), \
+                 reproduzido_em = NULL WHERE fonte = $1 AND hash = $2 RETURNING id",
                 &[&source, &hash],
             )
             .await?;
@@ -99,11 +141,21 @@ impl Catalog {
         }
         let row = tx
             .query_one(
-                "INSERT INTO webhooks_nao_roteados (fonte, phone_number_id, corpo, motivo, hash) \
-                 VALUES ($1, $2, $3, $4, $5) \
+                "INSERT INTO webhooks_nao_roteados \
+                 (fonte, phone_number_id, corpo, motivo, hash, tipo, empresa_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
                  ON CONFLICT (fonte, hash) WHERE hash IS NOT NULL \
-                 DO UPDATE SET vezes = webhooks_nao_roteados.vezes + 1, ultima_em = now() RETURNING id",
-                &[&source, &phone_number_id, &body, &reason, &hash],
+                 DO UPDATE SET vezes = webhooks_nao_roteados.vezes + 1, ultima_em = now(), \
+                 reproduzido_em = NULL RETURNING id",
+                &[
+                    &source,
+                    &phone_number_id,
+                    &body,
+                    &reason,
+                    &hash,
+                    &kind.as_str(),
+                    &tenant_id,
+                ],
             )
             .await?;
         tx.commit().await?;
@@ -111,19 +163,74 @@ impl Catalog {
     }
 
     /// Dead letters, newest first (without their bodies).
-    pub async fn dead_letters(&self, source: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>> {
+    pub async fn dead_letters(
+        &self,
+        source: Option<WebhookSource>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>> {
         let rows = self
             .client()
             .await?
             .query(
                 &format!(
-                    "{} WHERE ($1::text IS NULL OR fonte = $1) ORDER BY ultima_em DESC, id DESC LIMIT $2",
+                    "{} WHERE ($1::text IS NULL OR d.fonte = $1) ORDER BY d.ultima_em DESC, d.id DESC LIMIT $2",
                     select()
                 ),
-                &[&source, &i64::from(limit)],
+                &[&source.map(WebhookSource::as_str), &i64::from(limit)],
             )
             .await?;
-        Ok(rows.iter().map(|r| from_row(r, false)).collect())
+        rows.iter().map(|r| from_row(r, false)).collect()
+    }
+
+    /// A tenant's replayable dead letters that have not been replayed since they last
+    /// arrived (with their bodies), oldest first.
+    pub async fn pending_replays(&self, tenant_id: i64, limit: u32) -> Result<Vec<DeadLetter>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "{} WHERE d.empresa_id = $1 AND d.tipo = 'tenant_suspended' \
+                     AND d.reproduzido_em IS NULL ORDER BY d.id LIMIT $2",
+                    select()
+                ),
+                &[&tenant_id, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter().map(|r| from_row(r, true)).collect()
+    }
+
+    /// Active tenants holding suspended-tenant dead letters not replayed yet.
+    pub async fn tenants_with_pending_replays(&self) -> Result<Vec<i64>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT DISTINCT d.empresa_id FROM webhooks_nao_roteados d \
+                 JOIN empresas e ON e.id = d.empresa_id \
+                 WHERE d.tipo = 'tenant_suspended' AND d.reproduzido_em IS NULL \
+                 AND e.status = 'active' ORDER BY 1",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Records that a dead letter was stored in `tenant_id`'s database (unless it arrived
+    /// again meanwhile, which makes it pending again: `last_ms` tells).
+    pub async fn mark_replayed(&self, id: i64, tenant_id: i64, last_ms: i64) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                &format!(
+                    "UPDATE webhooks_nao_roteados SET reproduzido_em = now(), \
+                     empresa_id = coalesce(empresa_id, $2) WHERE id = $1 AND {} = $3",
+                    epoch_ms("ultima_em")
+                ),
+                &[&id, &tenant_id, &last_ms],
+            )
+            .await?;
+        Ok(())
     }
 
     /// One dead letter with its body.
@@ -131,9 +238,9 @@ impl Catalog {
         let row = self
             .client()
             .await?
-            .query_opt(&format!("{} WHERE id = $1", select()), &[&id])
+            .query_opt(&format!("{} WHERE d.id = $1", select()), &[&id])
             .await?;
-        Ok(row.as_ref().map(|r| from_row(r, true)))
+        row.as_ref().map(|r| from_row(r, true)).transpose()
     }
 
     /// Deletes dead letters last seen more than `retention_days` ago; returns how many.

@@ -14,7 +14,7 @@ mod runs;
 mod servers;
 mod tenants;
 
-pub use dead_letters::{DeadLetter, Quota as DeadLetterQuota};
+pub use dead_letters::{DeadLetter, NewDeadLetter, Quota as DeadLetterQuota};
 pub use identities::{AuditRecord, OperatorRecord, TokenRecord};
 pub use rekey::Resealed;
 pub use routers::RouterRecord;

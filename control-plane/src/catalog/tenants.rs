@@ -510,7 +510,7 @@ impl Catalog {
     /// One tenant by id or slug (rows marked `deleted` included).
     pub async fn tenant(&self, key: &TenantKey) -> Result<Option<TenantRecord>> {
         match key {
-            TenantKey::Id(id) => self.tenant_by_id(*id).await,
+            TenantKey::Id(id) => self.tenant_by_id(id.get()).await,
             TenantKey::Slug(slug) => self.tenant_where("e.slug = $1", &slug.as_str()).await,
         }
     }
@@ -550,7 +550,7 @@ impl Catalog {
             .keys
             .iter()
             .filter_map(|k| match k {
-                TenantKey::Id(id) => Some(*id),
+                TenantKey::Id(id) => Some(id.get()),
                 TenantKey::Slug(_) => None,
             })
             .collect();

@@ -4,7 +4,9 @@
 use super::{output, parse_ttl, ttl_or_default, Client, Failure};
 use clap::{Args, Subcommand};
 use proto::control::v1 as pb;
+use proto::model::{FromWire, ToWire};
 use serde_json::json;
+use tenant_model::{DeadLetterKind, WebhookSource};
 
 #[derive(Subcommand)]
 pub(super) enum OperatorCommand {
@@ -75,6 +77,17 @@ pub(super) enum DeadLetterCommand {
     },
     /// Print one dead letter's body (and, with --json, its details).
     Show { id: i64 },
+    /// Store dead letters in their tenant's database: the given ids, or every pending
+    /// suspended-tenant letter of --tenant. Idempotent: a message already stored is not
+    /// stored again. (A resumed tenant's letters are replayed automatically.)
+    Replay {
+        /// Dead-letter ids.
+        #[arg(required_unless_present = "tenant", conflicts_with = "tenant")]
+        ids: Vec<i64>,
+        /// Every pending letter of this tenant (slug or id).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -222,15 +235,28 @@ pub(super) async fn dead_letters(
     cmd: DeadLetterCommand,
     json: bool,
 ) -> Result<(), Failure> {
+    let spelled = |d: &pb::DeadLetterInfo| {
+        let source = WebhookSource::from_wire("source", d.source).map_or("?", |s| s.as_str());
+        let kind = DeadLetterKind::from_wire("kind", d.kind).map_or("?", |k| k.as_str());
+        (source, kind)
+    };
     let info = |d: &pb::DeadLetterInfo| {
+        let (source, kind) = spelled(d);
         json!({
-            "id": d.id, "source": d.source, "phone_number_id": d.phone_number_id,
-            "reason": d.reason, "times": d.times, "first_ms": d.first_ms, "last_ms": d.last_ms,
+            "id": d.id, "source": source, "kind": kind, "tenant": d.tenant,
+            "phone_number_id": d.phone_number_id, "reason": d.reason, "times": d.times,
+            "first_ms": d.first_ms, "last_ms": d.last_ms, "replayed_ms": d.replayed_ms,
             "size": d.size,
         })
     };
     match cmd {
         DeadLetterCommand::List { source, limit } => {
+            let source = match source.as_str() {
+                "" => 0,
+                s => WebhookSource::parse(s)
+                    .map_err(|e| super::fail(2, &e.0))?
+                    .to_wire(),
+            };
             let letters = client
                 .list_dead_letters(pb::ListDeadLettersRequest { source, limit })
                 .await?
@@ -244,18 +270,25 @@ pub(super) async fn dead_letters(
                 let rows: Vec<_> = letters
                     .iter()
                     .map(|d| {
+                        let (source, kind) = spelled(d);
                         vec![
                             d.id.to_string(),
-                            d.source.clone(),
+                            source.to_string(),
+                            kind.to_string(),
+                            d.tenant.clone(),
                             d.phone_number_id.clone(),
                             d.times.to_string(),
                             d.size.to_string(),
+                            if d.replayed_ms > 0 { "yes" } else { "" }.to_string(),
                             d.reason.clone(),
                         ]
                     })
                     .collect();
                 output::table(
-                    &["ID", "SOURCE", "NUMBER", "TIMES", "BYTES", "REASON"],
+                    &[
+                        "ID", "SOURCE", "KIND", "TENANT", "NUMBER", "TIMES", "BYTES", "REPLAYED",
+                        "REASON",
+                    ],
                     &rows,
                 );
             }
@@ -272,6 +305,48 @@ pub(super) async fn dead_letters(
                 output::json(&v);
             } else {
                 output::line(&body);
+            }
+        }
+        DeadLetterCommand::Replay { ids, tenant } => {
+            let replayed = client
+                .replay_dead_letters(pb::ReplayDeadLettersRequest {
+                    ids,
+                    tenant: tenant.unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .replayed;
+            if json {
+                output::json(&serde_json::Value::Array(
+                    replayed
+                        .iter()
+                        .map(|r| {
+                            json!({
+                                "id": r.id, "tenant": r.tenant, "messages": r.messages,
+                                "duplicates": r.duplicates, "statuses": r.statuses,
+                                "refused": r.refused,
+                            })
+                        })
+                        .collect(),
+                ));
+            } else {
+                let rows: Vec<_> = replayed
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.to_string(),
+                            r.tenant.clone(),
+                            r.messages.to_string(),
+                            r.duplicates.to_string(),
+                            r.statuses.to_string(),
+                            r.refused.to_string(),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["ID", "TENANT", "STORED", "ALREADY", "STATUSES", "REFUSED"],
+                    &rows,
+                );
             }
         }
     }

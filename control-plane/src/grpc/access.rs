@@ -9,6 +9,8 @@ use crate::model::{self, Status, TenantKey};
 use crate::tokens::{Grant, Minted};
 use caller_auth::Kind;
 use proto::control::v1 as pb;
+use proto::model::ToWire;
+use tenant_model::WebhookSource;
 use tonic::{Request, Response, Status as GrpcStatus};
 
 /// Tenants rotated at once by one request.
@@ -191,7 +193,8 @@ impl AdminService {
             .tenants
             .iter()
             .map(|t| TenantKey::parse(t))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::from)?;
         let mut tenants = Vec::new();
         if req.all {
             tenants = self.catalog.list_tenants(&TenantFilter::default()).await?;
@@ -296,16 +299,8 @@ impl AdminService {
         self.actor(&request, Role::Viewer, "dead_letters.list")
             .await?;
         let req = request.into_inner();
-        let source = match req.source.trim() {
-            "" => None,
-            s @ ("meta" | "evolution") => Some(s.to_string()),
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown source {other:?}: expected meta or evolution"
-                ))
-                .into())
-            }
-        };
+        let source = proto::model::optional::<WebhookSource>("source", req.source)
+            .map_err(|e| Error::InvalidArgument(e.0))?;
         let limit = match req.limit {
             0 => 100,
             n if n > 10_000 => {
@@ -313,7 +308,7 @@ impl AdminService {
             }
             n => n,
         };
-        let letters = self.catalog.dead_letters(source.as_deref(), limit).await?;
+        let letters = self.catalog.dead_letters(source, limit).await?;
         Ok(Response::new(pb::ListDeadLettersResponse {
             dead_letters: letters.into_iter().map(dead_letter_pb).collect(),
         }))
@@ -333,6 +328,70 @@ impl AdminService {
             .await?
             .ok_or_else(|| Error::NotFound(format!("dead letter {id} not found")))?;
         Ok(Response::new(dead_letter_pb(letter)))
+    }
+
+    pub(super) async fn do_replay_dead_letters(
+        &self,
+        request: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, GrpcStatus> {
+        // Writes customers' messages into a tenant database: operators only.
+        let actor = self
+            .actor(&request, Role::Operator, "dead_letters.replay")
+            .await?;
+        let req = request.into_inner();
+        let replayed = match (req.ids.is_empty(), req.tenant.trim()) {
+            (false, "") => {
+                if req.ids.len() > 10_000 {
+                    return Err(
+                        Error::InvalidArgument("at most 10000 ids per replay".into()).into(),
+                    );
+                }
+                self.replayer.replay_ids(&req.ids).await?
+            }
+            (true, "") => {
+                return Err(Error::InvalidArgument(
+                    "name the dead letters to replay (ids) or a tenant".into(),
+                )
+                .into())
+            }
+            (true, tenant) => {
+                let key = TenantKey::parse(tenant).map_err(Error::from)?;
+                let tenant = self
+                    .catalog
+                    .tenant(&key)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("tenant {tenant:?} not found")))?;
+                self.replayer.replay_pending(&tenant).await?
+            }
+            (false, _) => {
+                return Err(
+                    Error::InvalidArgument("give either ids or a tenant, not both".into()).into(),
+                )
+            }
+        };
+        let ids: Vec<i64> = replayed.iter().map(|r| r.id).collect();
+        self.catalog
+            .audit(
+                &actor,
+                "dead_letters.replay",
+                None,
+                "dead letters",
+                serde_json::json!({ "ids": ids }),
+            )
+            .await?;
+        Ok(Response::new(pb::ReplayDeadLettersResponse {
+            replayed: replayed
+                .into_iter()
+                .map(|r| pb::ReplayedDeadLetter {
+                    id: r.id,
+                    tenant: r.tenant,
+                    messages: r.stored.messages,
+                    duplicates: r.stored.duplicates,
+                    statuses: r.stored.statuses,
+                    refused: r.refused,
+                })
+                .collect(),
+        }))
     }
 
     async fn server_named(&self, raw: &str) -> Result<crate::catalog::ServerRecord, Error> {
@@ -392,7 +451,10 @@ impl AdminService {
 fn dead_letter_pb(d: crate::catalog::DeadLetter) -> pb::DeadLetterInfo {
     pb::DeadLetterInfo {
         id: d.id,
-        source: d.source,
+        source: d.source.to_wire(),
+        kind: d.kind.to_wire(),
+        tenant: d.tenant.map(|(_, slug)| slug).unwrap_or_default(),
+        replayed_ms: d.replayed_ms.unwrap_or(0),
         phone_number_id: d.phone_number_id.unwrap_or_default(),
         reason: d.reason.unwrap_or_default(),
         times: d.times,

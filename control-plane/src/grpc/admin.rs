@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::fleet::{Fleet, FleetEvent, FleetOp, FleetRequest};
 use crate::model::{self, Slug, Status, TenantKey};
 use crate::provision::Provisioner;
+use crate::replay::Replayer;
 use crate::roles;
 use crate::rotation::Rotator;
 use crate::tokens::{Grant, Minted, Minter};
@@ -32,6 +33,7 @@ pub struct AdminService {
     pub(super) connect_timeout: Duration,
     pub(super) minter: Minter,
     pub(super) rotator: Rotator,
+    pub(super) replayer: Replayer,
 }
 
 impl AdminService {
@@ -52,12 +54,22 @@ impl AdminService {
                 config.provisioning.clone(),
             ),
             rotator: Rotator::new(catalog.clone(), config.provisioning.clone()),
+            replayer: Replayer::new(
+                catalog.clone(),
+                &config.dead_letters,
+                Duration::from_millis(config.provisioning.connect_timeout_ms),
+            ),
             connect_timeout: Duration::from_millis(config.provisioning.connect_timeout_ms),
             catalog,
             tasks,
             shutdown,
             minter,
         }
+    }
+
+    /// The dead-letter replayer (its sweep loop runs beside the server).
+    pub fn replayer(&self) -> Replayer {
+        self.replayer.clone()
     }
 
     /// The operator behind `request`, if its role allows `needed` (see `auth`).
@@ -79,11 +91,15 @@ impl AdminService {
         action: &str,
     ) -> Result<Response<pb::Tenant>, GrpcStatus> {
         let actor = self.actor(&request, Role::Operator, action).await?;
-        let key = TenantKey::parse(&request.into_inner().tenant)?;
+        let key = TenantKey::parse(&request.into_inner().tenant).map_err(Error::from)?;
         let t = self.catalog.transition(&key, &[from], to).await?;
         self.catalog
             .audit(&actor, action, Some(t.id), &t.slug, serde_json::json!({}))
             .await?;
+        if to == Status::Active {
+            // What arrived while it was suspended goes in now.
+            self.replayer.wake();
+        }
         Ok(Response::new(tenant_pb(&t)))
     }
 
@@ -352,7 +368,8 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         let filter = TenantFilter {
             status: non_empty(req.status)
                 .map(|s| Status::parse(&s))
-                .transpose()?,
+                .transpose()
+                .map_err(Error::from)?,
             server: non_empty(req.server)
                 .map(|s| model::server_name(&s))
                 .transpose()?,
@@ -392,7 +409,8 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
             .tenants
             .iter()
             .map(|t| TenantKey::parse(t))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Error::from)?;
         if req.all && !keys.is_empty() {
             return Err(
                 Error::InvalidArgument("give either tenants or all, not both".into()).into(),
@@ -858,6 +876,13 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         request: Request<pb::DeadLetterRef>,
     ) -> Result<Response<pb::DeadLetterInfo>, GrpcStatus> {
         self.do_get_dead_letter(request).await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, GrpcStatus> {
+        self.do_replay_dead_letters(request).await
     }
 
     async fn rekey(

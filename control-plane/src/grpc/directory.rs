@@ -1,12 +1,14 @@
 //! `TenantDirectory`: how routers resolve tenants and follow their changes.
 
 use crate::auth;
-use crate::catalog::RouterRecord;
+use crate::catalog::{NewDeadLetter, RouterRecord};
 use crate::directory::{Change, Directory, ResolveKey};
 use caller_auth::Kind;
 use futures_util::Stream;
 use proto::control::v1 as pb;
+use proto::model::FromWire;
 use std::pin::Pin;
+use tenant_model::{DeadLetterKind, WebhookSource};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -38,6 +40,36 @@ impl DirectoryService {
             ));
         }
         Ok(auth::router(self.directory.catalog(), request).await?)
+    }
+}
+
+impl DirectoryService {
+    /// The tenant a router files a dead letter under: one it may serve, and for Meta the
+    /// owner of the number the delivery was sent to (a router cannot file deliveries into
+    /// a tenant they were not meant for, which a replay would then store).
+    async fn letter_tenant(
+        &self,
+        router: &RouterRecord,
+        id: i64,
+        source: WebhookSource,
+        phone: Option<&str>,
+    ) -> Result<i64, Status> {
+        let not_found = || Status::not_found("tenant not found");
+        let tenant = self
+            .directory
+            .catalog()
+            .tenant_by_id(id)
+            .await?
+            .ok_or_else(not_found)?;
+        if !router.serves(&tenant.server_name) {
+            return Err(not_found());
+        }
+        if source == WebhookSource::Meta && tenant.phone_number_id.as_deref() != phone {
+            return Err(Status::invalid_argument(
+                "the delivery's phone_number_id is not the tenant's",
+            ));
+        }
+        Ok(tenant.id)
     }
 }
 
@@ -85,11 +117,11 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
         &self,
         request: Request<pb::UnroutableWebhook>,
     ) -> Result<Response<pb::UnroutableRecorded>, Status> {
-        self.router(&request).await?;
+        let (router, _) = self.router(&request).await?;
         let w = request.into_inner();
-        if !matches!(w.source.as_str(), "meta" | "evolution") {
-            return Err(Status::invalid_argument("source must be meta or evolution"));
-        }
+        let invalid = |e: tenant_model::Invalid| Status::invalid_argument(e.0);
+        let source = WebhookSource::from_wire("source", w.source).map_err(invalid)?;
+        let kind = DeadLetterKind::from_wire("kind", w.kind).map_err(invalid)?;
         if w.body.len() > MAX_DEAD_LETTER_BYTES {
             return Err(Status::invalid_argument("body larger than 4 MiB"));
         }
@@ -100,13 +132,34 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
         if w.reason.len() > 1024 {
             return Err(Status::invalid_argument("reason longer than 1024 bytes"));
         }
+        let tenant_id = match (kind, w.tenant_id) {
+            (DeadLetterKind::UnknownNumber, 0) => None,
+            (DeadLetterKind::UnknownNumber, _) => {
+                return Err(Status::invalid_argument(
+                    "an unknown-number dead letter names no tenant",
+                ))
+            }
+            (_, 0) => {
+                return Err(Status::invalid_argument(
+                    "tenant_id is required for suspended-tenant and refused-item dead letters",
+                ))
+            }
+            (_, id) => Some(self.letter_tenant(&router, id, source, phone).await?),
+        };
         let reason = (!w.reason.is_empty()).then_some(w.reason.as_str());
         let kept = self
             .directory
-            .dead_letter(&w.source, phone, &w.body, reason)
+            .dead_letter(NewDeadLetter {
+                source,
+                kind,
+                tenant_id,
+                phone_number_id: phone,
+                body: &w.body,
+                reason,
+            })
             .await?;
         if kept.is_none() {
-            tracing::warn!(source = %w.source, "dead-letter quota full: new content dropped");
+            tracing::warn!(%source, "dead-letter quota full: new content dropped");
         }
         Ok(Response::new(pb::UnroutableRecorded {
             id: kept.unwrap_or(0),

@@ -1,10 +1,11 @@
 //! Leads: people who wrote to (or were contacted by) the tenant on WhatsApp.
 
-use super::{after_id, id, ms, next_token, page_size, phone::canonical_wa_id, text};
+use super::{after_id, id, ms, next_token, page_size, text};
 use crate::error::RouterError;
 use crate::pools::PgConn;
 use proto::domain::v1 as pb;
 use tokio_postgres::Row;
+use whatsapp_ingest::phone::canonical_wa_id;
 
 /// Lead statuses the schema accepts.
 pub const STATUSES: [&str; 5] = [

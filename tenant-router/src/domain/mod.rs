@@ -4,7 +4,6 @@
 pub mod catalog;
 pub mod conversations;
 pub mod leads;
-pub mod phone;
 
 use crate::error::RouterError;
 
@@ -23,27 +22,13 @@ pub fn page_size(asked: u32) -> Result<i64, RouterError> {
     }
 }
 
-/// The id a page starts after: an opaque token of the previous page (empty: start). Only
-/// the exact form [`next_token`] writes is accepted (no sign, spaces or leading zeros).
+/// The id a page starts after: an opaque token of the previous page (empty: start).
 pub fn after_id(token: &str) -> Result<i64, RouterError> {
-    if token.is_empty() {
-        return Ok(0);
-    }
-    token
-        .strip_prefix("id:")
-        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0'))
-        .and_then(|s| s.parse::<i64>().ok())
-        .filter(|id| *id > 0)
-        .ok_or_else(|| RouterError::InvalidArgument("invalid page_token".into()))
+    Ok(tenant_model::page_after(token)?)
 }
 
 /// The token of the page after one ending at `last_id` (empty when there is none).
-pub fn next_token(has_more: bool, last_id: Option<i64>) -> String {
-    match (has_more, last_id) {
-        (true, Some(id)) => format!("id:{id}"),
-        _ => String::new(),
-    }
-}
+pub use tenant_model::next_page_token as next_token;
 
 /// A required positive id field.
 pub fn id(value: i64, field: &str) -> Result<i64, RouterError> {

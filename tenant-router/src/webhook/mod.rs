@@ -6,19 +6,16 @@
 //! numbers become dead letters in the control database. A tenant database that is down or
 //! too slow makes the answer 500 so Meta retries; deduplication by `wamid` makes that safe.
 
-pub mod evolution;
-pub mod ingest;
-pub mod items;
-pub mod payload;
-
 use crate::error::RouterError;
 use crate::metrics::Metrics;
 use crate::pools::{GetError, Pools};
-use crate::routes::{phone_key, RouteCache};
+use crate::routes::{RouteCache, RouteKey, Unroutable};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tenant_model::{DeadLetterKind, PhoneNumberId, Slug, TenantKey, WebhookSource};
+use whatsapp_ingest::{evolution, meta, store};
 
 /// What a delivery is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +82,7 @@ impl Webhooks {
                 .inc();
             return Answer::Unauthorized;
         }
-        let parsed = match payload::parse(body) {
+        let parsed = match meta::parse(body) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "webhook body is not a WhatsApp delivery");
@@ -118,45 +115,56 @@ impl Webhooks {
     async fn tenant_batch(
         &self,
         phone: &str,
-        batch: &payload::TenantBatch,
+        batch: &meta::TenantBatch,
         body: &[u8],
         deadline: Instant,
     ) -> Result<(), RouterError> {
-        let valid_phone =
-            !phone.is_empty() && phone.len() <= 25 && phone.bytes().all(|b| b.is_ascii_digit());
-        let route = if valid_phone {
-            self.routes.get(&phone_key(phone)).await
-        } else {
-            Err(RouterError::TenantNotFound)
+        let route = match PhoneNumberId::parse(phone) {
+            Ok(p) => self.routes.get(&RouteKey::Phone(p)).await,
+            Err(_) => Err(RouterError::TenantNotFound),
+        };
+        let letter = |kind, tenant_id| Unroutable {
+            source: WebhookSource::Meta,
+            kind,
+            tenant_id,
+            phone_number_id: phone,
+            body,
+            reason: "",
         };
         let route = match route {
             Ok(r) if r.route.status == "active" => r,
-            Ok(_) | Err(RouterError::TenantNotFound) | Err(RouterError::InvalidArgument(_)) => {
-                // Nobody (or nobody active) owns this number: keep it, answer 200.
-                return self.dead_letter("meta", phone, body, "").await;
+            Ok(r) => {
+                // Kept for the tenant, replayed when it is resumed; answered 200.
+                let kind = DeadLetterKind::TenantSuspended;
+                return self
+                    .dead_letter(letter(kind, Some(r.route.tenant_id)))
+                    .await;
+            }
+            Err(RouterError::TenantNotFound) | Err(RouterError::InvalidArgument(_)) => {
+                // Nobody owns this number: keep it, answer 200.
+                return self
+                    .dead_letter(letter(DeadLetterKind::UnknownNumber, None))
+                    .await;
             }
             Err(e) => return Err(e),
         };
-        self.store_for(&route, "meta", phone, batch.normalize(), deadline)
-            .await
+        self.store_for(
+            &route,
+            WebhookSource::Meta,
+            phone,
+            batch.normalize(),
+            deadline,
+        )
+        .await
     }
 
     /// Sends a body (or item) to the dead letters and counts what became of it: dropped
     /// (the source's quota is full) is logged and answered like kept, so the sender does
     /// not retry into a full quota.
-    async fn dead_letter(
-        &self,
-        source: &str,
-        phone: &str,
-        body: &[u8],
-        reason: &str,
-    ) -> Result<(), RouterError> {
-        let kept = self
-            .routes
-            .record_unroutable(source, phone, body, reason)
-            .await?;
+    async fn dead_letter(&self, letter: Unroutable<'_>) -> Result<(), RouterError> {
+        let kept = self.routes.record_unroutable(letter).await?;
         if !kept {
-            tracing::warn!(source, "dead-letter quota full: delivery dropped");
+            tracing::warn!(source = %letter.source, "dead-letter quota full: delivery dropped");
         }
         self.metrics
             .dead_letters
@@ -170,16 +178,24 @@ impl Webhooks {
     async fn store_for(
         &self,
         route: &crate::routes::CachedRoute,
-        source: &str,
+        source: WebhookSource,
         phone: &str,
-        batch: ingest::Batch,
+        batch: whatsapp_ingest::Batch,
         deadline: Instant,
     ) -> Result<(), RouterError> {
         let now = caller_auth::now_secs() as f64;
         let (batch, refused) = batch.admit(now);
         for (item, reason) in &refused {
             let body = serde_json::to_vec(item).unwrap_or_default();
-            self.dead_letter(source, phone, &body, reason).await?;
+            self.dead_letter(Unroutable {
+                source,
+                kind: DeadLetterKind::ItemRefused,
+                tenant_id: Some(route.route.tenant_id),
+                phone_number_id: phone,
+                body: &body,
+                reason,
+            })
+            .await?;
         }
         let mut conn = match self.pools.get(&route.route, deadline).await {
             Ok(c) => c,
@@ -189,7 +205,7 @@ impl Webhooks {
                 self.pools.invalidate(route.route.tenant_id).await;
                 let fresh = self
                     .routes
-                    .refetch(&route.route.tenant_id.to_string())
+                    .refetch(&RouteKey::id(route.route.tenant_id)?)
                     .await?;
                 match self.pools.get(&fresh.route, deadline).await {
                     Ok(c) => c,
@@ -205,7 +221,15 @@ impl Webhooks {
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let cancel = conn.canceller();
-        match tokio::time::timeout(remaining, ingest::store(&mut conn, &batch)).await {
+        let stored = async {
+            let [ingest, status] = store::Statements::SQL;
+            let stmts = store::Statements {
+                ingest: conn.prepare(ingest).await?,
+                status: conn.prepare(status).await?,
+            };
+            store::store(&mut conn.client, &stmts, &batch).await
+        };
+        match tokio::time::timeout(remaining, stored).await {
             Ok(Ok(stored)) => {
                 let m = &self.metrics.webhook_items;
                 m.with_label_values(&["message"])
@@ -236,11 +260,6 @@ impl Webhooks {
         body: &[u8],
     ) -> Answer {
         let started = Instant::now();
-        let slug_ok = (3..=40).contains(&instance.len())
-            && instance.as_bytes()[0].is_ascii_lowercase()
-            && instance
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         let unauthorized = || {
             self.metrics
                 .webhooks
@@ -248,10 +267,14 @@ impl Webhooks {
                 .inc();
             Answer::Unauthorized
         };
-        if !slug_ok {
+        let Ok(slug) = Slug::parse(instance) else {
             return unauthorized();
-        }
-        let route = match self.routes.get(instance).await {
+        };
+        let route = match self
+            .routes
+            .get(&RouteKey::Tenant(TenantKey::Slug(slug)))
+            .await
+        {
             Ok(r) => r,
             Err(RouterError::TenantNotFound) | Err(RouterError::InvalidArgument(_)) => {
                 return unauthorized()
@@ -277,17 +300,22 @@ impl Webhooks {
         };
         if route.route.status != "active" {
             // Keep what a suspended tenant receives rather than lose it.
-            return match self
-                .dead_letter("evolution", "", body, "tenant suspended")
-                .await
-            {
+            let letter = Unroutable {
+                source: WebhookSource::Evolution,
+                kind: DeadLetterKind::TenantSuspended,
+                tenant_id: Some(route.route.tenant_id),
+                phone_number_id: "",
+                body,
+                reason: "",
+            };
+            return match self.dead_letter(letter).await {
                 Ok(()) => Answer::Ok,
                 Err(_) => Answer::Retry,
             };
         }
         let deadline = started + Duration::from_millis(self.cfg.deadline_ms);
         match self
-            .store_for(&route, "evolution", "", batch, deadline)
+            .store_for(&route, WebhookSource::Evolution, "", batch, deadline)
             .await
         {
             Ok(()) => {

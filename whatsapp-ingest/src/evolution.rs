@@ -3,14 +3,14 @@
 //! linked ids (`…@lid`, with the phone in `remoteJidAlt` when the gateway knows it);
 //! `fromMe` messages are the business's own, stored as outbound.
 
-use super::ingest::{Batch, Incoming};
-use crate::domain::phone::canonical_wa_id;
+use crate::phone::canonical_wa_id;
+use crate::store::{Batch, Incoming};
 use serde_json::Value;
 
 /// Parses an Evolution webhook body. `Ok(None)` for events other than `messages.upsert`
 /// (acknowledged and ignored); `Err` when the body is not an Evolution event.
 pub fn parse(body: &[u8]) -> Result<Option<Batch>, String> {
-    let body = super::items::repair_surrogates(body);
+    let body = crate::items::repair_surrogates(body);
     let root: Value =
         serde_json::from_slice(&body).map_err(|e| format!("body is not JSON: {e}"))?;
     let event = root

@@ -10,8 +10,8 @@
 //! [`MAX_BODY_CHARS`]; a media field longer than [`MAX_FIELD_CHARS`]; a timestamp that is
 //! not a number or lies outside 2009-01-01 .. now + 1 day.
 
-use super::ingest::Incoming;
-use super::payload::Status;
+use crate::meta::Status;
+use crate::store::Incoming;
 use std::borrow::Cow;
 
 /// Longest message text stored (WhatsApp's own limit is 4,096 characters).

@@ -103,16 +103,14 @@ pub struct Profile {
 
 impl TenantBatch {
     /// The batch in the source-neutral form ingestion takes.
-    pub fn normalize(&self) -> super::ingest::Batch {
-        let mut out = super::ingest::Batch {
+    pub fn normalize(&self) -> crate::store::Batch {
+        let mut out = crate::store::Batch {
             statuses: self.statuses.clone(),
             ..Default::default()
         };
         for (m, name) in &self.messages {
             let lead = match (&m.from, &m.from_user_id) {
-                (Some(from), _) => {
-                    crate::domain::phone::canonical_wa_id(from).map(|c| (c, from.clone()))
-                }
+                (Some(from), _) => crate::phone::canonical_wa_id(from).map(|c| (c, from.clone())),
                 // Users known only by a business-scoped user id (no phone number).
                 (None, Some(user)) if !user.is_empty() && user.len() <= 128 => {
                     Some((format!("bsuid:{user}"), user.clone()))
@@ -124,7 +122,7 @@ impl TenantBatch {
                 continue;
             };
             let media = m.media().unwrap_or_default();
-            out.messages.push(super::ingest::Incoming {
+            out.messages.push(crate::store::Incoming {
                 wamid: m.id.clone(),
                 lead,
                 name: name.clone(),
@@ -174,7 +172,7 @@ impl Parsed {
 /// Parses a whole delivery: every entry, every change, every message and status.
 /// `Err` only when the body is not a JSON object at all.
 pub fn parse(body: &[u8]) -> Result<Parsed, String> {
-    let body = super::items::repair_surrogates(body);
+    let body = crate::items::repair_surrogates(body);
     let root: Value =
         serde_json::from_slice(&body).map_err(|e| format!("body is not JSON: {e}"))?;
     let entries = root

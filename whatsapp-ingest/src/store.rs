@@ -3,8 +3,8 @@
 //! inserted once per `wamid`, statuses applied monotonically. Both webhook sources (Meta,
 //! Evolution) are normalized to [`Incoming`] first.
 
-use super::payload::Status;
-use crate::pools::PgConn;
+use crate::meta::Status;
+use tokio_postgres::{Client, Statement};
 
 /// All of a batch's messages in one statement (atomic on its own): skip known `wamid`s,
 /// upsert leads, get-or-open each lead's conversation (the `DO UPDATE` returns the open
@@ -79,7 +79,7 @@ impl Batch {
         let mut refused = Vec::new();
         let mut messages = Vec::with_capacity(self.messages.len());
         for m in self.messages {
-            match super::items::admit(m.clone(), now_secs) {
+            match crate::items::admit(m.clone(), now_secs) {
                 Ok(m) => messages.push(m),
                 Err(reason) => refused.push((m, reason)),
             }
@@ -88,7 +88,7 @@ impl Batch {
         let statuses: Vec<Status> = self
             .statuses
             .into_iter()
-            .filter_map(super::items::admit_status)
+            .filter_map(crate::items::admit_status)
             .collect();
         let skipped = self.skipped + u32::try_from(total - statuses.len()).unwrap_or(0);
         (
@@ -111,11 +111,34 @@ pub struct Stored {
     pub skipped: u32,
 }
 
+/// The two statements [`store`] runs, prepared on the connection it runs them on.
+pub struct Statements {
+    pub ingest: Statement,
+    pub status: Statement,
+}
+
+impl Statements {
+    /// The SQL of the message statement and of the status statement (for callers that
+    /// cache prepared statements per connection).
+    pub const SQL: [&'static str; 2] = [INGEST, APPLY_STATUS];
+
+    /// Prepares both on `c`.
+    pub async fn prepare(c: &Client) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            ingest: c.prepare(INGEST).await?,
+            status: c.prepare(APPLY_STATUS).await?,
+        })
+    }
+}
+
 /// Stores the batch atomically: the messages in one statement, and statuses (if any) in
 /// the same transaction; any database error rolls all of it back.
-pub async fn store(c: &mut PgConn, batch: &Batch) -> Result<Stored, tokio_postgres::Error> {
-    let ingest = c.prepare(INGEST).await?;
-    let status = c.prepare(APPLY_STATUS).await?;
+pub async fn store(
+    c: &mut Client,
+    stmts: &Statements,
+    batch: &Batch,
+) -> Result<Stored, tokio_postgres::Error> {
+    let (ingest, status) = (&stmts.ingest, &stmts.status);
     let mut stored = Stored {
         skipped: batch.skipped,
         ..Stored::default()
@@ -155,13 +178,13 @@ pub async fn store(c: &mut PgConn, batch: &Batch) -> Result<Stored, tokio_postgr
     if batch.statuses.is_empty() {
         // One statement is atomic by itself: no transaction round trips.
         if !unique.is_empty() {
-            tally(c.client.query_one(&ingest, &params).await?.get(0));
+            tally(c.query_one(ingest, &params).await?.get(0));
         }
         return Ok(stored);
     }
-    let tx = c.client.transaction().await?;
+    let tx = c.transaction().await?;
     if !unique.is_empty() {
-        tally(tx.query_one(&ingest, &params).await?.get(0));
+        tally(tx.query_one(ingest, &params).await?.get(0));
     }
     for s in &batch.statuses {
         if !matches!(s.status.as_str(), "sent" | "delivered" | "read" | "failed") {
@@ -171,7 +194,7 @@ pub async fn store(c: &mut PgConn, batch: &Batch) -> Result<Stored, tokio_postgr
         let error: Option<serde_json::Value> = s.errors.clone().filter(|_| s.status == "failed");
         // A status for a wamid we never stored changes nothing (0 rows).
         stored.statuses +=
-            u32::try_from(tx.execute(&status, &[&s.id, &s.status, &error]).await?).unwrap_or(0);
+            u32::try_from(tx.execute(status, &[&s.id, &s.status, &error]).await?).unwrap_or(0);
     }
     tx.commit().await?;
     Ok(stored)
