@@ -138,7 +138,7 @@ async fn provision(plane: &mut Plane, prefix: &str, n: usize) -> Vec<f64> {
                 pb::CreateTenantRequest {
                     slug: format!("{prefix}-{i}"),
                     name: "Bench".into(),
-                    sector: "veiculos".into(),
+                    sector: proto::control::v1::Sector::Veiculos as i32,
                     ..Default::default()
                 },
                 &plane.token,
@@ -165,7 +165,7 @@ async fn provision_many(plane: &Plane, prefix: &str, n: usize, workers: usize) {
                         pb::CreateTenantRequest {
                             slug: format!("{prefix}-{i}"),
                             name: "Fleet".into(),
-                            sector: "servicos".into(),
+                            sector: proto::control::v1::Sector::Servicos as i32,
                             ..Default::default()
                         },
                         &token,

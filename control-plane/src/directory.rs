@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use caller_auth::Kind;
 use futures_util::StreamExt;
 use proto::control::v1 as pb;
+use proto::model::ToWire;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -110,8 +111,8 @@ impl Directory {
         Ok(pb::Route {
             tenant_id: t.id,
             slug: t.slug.clone(),
-            status: t.status.as_str().to_string(),
-            sector: t.sector.as_str().to_string(),
+            status: t.status.to_wire(),
+            sector: t.sector.to_wire(),
             server: t.server_name.clone(),
             host: t.host.clone(),
             port: u32::from(t.port),

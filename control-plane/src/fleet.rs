@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tenant_model::MigrationOutcome;
+use tenant_model::MigrationOutcome as Outcome;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -100,7 +102,7 @@ pub enum FleetEvent {
 #[derive(Debug, Clone)]
 pub struct TenantOutcome {
     pub slug: String,
-    pub outcome: &'static str,
+    pub outcome: MigrationOutcome,
     pub versions: (i32, i32),
     pub applied: u32,
     pub error: Option<String>,
@@ -397,7 +399,7 @@ async fn refresh_templates(shared: &Shared) {
         }
     };
     for t in templates {
-        let Some(sector) = tenant_migrations::Sector::parse(&t.sector) else {
+        let Ok(sector) = tenant_migrations::Sector::parse(&t.sector) else {
             continue;
         };
         if tenant_migrations::targets(sector) == (t.schema_version, t.sector_schema_version) {
@@ -443,17 +445,17 @@ async fn wave(shared: &Arc<Shared>, tenants: Vec<TenantRecord>, counts: &mut Run
             }
         };
         match outcome {
-            "migrated" | "upgraded" => counts.migrated += 1,
-            "failed" => counts.failed += 1,
-            "busy" => counts.busy += 1,
-            _ => counts.not_started += 1,
+            Outcome::Migrated | Outcome::Upgraded => counts.migrated += 1,
+            Outcome::Failed => counts.failed += 1,
+            Outcome::Busy => counts.busy += 1,
+            Outcome::Skipped | Outcome::NotStarted => counts.not_started += 1,
         }
     }
 }
 
-async fn migrate_one(shared: &Shared, tenant: TenantRecord) -> &'static str {
+async fn migrate_one(shared: &Shared, tenant: TenantRecord) -> Outcome {
     let from = (tenant.schema_version, tenant.sector_schema_version);
-    let outcome = |outcome: &'static str, versions, error: Option<String>| TenantOutcome {
+    let outcome = |outcome: Outcome, versions, error: Option<String>| TenantOutcome {
         slug: tenant.slug.clone(),
         outcome,
         versions,
@@ -463,43 +465,53 @@ async fn migrate_one(shared: &Shared, tenant: TenantRecord) -> &'static str {
         report: Vec::new(),
     };
     let Some((server, server_slots)) = shared.servers.get(&tenant.server_id) else {
-        let failed = outcome("failed", from, Some("server not in catalog".into()));
+        let failed = outcome(Outcome::Failed, from, Some("server not in catalog".into()));
         return finish(shared, &tenant, from, failed).await;
     };
     let _server_permit = server_slots.acquire().await;
     let _global_permit = shared.global.acquire().await;
     if shared.stop.load(Ordering::SeqCst) || shared.cancel.is_cancelled() {
-        return finish(shared, &tenant, from, outcome("not_started", from, None)).await;
+        return finish(
+            shared,
+            &tenant,
+            from,
+            outcome(Outcome::NotStarted, from, None),
+        )
+        .await;
     }
     let started = Instant::now();
     let mut result = match shared.op {
         FleetOp::Migrate => match migrate_database(shared, server, &tenant).await {
             Ok(o) => TenantOutcome {
                 applied: o.applied,
-                ..outcome("migrated", (o.common_version, o.sector_version), None)
+                ..outcome(
+                    Outcome::Migrated,
+                    (o.common_version, o.sector_version),
+                    None,
+                )
             },
             Err((tenant_migrations::MigrateError::Busy, v)) => outcome(
-                "busy",
+                Outcome::Busy,
                 v,
                 Some("another run is migrating this tenant".into()),
             ),
-            Err((e, v)) => outcome("failed", v, Some(e.to_string())),
+            Err((e, v)) => outcome(Outcome::Failed, v, Some(e.to_string())),
         },
         FleetOp::Harden => match harden_database(shared, server, &tenant).await {
             Ok(Some(report)) => TenantOutcome {
                 report,
-                ..outcome("upgraded", from, None)
+                ..outcome(Outcome::Upgraded, from, None)
             },
             Ok(None) => outcome(
-                "busy",
+                Outcome::Busy,
                 from,
                 Some("another run is upgrading this tenant".into()),
             ),
-            Err(e) => outcome("failed", from, Some(e.to_string())),
+            Err(e) => outcome(Outcome::Failed, from, Some(e.to_string())),
         },
     };
     result.duration_ms = elapsed_ms(started);
-    if result.outcome == "failed" {
+    if result.outcome == Outcome::Failed {
         let failures = shared.failures.fetch_add(1, Ordering::SeqCst) + 1;
         if shared.max_failures > 0 && failures >= shared.max_failures {
             shared.stop.store(true, Ordering::SeqCst);
@@ -594,10 +606,13 @@ async fn finish(
     tenant: &TenantRecord,
     from: (i32, i32),
     result: TenantOutcome,
-) -> &'static str {
+) -> Outcome {
     let outcome = result.outcome;
-    if shared.op == FleetOp::Migrate && matches!(outcome, "migrated" | "failed") {
-        let err = result.error.as_deref().filter(|_| outcome == "failed");
+    if shared.op == FleetOp::Migrate && matches!(outcome, Outcome::Migrated | Outcome::Failed) {
+        let err = result
+            .error
+            .as_deref()
+            .filter(|_| outcome == Outcome::Failed);
         if let Err(e) = shared
             .catalog
             .record_migration(tenant.id, result.versions.0, result.versions.1, err)
@@ -619,7 +634,7 @@ async fn finish(
     if let Err(e) = shared.catalog.record_run_tenant(shared.run_id, &row).await {
         tracing::error!(tenant = %tenant.slug, error = %e, "cannot record run result");
     }
-    if outcome == "failed" {
+    if outcome == Outcome::Failed {
         tracing::warn!(tenant = %tenant.slug, error = result.error.as_deref().unwrap_or(""), "tenant {} failed", shared.op.as_str());
     }
     let _ = shared.events.send(FleetEvent::Tenant(result)).await;

@@ -172,17 +172,6 @@ pub fn tenant_name(raw: &str) -> Result<String, Error> {
     Ok(name.to_string())
 }
 
-/// Parses a sector, naming the valid ones on error.
-pub fn sector(raw: &str) -> Result<Sector, Error> {
-    Sector::parse(raw).ok_or_else(|| {
-        let valid: Vec<&str> = Sector::ALL.iter().map(|s| s.as_str()).collect();
-        Error::InvalidArgument(format!(
-            "unknown sector {raw:?}: expected one of {}",
-            valid.join(", ")
-        ))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,8 +219,8 @@ mod tests {
 
     #[test]
     fn sectors_and_names() {
-        assert_eq!(sector("veiculos").unwrap(), Sector::Veiculos);
-        let err = sector("padaria").unwrap_err().to_string();
+        assert_eq!(Sector::parse("veiculos").unwrap(), Sector::Veiculos);
+        let err = Sector::parse("padaria").unwrap_err().to_string();
         assert!(err.contains("padaria") && err.contains("veiculos"), "{err}");
         assert!(tenant_name("  ").is_err());
         assert!(tenant_name("Loja\u{0}").is_err());

@@ -19,6 +19,7 @@ use crate::roles;
 use crate::template;
 use std::time::Duration;
 use tenant_migrations::quote_ident;
+use tenant_migrations::SectorSchema;
 use tokio_postgres::Client;
 
 /// Runs provisioning sagas.

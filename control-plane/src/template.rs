@@ -16,6 +16,7 @@ use crate::config::Provisioning;
 use crate::dbserver;
 use crate::error::{Error, Result};
 use crate::roles::{self, RoleKind};
+use tenant_migrations::SectorSchema;
 use tenant_migrations::{quote_ident, Sector};
 use tokio_postgres::Client;
 

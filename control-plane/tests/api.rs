@@ -7,7 +7,8 @@ mod common;
 use common::{authed, Plane};
 use proto::control::v1::{
     resolve_request::Key, tenant_admin_client::TenantAdminClient,
-    tenant_directory_client::TenantDirectoryClient, ResolveRequest, WatchRoutesRequest,
+    tenant_directory_client::TenantDirectoryClient, ResolveRequest, TenantStatus,
+    WatchRoutesRequest,
 };
 use std::time::Duration;
 use tonic::Code;
@@ -48,7 +49,7 @@ async fn directory_resolves_by_id_slug_and_phone_and_streams_versioned_changes()
             .into_inner();
         assert_eq!(route.slug, "dir-one");
         assert_eq!(route.database, plane.database_of("dir-one").await);
-        assert_eq!(route.status, "active");
+        assert_eq!(route.status, TenantStatus::Active as i32);
         assert_eq!(route.port, u32::from(pg.port));
         assert!(!route.password.is_empty());
         assert_eq!(route.server_connection_budget, 80);
@@ -87,8 +88,8 @@ async fn directory_resolves_by_id_slug_and_phone_and_streams_versioned_changes()
         .unwrap();
     let route = change.route.unwrap();
     assert_eq!(
-        (route.slug.as_str(), route.status.as_str()),
-        ("dir-one", "suspended")
+        (route.slug.as_str(), route.status),
+        ("dir-one", TenantStatus::Suspended as i32)
     );
     assert!(route.version > before);
     plane.ok(&["resume", "dir-one"]);
@@ -98,7 +99,7 @@ async fn directory_resolves_by_id_slug_and_phone_and_streams_versioned_changes()
         .unwrap()
         .unwrap();
     let resumed = change.route.unwrap();
-    assert_eq!(resumed.status, "active");
+    assert_eq!(resumed.status, TenantStatus::Active as i32);
     assert!(resumed.version > route.version);
 }
 

@@ -273,7 +273,7 @@ impl RouterClients {
             Op::AppendMessage => {
                 let m = dm::AppendMessageRequest {
                     conversation_id: conversation,
-                    direction: "saida".into(),
+                    direction: proto::domain::v1::MessageDirection::Saida as i32,
                     body: "mensagem de carga".into(),
                     ..Default::default()
                 };

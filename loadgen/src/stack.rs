@@ -193,7 +193,7 @@ impl Stack {
                         cp::CreateTenantRequest {
                             slug: slug.clone(),
                             name: "Bench".into(),
-                            sector: "servicos".into(),
+                            sector: proto::control::v1::Sector::Servicos as i32,
                             server,
                             ..Default::default()
                         },

@@ -2,7 +2,11 @@
 //! here and nowhere else. Decoding refuses unspecified and unknown values by name.
 
 use crate::control::v1 as pb;
-use tenant_model::{DeadLetterKind, Invalid, WebhookSource};
+use crate::domain::v1 as dm;
+use tenant_model::{
+    ConversationStatus, DeadLetterKind, Invalid, LeadStatus, MessageDirection, MessageStatus,
+    MigrationOutcome, Sector, TenantStatus, WebhookSource,
+};
 
 /// A proto enum field's number as the model value, or an error naming the field.
 pub trait FromWire: Sized {
@@ -15,23 +19,23 @@ pub trait ToWire {
 }
 
 macro_rules! wire_enum {
-    ($model:ident, $wire:ident { $($variant:ident),+ $(,)? }) => {
-        impl From<$model> for pb::$wire {
+    ($model:ident, $pkg:ident :: $wire:ident { $($variant:ident),+ $(,)? }) => {
+        impl From<$model> for $pkg::$wire {
             fn from(v: $model) -> Self {
-                match v { $($model::$variant => pb::$wire::$variant),+ }
+                match v { $($model::$variant => $pkg::$wire::$variant),+ }
             }
         }
 
         impl ToWire for $model {
             fn to_wire(self) -> i32 {
-                pb::$wire::from(self) as i32
+                $pkg::$wire::from(self) as i32
             }
         }
 
         impl FromWire for $model {
             fn from_wire(field: &str, raw: i32) -> Result<Self, Invalid> {
-                match pb::$wire::try_from(raw) {
-                    $(Ok(pb::$wire::$variant) => Ok($model::$variant),)+
+                match $pkg::$wire::try_from(raw) {
+                    $(Ok($pkg::$wire::$variant) => Ok($model::$variant),)+
                     _ => Err(Invalid(format!(
                         "{field} must be one of {}",
                         $model::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
@@ -42,15 +46,79 @@ macro_rules! wire_enum {
     };
 }
 
-wire_enum!(WebhookSource, WebhookSource { Meta, Evolution });
+wire_enum!(WebhookSource, pb::WebhookSource { Meta, Evolution });
 wire_enum!(
     DeadLetterKind,
-    DeadLetterKind {
+    pb::DeadLetterKind {
         UnknownNumber,
         TenantSuspended,
         ItemRefused
     }
 );
+wire_enum!(
+    TenantStatus,
+    pb::TenantStatus {
+        Provisioning,
+        Active,
+        Suspended,
+        Failed,
+        Moving,
+        Deleted
+    }
+);
+wire_enum!(
+    Sector,
+    pb::Sector {
+        Veiculos,
+        Imoveis,
+        Autopecas,
+        Varejo,
+        Servicos
+    }
+);
+wire_enum!(
+    MigrationOutcome,
+    pb::MigrationOutcome {
+        Migrated,
+        Upgraded,
+        Skipped,
+        Failed,
+        Busy,
+        NotStarted
+    }
+);
+wire_enum!(
+    LeadStatus,
+    dm::LeadStatus {
+        Novo,
+        EmAtendimento,
+        Qualificado,
+        Convertido,
+        Perdido
+    }
+);
+wire_enum!(
+    ConversationStatus,
+    dm::ConversationStatus { Aberta, Fechada }
+);
+wire_enum!(MessageDirection, dm::MessageDirection { Entrada, Saida });
+wire_enum!(
+    MessageStatus,
+    dm::MessageStatus {
+        Recebida,
+        Pendente,
+        Sent,
+        Delivered,
+        Read,
+        Failed
+    }
+);
+
+/// The spelling of a proto enum number, when it is a model value (`?` otherwise): for
+/// display only.
+pub fn spelled<T: FromWire + Copy>(raw: i32, as_str: fn(T) -> &'static str) -> &'static str {
+    T::from_wire("", raw).map_or("?", as_str)
+}
 
 /// An optional enum filter: unspecified (0) is `None`.
 pub fn optional<T: FromWire>(field: &str, raw: i32) -> Result<Option<T>, Invalid> {
@@ -64,6 +132,26 @@ pub fn optional<T: FromWire>(field: &str, raw: i32) -> Result<Option<T>, Invalid
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every model value has its wire value and back, for every enum.
+    fn round_trip<T: ToWire + FromWire + Copy + PartialEq + std::fmt::Debug>(all: &[T]) {
+        for v in all {
+            assert_eq!(T::from_wire("f", v.to_wire()), Ok(*v));
+            assert_ne!(v.to_wire(), 0, "{v:?} maps to UNSPECIFIED");
+        }
+        assert!(T::from_wire("f", 0).is_err());
+    }
+
+    #[test]
+    fn every_enum_round_trips() {
+        round_trip(TenantStatus::ALL);
+        round_trip(Sector::ALL);
+        round_trip(MigrationOutcome::ALL);
+        round_trip(LeadStatus::ALL);
+        round_trip(ConversationStatus::ALL);
+        round_trip(MessageDirection::ALL);
+        round_trip(MessageStatus::ALL);
+    }
 
     #[test]
     fn round_trips_and_refusals() {

@@ -7,7 +7,6 @@
 //! provisioning) never migrate one database at once.
 
 use refinery::Runner;
-use std::fmt;
 use tokio_postgres::Client;
 
 mod sets {
@@ -29,44 +28,18 @@ mod sets {
 /// (ASCII "tnntmig"). Advisory locks are per database, so tenants never wait on each other.
 pub const MIGRATION_LOCK_KEY: i64 = 0x0074_6e6e_746d_6967;
 
-/// The business sector of a tenant; it decides which sector set its database gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Sector {
-    Veiculos,
-    Imoveis,
-    Autopecas,
-    Varejo,
-    Servicos,
+pub use tenant_model::Sector;
+
+/// What a sector means for a tenant database's schema.
+pub trait SectorSchema {
+    /// The sector migration set this sector's databases carry, if any.
+    fn set(self) -> Option<MigrationSet>;
+    /// Settings every new tenant of this sector starts with (rows of `configuracoes`).
+    fn seed_sql(self) -> String;
 }
 
-impl Sector {
-    /// Every sector, in catalog order.
-    pub const ALL: [Sector; 5] = [
-        Sector::Veiculos,
-        Sector::Imoveis,
-        Sector::Autopecas,
-        Sector::Varejo,
-        Sector::Servicos,
-    ];
-
-    /// The catalog spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Sector::Veiculos => "veiculos",
-            Sector::Imoveis => "imoveis",
-            Sector::Autopecas => "autopecas",
-            Sector::Varejo => "varejo",
-            Sector::Servicos => "servicos",
-        }
-    }
-
-    /// Parses the catalog spelling.
-    pub fn parse(s: &str) -> Option<Sector> {
-        Sector::ALL.into_iter().find(|sector| sector.as_str() == s)
-    }
-
-    /// The sector migration set this sector's databases carry, if any.
-    pub fn set(self) -> Option<MigrationSet> {
+impl SectorSchema for Sector {
+    fn set(self) -> Option<MigrationSet> {
         match self {
             Sector::Veiculos => Some(MigrationSet::Veiculos),
             Sector::Imoveis => Some(MigrationSet::Imoveis),
@@ -75,8 +48,7 @@ impl Sector {
         }
     }
 
-    /// Settings every new tenant of this sector starts with (rows of `configuracoes`).
-    pub fn seed_sql(self) -> String {
+    fn seed_sql(self) -> String {
         let funil = match self {
             Sector::Veiculos => r#"["novo","test_drive","proposta","financiamento","vendido"]"#,
             Sector::Imoveis => r#"["novo","visita","proposta","documentacao","fechado"]"#,
@@ -89,12 +61,6 @@ impl Sector {
              ('fuso_horario', '\"America/Sao_Paulo\"') ON CONFLICT (chave) DO NOTHING",
             sector = self.as_str()
         )
-    }
-}
-
-impl fmt::Display for Sector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -3,7 +3,9 @@
 //! the unique keys webhook ingestion relies on hold.
 #![allow(clippy::unwrap_used)]
 
-use tenant_migrations::{migrate, targets, MigrateError, MigrationSet, Sector, MIGRATION_LOCK_KEY};
+use tenant_migrations::{
+    migrate, targets, MigrateError, MigrationSet, Sector, SectorSchema, MIGRATION_LOCK_KEY,
+};
 
 async fn fresh(prefix: &str) -> tokio_postgres::Client {
     let pg = pg_harness::shared();
@@ -13,7 +15,7 @@ async fn fresh(prefix: &str) -> tokio_postgres::Client {
 
 #[tokio::test]
 async fn every_sector_migrates_and_reruns_are_noops() {
-    for sector in Sector::ALL {
+    for &sector in Sector::ALL {
         let mut client = fresh(sector.as_str()).await;
         let first = migrate(&mut client, sector).await.unwrap();
         let (common, sector_v) = targets(sector);

@@ -1,11 +1,16 @@
 //! The platform's shared vocabulary, used by the control plane, the router and their
 //! protos: each concept has one type and one parser, so a value is checked once where it
-//! enters and the rule cannot differ between the two daemons.
+//! enters and the rule cannot differ between the two daemons. Each enum's text spelling
+//! is the catalog's or the tenant schema's; `proto::model` maps them to the wire.
 
+mod domain;
 mod page;
 mod tenant;
 mod webhook;
 
+pub use domain::{
+    ConversationStatus, LeadStatus, MessageDirection, MessageStatus, MigrationOutcome, Sector,
+};
 pub use page::{next_page_token, page_after};
 pub use tenant::{Slug, TenantId, TenantKey, TenantStatus};
 pub use webhook::{DeadLetterKind, PhoneNumberId, WebhookSource};

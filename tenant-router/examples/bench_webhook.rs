@@ -178,7 +178,7 @@ async fn main() {
                         cp::CreateTenantRequest {
                             slug: format!("wh-bench-{i}"),
                             name: "Bench".into(),
-                            sector: "varejo".into(),
+                            sector: proto::control::v1::Sector::Varejo as i32,
                             phone_number_id: format!("{}", 700_000_000 + i),
                             ..Default::default()
                         },

@@ -12,10 +12,11 @@ use crate::metrics::Metrics;
 use crate::revocations::Revocations;
 use proto::control::v1 as pb;
 use proto::control::v1::tenant_directory_client::TenantDirectoryClient;
+use proto::model::FromWire;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenant_model::{PhoneNumberId, TenantId, TenantKey};
+use tenant_model::{PhoneNumberId, Sector, TenantId, TenantKey, TenantStatus};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -65,8 +66,27 @@ impl RouteKey {
 pub struct CachedRoute {
     /// The route as the directory sent it.
     pub route: pb::Route,
+    /// Its status and sector, parsed once when it arrived.
+    pub status: TenantStatus,
+    pub sector: Sector,
     fetched: Instant,
     generation: u64,
+}
+
+impl CachedRoute {
+    fn new(route: pb::Route, generation: u64) -> Result<CachedRoute, RouterError> {
+        let invalid = |e: tenant_model::Invalid| {
+            tracing::error!(tenant = route.tenant_id, error = %e, "directory sent a malformed route");
+            RouterError::Unavailable("tenant directory sent a malformed route".into())
+        };
+        Ok(CachedRoute {
+            status: TenantStatus::from_wire("status", route.status).map_err(invalid)?,
+            sector: Sector::from_wire("sector", route.sector).map_err(invalid)?,
+            route,
+            fetched: Instant::now(),
+            generation,
+        })
+    }
 }
 
 /// Cache of tenant routes, fed by lookups and the directory's change stream.
@@ -132,7 +152,7 @@ impl RouteCache {
             }
             self.metrics.route_cache.with_label_values(&["stale"]).inc();
             return match self.resolve(route_key).await {
-                Ok(route) => Ok(self.store(route).await),
+                Ok(route) => self.store(route).await,
                 Err(RouterError::Unavailable(_)) => Ok(cached),
                 Err(e) => {
                     if matches!(e, RouterError::TenantNotFound) {
@@ -154,11 +174,8 @@ impl RouteCache {
             .routes
             .try_get_with(key.to_string(), async {
                 let route = self.resolve(route_key).await?;
-                Ok::<_, RouterError>(Arc::new(CachedRoute {
-                    route,
-                    fetched: Instant::now(),
-                    generation: self.generation.load(Ordering::Relaxed),
-                }))
+                let generation = self.generation.load(Ordering::Relaxed);
+                Ok::<_, RouterError>(Arc::new(CachedRoute::new(route, generation)?))
             })
             .await;
         match loaded {
@@ -181,7 +198,7 @@ impl RouteCache {
     /// failure, say), and caches it.
     pub async fn refetch(&self, key: &RouteKey) -> Result<Arc<CachedRoute>, RouterError> {
         let route = self.resolve(key).await?;
-        Ok(self.store(route).await)
+        self.store(route).await
     }
 
     async fn resolve(&self, key: &RouteKey) -> Result<pb::Route, RouterError> {
@@ -207,14 +224,11 @@ impl RouteCache {
         }
     }
 
-    async fn store(&self, route: pb::Route) -> Arc<CachedRoute> {
-        let cached = Arc::new(CachedRoute {
-            route,
-            fetched: Instant::now(),
-            generation: self.generation.load(Ordering::Relaxed),
-        });
+    async fn store(&self, route: pb::Route) -> Result<Arc<CachedRoute>, RouterError> {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let cached = Arc::new(CachedRoute::new(route, generation)?);
         self.index(&cached).await;
-        cached
+        Ok(cached)
     }
 
     /// Every key a route can be reached by: slug, id, WhatsApp number.
@@ -293,8 +307,7 @@ impl RouteCache {
         {
             return false;
         }
-        self.store(route).await;
-        true
+        self.store(route).await.is_ok()
     }
 
     /// Loads the full list of revoked caller tokens from the directory.

@@ -132,7 +132,7 @@ async fn tenants_on_two_servers_are_served_and_isolated() {
     for i in 0..25 {
         let m = dm::AppendMessageRequest {
             conversation_id: c1.id,
-            direction: "entrada".into(),
+            direction: dm::MessageDirection::Entrada as i32,
             body: format!("mensagem {i}"),
             wamid: format!("wamid.{i}"),
             r#type: String::new(),
@@ -143,7 +143,7 @@ async fn tenants_on_two_servers_are_served_and_isolated() {
     }
     let dup = dm::AppendMessageRequest {
         conversation_id: c1.id,
-        direction: "entrada".into(),
+        direction: dm::MessageDirection::Entrada as i32,
         body: "other".into(),
         wamid: "wamid.3".into(),
         r#type: String::new(),
@@ -354,18 +354,22 @@ async fn bad_callers_and_bad_input_get_clear_statuses() {
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains(field), "{err:?}");
     }
-    let err = leads
-        .update_lead_status(call(
-            dm::UpdateLeadStatusRequest {
-                id: 1,
-                status: "vip".into(),
-            },
-            "rt-charlie",
-            &token,
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+    // Enum fields: unspecified and unknown numbers are refused by name.
+    for status in [0, 99] {
+        let err = leads
+            .update_lead_status(call(
+                dm::UpdateLeadStatusRequest { id: 1, status },
+                "rt-charlie",
+                &token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().starts_with("status must be one of novo"),
+            "{err:?}"
+        );
+    }
     let err = leads
         .list_leads(call(
             dm::ListLeadsRequest {

@@ -117,7 +117,7 @@ async fn setup_with(
         .create_tenant(plane.admin_req(proto::control::v1::CreateTenantRequest {
             slug: slug.into(),
             name: "Loja".into(),
-            sector: "varejo".into(),
+            sector: proto::control::v1::Sector::Varejo as i32,
             phone_number_id: phone_number_id.into(),
             ..Default::default()
         }))

@@ -17,7 +17,7 @@ pub struct RunCounts {
 #[derive(Debug, Clone)]
 pub struct RunTenantRow {
     pub tenant_id: i64,
-    pub outcome: &'static str,
+    pub outcome: tenant_model::MigrationOutcome,
     pub from: (i32, i32),
     pub to: (i32, i32),
     pub applied: u32,
@@ -66,7 +66,7 @@ impl Catalog {
                 &[
                     &run_id,
                     &r.tenant_id,
-                    &r.outcome,
+                    &r.outcome.as_str(),
                     &r.from.0,
                     &r.to.0,
                     &r.from.1,

@@ -153,7 +153,7 @@ fn tenant_from_row(row: &Row) -> Result<TenantRecord> {
         slug: row.get(1),
         name: row.get(2),
         sector: Sector::parse(&sector)
-            .ok_or_else(|| Error::Internal(format!("catalog holds sector {sector:?}")))?,
+            .map_err(|_| Error::Internal(format!("catalog holds sector {sector:?}")))?,
         status: Status::parse(&status)
             .map_err(|_| Error::Internal(format!("catalog holds status {status:?}")))?,
         status_reason: row.get(5),

@@ -10,8 +10,10 @@ mod output;
 use clap::{Args, Parser, Subcommand};
 use proto::control::v1 as pb;
 use proto::control::v1::tenant_admin_client::TenantAdminClient;
+use proto::model::ToWire;
 use std::io::{BufRead, IsTerminal};
 use std::process::ExitCode;
+use tenant_model::MigrationOutcome;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -440,7 +442,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .create_tenant(pb::CreateTenantRequest {
                     slug: a.slug,
                     name: a.name,
-                    sector: a.sector,
+                    sector: tenant_model::Sector::parse(&a.sector)
+                        .map_err(|e| fail(2, e.0))?
+                        .to_wire(),
                     phone_number_id: a.phone_number_id.unwrap_or_default(),
                     display_phone: a.display_phone.unwrap_or_default(),
                     server: a.server.unwrap_or_default(),
@@ -453,14 +457,22 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             } else {
                 output::line(&format!(
                     "tenant {} is {} on server {} (database {})",
-                    t.slug, t.status, t.server, t.database
+                    t.slug,
+                    output::status(t.status),
+                    t.server,
+                    t.database
                 ));
             }
         }
         Command::List { status, server } => {
             let tenants = client
                 .list_tenants(pb::ListTenantsRequest {
-                    status: status.unwrap_or_default(),
+                    status: match status {
+                        Some(s) => tenant_model::TenantStatus::parse(&s)
+                            .map_err(|e| fail(2, e.0))?
+                            .to_wire(),
+                        None => 0,
+                    },
                     server: server.unwrap_or_default(),
                 })
                 .await?
@@ -722,7 +734,7 @@ async fn migrate(
             }
             Some(Event::Tenant(t)) => {
                 bar.inc(1);
-                if t.outcome == "failed" {
+                if t.outcome == MigrationOutcome::Failed.to_wire() {
                     bar.println(format!("{}: failed: {}", t.slug, t.error));
                 }
                 for line in &t.report {
@@ -790,7 +802,7 @@ fn print_summary(
             "run_id": s.run_id, "plan": plan, "migrated": s.migrated, "skipped": s.skipped, "failed": s.failed,
             "busy": s.busy, "not_started": s.not_started, "aborted": s.aborted, "duration_ms": s.duration_ms,
             "tenants": results.iter().map(|t| serde_json::json!({
-                "slug": t.slug, "outcome": t.outcome, "schema_version": t.schema_version,
+                "slug": t.slug, "outcome": output::outcome(t.outcome), "schema_version": t.schema_version,
                 "sector_schema_version": t.sector_schema_version, "applied": t.applied,
                 "error": if t.error.is_empty() { serde_json::Value::Null } else { t.error.clone().into() },
                 "duration_ms": t.duration_ms, "report": t.report,
@@ -811,12 +823,18 @@ fn print_summary(
     ));
     let failed: Vec<_> = results
         .iter()
-        .filter(|t| !matches!(t.outcome.as_str(), "migrated" | "upgraded"))
+        .filter(|t| !matches!(output::outcome(t.outcome), "migrated" | "upgraded"))
         .collect();
     if !failed.is_empty() {
         let rows: Vec<_> = failed
             .iter()
-            .map(|t| vec![t.slug.clone(), t.outcome.clone(), t.error.clone()])
+            .map(|t| {
+                vec![
+                    t.slug.clone(),
+                    output::outcome(t.outcome).to_string(),
+                    t.error.clone(),
+                ]
+            })
             .collect();
         output::table(&["SLUG", "OUTCOME", "ERROR"], &rows);
     }

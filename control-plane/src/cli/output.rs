@@ -60,8 +60,8 @@ pub fn tenant_json(t: &pb::Tenant) -> Value {
         "id": t.id,
         "slug": t.slug,
         "name": t.name,
-        "sector": t.sector,
-        "status": t.status,
+        "sector": sector(t.sector),
+        "status": status(t.status),
         "status_reason": empty_null(&t.status_reason),
         "server": t.server,
         "database": t.database,
@@ -98,13 +98,28 @@ pub fn server_json(s: &pb::Server) -> Value {
     })
 }
 
+/// The spelling of a tenant's status (a proto enum number).
+pub fn status(raw: i32) -> &'static str {
+    proto::model::spelled(raw, tenant_model::TenantStatus::as_str)
+}
+
+/// The spelling of a tenant's sector.
+pub fn sector(raw: i32) -> &'static str {
+    proto::model::spelled(raw, tenant_model::Sector::as_str)
+}
+
+/// The spelling of a fleet run's outcome for one tenant.
+pub fn outcome(raw: i32) -> &'static str {
+    proto::model::spelled(raw, tenant_model::MigrationOutcome::as_str)
+}
+
 /// Table row for a tenant.
 pub fn tenant_row(t: &pb::Tenant) -> Vec<String> {
     vec![
         t.slug.clone(),
         t.name.clone(),
-        t.sector.clone(),
-        t.status.clone(),
+        sector(t.sector).to_string(),
+        status(t.status).to_string(),
         t.server.clone(),
         format!(
             "{}.{}{}",
@@ -127,8 +142,8 @@ pub fn tenant_detail(t: &pb::Tenant) {
         ("slug", t.slug.clone()),
         ("id", t.id.to_string()),
         ("name", t.name.clone()),
-        ("sector", t.sector.clone()),
-        ("status", t.status.clone()),
+        ("sector", sector(t.sector).to_string()),
+        ("status", status(t.status).to_string()),
         ("reason", t.status_reason.clone()),
         ("server", t.server.clone()),
         ("database", t.database.clone()),

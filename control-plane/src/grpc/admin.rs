@@ -18,7 +18,9 @@ use crate::rotation::Rotator;
 use crate::tokens::{Grant, Minted, Minter};
 use caller_auth::Kind;
 use proto::control::v1 as pb;
+use proto::model::{FromWire, ToWire};
 use std::time::Duration;
+use tenant_model::Sector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status as GrpcStatus};
@@ -204,7 +206,7 @@ fn new_tenant(req: pb::CreateTenantRequest) -> Result<NewTenant, Error> {
     Ok(NewTenant {
         slug: Slug::parse(&req.slug)?,
         name: model::tenant_name(&req.name)?,
-        sector: model::sector(&req.sector)?,
+        sector: Sector::from_wire("sector", req.sector).map_err(Error::from)?,
         phone_number_id: non_empty(req.phone_number_id)
             .map(|p| model::phone_number_id(&p))
             .transpose()?,
@@ -224,8 +226,8 @@ fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
         id: t.id,
         slug: t.slug.clone(),
         name: t.name.clone(),
-        sector: t.sector.as_str().to_string(),
-        status: t.status.as_str().to_string(),
+        sector: t.sector.to_wire(),
+        status: t.status.to_wire(),
         server: t.server_name.clone(),
         database: t.database.clone(),
         role: t.role.clone(),
@@ -298,7 +300,7 @@ fn migrate_event(e: FleetEvent) -> pb::MigrateEvent {
         }),
         FleetEvent::Tenant(t) => Event::Tenant(pb::TenantMigrationResult {
             slug: t.slug,
-            outcome: t.outcome.to_string(),
+            outcome: t.outcome.to_wire(),
             schema_version: t.versions.0,
             sector_schema_version: t.versions.1,
             applied: t.applied,
@@ -366,10 +368,7 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         self.actor(&request, Role::Viewer, "tenant.list").await?;
         let req = request.into_inner();
         let filter = TenantFilter {
-            status: non_empty(req.status)
-                .map(|s| Status::parse(&s))
-                .transpose()
-                .map_err(Error::from)?,
+            status: proto::model::optional::<Status>("status", req.status).map_err(Error::from)?,
             server: non_empty(req.server)
                 .map(|s| model::server_name(&s))
                 .transpose()?,

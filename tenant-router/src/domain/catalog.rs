@@ -4,6 +4,7 @@ use super::{after_id, next_token, page_size, text};
 use crate::error::RouterError;
 use crate::pools::PgConn;
 use proto::domain::v1 as pb;
+use tenant_model::Sector;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
@@ -17,13 +18,13 @@ pub enum Attributes {
 }
 
 impl Attributes {
-    /// The attribute kind of a sector (as the route names it).
-    pub fn of_sector(sector: &str) -> Attributes {
+    /// The attribute kind of a sector.
+    pub fn of_sector(sector: Sector) -> Attributes {
         match sector {
-            "veiculos" => Attributes::Vehicle,
-            "imoveis" => Attributes::Property,
-            "autopecas" | "varejo" => Attributes::Product,
-            _ => Attributes::None,
+            Sector::Veiculos => Attributes::Vehicle,
+            Sector::Imoveis => Attributes::Property,
+            Sector::Autopecas | Sector::Varejo => Attributes::Product,
+            Sector::Servicos => Attributes::None,
         }
     }
 }
@@ -141,7 +142,7 @@ fn db(e: tokio_postgres::Error) -> RouterError {
 /// Full-text search with price filters, by id.
 pub async fn search(
     c: &mut PgConn,
-    sector: &str,
+    sector: Sector,
     req: pb::SearchItemsRequest,
 ) -> Result<pb::SearchItemsResponse, RouterError> {
     let a = Attributes::of_sector(sector);
@@ -185,7 +186,7 @@ pub async fn search(
 /// One item by id or SKU.
 pub async fn get(
     c: &mut PgConn,
-    sector: &str,
+    sector: Sector,
     req: pb::GetItemRequest,
 ) -> Result<pb::CatalogItem, RouterError> {
     let a = Attributes::of_sector(sector);
@@ -231,7 +232,7 @@ fn non_negative(v: i32, field: &str) -> Result<Option<i32>, RouterError> {
 /// Creates or updates an item (by SKU) and its sector attributes, in one transaction.
 pub async fn upsert(
     c: &mut PgConn,
-    sector: &str,
+    sector: Sector,
     req: pb::UpsertItemRequest,
 ) -> Result<pb::CatalogItem, RouterError> {
     use pb::catalog_item::Attributes as A;

@@ -1,9 +1,10 @@
 //! Conversations and their messages.
 
-use super::{after_id, id, ms, next_token, page_size, text};
+use super::{after_id, filter, id, ms, next_token, page_size, required, text, wire};
 use crate::error::RouterError;
 use crate::pools::PgConn;
 use proto::domain::v1 as pb;
+use tenant_model::{ConversationStatus, MessageDirection, MessageStatus};
 use tokio_postgres::Row;
 
 macro_rules! conv_cols {
@@ -31,7 +32,7 @@ fn conversation(row: &Row) -> pb::Conversation {
     pb::Conversation {
         id: row.get(0),
         lead_id: row.get(1),
-        status: row.get(2),
+        status: wire(row.get(2), ConversationStatus::parse),
         channel: row.get(3),
         unread: row.get(4),
         opened_at_ms: row.get(5),
@@ -44,10 +45,10 @@ fn message(row: &Row) -> pb::Message {
         id: row.get(0),
         conversation_id: row.get(1),
         wamid: row.get(2),
-        direction: row.get(3),
+        direction: wire(row.get(3), MessageDirection::parse),
         r#type: row.get(4),
         body: row.get(5),
-        status: row.get(6),
+        status: wire(row.get(6), MessageStatus::parse),
         sent_at_ms: row.get(7),
     }
 }
@@ -104,15 +105,8 @@ pub async fn list(
     } else {
         Some(id(req.lead_id, "lead_id")?)
     };
-    let status: Option<&str> = match req.status.as_str() {
-        "" => None,
-        s @ ("aberta" | "fechada") => Some(s),
-        other => {
-            return Err(RouterError::InvalidArgument(format!(
-                "invalid conversation status {other:?}: aberta or fechada"
-            )))
-        }
-    };
+    let status =
+        filter::<ConversationStatus>(req.status, "status")?.map(ConversationStatus::as_str);
     let stmt = c
         .prepare(concat!(
             "SELECT ",
@@ -142,14 +136,7 @@ pub async fn append(
     req: pb::AppendMessageRequest,
 ) -> Result<pb::Message, RouterError> {
     let conv = id(req.conversation_id, "conversation_id")?;
-    let direction = match req.direction.as_str() {
-        d @ ("entrada" | "saida") => d,
-        other => {
-            return Err(RouterError::InvalidArgument(format!(
-                "invalid direction {other:?}: entrada or saida"
-            )))
-        }
-    };
+    let direction = required::<MessageDirection>(req.direction, "direction")?.as_str();
     let body = text(&req.body, "body", 65_536)?;
     let kind = if req.r#type.is_empty() {
         "text".to_string()

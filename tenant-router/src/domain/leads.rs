@@ -1,20 +1,12 @@
 //! Leads: people who wrote to (or were contacted by) the tenant on WhatsApp.
 
-use super::{after_id, id, ms, next_token, page_size, text};
+use super::{after_id, filter, id, ms, next_token, page_size, required, text, wire};
 use crate::error::RouterError;
 use crate::pools::PgConn;
 use proto::domain::v1 as pb;
+use tenant_model::LeadStatus;
 use tokio_postgres::Row;
 use whatsapp_ingest::phone::canonical_wa_id;
-
-/// Lead statuses the schema accepts.
-pub const STATUSES: [&str; 5] = [
-    "novo",
-    "em_atendimento",
-    "qualificado",
-    "convertido",
-    "perdido",
-];
 
 macro_rules! lead_cols {
     () => {
@@ -33,7 +25,7 @@ fn lead(row: &Row) -> pb::Lead {
         wa_id: row.get(1),
         wa_id_raw: row.get(2),
         name: row.get(3),
-        status: row.get(4),
+        status: wire(row.get(4), LeadStatus::parse),
         source: row.get(5),
         tags: row.get(6),
         created_at_ms: row.get(7),
@@ -43,15 +35,6 @@ fn lead(row: &Row) -> pb::Lead {
 
 fn db(e: tokio_postgres::Error) -> RouterError {
     RouterError::from_db(&e)
-}
-
-fn status(s: &str) -> Result<&str, RouterError> {
-    STATUSES.iter().find(|v| **v == s).copied().ok_or_else(|| {
-        RouterError::InvalidArgument(format!(
-            "invalid lead status {s:?}: expected one of {}",
-            STATUSES.join(", ")
-        ))
-    })
 }
 
 /// Creates or updates the lead with this phone's canonical WhatsApp id.
@@ -135,11 +118,7 @@ pub async fn list(
 ) -> Result<pb::ListLeadsResponse, RouterError> {
     let limit = page_size(req.page_size)?;
     let after = after_id(&req.page_token)?;
-    let st: Option<&str> = if req.status.is_empty() {
-        None
-    } else {
-        Some(status(&req.status)?)
-    };
+    let st = filter::<LeadStatus>(req.status, "status")?.map(LeadStatus::as_str);
     let stmt = c
         .prepare(concat!(
             "SELECT ",
@@ -168,7 +147,7 @@ pub async fn update_status(
     req: pb::UpdateLeadStatusRequest,
 ) -> Result<pb::Lead, RouterError> {
     let i = id(req.id, "id")?;
-    let st = status(&req.status)?;
+    let st = required::<LeadStatus>(req.status, "status")?.as_str();
     let stmt = c
         .prepare(concat!(
             "UPDATE leads SET status = $2, atualizado_em = now() WHERE id = $1 RETURNING ",

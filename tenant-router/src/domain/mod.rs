@@ -6,6 +6,7 @@ pub mod conversations;
 pub mod leads;
 
 use crate::error::RouterError;
+use proto::model::{FromWire, ToWire};
 
 /// Default and largest page sizes.
 pub const DEFAULT_PAGE: i64 = 20;
@@ -29,6 +30,22 @@ pub fn after_id(token: &str) -> Result<i64, RouterError> {
 
 /// The token of the page after one ending at `last_id` (empty when there is none).
 pub use tenant_model::next_page_token as next_token;
+
+/// A schema spelling read from a tenant database, as its proto enum number (0,
+/// unspecified, for a spelling the schema's CHECK constraints would never let in).
+pub fn wire<T: ToWire>(spelled: &str, parse: fn(&str) -> Result<T, tenant_model::Invalid>) -> i32 {
+    parse(spelled).map_or(0, ToWire::to_wire)
+}
+
+/// A required enum field of a request, named in the error.
+pub fn required<T: FromWire>(raw: i32, field: &str) -> Result<T, RouterError> {
+    Ok(T::from_wire(field, raw)?)
+}
+
+/// An optional enum filter of a request (unspecified: no filter).
+pub fn filter<T: FromWire>(raw: i32, field: &str) -> Result<Option<T>, RouterError> {
+    Ok(proto::model::optional(field, raw)?)
+}
 
 /// A required positive id field.
 pub fn id(value: i64, field: &str) -> Result<i64, RouterError> {

@@ -17,7 +17,7 @@ use caller_auth::{Claims, Kind, Verifier};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenant_model::TenantKey;
+use tenant_model::{Sector, TenantKey, TenantStatus};
 use tokio_util::task::TaskTracker;
 use tonic::metadata::MetadataMap;
 use tracing::Instrument;
@@ -40,7 +40,7 @@ pub struct CallContext {
 
 /// A tenant-scoped operation on one connection: `(connection, tenant sector, request)`.
 pub type Op<T, R> = Box<
-    dyn for<'c> FnOnce(&'c mut PgConn, &'c str, T) -> BoxFuture<'c, Result<R, RouterError>> + Send,
+    dyn for<'c> FnOnce(&'c mut PgConn, Sector, T) -> BoxFuture<'c, Result<R, RouterError>> + Send,
 >;
 
 impl CallContext {
@@ -106,7 +106,7 @@ impl CallContext {
             return Err(denied());
         }
         tracing::Span::current().record("tenant", route.slug.as_str());
-        check_status(&route.status)?;
+        check_status(cached.status)?;
         let mut conn = match self.pools.get(route, deadline).await {
             Ok(c) => c,
             Err(GetError::Auth) => {
@@ -114,7 +114,7 @@ impl CallContext {
                 tracing::info!("tenant database refused cached credentials; refetching the route");
                 self.pools.invalidate(route.tenant_id).await;
                 cached = self.routes.refetch(&key).await?;
-                check_status(&cached.route.status)?;
+                check_status(cached.status)?;
                 match self.pools.get(&cached.route, deadline).await {
                     Ok(c) => c,
                     Err(GetError::Auth) => {
@@ -134,8 +134,7 @@ impl CallContext {
             cancel: Some(conn.canceller()),
             tasks: self.tasks.clone(),
         };
-        let sector = cached.route.sector.clone();
-        match tokio::time::timeout(remaining, op(&mut conn, &sector, message)).await {
+        match tokio::time::timeout(remaining, op(&mut conn, cached.sector, message)).await {
             Ok(result) => {
                 guard.cancel = None;
                 result
@@ -200,13 +199,13 @@ fn tenant_key(meta: &MetadataMap) -> Result<TenantKey, RouterError> {
     Ok(TenantKey::parse(raw)?)
 }
 
-fn check_status(status: &str) -> Result<(), RouterError> {
+fn check_status(status: TenantStatus) -> Result<(), RouterError> {
     match status {
-        "active" => Ok(()),
-        "suspended" => Err(RouterError::FailedPrecondition(
+        TenantStatus::Active => Ok(()),
+        TenantStatus::Suspended => Err(RouterError::FailedPrecondition(
             "tenant is suspended".into(),
         )),
-        "deleted" => Err(RouterError::TenantNotFound),
+        TenantStatus::Deleted => Err(RouterError::TenantNotFound),
         other => Err(RouterError::FailedPrecondition(format!(
             "tenant is {other}, not active"
         ))),
@@ -271,9 +270,9 @@ mod tests {
             assert!(tenant_key(&meta(&[("x-tenant", bad)])).is_err(), "{bad}");
         }
         assert!(tenant_key(&meta(&[])).is_err());
-        assert!(check_status("active").is_ok());
+        assert!(check_status(TenantStatus::Active).is_ok());
         assert!(matches!(
-            check_status("suspended"),
+            check_status(TenantStatus::Suspended),
             Err(RouterError::FailedPrecondition(_))
         ));
     }

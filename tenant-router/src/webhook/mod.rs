@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenant_model::{DeadLetterKind, PhoneNumberId, Slug, TenantKey, WebhookSource};
+use tenant_model::{DeadLetterKind, PhoneNumberId, Slug, TenantKey, TenantStatus, WebhookSource};
 use whatsapp_ingest::{evolution, meta, store};
 
 /// What a delivery is answered with.
@@ -132,7 +132,7 @@ impl Webhooks {
             reason: "",
         };
         let route = match route {
-            Ok(r) if r.route.status == "active" => r,
+            Ok(r) if r.status == TenantStatus::Active => r,
             Ok(r) => {
                 // Kept for the tenant, replayed when it is resumed; answered 200.
                 let kind = DeadLetterKind::TenantSuspended;
@@ -298,7 +298,7 @@ impl Webhooks {
                 return Answer::BadRequest;
             }
         };
-        if route.route.status != "active" {
+        if route.status != TenantStatus::Active {
             // Keep what a suspended tenant receives rather than lose it.
             let letter = Unroutable {
                 source: WebhookSource::Evolution,

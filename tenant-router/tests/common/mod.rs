@@ -182,7 +182,10 @@ impl Plane {
             .create_tenant(self.admin_req(cp::CreateTenantRequest {
                 slug: slug.into(),
                 name: format!("Empresa {slug}"),
-                sector: sector.into(),
+                sector: {
+                    use proto::model::ToWire;
+                    tenant_model::Sector::parse(sector).unwrap().to_wire()
+                },
                 server: server.into(),
                 ..Default::default()
             }))
