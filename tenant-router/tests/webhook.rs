@@ -1184,3 +1184,114 @@ async fn deliveries_kept_while_suspended_are_stored_on_resume_once() {
         i64::from(sent) + 1
     );
 }
+
+/// Whether each path of `router` sees `slug` as active: a gRPC call succeeds (else it is
+/// refused as suspended), and a new signed delivery lands in its database (else it was
+/// kept aside as a dead letter).
+async fn paths_active(
+    router: &Router,
+    slug: &str,
+    phone: &str,
+    db: &str,
+    seq: &std::sync::atomic::AtomicU32,
+) -> (bool, bool) {
+    use proto::domain::v1::{leads_client::LeadsClient, ListLeadsRequest};
+    let token = common::caller_token(vec![], true, 600);
+    let grpc = match LeadsClient::new(router.channel().await)
+        .list_leads(common::call(ListLeadsRequest::default(), slug, &token))
+        .await
+    {
+        Ok(_) => true,
+        Err(e) if e.code() == tonic::Code::FailedPrecondition => false,
+        Err(e) => panic!("unexpected answer: {e:?}"),
+    };
+    let wamid = format!(
+        "wamid.P{}",
+        seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let body = delivery(
+        phone,
+        json!([text_msg(&wamid, "551187654321", "oi")]),
+        json!([]),
+    );
+    assert_eq!(post(router, &body).await, 200);
+    let landed = count(
+        pg_harness::shared(),
+        db,
+        &format!("SELECT count(*) FROM mensagens WHERE wamid = '{wamid}'"),
+    )
+    .await
+        == 1;
+    (grpc, landed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_both_paths_of_every_router() {
+    let pg = pg_harness::shared();
+    let s = setup("wh-lima", "900000012", pg).await;
+    let second = Router::start(
+        &s.plane,
+        &[
+            ("TENANT_ROUTER__WEBHOOK__APP_SECRET", APP_SECRET),
+            ("TENANT_ROUTER__WEBHOOK__VERIFY_TOKEN", VERIFY_TOKEN),
+        ],
+    )
+    .await;
+    let db = s.plane.database_of("wh-lima").await;
+    let seq = std::sync::atomic::AtomicU32::new(0);
+    let routers = [&s.router, &second];
+    let all_paths = |want: bool| {
+        let (db, seq) = (db.as_str(), &seq);
+        async move {
+            for r in routers {
+                let (grpc, webhook) = paths_active(r, "wh-lima", "900000012", db, seq).await;
+                if grpc != want || webhook != want {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+    assert!(
+        all_paths(true).await,
+        "both routers serve the tenant on both paths"
+    );
+    s.plane.suspend("wh-lima").await;
+    assert!(
+        eventually(Duration::from_secs(5), || all_paths(false)).await,
+        "a suspension reaches the gRPC and webhook paths of both routers"
+    );
+    s.plane.resume("wh-lima").await;
+    assert!(
+        eventually(Duration::from_secs(5), || all_paths(true)).await,
+        "a resumption reaches both paths of both routers"
+    );
+    // A credential rotation: both paths of both routers move to the new login before the
+    // old one is disabled, and keep working after.
+    let old_role = s.plane.role_of("wh-lima").await;
+    s.plane.rotate("wh-lima").await;
+    let disabled = eventually(Duration::from_secs(20), || async {
+        s.plane.role_of("wh-lima").await != old_role && !login_works(pg, &old_role).await
+    })
+    .await;
+    assert!(disabled, "the previous login was disabled");
+    assert!(
+        all_paths(true).await,
+        "after the old login is disabled, both paths of both routers still serve the tenant"
+    );
+}
+
+/// Whether `role` still has a password (a rotation removes the previous login role's once
+/// its grace period is over, so nothing can log in as it).
+async fn login_works(pg: &pg_harness::PgServer, role: &str) -> bool {
+    pg.connect("postgres")
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT rolpassword IS NOT NULL FROM pg_authid WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
