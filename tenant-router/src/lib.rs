@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod path;
 pub mod pools;
 pub mod revocations;
 pub mod routes;

@@ -79,6 +79,11 @@ pub async fn run(
         Box::pin(async move { pools.invalidate(tenant).await })
     });
     tasks.spawn(Arc::clone(&routes).watch(on_change, cancel.child_token()));
+    let path = Arc::new(crate::path::TenantPath::new(
+        Arc::clone(&routes),
+        Arc::clone(&pools),
+        tasks.clone(),
+    ));
     tasks.spawn(Arc::clone(&pools).maintain(cancel.child_token()));
     tasks.spawn(http::serve(
         http_listener,
@@ -90,8 +95,7 @@ pub async fn run(
             routes: Arc::clone(&routes),
             webhooks: config.webhook.clone().map(|cfg| crate::webhook::Webhooks {
                 cfg,
-                routes: Arc::clone(&routes),
-                pools: Arc::clone(&pools),
+                path: Arc::clone(&path),
                 metrics: Arc::clone(&metrics),
             }),
         }),
@@ -99,11 +103,9 @@ pub async fn run(
     ));
 
     let ctx = Arc::new(CallContext {
-        routes: Arc::clone(&routes),
-        pools: Arc::clone(&pools),
+        path: Arc::clone(&path),
         tokens: verifier,
         metrics,
-        tasks: tasks.clone(),
         default_deadline: Duration::from_millis(config.pools.default_deadline_ms),
     });
     let (health_reporter, health) = tonic_health::server::health_reporter();

@@ -1,9 +1,10 @@
 //! gRPC side: the call pipeline every domain method goes through, and the services.
 //!
 //! A call: deadline (the caller's `grpc-timeout`, else the default) -> bearer token ->
-//! `x-tenant` -> grant check -> route (cache) -> tenant status -> connection (pool cache,
-//! server budget; an authentication failure refetches the route and retries once) -> the
-//! query, cancelled on the server if it outlives the deadline.
+//! `x-tenant` (a typed key: slug or id in its one spelling) -> grant check -> the tenant
+//! path shared with webhooks (`path`: route, status, connection with one refetch-and-retry
+//! after an authentication failure, the query cancelled on the server if it outlives the
+//! deadline or the caller).
 
 mod services;
 
@@ -11,29 +12,25 @@ pub use services::{CatalogService, ConversationsService, LeadsService};
 
 use crate::error::RouterError;
 use crate::metrics::Metrics;
-use crate::pools::{Canceller, GetError, PgConn, Pools};
-use crate::routes::{RouteCache, RouteKey};
+use crate::path::TenantPath;
+use crate::pools::PgConn;
+use crate::routes::RouteKey;
 use caller_auth::{Claims, Kind, Verifier};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenant_model::{Sector, TenantKey, TenantStatus};
-use tokio_util::task::TaskTracker;
+use tenant_model::{Sector, TenantKey};
 use tonic::metadata::MetadataMap;
 use tracing::Instrument;
 
 /// Everything a call needs, shared by the services.
 pub struct CallContext {
-    /// Tenant routes.
-    pub routes: Arc<RouteCache>,
-    /// Tenant pools and server budgets.
-    pub pools: Arc<Pools>,
+    /// Routes, status, pools: the way to a tenant's database.
+    pub path: Arc<TenantPath>,
     /// Verifies callers' tokens (public key only).
     pub tokens: Verifier,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Owns the query-cancel tasks spawned at deadlines.
-    pub tasks: TaskTracker,
     /// Deadline of calls that carry none.
     pub default_deadline: Duration,
 }
@@ -96,51 +93,19 @@ impl CallContext {
                 return Err(denied());
             }
         }
-        let key = RouteKey::Tenant(key);
-        let mut cached = match self.routes.get(&key).await {
+        let cached = match self.path.route(&RouteKey::Tenant(key)).await {
             Err(RouterError::TenantNotFound) if !claims.all => return Err(denied()),
             other => other?,
         };
-        let route = &cached.route;
-        if !claims.grants(route.tenant_id) {
+        if !claims.grants(cached.route.tenant_id) {
             return Err(denied());
         }
-        tracing::Span::current().record("tenant", route.slug.as_str());
-        check_status(cached.status)?;
-        let mut conn = match self.pools.get(route, deadline).await {
-            Ok(c) => c,
-            Err(GetError::Auth) => {
-                // Credentials rotated or tenant moved: drop what we knew and retry once.
-                tracing::info!("tenant database refused cached credentials; refetching the route");
-                self.pools.invalidate(route.tenant_id).await;
-                cached = self.routes.refetch(&key).await?;
-                check_status(cached.status)?;
-                match self.pools.get(&cached.route, deadline).await {
-                    Ok(c) => c,
-                    Err(GetError::Auth) => {
-                        return Err(RouterError::Unavailable(
-                            "tenant database refused the stored credentials".into(),
-                        ))
-                    }
-                    Err(GetError::Other(e)) => return Err(e),
-                }
-            }
-            Err(GetError::Other(e)) => return Err(e),
-        };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        // Cancels the query on the server if this call ends before it does: at our deadline,
-        // or when the caller goes away first (the whole call future is then dropped).
-        let mut guard = CancelOnDrop {
-            cancel: Some(conn.canceller()),
-            tasks: self.tasks.clone(),
-        };
-        match tokio::time::timeout(remaining, op(&mut conn, cached.sector, message)).await {
-            Ok(result) => {
-                guard.cancel = None;
-                result
-            }
-            Err(_) => Err(RouterError::DeadlineExceeded),
-        }
+        tracing::Span::current().record("tenant", cached.route.slug.as_str());
+        self.path
+            .run(cached, deadline, async move |conn, sector| {
+                op(conn, sector, message).await
+            })
+            .await
     }
 
     fn authenticate(&self, meta: &MetadataMap) -> Result<Claims, RouterError> {
@@ -158,31 +123,15 @@ impl CallContext {
             .tokens
             .verify(token, Kind::Caller)
             .map_err(|e| RouterError::Unauthenticated(e.to_string()))?;
-        if !self.routes.revocations.loaded() {
+        if !self.path.routes.revocations.loaded() {
             return Err(RouterError::Unavailable(
                 "token revocations not loaded yet (control plane unreachable)".into(),
             ));
         }
-        if self.routes.revocations.is_revoked(&claims.jti) {
+        if self.path.routes.revocations.is_revoked(&claims.jti) {
             return Err(RouterError::Unauthenticated("token revoked".into()));
         }
         Ok(claims)
-    }
-}
-
-/// Sends a cancel request for the connection's running query when dropped while armed.
-struct CancelOnDrop {
-    cancel: Option<Canceller>,
-    tasks: TaskTracker,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(cancel) = self.cancel.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                self.tasks.spawn(cancel.cancel());
-            }
-        }
     }
 }
 
@@ -197,19 +146,6 @@ fn tenant_key(meta: &MetadataMap) -> Result<TenantKey, RouterError> {
     // One spelling per id (no leading zeros, signs or spaces): each other spelling would
     // be a cache key of its own that changes never reach.
     Ok(TenantKey::parse(raw)?)
-}
-
-fn check_status(status: TenantStatus) -> Result<(), RouterError> {
-    match status {
-        TenantStatus::Active => Ok(()),
-        TenantStatus::Suspended => Err(RouterError::FailedPrecondition(
-            "tenant is suspended".into(),
-        )),
-        TenantStatus::Deleted => Err(RouterError::TenantNotFound),
-        other => Err(RouterError::FailedPrecondition(format!(
-            "tenant is {other}, not active"
-        ))),
-    }
 }
 
 /// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`).
@@ -270,10 +206,5 @@ mod tests {
             assert!(tenant_key(&meta(&[("x-tenant", bad)])).is_err(), "{bad}");
         }
         assert!(tenant_key(&meta(&[])).is_err());
-        assert!(check_status(TenantStatus::Active).is_ok());
-        assert!(matches!(
-            check_status(TenantStatus::Suspended),
-            Err(RouterError::FailedPrecondition(_))
-        ));
     }
 }

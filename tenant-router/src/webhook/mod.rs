@@ -1,15 +1,20 @@
-//! WhatsApp (Meta Cloud API) webhooks: the verification handshake and deliveries.
+//! WhatsApp webhooks (Meta Cloud API and Evolution API): the verification handshake and
+//! deliveries.
 //!
-//! A delivery: body limit -> `X-Hub-Signature-256` (HMAC-SHA256 of the raw bytes, constant
-//! time) -> parse every entry, change, message and status -> per business phone number: the
-//! tenant (route cache by `phone_number_id`), then one transaction in its database. Unknown
-//! numbers become dead letters in the control database. A tenant database that is down or
-//! too slow makes the answer 500 so Meta retries; deduplication by `wamid` makes that safe.
+//! A delivery: body limit -> authentication (Meta: `X-Hub-Signature-256`, HMAC-SHA256 of
+//! the raw bytes, constant time; Evolution: the tenant's token) -> parse every entry,
+//! change, message and status (`whatsapp_ingest`) -> per business number: the tenant by a
+//! typed route key, then the same path to its database as gRPC calls (`path`: status,
+//! pool, refetch after an authentication failure, deadline, cancel on drop) and one
+//! statement or transaction there. Unknown numbers and suspended tenants become dead
+//! letters in the control database; items that can never be stored too, with their reason.
+//! A tenant database that is down or too slow makes the answer 500 so Meta retries;
+//! deduplication by `wamid` makes that safe.
 
 use crate::error::RouterError;
 use crate::metrics::Metrics;
-use crate::pools::{GetError, Pools};
-use crate::routes::{RouteCache, RouteKey, Unroutable};
+use crate::path::TenantPath;
+use crate::routes::{RouteKey, Unroutable};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::sync::Arc;
@@ -34,8 +39,8 @@ pub enum Answer {
 /// The webhook handler's dependencies.
 pub struct Webhooks {
     pub cfg: crate::config::Webhook,
-    pub routes: Arc<RouteCache>,
-    pub pools: Arc<Pools>,
+    /// The way to a tenant's database (the same as gRPC calls take).
+    pub path: Arc<TenantPath>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -120,7 +125,7 @@ impl Webhooks {
         deadline: Instant,
     ) -> Result<(), RouterError> {
         let route = match PhoneNumberId::parse(phone) {
-            Ok(p) => self.routes.get(&RouteKey::Phone(p)).await,
+            Ok(p) => self.path.route(&RouteKey::Phone(p)).await,
             Err(_) => Err(RouterError::TenantNotFound),
         };
         let letter = |kind, tenant_id| Unroutable {
@@ -149,7 +154,7 @@ impl Webhooks {
             Err(e) => return Err(e),
         };
         self.store_for(
-            &route,
+            route,
             WebhookSource::Meta,
             phone,
             batch.normalize(),
@@ -162,7 +167,7 @@ impl Webhooks {
     /// (the source's quota is full) is logged and answered like kept, so the sender does
     /// not retry into a full quota.
     async fn dead_letter(&self, letter: Unroutable<'_>) -> Result<(), RouterError> {
-        let kept = self.routes.record_unroutable(letter).await?;
+        let kept = self.path.routes.record_unroutable(letter).await?;
         if !kept {
             tracing::warn!(source = %letter.source, "dead-letter quota full: delivery dropped");
         }
@@ -177,7 +182,7 @@ impl Webhooks {
     /// that can never be stored become dead letters with their reason.
     async fn store_for(
         &self,
-        route: &crate::routes::CachedRoute,
+        route: Arc<crate::routes::CachedRoute>,
         source: WebhookSource,
         phone: &str,
         batch: whatsapp_ingest::Batch,
@@ -197,58 +202,29 @@ impl Webhooks {
             })
             .await?;
         }
-        let mut conn = match self.pools.get(&route.route, deadline).await {
-            Ok(c) => c,
-            Err(GetError::Auth) => {
-                // Credentials rotated or tenant moved: refetch the route and retry once, as
-                // the gRPC path does.
-                self.pools.invalidate(route.route.tenant_id).await;
-                let fresh = self
-                    .routes
-                    .refetch(&RouteKey::id(route.route.tenant_id)?)
-                    .await?;
-                match self.pools.get(&fresh.route, deadline).await {
-                    Ok(c) => c,
-                    Err(GetError::Auth) => {
-                        return Err(RouterError::Unavailable(
-                            "tenant database refused the stored credentials".into(),
-                        ))
-                    }
-                    Err(GetError::Other(e)) => return Err(e),
-                }
-            }
-            Err(GetError::Other(e)) => return Err(e),
-        };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let cancel = conn.canceller();
-        let stored = async {
-            let [ingest, status] = store::Statements::SQL;
-            let stmts = store::Statements {
-                ingest: conn.prepare(ingest).await?,
-                status: conn.prepare(status).await?,
-            };
-            store::store(&mut conn.client, &stmts, &batch).await
-        };
-        match tokio::time::timeout(remaining, stored).await {
-            Ok(Ok(stored)) => {
-                let m = &self.metrics.webhook_items;
-                m.with_label_values(&["message"])
-                    .inc_by(u64::from(stored.messages));
-                m.with_label_values(&["duplicate"])
-                    .inc_by(u64::from(stored.duplicates));
-                m.with_label_values(&["status"])
-                    .inc_by(u64::from(stored.statuses));
-                m.with_label_values(&["skipped"])
-                    .inc_by(u64::from(stored.skipped));
-                Ok(())
-            }
-            Ok(Err(e)) => Err(RouterError::from_db(&e)),
-            Err(_) => {
-                // Too slow: stop it server-side (the transaction rolls back) and ask for a retry.
-                cancel.cancel().await;
-                Err(RouterError::DeadlineExceeded)
-            }
-        }
+        let stored = self
+            .path
+            .run(route, deadline, async |conn, _sector| {
+                let [ingest, status] = store::Statements::SQL;
+                let stmts = store::Statements {
+                    ingest: conn.prepare(ingest).await.map_err(db)?,
+                    status: conn.prepare(status).await.map_err(db)?,
+                };
+                store::store(&mut conn.client, &stmts, &batch)
+                    .await
+                    .map_err(db)
+            })
+            .await?;
+        let m = &self.metrics.webhook_items;
+        m.with_label_values(&["message"])
+            .inc_by(u64::from(stored.messages));
+        m.with_label_values(&["duplicate"])
+            .inc_by(u64::from(stored.duplicates));
+        m.with_label_values(&["status"])
+            .inc_by(u64::from(stored.statuses));
+        m.with_label_values(&["skipped"])
+            .inc_by(u64::from(stored.skipped));
+        Ok(())
     }
 
     /// Handles an Evolution API delivery for `instance` (the tenant's slug), authenticated
@@ -271,8 +247,8 @@ impl Webhooks {
             return unauthorized();
         };
         let route = match self
-            .routes
-            .get(&RouteKey::Tenant(TenantKey::Slug(slug)))
+            .path
+            .route(&RouteKey::Tenant(TenantKey::Slug(slug)))
             .await
         {
             Ok(r) => r,
@@ -315,7 +291,13 @@ impl Webhooks {
         }
         let deadline = started + Duration::from_millis(self.cfg.deadline_ms);
         match self
-            .store_for(&route, WebhookSource::Evolution, "", batch, deadline)
+            .store_for(
+                Arc::clone(&route),
+                WebhookSource::Evolution,
+                "",
+                batch,
+                deadline,
+            )
             .await
         {
             Ok(()) => {
@@ -329,6 +311,10 @@ impl Webhooks {
             }
         }
     }
+}
+
+fn db(e: tokio_postgres::Error) -> RouterError {
+    RouterError::from_db(&e)
 }
 
 fn signature_eq(a: &[u8], b: &[u8]) -> bool {
