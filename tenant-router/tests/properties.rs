@@ -1,6 +1,7 @@
 //! Property tests of what parses untrusted input: whatever bytes arrive, the webhook
-//! parsers, the item rules and phone canonicalisation never panic, and what they accept
-//! obeys their rules.
+//! parsers, the item rules, phone canonicalisation, page tokens, tenant keys and caller
+//! tokens never panic, and what they accept obeys their rules (the same parsers have
+//! cargo-fuzz targets, docs/FUZZING.md).
 #![allow(clippy::unwrap_used)]
 
 use caller_auth::{Claims, Kind, Signer, Verifier};
@@ -83,6 +84,20 @@ proptest! {
             if let Ok(after) = after_id(&probe) {
                 prop_assert!(probe.is_empty() || next_token(true, Some(after)) == probe, "{probe:?}");
             }
+        }
+    }
+
+    #[test]
+    fn tenant_keys_have_one_spelling(id in 1i64..=999_999_999_999_999_999, junk in ".{0,24}") {
+        use tenant_model::TenantKey;
+        prop_assert_eq!(TenantKey::parse(&id.to_string()).unwrap().to_string(), id.to_string());
+        // Other spellings of the same id are refused, and anything accepted prints back as
+        // itself (so no two texts reach one tenant through two cache keys).
+        for refused in [format!("0{id}"), format!("+{id}"), format!(" {id}"), format!("{id} "), format!("-{id}")] {
+            prop_assert!(TenantKey::parse(&refused).is_err(), "{refused:?}");
+        }
+        if let Ok(key) = TenantKey::parse(&junk) {
+            prop_assert_eq!(key.to_string(), junk);
         }
     }
 
