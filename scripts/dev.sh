@@ -137,6 +137,9 @@ key_file = "$TLS/control-plane.key"
 
 [database_tls]
 ca_file = "$TLS/ca.crt"
+
+[backup.store]
+location = "$DEV/backups"
 TOML
 chmod 600 "$DEV/control-plane.toml"
 TOKEN_VERIFYING_KEY="$("$CP" --config "$DEV/control-plane.toml" --print-verifying-key)"

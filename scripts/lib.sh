@@ -41,3 +41,11 @@ require_tool() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >&2
 }
+
+# Makes sure s3s-fs (an S3-compatible server keeping objects as files; the backup tests
+# use it) is installed, from crates.io when missing.
+require_s3s_fs() {
+  command -v s3s-fs >/dev/null 2>&1 && return 0
+  echo "s3s-fs not found; installing it from crates.io" >&2
+  cargo install s3s-fs --locked --version 0.14.1 --features binary >&2
+}

@@ -52,6 +52,85 @@ pub struct Config {
     /// Fleet migration settings.
     #[serde(default)]
     pub fleet: Fleet,
+    /// Backups: where they go and how they are taken.
+    #[serde(default)]
+    pub backup: Backup,
+}
+
+/// Backup settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    /// The backup store.
+    #[serde(default)]
+    pub store: BackupStore,
+    /// Where the PostgreSQL client tools of each server version are; `{major}` is replaced
+    /// by the tenant server's major version (pg_dump must match it; without `{major}`, one
+    /// directory serves every server).
+    #[serde(default = "defaults::pg_bin_dir")]
+    pub pg_bin_dir: String,
+    /// Backups running at once, overall.
+    #[serde(default = "defaults::backup_concurrency")]
+    pub concurrency: usize,
+    /// Backups running at once on one database server (they never starve its traffic).
+    #[serde(default = "defaults::backup_per_server")]
+    pub per_server: usize,
+    /// A running backup whose replica has been silent this long (it died) is marked
+    /// abandoned, in seconds; replicas check this often.
+    #[serde(default = "defaults::backup_stale_after_secs")]
+    pub stale_after_secs: u64,
+}
+
+impl Default for Backup {
+    fn default() -> Self {
+        Backup {
+            store: BackupStore::default(),
+            pg_bin_dir: defaults::pg_bin_dir(),
+            concurrency: defaults::backup_concurrency(),
+            per_server: defaults::backup_per_server(),
+            stale_after_secs: defaults::backup_stale_after_secs(),
+        }
+    }
+}
+
+/// Where backup objects go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupStore {
+    /// A local directory (`/path` or `file:///path`), or `s3://bucket[/prefix]` for any
+    /// S3-compatible service.
+    #[serde(default = "defaults::backup_location")]
+    pub location: String,
+    /// S3: the service's URL (empty: AWS itself).
+    #[serde(default)]
+    pub s3_endpoint: String,
+    #[serde(default = "defaults::s3_region")]
+    pub s3_region: String,
+    /// S3 credentials (empty: taken from the environment, as the AWS tools do).
+    #[serde(default)]
+    pub s3_access_key_id: String,
+    #[serde(default)]
+    pub s3_secret_access_key: String,
+    /// S3: allow `http://` endpoints (local test services only).
+    #[serde(default)]
+    pub s3_allow_http: bool,
+    /// Multipart upload part size in bytes (S3 wants at least 5 MiB).
+    #[serde(default = "defaults::part_size_bytes")]
+    pub part_size_bytes: usize,
+}
+
+impl Default for BackupStore {
+    fn default() -> Self {
+        BackupStore {
+            location: defaults::backup_location(),
+            s3_endpoint: String::new(),
+            s3_region: defaults::s3_region(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: String::new(),
+            s3_allow_http: false,
+            part_size_bytes: defaults::part_size_bytes(),
+        }
+    }
 }
 
 /// Provisioning settings.
@@ -215,6 +294,27 @@ mod defaults {
     pub fn replay_every_secs() -> u64 {
         60
     }
+    pub fn pg_bin_dir() -> String {
+        "/usr/lib/postgresql/{major}/bin".into()
+    }
+    pub fn backup_concurrency() -> usize {
+        4
+    }
+    pub fn backup_per_server() -> usize {
+        1
+    }
+    pub fn backup_stale_after_secs() -> u64 {
+        60
+    }
+    pub fn backup_location() -> String {
+        "backups".into()
+    }
+    pub fn s3_region() -> String {
+        "us-east-1".into()
+    }
+    pub fn part_size_bytes() -> usize {
+        8 << 20
+    }
     pub fn per_source_max_rows() -> u32 {
         100_000
     }
@@ -363,6 +463,18 @@ impl Config {
                     "dead_letters.{name} must be above 0"
                 )));
             }
+        }
+        let b = &self.backup;
+        if b.concurrency == 0 || b.per_server == 0 || b.stale_after_secs < 2 {
+            return Err(ConfigError::Invalid(
+                "backup.concurrency and backup.per_server must be above 0, backup.stale_after_secs at least 2"
+                    .into(),
+            ));
+        }
+        if b.store.part_size_bytes < 5 << 20 || b.store.part_size_bytes > 1 << 30 {
+            return Err(ConfigError::Invalid(
+                "backup.store.part_size_bytes must be between 5 MiB and 1 GiB".into(),
+            ));
         }
         let t = &self.tokens;
         if t.max_ttl_secs == 0 || t.default_ttl_secs == 0 || t.default_ttl_secs > t.max_ttl_secs {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod backup;
 pub mod bootstrap;
 pub mod catalog;
 pub mod cli;

@@ -81,12 +81,14 @@ pub async fn run(
         tasks.clone(),
         cancel.clone(),
         minter,
-    );
+    )
+    .map_err(|e| ServeError::Startup(e.to_string()))?;
     tasks.spawn(
         Rotator::new(catalog.clone(), config.provisioning.clone()).sweep_loop(cancel.child_token()),
     );
     // Also replays at start what a crashed replica left pending.
     tasks.spawn(admin.replayer().run(cancel.child_token()));
+    tasks.spawn(admin.backups().sweep_loop(cancel.child_token()));
     tasks.spawn(prune_dead_letters(
         catalog.clone(),
         config.dead_letters.clone(),

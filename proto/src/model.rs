@@ -4,8 +4,8 @@
 use crate::control::v1 as pb;
 use crate::domain::v1 as dm;
 use tenant_model::{
-    ConversationStatus, DeadLetterKind, Invalid, LeadStatus, MessageDirection, MessageStatus,
-    MigrationOutcome, Sector, TenantStatus, WebhookSource,
+    BackupState, ConversationStatus, DeadLetterKind, Invalid, LeadStatus, MessageDirection,
+    MessageStatus, MigrationOutcome, Sector, TenantStatus, WebhookSource,
 };
 
 /// A proto enum field's number as the model value, or an error naming the field.
@@ -47,6 +47,15 @@ macro_rules! wire_enum {
 }
 
 wire_enum!(WebhookSource, pb::WebhookSource { Meta, Evolution });
+wire_enum!(
+    BackupState,
+    pb::BackupState {
+        Running,
+        Ok,
+        Failed,
+        Abandoned
+    }
+);
 wire_enum!(
     DeadLetterKind,
     pb::DeadLetterKind {
@@ -145,6 +154,7 @@ mod tests {
     #[test]
     fn every_enum_round_trips() {
         round_trip(TenantStatus::ALL);
+        round_trip(BackupState::ALL);
         round_trip(Sector::ALL);
         round_trip(MigrationOutcome::ALL);
         round_trip(LeadStatus::ALL);

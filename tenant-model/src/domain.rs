@@ -55,6 +55,19 @@ spelled!(
 );
 
 spelled!(
+    /// Where a backup attempt stands.
+    BackupState, "backup state" {
+        /// Its object is being written.
+        Running = "running",
+        /// Complete: the object is whole and its checksum recorded.
+        Ok = "ok",
+        Failed = "failed",
+        /// The replica taking it stopped; no object was completed.
+        Abandoned = "abandoned",
+    }
+);
+
+spelled!(
     /// What a fleet run did to one tenant.
     MigrationOutcome, "migration outcome" {
         Migrated = "migrated",

@@ -9,7 +9,8 @@ mod tenant;
 mod webhook;
 
 pub use domain::{
-    ConversationStatus, LeadStatus, MessageDirection, MessageStatus, MigrationOutcome, Sector,
+    BackupState, ConversationStatus, LeadStatus, MessageDirection, MessageStatus, MigrationOutcome,
+    Sector,
 };
 pub use page::{next_page_token, page_after};
 pub use tenant::{Slug, TenantId, TenantKey, TenantStatus};

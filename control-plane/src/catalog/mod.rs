@@ -6,6 +6,7 @@
 //! bumps its `version` and fires `empresas_changed` (a trigger), which is how routers learn
 //! about it.
 
+mod backups;
 mod dead_letters;
 mod identities;
 mod rekey;
@@ -14,6 +15,7 @@ mod runs;
 mod servers;
 mod tenants;
 
+pub use backups::{BackupKind, BackupRecord, NewBackup};
 pub use dead_letters::{DeadLetter, NewDeadLetter, Quota as DeadLetterQuota};
 pub use identities::{AuditRecord, OperatorRecord, TokenRecord};
 pub use rekey::Resealed;

@@ -5,6 +5,7 @@
 //! server); 6 not authenticated; 7 a migration run finished with failed or busy tenants.
 
 mod access;
+mod backups;
 mod output;
 
 use clap::{Args, Parser, Subcommand};
@@ -94,6 +95,14 @@ enum Command {
     /// Routers as identities: each with its own directory credential.
     #[command(subcommand)]
     Router(access::RouterCommand),
+    /// Back up tenants now (encrypted, to the backup store); waits for them.
+    Backup(backups::BackupArgs),
+    /// A tenant's backups, newest first.
+    Backups {
+        tenant: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Rotate tenants' login passwords while routers keep serving.
     Rotate(access::RotateArgs),
     /// Re-seal every stored secret with the current master key (after changing it, with
@@ -571,6 +580,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Operator(cmd) => access::operator(&mut client, cmd, json).await?,
         Command::Router(cmd) => access::router(&mut client, cmd, json).await?,
         Command::Rotate(a) => return access::rotate(&mut client, a, json).await,
+        Command::Backup(a) => return backups::backup(&mut client, a, json).await,
+        Command::Backups { tenant, limit } => {
+            backups::list(&mut client, tenant, limit, json).await?
+        }
         Command::DeadLetters(cmd) => access::dead_letters(&mut client, cmd, json).await?,
         Command::Rekey => {
             let r = client.rekey(pb::RekeyRequest {}).await?.into_inner();

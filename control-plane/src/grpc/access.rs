@@ -3,9 +3,9 @@
 
 use super::admin::{issued, AdminService};
 use crate::auth::{Actor, Role};
-use crate::catalog::{RouterRecord, TenantFilter, TenantRecord};
+use crate::catalog::{RouterRecord, TenantRecord};
 use crate::error::Error;
-use crate::model::{self, Status, TenantKey};
+use crate::model::{self, TenantKey};
 use crate::tokens::{Grant, Minted};
 use caller_auth::Kind;
 use proto::control::v1 as pb;
@@ -183,32 +183,7 @@ impl AdminService {
             .actor(&request, Role::Operator, "tenant.rotate")
             .await?;
         let req = request.into_inner();
-        if req.all != req.tenants.is_empty() {
-            return Err(Error::InvalidArgument(
-                "name tenants to rotate or ask for all of them (not both)".into(),
-            )
-            .into());
-        }
-        let keys = req
-            .tenants
-            .iter()
-            .map(|t| TenantKey::parse(t))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::from)?;
-        let mut tenants = Vec::new();
-        if req.all {
-            tenants = self.catalog.list_tenants(&TenantFilter::default()).await?;
-            tenants.retain(|t| matches!(t.status, Status::Active | Status::Suspended));
-        } else {
-            for key in &keys {
-                let t = self
-                    .catalog
-                    .tenant(key)
-                    .await?
-                    .ok_or_else(|| Error::NotFound("tenant not found".into()))?;
-                tenants.push(t);
-            }
-        }
+        let tenants = self.selected(&req.tenants, req.all, "rotate").await?;
         let (rotated, failed) = self.rotate_all(&actor, tenants, req.owners).await;
         Ok(Response::new(pb::RotateResponse { rotated, failed }))
     }

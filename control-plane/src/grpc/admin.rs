@@ -3,6 +3,7 @@
 
 use super::directory::async_stream;
 use crate::auth::{self, Actor, Role};
+use crate::backup::Backups;
 use crate::catalog::{
     Catalog, NewServer, NewTenant, OperatorRecord, ServerRecord, TenantFilter, TenantRecord,
     TokenRecord,
@@ -30,12 +31,13 @@ pub struct AdminService {
     pub(super) catalog: Catalog,
     provisioner: Provisioner,
     fleet: Fleet,
-    tasks: TaskTracker,
+    pub(super) tasks: TaskTracker,
     shutdown: CancellationToken,
     pub(super) connect_timeout: Duration,
     pub(super) minter: Minter,
     pub(super) rotator: Rotator,
     pub(super) replayer: Replayer,
+    pub(super) backups: Backups,
 }
 
 impl AdminService {
@@ -47,8 +49,9 @@ impl AdminService {
         tasks: TaskTracker,
         shutdown: CancellationToken,
         minter: Minter,
-    ) -> AdminService {
-        AdminService {
+    ) -> Result<AdminService, Error> {
+        Ok(AdminService {
+            backups: Backups::new(catalog.clone(), config)?,
             provisioner: Provisioner::new(catalog.clone(), config.provisioning.clone()),
             fleet: Fleet::new(
                 catalog.clone(),
@@ -66,7 +69,12 @@ impl AdminService {
             tasks,
             shutdown,
             minter,
-        }
+        })
+    }
+
+    /// Backups (their stale-row sweep runs beside the server).
+    pub fn backups(&self) -> Backups {
+        self.backups.clone()
     }
 
     /// The dead-letter replayer (its sweep loop runs beside the server).
@@ -105,7 +113,32 @@ impl AdminService {
         Ok(Response::new(tenant_pb(&t)))
     }
 
-    async fn tenant(&self, raw: &str) -> Result<TenantRecord, Error> {
+    /// The tenants a request names, or every active or suspended one for `all` (one of
+    /// the two, never both).
+    pub(super) async fn selected(
+        &self,
+        names: &[String],
+        all: bool,
+        what: &str,
+    ) -> Result<Vec<TenantRecord>, Error> {
+        if all != names.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "name tenants to {what} or ask for all of them (not both)"
+            )));
+        }
+        if all {
+            let mut tenants = self.catalog.list_tenants(&TenantFilter::default()).await?;
+            tenants.retain(|t| matches!(t.status, Status::Active | Status::Suspended));
+            return Ok(tenants);
+        }
+        let mut tenants = Vec::with_capacity(names.len());
+        for raw in names {
+            tenants.push(self.tenant(raw).await?);
+        }
+        Ok(tenants)
+    }
+
+    pub(super) async fn tenant(&self, raw: &str) -> Result<TenantRecord, Error> {
         let key = TenantKey::parse(raw)?;
         self.catalog
             .tenant(&key)
@@ -875,6 +908,20 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         request: Request<pb::DeadLetterRef>,
     ) -> Result<Response<pb::DeadLetterInfo>, GrpcStatus> {
         self.do_get_dead_letter(request).await
+    }
+
+    async fn backup_tenants(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::BackupResponse>, GrpcStatus> {
+        self.do_backup_tenants(request).await
+    }
+
+    async fn list_backups(
+        &self,
+        request: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, GrpcStatus> {
+        self.do_list_backups(request).await
     }
 
     async fn replay_dead_letters(

@@ -2,6 +2,7 @@
 
 mod access;
 mod admin;
+mod backups;
 mod directory;
 
 pub use admin::AdminService;

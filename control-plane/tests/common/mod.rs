@@ -26,6 +26,8 @@ pub struct Plane {
     pub admin_token: String,
     /// Directory credential of the router `test-router` (every server).
     pub router_token: String,
+    /// The plane's backup store (a local directory unless a test configures S3).
+    pub backup_dir: std::path::PathBuf,
     env: Vec<(String, String)>,
 }
 
@@ -103,6 +105,8 @@ impl Plane {
         let name_prefix = format!("t{}_{n}", std::process::id() % 100_000);
         let ca = pg_harness::test_ca().unwrap();
         let tls = ca.issue(&format!("control-plane-{n}")).unwrap();
+        let backup_dir =
+            std::env::temp_dir().join(format!("cp-backups-{}-{n}", std::process::id()));
         let mut env: Vec<(String, String)> = [
             ("CONTROL_PLANE__LISTEN", "127.0.0.1:0".to_string()),
             ("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog_db)),
@@ -121,6 +125,14 @@ impl Plane {
                 "2000".into(),
             ),
             ("RUST_LOG", "warn".into()),
+            (
+                "CONTROL_PLANE__BACKUP__STORE__LOCATION",
+                backup_dir.display().to_string(),
+            ),
+            (
+                "CONTROL_PLANE__BACKUP__PG_BIN_DIR",
+                pg_harness::pg_bindir().unwrap().display().to_string(),
+            ),
             // TLS everywhere, verified against the test CA: gRPC and PostgreSQL.
             ("CONTROL_PLANE__TLS__CERT_FILE", tls.0.display().to_string()),
             ("CONTROL_PLANE__TLS__KEY_FILE", tls.1.display().to_string()),
@@ -143,6 +155,7 @@ impl Plane {
             name_prefix,
             admin_token,
             router_token: String::new(),
+            backup_dir,
             env,
         };
         plane.wait_ready();

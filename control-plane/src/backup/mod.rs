@@ -1,0 +1,394 @@
+//! Tenant backups: a logical dump (`pg_dump` custom format, the server's own major
+//! version), taken logged in as the tenant's owner role (never an admin), encrypted with a
+//! per-backup data key (`stream`) and streamed into the backup store (`store`) by multipart
+//! upload, without holding the dump in memory or on local disk.
+//!
+//! The dump and the manifest's per-table row counts come from one exported snapshot, so a
+//! restore can check every table against them. Each attempt is a catalog row: `running`
+//! with a heartbeat while it streams, `ok` with size, checksum (SHA-256 of the stored
+//! object), duration and manifest once the object is complete, `failed` otherwise (the
+//! upload aborted). A replica that dies mid-backup leaves a `running` row whose heartbeat
+//! stops; any replica marks it `abandoned` (its upload never completed, so no object
+//! exists under its name).
+
+pub mod store;
+pub mod stream;
+
+use crate::catalog::{BackupKind, BackupRecord, Catalog, NewBackup, ServerRecord, TenantRecord};
+use crate::dbserver;
+use crate::error::{Error, Result};
+use crate::model::Status;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+pub use store::Store;
+
+/// Bytes read from pg_dump at a time.
+const READ: usize = 256 << 10;
+/// How many heartbeats fit in `stale_after_secs` (a live backup is never taken for dead).
+const BEATS_PER_STALE: u32 = 4;
+
+/// Takes and lists backups; cheap to clone.
+#[derive(Clone)]
+pub struct Backups {
+    catalog: Catalog,
+    cfg: crate::config::Backup,
+    store: Store,
+    /// The CA file PostgreSQL server certificates are checked against (verify-full).
+    ca_file: Option<PathBuf>,
+    connect_timeout: Duration,
+    replica: String,
+    global: Arc<Semaphore>,
+    per_server: Arc<Mutex<HashMap<i64, Arc<Semaphore>>>>,
+}
+
+impl Backups {
+    pub fn new(catalog: Catalog, config: &crate::Config) -> Result<Backups> {
+        Ok(Backups {
+            store: Store::open(&config.backup.store)?,
+            catalog,
+            ca_file: config.database_tls.as_ref().map(|t| t.ca_file.clone()),
+            connect_timeout: Duration::from_millis(config.provisioning.connect_timeout_ms),
+            replica: format!(
+                "{}:{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "control-plane".into()),
+                std::process::id()
+            ),
+            global: Arc::new(Semaphore::new(config.backup.concurrency)),
+            per_server: Arc::new(Mutex::new(HashMap::new())),
+            cfg: config.backup.clone(),
+        })
+    }
+
+    /// The backup store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn stale(&self) -> Duration {
+        Duration::from_secs(self.cfg.stale_after_secs)
+    }
+
+    /// Marks backups of dead replicas abandoned, now and every `stale_after_secs`, until
+    /// `cancel`.
+    pub async fn sweep_loop(self, cancel: CancellationToken) {
+        loop {
+            match self
+                .catalog
+                .abandon_stale_backups(self.cfg.stale_after_secs)
+                .await
+            {
+                Ok(gone) => {
+                    for b in gone {
+                        tracing::warn!(
+                            backup = b.id,
+                            "backup abandoned: the replica taking it stopped"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot sweep stale backups"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.stale()) => {}
+            }
+        }
+    }
+
+    /// Backs up one tenant; the finished (or failed) row.
+    pub async fn backup_tenant(
+        &self,
+        tenant: &TenantRecord,
+        reason: &'static str,
+    ) -> Result<BackupRecord> {
+        if !matches!(tenant.status, Status::Active | Status::Suspended) {
+            return Err(Error::FailedPrecondition(format!(
+                "tenant {} is {}: only active or suspended tenants are backed up",
+                tenant.slug,
+                tenant.status.as_str()
+            )));
+        }
+        let names = tenant.require_names()?;
+        let server = self
+            .catalog
+            .server_by_id(tenant.server_id)
+            .await?
+            .ok_or_else(|| Error::Internal("tenant's server vanished".into()))?;
+        let _global = self
+            .global
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("shutting down".into()))?;
+        let server_slots = {
+            let mut map = self.per_server.lock().await;
+            Arc::clone(
+                map.entry(server.id)
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.cfg.per_server))),
+            )
+        };
+        let _server = server_slots
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("shutting down".into()))?;
+
+        let key = stream::new_data_key();
+        let object = format!(
+            "tenants/{}/{}-{}.tnbk",
+            tenant.id,
+            caller_auth::now_secs(),
+            hex::encode(&stream::new_data_key()[..6])
+        );
+        let sealed_key = self
+            .catalog
+            .secrets()
+            .seal(
+                &base64::engine::general_purpose::STANDARD.encode(key),
+                &key_context(&object),
+            )
+            .map_err(|e| Error::internal("seal a backup key", e))?;
+        let id = self
+            .catalog
+            .start_backup(&NewBackup {
+                tenant_id: Some(tenant.id),
+                kind: BackupKind::Tenant,
+                reason,
+                object: object.clone(),
+                sealed_key,
+                versions: (tenant.schema_version, tenant.sector_schema_version),
+                replica: self.replica.clone(),
+            })
+            .await?;
+        let started = Instant::now();
+        let owner = (names.owner.as_str(), self.catalog.owner_password(tenant)?);
+        let result = self
+            .dump(&server, tenant, (owner.0, &owner.1), &object, &key, id)
+            .await;
+        let ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        match result {
+            Ok(done) => {
+                self.catalog
+                    .finish_backup(id, done.bytes, &done.checksum, ms, &done.manifest)
+                    .await?;
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %tenant.slug, backup = id, error = %e, "backup failed");
+                self.catalog.fail_backup(id, &e.to_string(), ms).await?;
+            }
+        }
+        self.catalog
+            .backup(id)
+            .await?
+            .ok_or_else(|| Error::Internal("backup row vanished".into()))
+    }
+
+    /// Dumps the tenant database into the store under `object`.
+    async fn dump(
+        &self,
+        server: &ServerRecord,
+        tenant: &TenantRecord,
+        owner: (&str, &str),
+        object: &str,
+        key: &[u8; 32],
+        id: i64,
+    ) -> Result<Dumped> {
+        let mut snap = dbserver::connect_login(
+            &self.catalog,
+            server,
+            owner,
+            &tenant.database,
+            dbserver::SearchPath::CatalogOnly,
+            self.connect_timeout,
+        )
+        .await?;
+        let version: i32 = snap
+            .query_one("SELECT current_setting('server_version_num')::int4", &[])
+            .await?
+            .get(0);
+        let tx = snap
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let snapshot: String = tx
+            .query_one("SELECT pg_catalog.pg_export_snapshot()", &[])
+            .await?
+            .get(0);
+        let tables = row_counts(&tx).await?;
+        let bin = self
+            .cfg
+            .pg_bin_dir
+            .replace("{major}", &(version / 10_000).to_string());
+        let pg_dump = PathBuf::from(&bin).join("pg_dump");
+        if !pg_dump.is_file() {
+            return Err(Error::FailedPrecondition(format!(
+                "pg_dump for PostgreSQL {} not found at {} (backup.pg_bin_dir)",
+                version / 10_000,
+                pg_dump.display()
+            )));
+        }
+        let mut child = tokio::process::Command::new(&pg_dump)
+            .arg("--format=custom")
+            .arg("--no-password")
+            .arg(format!("--snapshot={snapshot}"))
+            .arg(format!(
+                "--dbname={}",
+                self.conninfo(server, owner.0, &tenant.database)
+            ))
+            .env("PGPASSWORD", owner.1)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::internal("start pg_dump", e))?;
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Internal("pg_dump has no stdout".into()))?;
+        let mut stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| Error::Internal("pg_dump has no stderr".into()))?;
+        let errors = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = (&mut stderr).take(16 << 10).read_to_end(&mut buf).await;
+            String::from_utf8_lossy(&buf).trim().to_string()
+        });
+
+        let mut writer = self.store.writer(object).await?;
+        let streamed = async {
+            let mut sealer = stream::Sealer::new(key);
+            let mut hash = Sha256::new();
+            let mut plain_bytes = 0u64;
+            let mut buf = vec![0u8; READ];
+            let mut beat = Instant::now();
+            loop {
+                let n = stdout
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| Error::internal("read pg_dump", e))?;
+                if n == 0 {
+                    break;
+                }
+                plain_bytes += n as u64;
+                let sealed = sealer
+                    .push(&buf[..n])
+                    .map_err(|e| Error::internal("seal", e))?;
+                hash.update(&sealed);
+                writer.write(&sealed).await?;
+                if beat.elapsed() > self.stale() / BEATS_PER_STALE {
+                    self.catalog.backup_heartbeat(id).await?;
+                    beat = Instant::now();
+                }
+            }
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| Error::internal("wait for pg_dump", e))?;
+            if !status.success() {
+                let detail = errors.await.unwrap_or_default();
+                return Err(Error::Aborted(format!(
+                    "pg_dump failed ({status}): {detail}"
+                )));
+            }
+            let last = sealer.finish().map_err(|e| Error::internal("seal", e))?;
+            hash.update(&last);
+            writer.write(&last).await?;
+            Ok::<_, Error>((hex::encode(hash.finalize()), plain_bytes))
+        }
+        .await;
+        let (checksum, plain_bytes) = match streamed {
+            Ok(v) => v,
+            Err(e) => {
+                writer.abort().await;
+                return Err(e);
+            }
+        };
+        let bytes = i64::try_from(writer.bytes).unwrap_or(i64::MAX);
+        writer.finish().await?;
+        tx.commit().await?;
+        Ok(Dumped {
+            bytes,
+            checksum,
+            manifest: serde_json::json!({
+                "format": "TNBKP001",
+                "server_version_num": version,
+                "dump_bytes": plain_bytes,
+                "tables": tables,
+            }),
+        })
+    }
+
+    /// A libpq connection string for pg_dump (the password travels in the environment).
+    fn conninfo(&self, server: &ServerRecord, user: &str, database: &str) -> String {
+        let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let mut s = format!(
+            "host={} port={} user={} dbname={} application_name='control-plane backup'",
+            q(&server.host),
+            server.port,
+            q(user),
+            q(database)
+        );
+        match &self.ca_file {
+            Some(ca) => s.push_str(&format!(
+                " sslmode=verify-full sslrootcert={}",
+                q(&ca.display().to_string())
+            )),
+            None => s.push_str(" sslmode=prefer"),
+        }
+        s
+    }
+}
+
+/// What a finished dump produced.
+struct Dumped {
+    bytes: i64,
+    checksum: String,
+    manifest: serde_json::Value,
+}
+
+/// The associated data a backup's sealed data key is bound to.
+pub fn key_context(object: &str) -> String {
+    format!("backup:{object}")
+}
+
+/// Rows per table at the snapshot, `schema.table -> count`.
+async fn row_counts(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let tables = tx
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' \
+             AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    let mut counts = serde_json::Map::new();
+    for t in tables {
+        let (schema, table): (String, String) = (t.get(0), t.get(1));
+        let n: i64 = tx
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}.{}",
+                    tenant_migrations::quote_ident(&schema),
+                    tenant_migrations::quote_ident(&table)
+                ),
+                &[],
+            )
+            .await?
+            .get(0);
+        counts.insert(format!("{schema}.{table}"), n.into());
+    }
+    Ok(counts)
+}

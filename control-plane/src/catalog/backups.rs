@@ -1,0 +1,211 @@
+//! Backup rows: one per attempt, `running` until its object is complete.
+
+use super::{epoch_ms, Catalog};
+use crate::error::{Error, Result};
+use tenant_model::BackupState;
+use tokio_postgres::Row;
+
+/// What a backup is of and why it was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackupKind {
+    Tenant,
+    Catalog,
+}
+
+/// A backup about to start.
+#[derive(Debug, Clone)]
+pub struct NewBackup {
+    pub tenant_id: Option<i64>,
+    pub kind: BackupKind,
+    /// `manual`, `scheduled` or `final`.
+    pub reason: &'static str,
+    pub object: String,
+    pub sealed_key: Vec<u8>,
+    pub versions: (i32, i32),
+    pub replica: String,
+}
+
+/// A backup as the catalog holds it.
+#[derive(Debug, Clone)]
+pub struct BackupRecord {
+    pub id: i64,
+    pub tenant_id: Option<i64>,
+    pub slug: Option<String>,
+    pub kind: String,
+    pub reason: String,
+    pub state: BackupState,
+    pub object: String,
+    pub sealed_key: Vec<u8>,
+    pub bytes: Option<i64>,
+    pub checksum: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub schema_version: Option<i32>,
+    pub sector_schema_version: Option<i32>,
+    pub manifest: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+}
+
+fn from_row(r: &Row) -> Result<BackupRecord> {
+    let state: String = r.get(5);
+    Ok(BackupRecord {
+        id: r.get(0),
+        tenant_id: r.get(1),
+        slug: r.get(2),
+        kind: r.get(3),
+        reason: r.get(4),
+        state: BackupState::parse(&state)
+            .map_err(|_| Error::Internal(format!("catalog holds backup state {state:?}")))?,
+        object: r.get(6),
+        sealed_key: r.get(7),
+        bytes: r.get(8),
+        checksum: r.get(9),
+        duration_ms: r.get(10),
+        schema_version: r.get(11),
+        sector_schema_version: r.get(12),
+        manifest: r.get(13),
+        error: r.get(14),
+        started_ms: r.get(15),
+        finished_ms: r.get(16),
+    })
+}
+
+fn select() -> String {
+    format!(
+        "SELECT b.id, b.empresa_id, e.slug, b.tipo, b.motivo, b.estado, b.objeto, b.chave_cifrada, \
+         b.bytes, b.checksum, b.duracao_ms, b.schema_version, b.sector_schema_version, b.manifesto, \
+         b.erro, {}, {} FROM backups b LEFT JOIN empresas e ON e.id = b.empresa_id",
+        epoch_ms("b.iniciado_em"),
+        epoch_ms("b.terminado_em")
+    )
+}
+
+impl Catalog {
+    /// Records a backup that is starting; its id.
+    pub async fn start_backup(&self, b: &NewBackup) -> Result<i64> {
+        let kind = match b.kind {
+            BackupKind::Tenant => "tenant",
+            BackupKind::Catalog => "catalog",
+        };
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO backups (empresa_id, tipo, motivo, objeto, chave_cifrada, schema_version, \
+                 sector_schema_version, replica) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                &[
+                    &b.tenant_id,
+                    &kind,
+                    &b.reason,
+                    &b.object,
+                    &b.sealed_key,
+                    &b.versions.0,
+                    &b.versions.1,
+                    &b.replica,
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Marks a running backup as alive.
+    pub async fn backup_heartbeat(&self, id: i64) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE backups SET batimento_em = now() WHERE id = $1 AND estado = 'running'",
+                &[&id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records a complete backup.
+    pub async fn finish_backup(
+        &self,
+        id: i64,
+        bytes: i64,
+        checksum: &str,
+        duration_ms: i64,
+        manifest: &serde_json::Value,
+    ) -> Result<()> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE backups SET estado = 'ok', bytes = $2, checksum = $3, duracao_ms = $4, \
+                 manifesto = $5, terminado_em = now() WHERE id = $1 AND estado = 'running'",
+                &[&id, &bytes, &checksum, &duration_ms, manifest],
+            )
+            .await?;
+        if n == 0 {
+            return Err(Error::Aborted(format!(
+                "backup {id} was abandoned while it ran"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records a failed backup (the error stays in the catalog for operators).
+    pub async fn fail_backup(&self, id: i64, error: &str, duration_ms: i64) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE backups SET estado = 'failed', erro = $2, duracao_ms = $3, terminado_em = now() \
+                 WHERE id = $1 AND estado = 'running'",
+                &[&id, &error, &duration_ms],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Running backups whose replica has not sent a heartbeat for `stale_secs`: marked
+    /// abandoned and returned (their partial uploads never became objects).
+    pub async fn abandon_stale_backups(&self, stale_secs: u64) -> Result<Vec<BackupRecord>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "UPDATE backups SET estado = 'abandoned', erro = 'the replica taking it stopped', \
+                 terminado_em = now() WHERE estado = 'running' \
+                 AND batimento_em < now() - make_interval(secs => $1) RETURNING id",
+                &[&(stale_secs as f64)],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            if let Some(b) = self.backup(r.get(0)).await? {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One backup.
+    pub async fn backup(&self, id: i64) -> Result<Option<BackupRecord>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(&format!("{} WHERE b.id = $1", select()), &[&id])
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// A tenant's backups (or the catalog's, for `None`), newest first.
+    pub async fn backups(&self, tenant_id: Option<i64>, limit: u32) -> Result<Vec<BackupRecord>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "{} WHERE ($1::int8 IS NULL AND b.tipo = 'catalog') OR b.empresa_id = $1 \
+                     ORDER BY b.iniciado_em DESC, b.id DESC LIMIT $2",
+                    select()
+                ),
+                &[&tenant_id, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+}

@@ -1,0 +1,102 @@
+//! `TenantAdmin` backup methods.
+
+use super::admin::AdminService;
+use crate::auth::Role;
+use crate::catalog::BackupRecord;
+use crate::error::Error;
+use proto::control::v1 as pb;
+use proto::model::ToWire;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+impl AdminService {
+    pub(super) async fn do_backup_tenants(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::BackupResponse>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Operator, "tenant.backup")
+            .await?;
+        let req = request.into_inner();
+        let tenants = self.selected(&req.tenants, req.all, "back up").await?;
+        // Each backup runs as a task of its own: a client that hangs up does not cut one
+        // off half way. Concurrency is bounded overall and per server inside `Backups`.
+        let mut jobs = Vec::with_capacity(tenants.len());
+        for t in tenants {
+            let backups = self.backups.clone();
+            jobs.push((
+                t.slug.clone(),
+                t.id,
+                self.tasks
+                    .spawn(async move { backups.backup_tenant(&t, "manual").await }),
+            ));
+        }
+        let (mut done, mut failed) = (Vec::new(), Vec::new());
+        for (slug, id, job) in jobs {
+            match job.await {
+                Ok(Ok(b)) => {
+                    self.catalog
+                        .audit_outcome(
+                            &actor,
+                            "tenant.backup",
+                            Some(id),
+                            &slug,
+                            serde_json::json!({"backup": b.id, "bytes": b.bytes}),
+                            b.state.as_str(),
+                        )
+                        .await?;
+                    done.push(backup_pb(b));
+                }
+                Ok(Err(e)) => failed.push(pb::RotateFailure {
+                    slug,
+                    error: e.to_string(),
+                }),
+                Err(e) => failed.push(pb::RotateFailure {
+                    slug,
+                    error: Error::internal("backup task", e).to_string(),
+                }),
+            }
+        }
+        Ok(Response::new(pb::BackupResponse {
+            backups: done,
+            failed,
+        }))
+    }
+
+    pub(super) async fn do_list_backups(
+        &self,
+        request: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, GrpcStatus> {
+        self.actor(&request, Role::Viewer, "tenant.backups").await?;
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 50,
+            n if n > 1000 => {
+                return Err(Error::InvalidArgument("limit must be at most 1000".into()).into())
+            }
+            n => n,
+        };
+        let tenant = self.tenant(&req.tenant).await?;
+        let backups = self.catalog.backups(Some(tenant.id), limit).await?;
+        Ok(Response::new(pb::ListBackupsResponse {
+            backups: backups.into_iter().map(backup_pb).collect(),
+        }))
+    }
+}
+
+fn backup_pb(b: BackupRecord) -> pb::BackupInfo {
+    pb::BackupInfo {
+        id: b.id,
+        tenant: b.slug.unwrap_or_default(),
+        reason: b.reason,
+        state: b.state.to_wire(),
+        bytes: b.bytes.unwrap_or(0),
+        checksum: b.checksum.unwrap_or_default(),
+        duration_ms: b.duration_ms.unwrap_or(0),
+        schema_version: b.schema_version.unwrap_or(0),
+        sector_schema_version: b.sector_schema_version.unwrap_or(0),
+        error: b.error.unwrap_or_default(),
+        started_ms: b.started_ms,
+        finished_ms: b.finished_ms.unwrap_or(0),
+        manifest_json: b.manifest.map(|m| m.to_string()).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,366 @@
+//! Backups against real PostgreSQL, the real control plane and real object stores (a local
+//! directory, and s3s-fs as an S3-compatible service): what is stored is encrypted, its
+//! checksum holds, and it restores with pg_restore to the rows it was taken from.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use base64::Engine;
+use common::{Plane, MASTER_KEY};
+use control_plane::backup::stream::Opener;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Fills a tenant's `leads` with `n` rows whose names are `size` bytes of random-ish text
+/// (so the dump does not compress to nothing).
+async fn fill(pg: &pg_harness::PgServer, db: &str, n: i64, size: i32) {
+    pg.connect(db)
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO leads (wa_id, nome) SELECT '5511' || lpad(g::text, 9, '0'), \
+             (SELECT string_agg(md5(g::text || '-' || k::text), '') FROM generate_series(1, $2 / 32 + 1) k) \
+             FROM generate_series(1, $1::int8) g",
+            &[&n, &size],
+        )
+        .await
+        .unwrap();
+}
+
+/// The backup's object opened with its data key (sealed in the catalog with the master
+/// key): the pg_dump archive.
+async fn open_object(plane: &Plane, id: i64, object: &[u8]) -> Vec<u8> {
+    let row = plane
+        .catalog()
+        .await
+        .query_one(
+            "SELECT objeto, chave_cifrada FROM backups WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (key_name, sealed): (String, Vec<u8>) = (row.get(0), row.get(1));
+    let key = control_plane::crypto::SecretBox::from_base64(MASTER_KEY)
+        .unwrap()
+        .open(&sealed, &control_plane::backup::key_context(&key_name))
+        .unwrap();
+    let key: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let mut opener = Opener::new(&key);
+    let mut plain = opener.push(object).unwrap();
+    plain.extend(opener.finish().unwrap());
+    plain
+}
+
+/// Restores a pg_dump archive into a fresh database; its `leads` count.
+async fn restored_leads(pg: &pg_harness::PgServer, archive: &[u8]) -> i64 {
+    let db = pg.fresh_database("restored").await.unwrap();
+    let file = std::env::temp_dir().join(format!("{db}.dump"));
+    std::fs::write(&file, archive).unwrap();
+    let out = Command::new(pg_harness::pg_bindir().unwrap().join("pg_restore"))
+        .args([
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            "--dbname",
+        ])
+        .arg(pg.url(&db))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pg.connect(&db)
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM leads", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn find_object(root: &Path) -> PathBuf {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "tnbk") {
+                return p;
+            }
+        }
+    }
+    panic!("no backup object under {}", root.display());
+}
+
+#[tokio::test]
+async fn a_backup_is_encrypted_checksummed_listed_and_restores_to_its_rows() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "bk-alpha", "--name", "Bk", "--sector", "veiculos"]);
+    let db = plane.database_of("bk-alpha").await;
+    fill(pg, &db, 500, 64).await;
+    pg.connect(&db)
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE leads SET nome = 'Cliente Secreto' WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let r = plane.ok(&["backup", "bk-alpha", "--json"]).json();
+    let b = &r["backups"][0];
+    assert_eq!(b["state"], "ok", "{r}");
+    assert_eq!(b["tenant"], "bk-alpha");
+    assert_eq!(b["reason"], "manual");
+    assert_eq!(b["manifest"]["tables"]["public.leads"], 500, "{b}");
+    assert!(
+        b["manifest"]["tables"]["public.veiculos"].is_number(),
+        "sector tables counted"
+    );
+    let id = b["id"].as_i64().unwrap();
+
+    // Stored encrypted, with the recorded size and checksum.
+    let path = find_object(&plane.backup_dir);
+    let object = std::fs::read(&path).unwrap();
+    assert_eq!(b["bytes"].as_u64(), Some(object.len() as u64));
+    assert_eq!(b["checksum"], hex::encode(Sha256::digest(&object)));
+    assert!(object.starts_with(b"TNBKP001"));
+    assert!(
+        !object.windows(15).any(|w| w == b"Cliente Secreto"),
+        "customer data is not readable in the store"
+    );
+    // Opened with its key it is a pg_dump archive that restores to the same rows.
+    let archive = open_object(&plane, id, &object).await;
+    assert!(archive.starts_with(b"PGDMP"));
+    assert_eq!(restored_leads(pg, &archive).await, 500);
+
+    let listed = plane.ok(&["backups", "bk-alpha", "--json"]).json();
+    assert_eq!(listed[0]["id"], id);
+    assert_eq!(listed[0]["state"], "ok");
+    // The dump ran as the tenant's owner, never as the server's admin.
+    let audit = plane
+        .ok(&["audit", "--tenant", "bk-alpha", "--json"])
+        .json();
+    assert!(
+        audit.to_string().contains("tenant.backup"),
+        "backups are audited: {audit}"
+    );
+
+    for (args, code) in [
+        (vec!["backup"], 2),
+        (vec!["backup", "nobody-here"], 3),
+        (vec!["backup", "013"], 2),
+        (vec!["backup", "bk-alpha", "--all"], 2),
+        (vec!["backups", "nobody-here"], 3),
+        (vec!["backups", "bk-alpha", "--limit", "5000"], 2),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_backup_is_recorded_and_leaves_no_object() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start_with(&[(
+        "CONTROL_PLANE__BACKUP__PG_BIN_DIR",
+        "/nonexistent/postgresql/{major}/bin",
+    )])
+    .await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "bk-bravo", "--name", "Bk", "--sector", "servicos"]);
+    let out = plane.ctl(&["backup", "bk-bravo", "--json"]);
+    assert_eq!(out.code, 7, "{out:?}");
+    let b = &out.json()["backups"][0];
+    assert_eq!(b["state"], "failed");
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("pg_dump for PostgreSQL"),
+        "{b}"
+    );
+    let leftovers: Vec<_> = walk(&plane.backup_dir);
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A running s3s-fs (an S3-compatible server keeping objects as files).
+struct S3 {
+    child: std::process::Child,
+    root: PathBuf,
+    port: u16,
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn s3s_fs() -> S3 {
+    let bin = std::env::var("S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
+    let root = std::env::temp_dir().join(format!("s3s-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("backups")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(&bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--access-key",
+            "test-access",
+            "--secret-key",
+            "test-secret-key",
+        ])
+        .arg(&root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin} (scripts/test.sh installs it): {e}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "s3s-fs did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    S3 { child, root, port }
+}
+
+#[tokio::test]
+async fn backups_go_to_an_s3_service_in_several_parts() {
+    let pg = pg_harness::shared();
+    let s3 = s3s_fs();
+    let endpoint = format!("http://127.0.0.1:{}", s3.port);
+    let plane = Plane::start_with(&[
+        (
+            "CONTROL_PLANE__BACKUP__STORE__LOCATION",
+            "s3://backups/prod",
+        ),
+        ("CONTROL_PLANE__BACKUP__STORE__S3_ENDPOINT", &endpoint),
+        ("CONTROL_PLANE__BACKUP__STORE__S3_ALLOW_HTTP", "true"),
+        (
+            "CONTROL_PLANE__BACKUP__STORE__S3_ACCESS_KEY_ID",
+            "test-access",
+        ),
+        (
+            "CONTROL_PLANE__BACKUP__STORE__S3_SECRET_ACCESS_KEY",
+            "test-secret-key",
+        ),
+        ("CONTROL_PLANE__BACKUP__STORE__PART_SIZE_BYTES", "5242880"),
+    ])
+    .await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "bk-s3", "--name", "Bk", "--sector", "servicos"]);
+    let db = plane.database_of("bk-s3").await;
+    // ~20 MB of lead names, ~11 MB compressed: the object takes three parts of 5 MiB.
+    fill(pg, &db, 10_000, 2_000).await;
+    let r = plane.ok(&["backup", "bk-s3", "--json"]).json();
+    let b = &r["backups"][0];
+    assert_eq!(b["state"], "ok", "{r}");
+    let bytes = b["bytes"].as_u64().unwrap();
+    assert!(
+        bytes > 2 * 5_242_880,
+        "the object spans several parts: {bytes}"
+    );
+    // s3s-fs keeps objects as files under <root>/<bucket>/<key>.
+    let path = find_object(&s3.root.join("backups").join("prod"));
+    let object = std::fs::read(&path).unwrap();
+    assert_eq!(object.len() as u64, bytes);
+    assert_eq!(b["checksum"], hex::encode(Sha256::digest(&object)));
+    let archive = open_object(&plane, b["id"].as_i64().unwrap(), &object).await;
+    assert_eq!(restored_leads(pg, &archive).await, 10_000);
+}
+
+#[tokio::test]
+async fn a_backup_cut_by_a_crash_is_abandoned_and_never_counts() {
+    let pg = pg_harness::shared();
+    let mut plane = Plane::start_with(&[("CONTROL_PLANE__BACKUP__STALE_AFTER_SECS", "2")]).await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "bk-crash", "--name", "Bk", "--sector", "servicos"]);
+    let db = plane.database_of("bk-crash").await;
+    fill(pg, &db, 20_000, 2_000).await;
+    // Start a backup and kill the control plane while it streams.
+    let mut cmd = plane.tenantctl();
+    let mut running = cmd
+        .args(["backup", "bk-crash"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let catalog = plane.catalog().await;
+    let started = pg_harness::eventually(std::time::Duration::from_secs(10), || async {
+        catalog
+            .query_opt("SELECT 1 FROM backups WHERE estado = 'running'", &[])
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert!(started, "the backup started");
+    plane.crash_and_restart();
+    let _ = running.wait();
+    let abandoned = pg_harness::eventually(std::time::Duration::from_secs(15), || async {
+        catalog
+            .query_one("SELECT estado FROM backups", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+            == "abandoned"
+    })
+    .await;
+    assert!(abandoned, "the dead replica's backup is marked abandoned");
+    // No complete object exists under its name; the live database is untouched.
+    assert!(
+        walk(&plane.backup_dir)
+            .iter()
+            .all(|p| p.extension().is_none_or(|x| x != "tnbk")),
+        "{:?}",
+        walk(&plane.backup_dir)
+    );
+    let rows: i64 = pg
+        .connect(&db)
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM leads", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 20_000);
+    let listed = plane.ok(&["backups", "bk-crash", "--json"]).json();
+    assert_eq!(listed[0]["state"], "abandoned");
+    // The next backup succeeds.
+    let r = plane.ok(&["backup", "bk-crash", "--json"]).json();
+    assert_eq!(r["backups"][0]["state"], "ok", "{r}");
+}
