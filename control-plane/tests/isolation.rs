@@ -842,6 +842,7 @@ async fn a_new_master_key_takes_over_every_stored_secret() {
     plane.add_server("main", pg, 100);
     plane.ok(&["create", "keyed", "--name", "K", "--sector", "servicos"]);
     plane.ok(&["webhook-token", "keyed"]);
+    plane.ok(&["backup", "keyed"]);
     let before = common::route(&plane, "keyed").await;
     let rekey = plane.ok(&["rekey", "--json"]).json();
     assert_eq!(
@@ -860,7 +861,7 @@ async fn a_new_master_key_takes_over_every_stored_secret() {
         before.password
     );
     let rekey = plane.ok(&["rekey", "--json"]).json();
-    assert!(rekey["resealed"].as_u64().unwrap() >= 5, "{rekey}");
+    assert!(rekey["resealed"].as_u64().unwrap() >= 6, "{rekey}");
     assert_eq!(rekey["remaining"], 0, "{rekey}");
     let again = plane.ok(&["rekey", "--json"]).json();
     assert_eq!(again["resealed"], 0, "repeatable: {again}");
@@ -875,6 +876,18 @@ async fn a_new_master_key_takes_over_every_stored_secret() {
     plane.ok(&["migrate", "keyed"]);
     plane.ok(&["create", "keyed-two", "--name", "K", "--sector", "servicos"]);
     plane.ok(&["rotate", "keyed"]);
+    // The backup's data key was re-sealed too: the new key alone opens it.
+    let row = plane
+        .catalog()
+        .await
+        .query_one("SELECT objeto, chave_cifrada FROM backups", &[])
+        .await
+        .unwrap();
+    let (object, sealed): (String, Vec<u8>) = (row.get(0), row.get(1));
+    control_plane::crypto::SecretBox::from_base64(new_key)
+        .unwrap()
+        .open(&sealed, &control_plane::backup::key_context(&object))
+        .expect("the backup key opens with the new master key");
     let audit = plane.ok(&["audit", "--json"]).json();
     assert!(audit
         .as_array()

@@ -19,7 +19,7 @@ pub struct Resealed {
 
 /// A sealed column: table, key column, sealed column, and the SQL expression of its
 /// associated data (the same string the code binds when sealing).
-const COLUMNS: [(&str, &str, &str, &str); 6] = [
+const COLUMNS: [(&str, &str, &str, &str); 7] = [
     (
         "empresas",
         "id",
@@ -56,6 +56,8 @@ const COLUMNS: [(&str, &str, &str, &str); 6] = [
         "template_senha_cifrada",
         "'server:' || nome || ':template-owner'",
     ),
+    // Each backup's data key (see `backup::key_context`).
+    ("backups", "id", "chave_cifrada", "'backup:' || objeto"),
 ];
 
 impl Catalog {
