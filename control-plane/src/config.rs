@@ -79,6 +79,10 @@ pub struct Backup {
     /// abandoned, in seconds; replicas check this often.
     #[serde(default = "defaults::backup_stale_after_secs")]
     pub stale_after_secs: u64,
+    /// How long a restore keeps the database generation it replaced before dropping it,
+    /// in seconds.
+    #[serde(default = "defaults::restore_grace_secs")]
+    pub restore_grace_secs: u64,
 }
 
 impl Default for Backup {
@@ -89,6 +93,7 @@ impl Default for Backup {
             concurrency: defaults::backup_concurrency(),
             per_server: defaults::backup_per_server(),
             stale_after_secs: defaults::backup_stale_after_secs(),
+            restore_grace_secs: defaults::restore_grace_secs(),
         }
     }
 }
@@ -305,6 +310,9 @@ mod defaults {
     }
     pub fn backup_stale_after_secs() -> u64 {
         60
+    }
+    pub fn restore_grace_secs() -> u64 {
+        86_400
     }
     pub fn backup_location() -> String {
         "backups".into()

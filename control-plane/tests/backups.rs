@@ -364,3 +364,218 @@ async fn a_backup_cut_by_a_crash_is_abandoned_and_never_counts() {
     let r = plane.ok(&["backup", "bk-crash", "--json"]).json();
     assert_eq!(r["backups"][0]["state"], "ok", "{r}");
 }
+
+async fn leads_in(pg: &pg_harness::PgServer, db: &str) -> i64 {
+    pg.connect(db)
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM leads", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn restore_in_place_brings_the_backup_back_beside_the_live_database() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start_with(&[
+        ("CONTROL_PLANE__BACKUP__RESTORE_GRACE_SECS", "3"),
+        ("CONTROL_PLANE__BACKUP__STALE_AFTER_SECS", "2"),
+    ])
+    .await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "rs-alpha", "--name", "Rs", "--sector", "veiculos"]);
+    plane.ok(&["create", "rs-other", "--name", "Rs", "--sector", "servicos"]);
+    let old_db = plane.database_of("rs-alpha").await;
+    fill(pg, &old_db, 300, 64).await;
+    let b = plane.ok(&["backup", "rs-alpha", "--json"]).json();
+    let backup = b["backups"][0]["id"].as_i64().unwrap().to_string();
+    // An operator mistake after the backup.
+    pg.connect(&old_db)
+        .await
+        .unwrap()
+        .batch_execute("DELETE FROM leads WHERE id > 100")
+        .await
+        .unwrap();
+    assert_eq!(leads_in(pg, &old_db).await, 100);
+
+    let t = plane
+        .ok(&["restore", "rs-alpha", "--backup", &backup, "--json"])
+        .json();
+    assert_eq!(t["status"], "active", "{t}");
+    assert_eq!(t["generation"], 2);
+    let new_db = t["database"].as_str().unwrap().to_string();
+    assert_ne!(new_db, old_db);
+    assert_eq!(
+        leads_in(pg, &new_db).await,
+        300,
+        "the backup's rows are back"
+    );
+    // Routers get the new generation, whose login role works (grants restored).
+    let route = common::route(&plane, "rs-alpha").await;
+    assert_eq!(route.database, new_db);
+    let login = common::connect_as(pg, &route.role, &route.password, &route.database)
+        .await
+        .unwrap();
+    login
+        .execute(
+            "INSERT INTO leads (wa_id, nome) VALUES ('5511900009999', 'depois')",
+            &[],
+        )
+        .await
+        .unwrap();
+    // The old database stays for the grace period, then goes.
+    let dropped = pg_harness::eventually(std::time::Duration::from_secs(15), || async {
+        !common::database_exists(pg, &old_db).await
+    })
+    .await;
+    assert!(
+        dropped,
+        "the replaced generation is dropped after its grace period"
+    );
+    let audit = plane
+        .ok(&["audit", "--tenant", "rs-alpha", "--json"])
+        .json();
+    assert!(audit.to_string().contains("tenant.restore"), "{audit}");
+
+    let other = plane.ok(&["backup", "rs-other", "--json"]).json();
+    let other_backup = other["backups"][0]["id"].as_i64().unwrap().to_string();
+    for (args, code) in [
+        (vec!["restore", "rs-alpha"], 2),
+        (vec!["restore", "rs-alpha", "--backup", "999999"], 3),
+        (vec!["restore", "nobody-here", "--backup", &backup], 3),
+        // Another tenant's backup never lands in this one.
+        (vec!["restore", "rs-alpha", "--backup", &other_backup], 4),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+    }
+    let viewer = plane
+        .ok(&["operator", "add", "vitor", "--role", "viewer"])
+        .stdout
+        .trim()
+        .to_string();
+    let out = plane.ctl_env(
+        &["restore", "rs-alpha", "--backup", &backup],
+        &[("TENANTCTL_TOKEN", viewer.as_str())],
+        None,
+    );
+    assert_eq!(out.code, 8, "{out:?}");
+}
+
+#[tokio::test]
+async fn a_damaged_or_cut_backup_is_refused_as_it_streams_and_nothing_switches() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    let t = plane
+        .ok(&[
+            "create", "rs-bravo", "--name", "Rs", "--sector", "servicos", "--json",
+        ])
+        .json();
+    let id = t["id"].as_i64().unwrap();
+    let db = plane.database_of("rs-bravo").await;
+    fill(pg, &db, 3_000, 1_000).await;
+    let b = plane.ok(&["backup", "rs-bravo", "--json"]).json();
+    let backup = b["backups"][0]["id"].as_i64().unwrap().to_string();
+    let path = find_object(&plane.backup_dir);
+    let good = std::fs::read(&path).unwrap();
+    let next_generation = format!("{}_{id}_g2", plane.name_prefix);
+
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    for (what, bytes) in [
+        ("altered", flipped),
+        ("cut", good[..good.len() - 100].to_vec()),
+    ] {
+        std::fs::write(&path, &bytes).unwrap();
+        let out = plane.ctl(&["restore", "rs-bravo", "--backup", &backup]);
+        assert_eq!(out.code, 4, "{what}: {out:?}");
+        assert!(
+            out.stderr.contains("damaged") || out.stderr.contains("truncated"),
+            "{what}: {out:?}"
+        );
+        // Nothing switched: same database, active, every row there; nothing half-built.
+        let now = plane.ok(&["show", "rs-bravo", "--json"]).json();
+        assert_eq!(now["status"], "active", "{what}");
+        assert_eq!(now["database"], db.as_str(), "{what}");
+        assert_eq!(leads_in(pg, &db).await, 3_000, "{what}");
+        assert!(
+            !common::database_exists(pg, &next_generation).await,
+            "{what}: the half-built generation was dropped"
+        );
+    }
+    // The intact object restores.
+    std::fs::write(&path, &good).unwrap();
+    let t = plane
+        .ok(&["restore", "rs-bravo", "--backup", &backup, "--json"])
+        .json();
+    assert_eq!(t["database"], next_generation.as_str());
+}
+
+#[tokio::test]
+async fn a_restore_cut_by_a_crash_leaves_the_tenant_on_its_database() {
+    let pg = pg_harness::shared();
+    let mut plane = Plane::start_with(&[("CONTROL_PLANE__BACKUP__STALE_AFTER_SECS", "2")]).await;
+    plane.add_server("main", pg, 100);
+    let t = plane
+        .ok(&[
+            "create", "rs-crash", "--name", "Rs", "--sector", "servicos", "--json",
+        ])
+        .json();
+    let id = t["id"].as_i64().unwrap();
+    let db = plane.database_of("rs-crash").await;
+    fill(pg, &db, 20_000, 2_000).await;
+    let b = plane.ok(&["backup", "rs-crash", "--json"]).json();
+    let backup = b["backups"][0]["id"].as_i64().unwrap().to_string();
+    let mut running = plane
+        .tenantctl()
+        .args(["restore", "rs-crash", "--backup", &backup])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let catalog = plane.catalog().await;
+    let restoring = pg_harness::eventually(std::time::Duration::from_secs(10), || async {
+        catalog
+            .query_opt(
+                "SELECT 1 FROM restauracoes WHERE estado = 'running' AND passo = 'restore'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert!(restoring, "the restore is streaming");
+    plane.crash_and_restart();
+    let _ = running.wait();
+    let undone = pg_harness::eventually(std::time::Duration::from_secs(15), || async {
+        catalog
+            .query_one("SELECT estado FROM restauracoes", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+            == "abandoned"
+    })
+    .await;
+    assert!(undone, "the dead replica's restore is abandoned");
+    let now = plane.ok(&["show", "rs-crash", "--json"]).json();
+    assert_eq!(now["status"], "active");
+    assert_eq!(now["database"], db.as_str());
+    assert_eq!(
+        leads_in(pg, &db).await,
+        20_000,
+        "the live database is intact"
+    );
+    assert!(
+        !common::database_exists(pg, &format!("{}_{id}_g2", plane.name_prefix)).await,
+        "the half-built generation was dropped"
+    );
+    // A new restore runs to its end.
+    let t = plane
+        .ok(&["restore", "rs-crash", "--backup", &backup, "--json"])
+        .json();
+    assert_eq!(t["generation"], 2);
+}

@@ -72,7 +72,8 @@ wire_enum!(
         Suspended,
         Failed,
         Moving,
-        Deleted
+        Deleted,
+        Restoring
     }
 );
 wire_enum!(

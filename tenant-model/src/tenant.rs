@@ -129,6 +129,8 @@ spelled!(
         Failed = "failed",
         Moving = "moving",
         Deleted = "deleted",
+        /// Being restored from a backup: calls are refused with a retryable status.
+        Restoring = "restoring",
     }
 );
 

@@ -99,6 +99,9 @@ pub fn check_status(status: TenantStatus) -> Result<(), RouterError> {
             "tenant is suspended".into(),
         )),
         TenantStatus::Deleted => Err(RouterError::TenantNotFound),
+        TenantStatus::Restoring => Err(RouterError::Unavailable(
+            "tenant is being restored from a backup; retry shortly".into(),
+        )),
         other => Err(RouterError::FailedPrecondition(format!(
             "tenant is {other}, not active"
         ))),
@@ -135,6 +138,10 @@ mod tests {
         assert!(matches!(
             check_status(TenantStatus::Deleted),
             Err(RouterError::TenantNotFound)
+        ));
+        assert!(matches!(
+            check_status(TenantStatus::Restoring),
+            Err(RouterError::Unavailable(_))
         ));
         assert!(matches!(
             check_status(TenantStatus::Provisioning),

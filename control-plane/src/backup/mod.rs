@@ -11,6 +11,7 @@
 //! stops; any replica marks it `abandoned` (its upload never completed, so no object
 //! exists under its name).
 
+mod restore;
 pub mod store;
 pub mod stream;
 
@@ -40,6 +41,8 @@ const BEATS_PER_STALE: u32 = 4;
 pub struct Backups {
     catalog: Catalog,
     cfg: crate::config::Backup,
+    /// Names, role limits and SCRAM cost of new database generations (restores).
+    prov: crate::config::Provisioning,
     store: Store,
     /// The CA file PostgreSQL server certificates are checked against (verify-full).
     ca_file: Option<PathBuf>,
@@ -64,6 +67,7 @@ impl Backups {
             global: Arc::new(Semaphore::new(config.backup.concurrency)),
             per_server: Arc::new(Mutex::new(HashMap::new())),
             cfg: config.backup.clone(),
+            prov: config.provisioning.clone(),
         })
     }
 
@@ -76,30 +80,66 @@ impl Backups {
         Duration::from_secs(self.cfg.stale_after_secs)
     }
 
-    /// Marks backups of dead replicas abandoned, now and every `stale_after_secs`, until
-    /// `cancel`.
+    /// Now and every `stale_after_secs` until `cancel`: marks backups of dead replicas
+    /// abandoned, undoes their restores (the tenant back on its database, the half-built
+    /// generation dropped), and drops generations whose restore grace period is over.
     pub async fn sweep_loop(self, cancel: CancellationToken) {
         loop {
-            match self
-                .catalog
-                .abandon_stale_backups(self.cfg.stale_after_secs)
-                .await
-            {
-                Ok(gone) => {
-                    for b in gone {
-                        tracing::warn!(
-                            backup = b.id,
-                            "backup abandoned: the replica taking it stopped"
-                        );
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot sweep stale backups"),
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "backup sweep failed");
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.stale()) => {}
             }
         }
+    }
+
+    async fn sweep(&self) -> Result<()> {
+        for b in self
+            .catalog
+            .abandon_stale_backups(self.cfg.stale_after_secs)
+            .await?
+        {
+            tracing::warn!(
+                backup = b.id,
+                "backup abandoned: the replica taking it stopped"
+            );
+        }
+        for (job, tenant_id, generation) in self
+            .catalog
+            .stale_restores(self.cfg.stale_after_secs)
+            .await?
+        {
+            let Some(tenant) = self.catalog.tenant_by_id(tenant_id).await? else {
+                continue;
+            };
+            if let Some(server) = self.catalog.server_by_id(tenant.server_id).await? {
+                let names = crate::model::TenantNames::derive(
+                    &self.prov.name_prefix,
+                    tenant_id,
+                    generation,
+                );
+                self.discard(&server, &names).await;
+            }
+            self.catalog
+                .end_restore(job, "abandoned", "the replica running it stopped")
+                .await?;
+            tracing::warn!(tenant = %tenant.slug, restore = job, "restore abandoned; the tenant stays on its database");
+        }
+        for retired in self.catalog.due_retired_generations().await? {
+            let Some(server) = self.catalog.server_by_id(retired.server_id).await? else {
+                continue;
+            };
+            let admin =
+                dbserver::connect_maintenance(&self.catalog, &server, self.connect_timeout).await?;
+            crate::roles::drop_generation(&admin, &retired.names).await?;
+            self.catalog
+                .retired_generation_dropped(server.id, &retired.names.database)
+                .await?;
+            tracing::info!(database = %retired.names.database, "retired generation dropped after its grace period");
+        }
+        Ok(())
     }
 
     /// Backs up one tenant; the finished (or failed) row.
@@ -222,18 +262,7 @@ impl Backups {
             .await?
             .get(0);
         let tables = row_counts(&tx).await?;
-        let bin = self
-            .cfg
-            .pg_bin_dir
-            .replace("{major}", &(version / 10_000).to_string());
-        let pg_dump = PathBuf::from(&bin).join("pg_dump");
-        if !pg_dump.is_file() {
-            return Err(Error::FailedPrecondition(format!(
-                "pg_dump for PostgreSQL {} not found at {} (backup.pg_bin_dir)",
-                version / 10_000,
-                pg_dump.display()
-            )));
-        }
+        let pg_dump = self.tool(version, "pg_dump")?;
         let mut child = tokio::process::Command::new(&pg_dump)
             .arg("--format=custom")
             .arg("--no-password")

@@ -187,11 +187,11 @@ fn tenant_from_row(row: &Row) -> Result<TenantRecord> {
     })
 }
 
-fn password_context(slug: &str) -> String {
+pub(super) fn password_context(slug: &str) -> String {
     format!("tenant:{slug}:password")
 }
 
-fn owner_context(id: i64) -> String {
+pub(super) fn owner_context(id: i64) -> String {
     format!("tenant:{id}:owner")
 }
 

@@ -253,7 +253,7 @@ fn new_tenant(req: pb::CreateTenantRequest) -> Result<NewTenant, Error> {
     })
 }
 
-fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
+pub(super) fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
     let target = tenant_migrations::targets(t.sector);
     pb::Tenant {
         id: t.id,
@@ -922,6 +922,13 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         request: Request<pb::ListBackupsRequest>,
     ) -> Result<Response<pb::ListBackupsResponse>, GrpcStatus> {
         self.do_list_backups(request).await
+    }
+
+    async fn restore_tenant(
+        &self,
+        request: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::Tenant>, GrpcStatus> {
+        self.do_restore_tenant(request).await
     }
 
     async fn replay_dead_letters(

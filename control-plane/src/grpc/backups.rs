@@ -62,6 +62,40 @@ impl AdminService {
         }))
     }
 
+    pub(super) async fn do_restore_tenant(
+        &self,
+        request: Request<pb::RestoreRequest>,
+    ) -> Result<Response<pb::Tenant>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Operator, "tenant.restore")
+            .await?;
+        let req = request.into_inner();
+        let tenant = self.tenant(&req.tenant).await?;
+        let backups = self.backups.clone();
+        let (slug, id, backup_id) = (tenant.slug.clone(), tenant.id, req.backup_id);
+        // Runs to its end even if the client goes away.
+        let restored = self
+            .tasks
+            .spawn(async move { backups.restore(&tenant, backup_id).await })
+            .await
+            .map_err(|e| Error::internal("restore task", e))?;
+        let outcome = if restored.is_ok() { "ok" } else { "failed" };
+        self.catalog
+            .audit_outcome(
+                &actor,
+                "tenant.restore",
+                Some(id),
+                &slug,
+                serde_json::json!({"backup": backup_id}),
+                outcome,
+            )
+            .await?;
+        let t = restored?;
+        // Deliveries kept while it was restoring go in now.
+        self.replayer.wake();
+        Ok(Response::new(super::admin::tenant_pb(&t)))
+    }
+
     pub(super) async fn do_list_backups(
         &self,
         request: Request<pb::ListBackupsRequest>,
