@@ -8,7 +8,7 @@ ALTER TABLE empresas ADD CONSTRAINT empresas_status_check
 CREATE TABLE restauracoes (
     id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     empresa_id          bigint NOT NULL REFERENCES empresas (id) ON DELETE CASCADE,
-    backup_id           bigint NOT NULL REFERENCES backups (id),
+    backup_id           bigint REFERENCES backups (id) ON DELETE SET NULL,
     -- The generation being built.
     geracao             integer NOT NULL,
     status_anterior     text NOT NULL,

@@ -83,6 +83,10 @@ pub struct Backup {
     /// in seconds.
     #[serde(default = "defaults::restore_grace_secs")]
     pub restore_grace_secs: u64,
+    /// How often one replica looks for tenants due a scheduled backup (their plan's
+    /// interval) and applies retention, in seconds; 0 turns scheduling off.
+    #[serde(default = "defaults::schedule_every_secs")]
+    pub schedule_every_secs: u64,
 }
 
 impl Default for Backup {
@@ -94,6 +98,7 @@ impl Default for Backup {
             per_server: defaults::backup_per_server(),
             stale_after_secs: defaults::backup_stale_after_secs(),
             restore_grace_secs: defaults::restore_grace_secs(),
+            schedule_every_secs: defaults::schedule_every_secs(),
         }
     }
 }
@@ -313,6 +318,9 @@ mod defaults {
     }
     pub fn restore_grace_secs() -> u64 {
         86_400
+    }
+    pub fn schedule_every_secs() -> u64 {
+        300
     }
     pub fn backup_location() -> String {
         "backups".into()

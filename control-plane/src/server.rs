@@ -89,6 +89,7 @@ pub async fn run(
     // Also replays at start what a crashed replica left pending.
     tasks.spawn(admin.replayer().run(cancel.child_token()));
     tasks.spawn(admin.backups().sweep_loop(cancel.child_token()));
+    tasks.spawn(admin.backups().schedule_loop(cancel.child_token()));
     tasks.spawn(prune_dead_letters(
         catalog.clone(),
         config.dead_letters.clone(),

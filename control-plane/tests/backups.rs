@@ -579,3 +579,78 @@ async fn a_restore_cut_by_a_crash_leaves_the_tenant_on_its_database() {
         .json();
     assert_eq!(t["generation"], 2);
 }
+
+#[tokio::test]
+async fn plans_schedule_backups_and_retention_keeps_what_they_say() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start_with(&[("CONTROL_PLANE__BACKUP__SCHEDULE_EVERY_SECS", "1")]).await;
+    plane.add_server("main", pg, 100);
+    let catalog = plane.catalog().await;
+    catalog
+        .batch_execute("UPDATE planos SET backup_intervalo_segundos = 0")
+        .await
+        .unwrap();
+    plane.ok(&["create", "sc-alpha", "--name", "Sc", "--sector", "servicos"]);
+    let overdue = |plane: &Plane| plane.ok(&["status", "--json"]).json()["overdue_backups"].clone();
+    assert_eq!(
+        overdue(&plane),
+        serde_json::json!([]),
+        "no policy, nothing due"
+    );
+
+    // A daily policy: the tenant has no backup, so it is due, and the scheduler takes one.
+    catalog
+        .batch_execute(
+            "UPDATE planos SET backup_intervalo_segundos = 86400, backup_diarios = 2, backup_semanais = 0",
+        )
+        .await
+        .unwrap();
+    let scheduled = pg_harness::eventually(std::time::Duration::from_secs(15), || async {
+        let listed = plane.ok(&["backups", "sc-alpha", "--json"]).json();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["reason"] == "scheduled" && b["state"] == "ok")
+    })
+    .await;
+    assert!(scheduled, "the scheduler backed the tenant up");
+    assert_eq!(overdue(&plane), serde_json::json!([]), "no longer due");
+
+    // Retention: two daily backups kept (and anything younger than a day).
+    for _ in 0..3 {
+        plane.ok(&["backup", "sc-alpha"]);
+    }
+    catalog
+        .batch_execute(
+            "UPDATE backups b SET iniciado_em = now() - make_interval(days => 11 - o.n::int) \
+             FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM backups) o \
+             WHERE o.id = b.id AND o.n <= 3",
+        )
+        .await
+        .unwrap();
+    let pruned = pg_harness::eventually(std::time::Duration::from_secs(15), || async {
+        plane
+            .ok(&["backups", "sc-alpha", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    assert!(pruned, "backups past retention are deleted");
+    let kept: Vec<i64> = catalog
+        .query("SELECT id FROM backups ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(kept.len(), 2);
+    let objects = walk(&plane.backup_dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "tnbk"))
+        .count();
+    assert_eq!(objects, 2, "their objects are deleted too");
+}

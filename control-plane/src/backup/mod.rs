@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use store::Store;
 
+/// Advisory-lock key of the backup scheduler (one replica schedules at a time).
+const SCHEDULE_LOCK: i64 = 0x0062_6b5f_7363_6864;
 /// Bytes read from pg_dump at a time.
 const READ: usize = 256 << 10;
 /// How many heartbeats fit in `stale_after_secs` (a live backup is never taken for dead).
@@ -139,6 +141,77 @@ impl Backups {
                 .await?;
             tracing::info!(database = %retired.names.database, "retired generation dropped after its grace period");
         }
+        Ok(())
+    }
+
+    /// Every `schedule_every_secs` until `cancel` (unless 0): one replica at a time backs
+    /// up the tenants their plan says are due and applies retention.
+    pub async fn schedule_loop(self, cancel: CancellationToken) {
+        if self.cfg.schedule_every_secs == 0 {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(self.cfg.schedule_every_secs)) => {}
+            }
+            if let Err(e) = self.scheduled_round(&cancel).await {
+                tracing::warn!(error = %e, "scheduled backups failed");
+            }
+        }
+    }
+
+    async fn scheduled_round(&self, cancel: &CancellationToken) -> Result<()> {
+        // One replica schedules at a time (a session lock: released if it dies).
+        let lock = self.catalog.dedicated().await?;
+        let held: bool = lock
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&SCHEDULE_LOCK])
+            .await?
+            .get(0);
+        if !held {
+            return Ok(());
+        }
+        let mut jobs = tokio::task::JoinSet::new();
+        for due in self.catalog.overdue_backups().await? {
+            let me = self.clone();
+            jobs.spawn(async move {
+                let Some(t) = me.catalog.tenant_by_id(due.tenant_id).await? else {
+                    return Ok(());
+                };
+                let b = me.backup_tenant(&t, "scheduled").await?;
+                if b.state != tenant_model::BackupState::Ok {
+                    tracing::warn!(tenant = %t.slug, backup = b.id, error = b.error.as_deref().unwrap_or(""), "scheduled backup failed");
+                }
+                Ok::<_, Error>(())
+            });
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    // Shutting down: let the running backups end on their own terms.
+                    while jobs.join_next().await.is_some() {}
+                    return Ok(());
+                }
+                next = jobs.join_next() => match next {
+                    None => break,
+                    Some(Ok(Err(e))) => tracing::warn!(error = %e, "scheduled backup not taken"),
+                    Some(_) => {}
+                },
+            }
+        }
+        self.apply_retention().await
+    }
+
+    /// Deletes the backups each tenant's plan no longer keeps (object first, then row).
+    pub async fn apply_retention(&self) -> Result<()> {
+        for tenant in self.catalog.tenants_with_backups().await? {
+            for (id, object) in self.catalog.backups_past_retention(tenant).await? {
+                self.store.delete(&object).await?;
+                self.catalog.delete_backup_row(id).await?;
+                tracing::info!(tenant, backup = id, "backup past retention deleted");
+            }
+        }
+        self.catalog.prune_failed_backups(7).await?;
         Ok(())
     }
 

@@ -209,3 +209,115 @@ impl Catalog {
         rows.iter().map(from_row).collect()
     }
 }
+
+/// A tenant whose newest good backup is older than its plan allows.
+#[derive(Debug, Clone)]
+pub struct OverdueBackup {
+    pub tenant_id: i64,
+    pub slug: String,
+    /// When its newest good backup started (`None`: it has none).
+    pub last_ok_ms: Option<i64>,
+    pub interval_secs: i32,
+}
+
+impl Catalog {
+    /// Active or suspended tenants (isolation model) whose newest good backup is older
+    /// than their plan's interval, or who have none; oldest first.
+    pub async fn overdue_backups(&self) -> Result<Vec<OverdueBackup>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT e.id, e.slug, {}, p.backup_intervalo_segundos FROM empresas e \
+                     JOIN planos p ON p.nome = e.plano \
+                     LEFT JOIN LATERAL (SELECT max(iniciado_em) AS ultimo FROM backups b \
+                       WHERE b.empresa_id = e.id AND b.estado = 'ok') b ON true \
+                     WHERE e.status IN ('active', 'suspended') AND e.modelo_papeis = 2 \
+                     AND p.backup_intervalo_segundos > 0 \
+                     AND (b.ultimo IS NULL OR b.ultimo < now() - make_interval(secs => p.backup_intervalo_segundos)) \
+                     AND NOT EXISTS (SELECT 1 FROM backups r WHERE r.empresa_id = e.id AND r.estado = 'running') \
+                     ORDER BY b.ultimo NULLS FIRST, e.id",
+                    epoch_ms("b.ultimo")
+                ),
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| OverdueBackup {
+                tenant_id: r.get(0),
+                slug: r.get(1),
+                last_ok_ms: r.get(2),
+                interval_secs: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Good backups of `tenant_id` its plan's retention no longer keeps: beyond the newest
+    /// of each of the last `backup_diarios` days and `backup_semanais` weeks. Never the
+    /// newest, one younger than a day, one a running restore reads, or a final backup.
+    /// `(id, object)`.
+    pub async fn backups_past_retention(&self, tenant_id: i64) -> Result<Vec<(i64, String)>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "WITH p AS (SELECT p.backup_diarios AS d, p.backup_semanais AS w FROM empresas e \
+                   JOIN planos p ON p.nome = e.plano WHERE e.id = $1), \
+                 ok AS (SELECT id, objeto, iniciado_em, \
+                   row_number() OVER (PARTITION BY date_trunc('day', iniciado_em) ORDER BY iniciado_em DESC) AS rd, \
+                   row_number() OVER (PARTITION BY date_trunc('week', iniciado_em) ORDER BY iniciado_em DESC) AS rw \
+                   FROM backups WHERE empresa_id = $1 AND estado = 'ok' AND motivo <> 'final'), \
+                 keep AS ( \
+                   (SELECT id FROM ok WHERE rd = 1 ORDER BY iniciado_em DESC LIMIT (SELECT d FROM p)) \
+                   UNION (SELECT id FROM ok WHERE rw = 1 ORDER BY iniciado_em DESC LIMIT (SELECT w FROM p)) \
+                   UNION (SELECT id FROM ok ORDER BY iniciado_em DESC LIMIT 1) \
+                   UNION (SELECT id FROM ok WHERE iniciado_em > now() - interval '1 day') \
+                   UNION (SELECT backup_id FROM restauracoes WHERE empresa_id = $1 AND estado = 'running')) \
+                 SELECT id, objeto FROM ok WHERE id NOT IN (SELECT id FROM keep) ORDER BY id",
+                &[&tenant_id],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Forgets a backup whose object was deleted.
+    pub async fn delete_backup_row(&self, id: i64) -> Result<()> {
+        self.client()
+            .await?
+            .execute("DELETE FROM backups WHERE id = $1", &[&id])
+            .await?;
+        Ok(())
+    }
+
+    /// Failed and abandoned attempts older than `days` (their objects never existed).
+    pub async fn prune_failed_backups(&self, days: i32) -> Result<u64> {
+        Ok(self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM backups b WHERE estado IN ('failed', 'abandoned') \
+                 AND iniciado_em < now() - make_interval(days => $1) \
+                 AND NOT EXISTS (SELECT 1 FROM restauracoes r WHERE r.backup_id = b.id)",
+                &[&days],
+            )
+            .await?)
+    }
+}
+
+impl Catalog {
+    /// Tenants holding good backups (for retention).
+    pub async fn tenants_with_backups(&self) -> Result<Vec<i64>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT DISTINCT empresa_id FROM backups WHERE estado = 'ok' AND empresa_id IS NOT NULL \
+                 ORDER BY 1",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}

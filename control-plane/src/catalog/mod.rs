@@ -16,7 +16,7 @@ mod runs;
 mod servers;
 mod tenants;
 
-pub use backups::{BackupKind, BackupRecord, NewBackup};
+pub use backups::{BackupKind, BackupRecord, NewBackup, OverdueBackup};
 pub use dead_letters::{DeadLetter, NewDeadLetter, Quota as DeadLetterQuota};
 pub use identities::{AuditRecord, OperatorRecord, TokenRecord};
 pub use rekey::Resealed;

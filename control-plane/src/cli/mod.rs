@@ -704,6 +704,10 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
             "by_status": pairs(&s.by_status),
             "by_schema": pairs(&s.by_schema),
             "servers": s.servers.iter().map(output::server_json).collect::<Vec<_>>(),
+            "overdue_backups": s.overdue_backups.iter().map(|o| serde_json::json!({
+                "tenant": o.tenant, "last_ok_ms": if o.last_ok_ms == 0 { serde_json::Value::Null } else { o.last_ok_ms.into() },
+                "interval_secs": o.interval_secs,
+            })).collect::<Vec<_>>(),
         }));
         return;
     }
@@ -727,6 +731,33 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
     output::table(&["SECTOR SCHEMA", "TENANTS"], &rows);
     output::line("");
     print_servers(&s.servers, false);
+    output::line("");
+    output::line(&format!(
+        "tenants whose newest good backup is older than their plan allows: {}",
+        s.overdue_backups.len()
+    ));
+    if !s.overdue_backups.is_empty() {
+        let rows: Vec<_> = s
+            .overdue_backups
+            .iter()
+            .map(|o| {
+                vec![
+                    o.tenant.clone(),
+                    if o.last_ok_ms == 0 {
+                        "never".into()
+                    } else {
+                        format!("{} s ago", (now_ms() - o.last_ok_ms) / 1000)
+                    },
+                    format!("{} s", o.interval_secs),
+                ]
+            })
+            .collect();
+        output::table(&["TENANT", "NEWEST GOOD BACKUP", "POLICY"], &rows);
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(caller_auth::now_secs()).unwrap_or(i64::MAX) * 1000
 }
 
 async fn migrate(

@@ -520,6 +520,17 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
             by_schema: count(by_schema),
             servers: servers.iter().map(server_pb).collect(),
             pending_migration: u32::try_from(pending).unwrap_or(u32::MAX),
+            overdue_backups: self
+                .catalog
+                .overdue_backups()
+                .await?
+                .into_iter()
+                .map(|o| pb::OverdueBackup {
+                    tenant: o.slug,
+                    last_ok_ms: o.last_ok_ms.unwrap_or(0),
+                    interval_secs: o.interval_secs,
+                })
+                .collect(),
         }))
     }
 

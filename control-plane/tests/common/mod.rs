@@ -125,6 +125,8 @@ impl Plane {
                 "2000".into(),
             ),
             ("RUST_LOG", "warn".into()),
+            // Backups only when a test asks (or turns scheduling on).
+            ("CONTROL_PLANE__BACKUP__SCHEDULE_EVERY_SECS", "0".into()),
             (
                 "CONTROL_PLANE__BACKUP__STORE__LOCATION",
                 backup_dir.display().to_string(),
