@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod dbserver;
 pub mod directory;
 pub mod error;
+pub mod export;
 pub mod fleet;
 pub mod grpc;
 pub mod harden;

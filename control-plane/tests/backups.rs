@@ -654,3 +654,112 @@ async fn plans_schedule_backups_and_retention_keeps_what_they_say() {
         .count();
     assert_eq!(objects, 2, "their objects are deleted too");
 }
+
+#[tokio::test]
+async fn a_tenant_takes_its_data_away_as_json_lines_or_csv() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "ex-alpha", "--name", "Ex", "--sector", "veiculos"]);
+    let db = plane.database_of("ex-alpha").await;
+    fill(pg, &db, 250, 40).await;
+    let tricky = "Ana \"a\", b\nc \\ é 🎉";
+    let c = pg.connect(&db).await.unwrap();
+    c.execute("UPDATE leads SET nome = $1 WHERE id = 7", &[&tricky])
+        .await
+        .unwrap();
+    c.batch_execute(
+        "INSERT INTO conversas (lead_id) VALUES (7); \
+         INSERT INTO mensagens (conversa_id, direcao, tipo, conteudo, status) \
+         SELECT id, 'entrada', 'text', 'quero um carro', 'recebida' FROM conversas",
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("export-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // JSON lines: one object per row, every table, values exactly as stored.
+    let file = dir.join("ex.jsonl");
+    plane.ok(&[
+        "export",
+        "ex-alpha",
+        "--format",
+        "jsonl",
+        "--to",
+        file.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut per_table = std::collections::BTreeMap::<String, i64>::new();
+    let mut found = false;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *per_table
+            .entry(v["table"].as_str().unwrap().to_string())
+            .or_default() += 1;
+        if v["table"] == "leads" && v["row"]["id"] == 7 {
+            assert_eq!(v["row"]["nome"], tricky);
+            found = true;
+        }
+    }
+    assert!(found);
+    assert_eq!(per_table["leads"], 250);
+    assert_eq!(per_table["conversas"], 1);
+    assert_eq!(per_table["mensagens"], 1);
+    assert!(per_table.contains_key("configuracoes"), "{per_table:?}");
+    assert!(
+        !per_table.keys().any(|t| t.starts_with("refinery")),
+        "migration history is not customer data: {per_table:?}"
+    );
+    // Standard output works too.
+    let out = plane.ok(&["export", "ex-alpha", "--format", "jsonl", "--to", "-"]);
+    assert_eq!(out.stdout.lines().count(), text.lines().count());
+
+    // CSV: a file per table with a header row; quoting survives commas, quotes, newlines.
+    let csv = dir.join("csv");
+    plane.ok(&[
+        "export",
+        "ex-alpha",
+        "--format",
+        "csv",
+        "--to",
+        csv.to_str().unwrap(),
+    ]);
+    let leads = std::fs::read_to_string(csv.join("leads.csv")).unwrap();
+    assert!(leads.starts_with("id,wa_id,"), "{}", &leads[..80]);
+    assert!(
+        leads.contains("\"Ana \"\"a\"\", b\nc \\ é 🎉\""),
+        "CSV quoting"
+    );
+    assert!(csv.join("mensagens.csv").is_file() && csv.join("veiculos.csv").is_file());
+
+    for (args, code) in [
+        (
+            vec!["export", "ex-alpha", "--format", "xml", "--to", "-"],
+            2,
+        ),
+        (
+            vec!["export", "ex-alpha", "--format", "csv", "--to", "-"],
+            2,
+        ),
+        (
+            vec!["export", "nobody-here", "--format", "jsonl", "--to", "-"],
+            3,
+        ),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+    }
+    let viewer = plane
+        .ok(&["operator", "add", "vanda", "--role", "viewer"])
+        .stdout
+        .trim()
+        .to_string();
+    let out = plane.ctl_env(
+        &["export", "ex-alpha", "--format", "jsonl", "--to", "-"],
+        &[("TENANTCTL_TOKEN", viewer.as_str())],
+        None,
+    );
+    assert_eq!(out.code, 8, "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -99,3 +99,128 @@ pub(super) async fn list(
     print(&backups, json);
     Ok(())
 }
+
+#[derive(Args)]
+pub(super) struct ExportArgs {
+    tenant: String,
+    /// jsonl (one JSON object per line) or csv (one file per table).
+    #[arg(long)]
+    format: String,
+    /// A file for jsonl, or `-` for standard output; a directory for csv.
+    #[arg(long)]
+    to: String,
+}
+
+/// Where exported bytes go: one stream, or one file per table.
+enum Sink {
+    One(Box<dyn std::io::Write>),
+    PerTable {
+        dir: std::path::PathBuf,
+        current: Option<(String, std::fs::File)>,
+    },
+}
+
+impl Sink {
+    fn write(&mut self, table: &str, data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        match self {
+            Sink::One(w) => w.write_all(data),
+            Sink::PerTable { dir, current } => {
+                if current.as_ref().is_none_or(|(t, _)| t != table) {
+                    // Table names come from the tenant schema: plain identifiers.
+                    if !table
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    {
+                        return Err(std::io::Error::other(format!("unexpected table {table:?}")));
+                    }
+                    let file = std::fs::File::create(dir.join(format!("{table}.csv")))?;
+                    *current = Some((table.to_string(), file));
+                }
+                match current {
+                    Some((_, f)) => f.write_all(data),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        use std::io::Write;
+        match self {
+            Sink::One(mut w) => w.flush(),
+            Sink::PerTable { current, .. } => match current {
+                Some((_, f)) => f.sync_all(),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+pub(super) async fn export(client: &mut Client, a: ExportArgs, json: bool) -> Result<(), Failure> {
+    let (format, sink) = match (a.format.as_str(), a.to.as_str()) {
+        ("jsonl", "-") => (
+            pb::ExportFormat::Jsonl,
+            Sink::One(Box::new(std::io::BufWriter::new(std::io::stdout()))),
+        ),
+        ("jsonl", path) => (
+            pb::ExportFormat::Jsonl,
+            Sink::One(Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .map_err(|e| super::fail(1, format!("cannot create {path}: {e}")))?,
+            ))),
+        ),
+        ("csv", "-") => {
+            return Err(super::fail(
+                2,
+                "csv writes one file per table: give a directory with --to",
+            ))
+        }
+        ("csv", dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| super::fail(1, format!("cannot create {dir}: {e}")))?;
+            (
+                pb::ExportFormat::Csv,
+                Sink::PerTable {
+                    dir: dir.into(),
+                    current: None,
+                },
+            )
+        }
+        (other, _) => {
+            return Err(super::fail(
+                2,
+                format!("unknown format {other:?}: expected jsonl or csv"),
+            ))
+        }
+    };
+    let mut sink = sink;
+    let mut stream = client
+        .export_tenant(pb::ExportRequest {
+            tenant: a.tenant,
+            format: format as i32,
+        })
+        .await?
+        .into_inner();
+    let (mut tables, mut bytes) = (std::collections::BTreeSet::new(), 0u64);
+    while let Some(chunk) = stream.message().await? {
+        sink.write(&chunk.table, &chunk.data)
+            .map_err(|e| super::fail(1, format!("cannot write the export: {e}")))?;
+        bytes += chunk.data.len() as u64;
+        tables.insert(chunk.table);
+    }
+    sink.finish()
+        .map_err(|e| super::fail(1, format!("cannot write the export: {e}")))?;
+    if a.to != "-" {
+        if json {
+            output::json(&json!({"tables": tables, "bytes": bytes, "to": a.to}));
+        } else {
+            output::line(&format!(
+                "exported {} tables ({bytes} bytes) to {}",
+                tables.len(),
+                a.to
+            ));
+        }
+    }
+    Ok(())
+}

@@ -103,6 +103,8 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Export a tenant's data (every table of its schema) for the tenant to take away.
+    Export(backups::ExportArgs),
     /// Restore a tenant in place from one of its backups: a new database beside the live
     /// one, verified against the backup's manifest, then switched to (the old one is kept
     /// for backup.restore_grace_secs). Calls get UNAVAILABLE (retry) meanwhile.
@@ -593,6 +595,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Backups { tenant, limit } => {
             backups::list(&mut client, tenant, limit, json).await?
         }
+        Command::Export(a) => backups::export(&mut client, a, json).await?,
         Command::Restore { tenant, backup } => {
             let t = client
                 .restore_tenant(pb::RestoreRequest {

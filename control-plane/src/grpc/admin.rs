@@ -364,6 +364,9 @@ type MigrateStream = std::pin::Pin<
     Box<dyn futures_util::Stream<Item = Result<pb::MigrateEvent, GrpcStatus>> + Send>,
 >;
 
+pub(super) type ExportStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::ExportChunk, GrpcStatus>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::tenant_admin_server::TenantAdmin for AdminService {
     async fn create_tenant(
@@ -940,6 +943,15 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         request: Request<pb::RestoreRequest>,
     ) -> Result<Response<pb::Tenant>, GrpcStatus> {
         self.do_restore_tenant(request).await
+    }
+
+    type ExportTenantStream = ExportStream;
+
+    async fn export_tenant(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<Self::ExportTenantStream>, GrpcStatus> {
+        self.do_export_tenant(request).await
     }
 
     async fn replay_dead_letters(

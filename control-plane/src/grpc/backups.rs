@@ -4,6 +4,8 @@ use super::admin::AdminService;
 use crate::auth::Role;
 use crate::catalog::BackupRecord;
 use crate::error::Error;
+use crate::export::{export, Format};
+use crate::model::Status;
 use proto::control::v1 as pb;
 use proto::model::ToWire;
 use tonic::{Request, Response, Status as GrpcStatus};
@@ -94,6 +96,53 @@ impl AdminService {
         // Deliveries kept while it was restoring go in now.
         self.replayer.wake();
         Ok(Response::new(super::admin::tenant_pb(&t)))
+    }
+
+    pub(super) async fn do_export_tenant(
+        &self,
+        request: Request<pb::ExportRequest>,
+    ) -> Result<Response<super::admin::ExportStream>, GrpcStatus> {
+        // Customers' data leaves the platform: operators only, audited.
+        let actor = self
+            .actor(&request, Role::Operator, "tenant.export")
+            .await?;
+        let req = request.into_inner();
+        let format = match pb::ExportFormat::try_from(req.format) {
+            Ok(pb::ExportFormat::Jsonl) => Format::Jsonl,
+            Ok(pb::ExportFormat::Csv) => Format::Csv,
+            _ => {
+                return Err(
+                    Error::InvalidArgument("format must be one of jsonl, csv".into()).into(),
+                )
+            }
+        };
+        let tenant = self.tenant(&req.tenant).await?;
+        if !matches!(tenant.status, Status::Active | Status::Suspended) {
+            return Err(Error::FailedPrecondition(format!(
+                "tenant {} is {}: only active or suspended tenants are exported",
+                tenant.slug,
+                tenant.status.as_str()
+            ))
+            .into());
+        }
+        self.catalog
+            .audit(
+                &actor,
+                "tenant.export",
+                Some(tenant.id),
+                &tenant.slug,
+                serde_json::json!({"format": format!("{format:?}").to_lowercase()}),
+            )
+            .await?;
+        let (catalog, timeout) = (self.catalog.clone(), self.connect_timeout);
+        Ok(Response::new(super::directory::async_stream(
+            move |tx| async move {
+                if let Err(e) = export(&catalog, &tenant, format, timeout, &tx).await {
+                    tracing::warn!(tenant = %tenant.slug, error = %e, "export failed");
+                    let _ = tx.send(Err(e.into())).await;
+                }
+            },
+        )))
     }
 
     pub(super) async fn do_list_backups(
