@@ -55,6 +55,31 @@ pub struct Config {
     /// Backups: where they go and how they are taken.
     #[serde(default)]
     pub backup: Backup,
+    /// Offboarding: how long a deleted tenant is kept before it is purged.
+    #[serde(default)]
+    pub deletion: Deletion,
+}
+
+/// Deletion settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deletion {
+    /// How long a deleted tenant's database and backups are kept before the purge, in
+    /// seconds (30 days by default).
+    #[serde(default = "defaults::deletion_window_secs")]
+    pub window_secs: u64,
+    /// How often each replica looks for deleted tenants to purge, in seconds.
+    #[serde(default = "defaults::purge_every_secs")]
+    pub purge_every_secs: u64,
+}
+
+impl Default for Deletion {
+    fn default() -> Self {
+        Deletion {
+            window_secs: defaults::deletion_window_secs(),
+            purge_every_secs: defaults::purge_every_secs(),
+        }
+    }
 }
 
 /// Backup settings.
@@ -322,6 +347,12 @@ mod defaults {
     pub fn schedule_every_secs() -> u64 {
         300
     }
+    pub fn deletion_window_secs() -> u64 {
+        30 * 86_400
+    }
+    pub fn purge_every_secs() -> u64 {
+        300
+    }
     pub fn backup_location() -> String {
         "backups".into()
     }
@@ -479,6 +510,11 @@ impl Config {
                     "dead_letters.{name} must be above 0"
                 )));
             }
+        }
+        if self.deletion.purge_every_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "deletion.purge_every_secs must be above 0".into(),
+            ));
         }
         let b = &self.backup;
         if b.concurrency == 0 || b.per_server == 0 || b.stale_after_secs < 2 {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod dbserver;
+pub mod deletion;
 pub mod directory;
 pub mod error;
 pub mod export;

@@ -763,3 +763,171 @@ async fn a_tenant_takes_its_data_away_as_json_lines_or_csv() {
     assert_eq!(out.code, 8, "{out:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_deleted_tenant_frees_its_number_at_once_and_is_purged_after_its_window() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start_with(&[
+        ("CONTROL_PLANE__DELETION__WINDOW_SECS", "4"),
+        ("CONTROL_PLANE__DELETION__PURGE_EVERY_SECS", "1"),
+    ])
+    .await;
+    plane.add_server("main", pg, 100);
+    let t = plane
+        .ok(&[
+            "create",
+            "dl-leave",
+            "--name",
+            "Dl",
+            "--sector",
+            "servicos",
+            "--phone-number-id",
+            "5557001",
+            "--json",
+        ])
+        .json();
+    let id = t["id"].as_i64().unwrap();
+    let db = plane.database_of("dl-leave").await;
+    fill(pg, &db, 50, 32).await;
+    plane.ok(&["backup", "dl-leave"]);
+
+    let r = plane
+        .ok(&[
+            "delete",
+            "dl-leave",
+            "--reason",
+            "cliente encerrou o contrato",
+            "--json",
+        ])
+        .json();
+    assert_eq!(r["purged"], false, "{r}");
+    assert!(r["purge_at_ms"].as_i64().unwrap() > 0);
+    let shown = plane.ok(&["show", "dl-leave", "--json"]).json();
+    assert_eq!(shown["status"], "deleted");
+    assert!(shown["phone_number_id"].is_null() || shown["phone_number_id"] == "");
+    let listed = plane.ok(&["backups", "dl-leave", "--json"]).json();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["reason"] == "final" && b["state"] == "ok"),
+        "a final backup was taken: {listed}"
+    );
+    // The number is free at once; the slug only after the purge.
+    plane.ok(&[
+        "create",
+        "dl-next",
+        "--name",
+        "Dl",
+        "--sector",
+        "servicos",
+        "--phone-number-id",
+        "5557001",
+    ]);
+    assert_eq!(
+        plane
+            .ctl(&["create", "dl-leave", "--name", "Dl", "--sector", "servicos"])
+            .code,
+        4
+    );
+    // After the window: database, roles and backups gone; a tombstone remains.
+    let purged = pg_harness::eventually(std::time::Duration::from_secs(20), || async {
+        plane.ctl(&["show", "dl-leave"]).code == 3
+    })
+    .await;
+    assert!(purged, "the tenant was purged after its window");
+    assert!(!common::database_exists(pg, &db).await);
+    assert!(
+        !walk(&plane.backup_dir)
+            .iter()
+            .any(|p| p.to_string_lossy().contains(&format!("tenants/{id}/"))),
+        "its backups were purged"
+    );
+    let gone = plane.ctl(&["delete", "dl-leave"]);
+    assert_eq!(gone.code, 3);
+    assert!(
+        gone.stderr.contains("was deleted by test-admin"),
+        "{gone:?}"
+    );
+    let tomb = plane
+        .catalog()
+        .await
+        .query_one(
+            "SELECT excluido_por, motivo, phone_number_id FROM empresas_excluidas WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tomb.get::<_, String>(0), "test-admin");
+    assert_eq!(
+        tomb.get::<_, Option<String>>(1).as_deref(),
+        Some("cliente encerrou o contrato")
+    );
+    let audit = plane
+        .ok(&["audit", "--tenant", &id.to_string(), "--json"])
+        .json();
+    for action in [
+        "tenant.delete.suspend",
+        "tenant.delete.final_backup",
+        "tenant.delete",
+        "tenant.purge",
+    ] {
+        assert!(
+            audit.to_string().contains(&format!("\"{action}\"")),
+            "{action} audited: {audit}"
+        );
+    }
+    // The slug is free again.
+    plane.ok(&["create", "dl-leave", "--name", "Dl", "--sector", "servicos"]);
+}
+
+#[tokio::test]
+async fn deleting_now_needs_the_slug_typed_again_and_erases_at_once() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "dl-now", "--name", "Dl", "--sector", "servicos"]);
+    let db = plane.database_of("dl-now").await;
+    plane.ok(&["backup", "dl-now"]);
+    for (args, code) in [
+        (vec!["delete", "dl-now", "--now"], 2),
+        (
+            vec!["delete", "dl-now", "--now", "--confirm", "dl-other"],
+            2,
+        ),
+        (vec!["delete", "nobody-here"], 3),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+    }
+    assert_eq!(
+        plane.ok(&["show", "dl-now", "--json"]).json()["status"],
+        "active",
+        "refused deletions change nothing"
+    );
+    let viewer = plane
+        .ok(&["operator", "add", "vera", "--role", "viewer"])
+        .stdout
+        .trim()
+        .to_string();
+    let out = plane.ctl_env(
+        &["delete", "dl-now"],
+        &[("TENANTCTL_TOKEN", viewer.as_str())],
+        None,
+    );
+    assert_eq!(out.code, 8, "{out:?}");
+    let r = plane
+        .ok(&["delete", "dl-now", "--now", "--confirm", "dl-now", "--json"])
+        .json();
+    assert_eq!(r["purged"], true, "{r}");
+    assert!(!common::database_exists(pg, &db).await);
+    assert!(
+        walk(&plane.backup_dir).is_empty()
+            || !walk(&plane.backup_dir)
+                .iter()
+                .any(|p| p.extension().is_some_and(|x| x == "tnbk")),
+        "backups erased too"
+    );
+    assert_eq!(plane.ctl(&["show", "dl-now"]).code, 3);
+}

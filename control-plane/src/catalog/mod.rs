@@ -8,6 +8,7 @@
 
 mod backups;
 mod dead_letters;
+mod deletion;
 mod identities;
 mod rekey;
 mod restores;
@@ -18,6 +19,7 @@ mod tenants;
 
 pub use backups::{BackupKind, BackupRecord, NewBackup, OverdueBackup};
 pub use dead_letters::{DeadLetter, NewDeadLetter, Quota as DeadLetterQuota};
+pub use deletion::Tombstone;
 pub use identities::{AuditRecord, OperatorRecord, TokenRecord};
 pub use rekey::Resealed;
 pub use restores::{RestoreJob, RetiredGeneration};

@@ -37,9 +37,10 @@ pub struct ServerRecord {
     pub maintenance_closed: bool,
 }
 
-const SERVER_SELECT: &str = "SELECT s.id, s.nome, s.host, s.porta, s.admin_usuario, s.admin_senha_cifrada, \
+const SERVER_SELECT: &str =
+    "SELECT s.id, s.nome, s.host, s.porta, s.admin_usuario, s.admin_senha_cifrada, \
      s.orcamento_conexoes, s.capacidade, s.estado, \
-     (SELECT count(*) FROM empresas e WHERE e.servidor_id = s.id AND e.status <> 'deleted') AS tenants, \
+     (SELECT count(*) FROM empresas e WHERE e.servidor_id = s.id) AS tenants, \
      s.template_senha_cifrada, s.manutencao_fechada FROM servidores s";
 
 fn server_from_row(row: &Row) -> ServerRecord {

@@ -103,6 +103,21 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Offboard a tenant: suspend, final backup, deleted (its WhatsApp number freed at
+    /// once), purged after deletion.window_secs (database, roles and backups; a tombstone
+    /// stays and the slug becomes free).
+    Delete {
+        tenant: String,
+        /// Why (kept in the tombstone and the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Skip the final backup and the window: purge now, backups included.
+        #[arg(long, requires = "confirm")]
+        now: bool,
+        /// With --now: the tenant's slug again.
+        #[arg(long, default_value = "")]
+        confirm: String,
+    },
     /// Export a tenant's data (every table of its schema) for the tenant to take away.
     Export(backups::ExportArgs),
     /// Restore a tenant in place from one of its backups: a new database beside the live
@@ -596,6 +611,37 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             backups::list(&mut client, tenant, limit, json).await?
         }
         Command::Export(a) => backups::export(&mut client, a, json).await?,
+        Command::Delete {
+            tenant,
+            reason,
+            now,
+            confirm,
+        } => {
+            let r = client
+                .delete_tenant(pb::DeleteRequest {
+                    tenant: tenant.clone(),
+                    reason,
+                    now,
+                    confirm,
+                })
+                .await?
+                .into_inner();
+            if json {
+                output::json(&serde_json::json!({
+                    "tenant": tenant, "purged": r.purged,
+                    "purge_at_ms": if r.purge_at_ms == 0 { serde_json::Value::Null } else { r.purge_at_ms.into() },
+                }));
+            } else if r.purged {
+                output::line(&format!(
+                    "tenant {tenant} deleted and purged (database, roles and backups)"
+                ));
+            } else {
+                output::line(&format!(
+                    "tenant {tenant} deleted: its number is free; database and backups are purged in {} s",
+                    (r.purge_at_ms - now_ms()).max(0) / 1000
+                ));
+            }
+        }
         Command::Restore { tenant, backup } => {
             let t = client
                 .restore_tenant(pb::RestoreRequest {

@@ -9,6 +9,7 @@ use crate::catalog::{
     TokenRecord,
 };
 use crate::dbserver;
+use crate::deletion::Deleter;
 use crate::error::Error;
 use crate::fleet::{Fleet, FleetEvent, FleetOp, FleetRequest};
 use crate::model::{self, Slug, Status, TenantKey};
@@ -38,6 +39,7 @@ pub struct AdminService {
     pub(super) rotator: Rotator,
     pub(super) replayer: Replayer,
     pub(super) backups: Backups,
+    pub(super) deleter: Deleter,
 }
 
 impl AdminService {
@@ -50,8 +52,10 @@ impl AdminService {
         shutdown: CancellationToken,
         minter: Minter,
     ) -> Result<AdminService, Error> {
+        let backups = Backups::new(catalog.clone(), config)?;
         Ok(AdminService {
-            backups: Backups::new(catalog.clone(), config)?,
+            deleter: Deleter::new(catalog.clone(), backups.clone(), config),
+            backups,
             provisioner: Provisioner::new(catalog.clone(), config.provisioning.clone()),
             fleet: Fleet::new(
                 catalog.clone(),
@@ -70,6 +74,11 @@ impl AdminService {
             shutdown,
             minter,
         })
+    }
+
+    /// The deleter (its purge sweep runs beside the server).
+    pub fn deleter(&self) -> Deleter {
+        self.deleter.clone()
     }
 
     /// Backups (their stale-row sweep runs beside the server).
@@ -832,7 +841,21 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         let req = request.into_inner();
         let tenant_id = match req.tenant.trim() {
             "" => None,
-            raw => Some(self.tenant(raw).await?.id),
+            // A purged tenant's history stays readable (by id, or by its slug's tombstone).
+            raw => match self.tenant(raw).await {
+                Ok(t) => Some(t.id),
+                Err(Error::NotFound(m)) => match TenantKey::parse(raw).map_err(Error::from)? {
+                    TenantKey::Id(id) => Some(id.get()),
+                    TenantKey::Slug(s) => Some(
+                        self.catalog
+                            .tombstone_by_slug(s.as_str())
+                            .await?
+                            .ok_or(Error::NotFound(m))?
+                            .id,
+                    ),
+                },
+                Err(e) => return Err(e.into()),
+            },
         };
         let limit = match req.limit {
             0 => 100,
@@ -943,6 +966,13 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         request: Request<pb::RestoreRequest>,
     ) -> Result<Response<pb::Tenant>, GrpcStatus> {
         self.do_restore_tenant(request).await
+    }
+
+    async fn delete_tenant(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, GrpcStatus> {
+        self.do_delete_tenant(request).await
     }
 
     type ExportTenantStream = ExportStream;

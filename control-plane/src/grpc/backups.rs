@@ -98,6 +98,67 @@ impl AdminService {
         Ok(Response::new(super::admin::tenant_pb(&t)))
     }
 
+    pub(super) async fn do_delete_tenant(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Operator, "tenant.delete")
+            .await?;
+        let req = request.into_inner();
+        let reason = req.reason.trim();
+        if reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(
+                "reason must be at most 500 printable characters".into(),
+            )
+            .into());
+        }
+        let tenant = match self.tenant(&req.tenant).await {
+            Ok(t) => t,
+            Err(Error::NotFound(m)) => {
+                let gone = self.catalog.tombstone_by_slug(req.tenant.trim()).await?;
+                return Err(Error::NotFound(match gone {
+                    Some(t) => format!(
+                        "tenant {} was deleted by {} and has been purged",
+                        t.slug, t.deleted_by
+                    ),
+                    None => m,
+                })
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if req.now && req.confirm != tenant.slug {
+            return Err(Error::InvalidArgument(format!(
+                "deleting now purges the database and every backup of it: confirm with the slug ({})",
+                tenant.slug
+            ))
+            .into());
+        }
+        let deleter = self.deleter.clone();
+        let reason = (!reason.is_empty()).then(|| reason.to_string());
+        let now = req.now;
+        // Runs to its end even if the client goes away.
+        let after = self
+            .tasks
+            .spawn(async move {
+                deleter
+                    .delete(&tenant, &actor, reason.as_deref(), now)
+                    .await
+            })
+            .await
+            .map_err(|e| Error::internal("delete task", e))??;
+        let purge_at_ms = match &after {
+            Some(t) => self.catalog.purge_at_ms(t.id).await?.unwrap_or(0),
+            None => 0,
+        };
+        Ok(Response::new(pb::DeleteResponse {
+            purged: after.is_none(),
+            tenant: after.as_ref().map(super::admin::tenant_pb),
+            purge_at_ms,
+        }))
+    }
+
     pub(super) async fn do_export_tenant(
         &self,
         request: Request<pb::ExportRequest>,
