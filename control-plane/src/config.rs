@@ -112,6 +112,13 @@ pub struct Backup {
     /// interval) and applies retention, in seconds; 0 turns scheduling off.
     #[serde(default = "defaults::schedule_every_secs")]
     pub schedule_every_secs: u64,
+    /// The scheduler backs the catalog up when its newest good backup is older than this,
+    /// in seconds (0: never on schedule).
+    #[serde(default = "defaults::catalog_every_secs")]
+    pub catalog_every_secs: u64,
+    /// Catalog backups kept (the newest ones).
+    #[serde(default = "defaults::catalog_keep")]
+    pub catalog_keep: u32,
 }
 
 impl Default for Backup {
@@ -124,6 +131,8 @@ impl Default for Backup {
             stale_after_secs: defaults::backup_stale_after_secs(),
             restore_grace_secs: defaults::restore_grace_secs(),
             schedule_every_secs: defaults::schedule_every_secs(),
+            catalog_every_secs: defaults::catalog_every_secs(),
+            catalog_keep: defaults::catalog_keep(),
         }
     }
 }
@@ -346,6 +355,12 @@ mod defaults {
     }
     pub fn schedule_every_secs() -> u64 {
         300
+    }
+    pub fn catalog_every_secs() -> u64 {
+        86_400
+    }
+    pub fn catalog_keep() -> u32 {
+        14
     }
     pub fn deletion_window_secs() -> u64 {
         30 * 86_400

@@ -624,7 +624,7 @@ async fn plans_schedule_backups_and_retention_keeps_what_they_say() {
     catalog
         .batch_execute(
             "UPDATE backups b SET iniciado_em = now() - make_interval(days => 11 - o.n::int) \
-             FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM backups) o \
+             FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM backups WHERE tipo = 'tenant') o \
              WHERE o.id = b.id AND o.n <= 3",
         )
         .await
@@ -641,18 +641,27 @@ async fn plans_schedule_backups_and_retention_keeps_what_they_say() {
     .await;
     assert!(pruned, "backups past retention are deleted");
     let kept: Vec<i64> = catalog
-        .query("SELECT id FROM backups ORDER BY id", &[])
+        .query(
+            "SELECT id FROM backups WHERE tipo = 'tenant' ORDER BY id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(kept.len(), 2);
-    let objects = walk(&plane.backup_dir)
+    let objects = walk(&plane.backup_dir.join("tenants"))
         .into_iter()
         .filter(|p| p.extension().is_some_and(|x| x == "tnbk"))
         .count();
     assert_eq!(objects, 2, "their objects are deleted too");
+    // The scheduler backs the catalog up too.
+    let catalog_backups = plane.ok(&["backups", "--catalog", "--json"]).json();
+    assert_eq!(
+        catalog_backups[0]["reason"], "scheduled",
+        "{catalog_backups}"
+    );
 }
 
 #[tokio::test]
@@ -930,4 +939,67 @@ async fn deleting_now_needs_the_slug_typed_again_and_erases_at_once() {
         "backups erased too"
     );
     assert_eq!(plane.ctl(&["show", "dl-now"]).code, 3);
+}
+
+#[tokio::test]
+async fn the_catalog_is_backed_up_to_the_same_store_and_restores() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "cat-one", "--name", "C", "--sector", "servicos"]);
+    plane.ok(&["create", "cat-two", "--name", "C", "--sector", "servicos"]);
+    let r = plane.ok(&["backup", "--catalog", "--json"]).json();
+    let b = &r["backups"][0];
+    assert_eq!(b["state"], "ok", "{r}");
+    assert_eq!(b["tenant"], "");
+    assert!(
+        b["manifest"]["tables"]["public.empresas"].as_i64() == Some(2),
+        "{b}"
+    );
+    let path = find_object(&plane.backup_dir.join("catalog"));
+    let object = std::fs::read(&path).unwrap();
+    assert_eq!(b["checksum"], hex::encode(Sha256::digest(&object)));
+    let archive = open_object(&plane, b["id"].as_i64().unwrap(), &object).await;
+    // Rebuilding a control plane from it: restore into a fresh database.
+    let db = pg.fresh_database("catalog_rebuilt").await.unwrap();
+    let file = std::env::temp_dir().join(format!("{db}.dump"));
+    std::fs::write(&file, &archive).unwrap();
+    let out = Command::new(pg_harness::pg_bindir().unwrap().join("pg_restore"))
+        .args([
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            "--dbname",
+        ])
+        .arg(pg.url(&db))
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let slugs: Vec<String> = pg
+        .connect(&db)
+        .await
+        .unwrap()
+        .query("SELECT slug FROM empresas ORDER BY slug", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(slugs, ["cat-one", "cat-two"]);
+    let listed = plane.ok(&["backups", "--catalog", "--json"]).json();
+    assert_eq!(listed[0]["id"], b["id"]);
+    for (args, code) in [
+        (vec!["backup", "--catalog", "cat-one"], 2),
+        (vec!["backups"], 2),
+        (vec!["backups", "cat-one", "--catalog"], 2),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+    }
 }

@@ -15,7 +15,7 @@ mod restore;
 pub mod store;
 pub mod stream;
 
-use crate::catalog::{BackupKind, BackupRecord, Catalog, NewBackup, ServerRecord, TenantRecord};
+use crate::catalog::{BackupKind, BackupRecord, Catalog, NewBackup, TenantRecord};
 use crate::dbserver;
 use crate::error::{Error, Result};
 use crate::model::Status;
@@ -199,7 +199,36 @@ impl Backups {
                 },
             }
         }
+        if self.catalog_due().await? {
+            let b = self.backup_catalog("scheduled").await?;
+            if b.state != tenant_model::BackupState::Ok {
+                tracing::warn!(
+                    backup = b.id,
+                    error = b.error.as_deref().unwrap_or(""),
+                    "scheduled catalog backup failed"
+                );
+            }
+        }
         self.apply_retention().await
+    }
+
+    /// Whether the catalog's newest good backup is older than `catalog_every_secs`.
+    async fn catalog_due(&self) -> Result<bool> {
+        if self.cfg.catalog_every_secs == 0 {
+            return Ok(false);
+        }
+        let newest = self
+            .catalog
+            .backups(None, 1)
+            .await?
+            .into_iter()
+            .find(|b| b.state == tenant_model::BackupState::Ok);
+        let age_ms = |b: &BackupRecord| {
+            i64::try_from(caller_auth::now_secs()).unwrap_or(i64::MAX) * 1000 - b.started_ms
+        };
+        Ok(newest.is_none_or(|b| {
+            age_ms(&b) > i64::try_from(self.cfg.catalog_every_secs * 1000).unwrap_or(i64::MAX)
+        }))
     }
 
     /// Deletes the backups each tenant's plan no longer keeps (object first, then row).
@@ -210,6 +239,18 @@ impl Backups {
                 self.catalog.delete_backup_row(id).await?;
                 tracing::info!(tenant, backup = id, "backup past retention deleted");
             }
+        }
+        let kept = self.cfg.catalog_keep as usize;
+        for old in self
+            .catalog
+            .backups(None, 1000)
+            .await?
+            .into_iter()
+            .filter(|b| b.state == tenant_model::BackupState::Ok)
+            .skip(kept)
+        {
+            self.store.delete(&old.object).await?;
+            self.catalog.delete_backup_row(old.id).await?;
         }
         self.catalog.prune_failed_backups(7).await?;
         Ok(())
@@ -251,38 +292,96 @@ impl Backups {
             .await
             .map_err(|_| Error::Unavailable("shutting down".into()))?;
 
-        let key = stream::new_data_key();
-        let object = format!(
-            "tenants/{}/{}-{}.tnbk",
-            tenant.id,
-            caller_auth::now_secs(),
-            hex::encode(&stream::new_data_key()[..6])
+        let owner_password = self.catalog.owner_password(tenant)?;
+        let source = Source {
+            conninfo: self.conninfo((&server.host, server.port), &names.owner, &tenant.database),
+            password: owner_password.clone(),
+        };
+        let connect = dbserver::connect_login(
+            &self.catalog,
+            &server,
+            (&names.owner, &owner_password),
+            &tenant.database,
+            dbserver::SearchPath::CatalogOnly,
+            self.connect_timeout,
         );
-        let sealed_key = self
+        let record = NewBackup {
+            tenant_id: Some(tenant.id),
+            kind: BackupKind::Tenant,
+            reason,
+            object: format!("tenants/{}/{}", tenant.id, object_name()),
+            sealed_key: Vec::new(),
+            versions: (tenant.schema_version, tenant.sector_schema_version),
+            replica: self.replica.clone(),
+        };
+        self.take(record, source, connect).await
+    }
+
+    /// Backs up the catalog itself (every credential, sealed with the master key) to the
+    /// same store; the finished (or failed) row.
+    pub async fn backup_catalog(&self, reason: &'static str) -> Result<BackupRecord> {
+        let cfg = self.catalog.pg_config();
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => {
+                return Err(Error::FailedPrecondition(
+                    "the catalog must be reached over TCP to be backed up".into(),
+                ))
+            }
+        };
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let user = cfg.get_user().unwrap_or("postgres").to_string();
+        let database = cfg.get_dbname().unwrap_or(&user).to_string();
+        let password = cfg
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        let _global = self
+            .global
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("shutting down".into()))?;
+        let source = Source {
+            conninfo: self.conninfo((&host, port), &user, &database),
+            password,
+        };
+        let catalog = self.catalog.clone();
+        let connect = async move { catalog.dedicated().await };
+        let record = NewBackup {
+            tenant_id: None,
+            kind: BackupKind::Catalog,
+            reason,
+            object: format!("catalog/{}", object_name()),
+            sealed_key: Vec::new(),
+            versions: (0, 0),
+            replica: self.replica.clone(),
+        };
+        self.take(record, source, connect).await
+    }
+
+    /// Records, dumps, seals and stores one backup; the finished (or failed) row.
+    async fn take(
+        &self,
+        mut record: NewBackup,
+        source: Source,
+        connect: impl std::future::Future<Output = Result<tokio_postgres::Client>>,
+    ) -> Result<BackupRecord> {
+        let key = stream::new_data_key();
+        record.sealed_key = self
             .catalog
             .secrets()
             .seal(
                 &base64::engine::general_purpose::STANDARD.encode(key),
-                &key_context(&object),
+                &key_context(&record.object),
             )
             .map_err(|e| Error::internal("seal a backup key", e))?;
-        let id = self
-            .catalog
-            .start_backup(&NewBackup {
-                tenant_id: Some(tenant.id),
-                kind: BackupKind::Tenant,
-                reason,
-                object: object.clone(),
-                sealed_key,
-                versions: (tenant.schema_version, tenant.sector_schema_version),
-                replica: self.replica.clone(),
-            })
-            .await?;
+        let id = self.catalog.start_backup(&record).await?;
         let started = Instant::now();
-        let owner = (names.owner.as_str(), self.catalog.owner_password(tenant)?);
-        let result = self
-            .dump(&server, tenant, (owner.0, &owner.1), &object, &key, id)
-            .await;
+        let result = async {
+            self.dump(connect.await?, &source, &record.object, &key, id)
+                .await
+        }
+        .await;
         let ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         match result {
             Ok(done) => {
@@ -291,7 +390,7 @@ impl Backups {
                     .await?;
             }
             Err(e) => {
-                tracing::warn!(tenant = %tenant.slug, backup = id, error = %e, "backup failed");
+                tracing::warn!(object = %record.object, backup = id, error = %e, "backup failed");
                 self.catalog.fail_backup(id, &e.to_string(), ms).await?;
             }
         }
@@ -301,25 +400,16 @@ impl Backups {
             .ok_or_else(|| Error::Internal("backup row vanished".into()))
     }
 
-    /// Dumps the tenant database into the store under `object`.
+    /// Dumps the database `snap` is connected to (a snapshot exported from it) into the
+    /// store under `object`.
     async fn dump(
         &self,
-        server: &ServerRecord,
-        tenant: &TenantRecord,
-        owner: (&str, &str),
+        mut snap: tokio_postgres::Client,
+        source: &Source,
         object: &str,
         key: &[u8; 32],
         id: i64,
     ) -> Result<Dumped> {
-        let mut snap = dbserver::connect_login(
-            &self.catalog,
-            server,
-            owner,
-            &tenant.database,
-            dbserver::SearchPath::CatalogOnly,
-            self.connect_timeout,
-        )
-        .await?;
         let version: i32 = snap
             .query_one("SELECT current_setting('server_version_num')::int4", &[])
             .await?
@@ -340,11 +430,8 @@ impl Backups {
             .arg("--format=custom")
             .arg("--no-password")
             .arg(format!("--snapshot={snapshot}"))
-            .arg(format!(
-                "--dbname={}",
-                self.conninfo(server, owner.0, &tenant.database)
-            ))
-            .env("PGPASSWORD", owner.1)
+            .arg(format!("--dbname={}", source.conninfo))
+            .env("PGPASSWORD", &source.password)
             .env("PGCONNECT_TIMEOUT", "10")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -431,12 +518,12 @@ impl Backups {
     }
 
     /// A libpq connection string for pg_dump (the password travels in the environment).
-    fn conninfo(&self, server: &ServerRecord, user: &str, database: &str) -> String {
+    fn conninfo(&self, (host, port): (&str, u16), user: &str, database: &str) -> String {
         let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
         let mut s = format!(
             "host={} port={} user={} dbname={} application_name='control-plane backup'",
-            q(&server.host),
-            server.port,
+            q(host),
+            port,
             q(user),
             q(database)
         );
@@ -449,6 +536,21 @@ impl Backups {
         }
         s
     }
+}
+
+/// How pg_dump reaches the database (the password travels in its environment).
+struct Source {
+    conninfo: String,
+    password: String,
+}
+
+/// A new object's name: start time and a random suffix.
+fn object_name() -> String {
+    format!(
+        "{}-{}.tnbk",
+        caller_auth::now_secs(),
+        hex::encode(&stream::new_data_key()[..6])
+    )
 }
 
 /// What a finished dump produced.

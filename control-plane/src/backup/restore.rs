@@ -215,7 +215,7 @@ impl Backups {
             ])
             .arg(format!(
                 "--dbname={}",
-                self.conninfo(server, &new.owner, &new.database)
+                self.conninfo((&server.host, server.port), &new.owner, &new.database)
             ))
             .env("PGPASSWORD", owner_password)
             .env("PGCONNECT_TIMEOUT", "10")

@@ -12,6 +12,9 @@ pub(super) struct BackupArgs {
     /// Every active or suspended tenant.
     #[arg(long, conflicts_with = "tenants")]
     all: bool,
+    /// The catalog itself (every credential, sealed with the master key).
+    #[arg(long, conflicts_with_all = ["tenants", "all"])]
+    catalog: bool,
 }
 
 fn state(b: &pb::BackupInfo) -> &'static str {
@@ -60,13 +63,17 @@ fn print(backups: &[pb::BackupInfo], json: bool) {
 }
 
 pub(super) async fn backup(client: &mut Client, a: BackupArgs, json: bool) -> Result<u8, Failure> {
-    if !a.all && a.tenants.is_empty() {
-        return Err(super::fail(2, "name tenants to back up or pass --all"));
+    if !a.all && !a.catalog && a.tenants.is_empty() {
+        return Err(super::fail(
+            2,
+            "name tenants to back up or pass --all (or --catalog)",
+        ));
     }
     let r = client
         .backup_tenants(pb::BackupRequest {
             tenants: a.tenants,
             all: a.all,
+            catalog: a.catalog,
         })
         .await?
         .into_inner();
@@ -87,12 +94,17 @@ pub(super) async fn backup(client: &mut Client, a: BackupArgs, json: bool) -> Re
 
 pub(super) async fn list(
     client: &mut Client,
-    tenant: String,
+    tenant: Option<String>,
+    catalog: bool,
     limit: u32,
     json: bool,
 ) -> Result<(), Failure> {
     let backups = client
-        .list_backups(pb::ListBackupsRequest { tenant, limit })
+        .list_backups(pb::ListBackupsRequest {
+            tenant: tenant.unwrap_or_default(),
+            limit,
+            catalog,
+        })
         .await?
         .into_inner()
         .backups;

@@ -99,7 +99,11 @@ enum Command {
     Backup(backups::BackupArgs),
     /// A tenant's backups, newest first.
     Backups {
-        tenant: String,
+        #[arg(required_unless_present = "catalog")]
+        tenant: Option<String>,
+        /// The catalog's own backups.
+        #[arg(long, conflicts_with = "tenant")]
+        catalog: bool,
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
@@ -607,9 +611,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Router(cmd) => access::router(&mut client, cmd, json).await?,
         Command::Rotate(a) => return access::rotate(&mut client, a, json).await,
         Command::Backup(a) => return backups::backup(&mut client, a, json).await,
-        Command::Backups { tenant, limit } => {
-            backups::list(&mut client, tenant, limit, json).await?
-        }
+        Command::Backups {
+            tenant,
+            catalog,
+            limit,
+        } => backups::list(&mut client, tenant, catalog, limit, json).await?,
         Command::Export(a) => backups::export(&mut client, a, json).await?,
         Command::Delete {
             tenant,

@@ -19,6 +19,34 @@ impl AdminService {
             .actor(&request, Role::Operator, "tenant.backup")
             .await?;
         let req = request.into_inner();
+        if req.catalog {
+            if req.all || !req.tenants.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "back up the catalog alone (no tenants with it)".into(),
+                )
+                .into());
+            }
+            let b = self.backups.clone();
+            let done = self
+                .tasks
+                .spawn(async move { b.backup_catalog("manual").await })
+                .await
+                .map_err(|e| Error::internal("backup task", e))??;
+            self.catalog
+                .audit_outcome(
+                    &actor,
+                    "catalog.backup",
+                    None,
+                    "catalog",
+                    serde_json::json!({"backup": done.id}),
+                    done.state.as_str(),
+                )
+                .await?;
+            return Ok(Response::new(pb::BackupResponse {
+                backups: vec![backup_pb(done)],
+                failed: Vec::new(),
+            }));
+        }
         let tenants = self.selected(&req.tenants, req.all, "back up").await?;
         // Each backup runs as a task of its own: a client that hangs up does not cut one
         // off half way. Concurrency is bounded overall and per server inside `Backups`.
@@ -219,8 +247,16 @@ impl AdminService {
             }
             n => n,
         };
-        let tenant = self.tenant(&req.tenant).await?;
-        let backups = self.catalog.backups(Some(tenant.id), limit).await?;
+        let owner = match (req.catalog, req.tenant.trim()) {
+            (true, "") => None,
+            (false, raw) if !raw.is_empty() => Some(self.tenant(raw).await?.id),
+            _ => {
+                return Err(
+                    Error::InvalidArgument("name a tenant or ask for the catalog's".into()).into(),
+                )
+            }
+        };
+        let backups = self.catalog.backups(owner, limit).await?;
         Ok(Response::new(pb::ListBackupsResponse {
             backups: backups.into_iter().map(backup_pb).collect(),
         }))
