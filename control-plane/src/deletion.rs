@@ -130,7 +130,7 @@ impl Deleter {
             crate::roles::drop_generation(&admin, &names).await?;
         }
         for (id, object) in self.catalog.all_backups_of(tenant.id).await? {
-            self.backups.store().delete(&object).await?;
+            crate::backup::delete_object(self.backups.store(), &object).await?;
             self.catalog.delete_backup_row(id).await?;
         }
         self.catalog.tombstone(tenant.id).await?;

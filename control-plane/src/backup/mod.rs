@@ -107,6 +107,7 @@ impl Backups {
                 backup = b.id,
                 "backup abandoned: the replica taking it stopped"
             );
+            delete_object(&self.store, &b.object).await?;
         }
         for (job, tenant_id, generation) in self
             .catalog
@@ -235,7 +236,7 @@ impl Backups {
     pub async fn apply_retention(&self) -> Result<()> {
         for tenant in self.catalog.tenants_with_backups().await? {
             for (id, object) in self.catalog.backups_past_retention(tenant).await? {
-                self.store.delete(&object).await?;
+                delete_object(&self.store, &object).await?;
                 self.catalog.delete_backup_row(id).await?;
                 tracing::info!(tenant, backup = id, "backup past retention deleted");
             }
@@ -249,7 +250,7 @@ impl Backups {
             .filter(|b| b.state == tenant_model::BackupState::Ok)
             .skip(kept)
         {
-            self.store.delete(&old.object).await?;
+            delete_object(&self.store, &old.object).await?;
             self.catalog.delete_backup_row(old.id).await?;
         }
         self.catalog.prune_failed_backups(7).await?;
@@ -378,6 +379,11 @@ impl Backups {
         let id = self.catalog.start_backup(&record).await?;
         let started = Instant::now();
         let result = async {
+            // The sealed key beside the object: the store and the master key alone open
+            // any backup, even when the catalog is lost (see `decrypt`).
+            self.store
+                .put(&key_object(&record.object), record.sealed_key.clone())
+                .await?;
             self.dump(connect.await?, &source, &record.object, &key, id)
                 .await
         }
@@ -392,6 +398,10 @@ impl Backups {
             Err(e) => {
                 tracing::warn!(object = %record.object, backup = id, error = %e, "backup failed");
                 self.catalog.fail_backup(id, &e.to_string(), ms).await?;
+                // No object was completed; its key goes too.
+                if let Err(e) = delete_object(&self.store, &record.object).await {
+                    tracing::warn!(backup = id, error = %e, "cannot delete a failed backup's key");
+                }
             }
         }
         self.catalog
@@ -558,6 +568,56 @@ struct Dumped {
     bytes: i64,
     checksum: String,
     manifest: serde_json::Value,
+}
+
+/// Where a backup's sealed data key is stored beside it.
+pub fn key_object(object: &str) -> String {
+    format!("{object}.key")
+}
+
+/// Deletes a backup's object and its key object.
+pub(crate) async fn delete_object(store: &Store, object: &str) -> Result<()> {
+    store.delete(object).await?;
+    store.delete(&key_object(object)).await
+}
+
+/// Decrypts a stored backup object into `out` with nothing but the store and the master
+/// key (disaster recovery: `control-plane decrypt-backup`). Checks every chunk as it goes.
+pub async fn decrypt(
+    store: &Store,
+    secrets: &crate::crypto::SecretBox,
+    object: &str,
+    out: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> Result<u64> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let sealed = store.get(&key_object(object)).await?;
+    let encoded = secrets
+        .open(&sealed, &key_context(object))
+        .map_err(|e| Error::FailedPrecondition(format!("cannot open the backup's key: {e}")))?;
+    let key: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| Error::Internal("a backup key is not 32 bytes".into()))?;
+    let mut opener = stream::Opener::new(&key);
+    let mut written = 0u64;
+    let mut body = store.read(object).await?;
+    while let Some(piece) = body.next().await {
+        let plain = opener
+            .push(&piece?)
+            .map_err(|e| Error::Aborted(e.to_string()))?;
+        out.write_all(&plain)
+            .await
+            .map_err(|e| Error::internal("write", e))?;
+        written += plain.len() as u64;
+    }
+    let last = opener.finish().map_err(|e| Error::Aborted(e.to_string()))?;
+    out.write_all(&last)
+        .await
+        .map_err(|e| Error::internal("write", e))?;
+    out.flush().await.map_err(|e| Error::internal("write", e))?;
+    Ok(written + last.len() as u64)
 }
 
 /// The associated data a backup's sealed data key is bound to.

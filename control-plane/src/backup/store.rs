@@ -119,6 +119,28 @@ impl Store {
         }))
     }
 
+    /// Writes a small object whole.
+    pub async fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
+        self.inner
+            .put(&self.path(key), data.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| store_error("write a backup key", e))
+    }
+
+    /// Reads a small object whole.
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let got = self
+            .inner
+            .get(&self.path(key))
+            .await
+            .map_err(|e| store_error("read a backup key", e))?;
+        got.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| store_error("read a backup key", e))
+    }
+
     /// Deletes an object (a missing one is fine).
     pub async fn delete(&self, key: &str) -> Result<()> {
         match self.inner.delete(&self.path(key)).await {

@@ -42,6 +42,15 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         ttl_secs: u64,
     },
+    /// Decrypt a backup object from the configured store with the master key alone (no
+    /// catalog needed: disaster recovery), checking it as it streams; writes the
+    /// pg_dump archive to --out (`-`: standard output).
+    DecryptBackup {
+        /// The object's key in the store (e.g. catalog/1763800000-0a1b2c3d4e5f.tnbk).
+        object: String,
+        #[arg(long)]
+        out: String,
+    },
 }
 
 #[allow(clippy::print_stdout)]
@@ -72,6 +81,21 @@ async fn main() -> anyhow::Result<()> {
         let token =
             control_plane::bootstrap::operator_token(&config, &name, role, ttl_secs).await?;
         print(&token);
+        return Ok(());
+    }
+    if let Some(Command::DecryptBackup { object, out }) = args.command {
+        let store = control_plane::backup::Store::open(&config.backup.store)?;
+        let secrets = config.secret_box()?;
+        let path = if out == "-" {
+            "/dev/stdout"
+        } else {
+            out.as_str()
+        };
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create {out}: {e}"))?;
+        let n = control_plane::backup::decrypt(&store, &secrets, &object, &mut file).await?;
+        tracing::debug!(bytes = n, "backup decrypted");
         return Ok(());
     }
     service_kit::init_tracing();
