@@ -119,6 +119,13 @@ pub struct Backup {
     /// Catalog backups kept (the newest ones).
     #[serde(default = "defaults::catalog_keep")]
     pub catalog_keep: u32,
+    /// How often the scheduler restores a sample of backups into scratch databases to
+    /// check them, in seconds (0: never).
+    #[serde(default = "defaults::verify_every_secs")]
+    pub verify_every_secs: u64,
+    /// Backups checked each time.
+    #[serde(default = "defaults::verify_sample")]
+    pub verify_sample: u32,
 }
 
 impl Default for Backup {
@@ -133,6 +140,8 @@ impl Default for Backup {
             schedule_every_secs: defaults::schedule_every_secs(),
             catalog_every_secs: defaults::catalog_every_secs(),
             catalog_keep: defaults::catalog_keep(),
+            verify_every_secs: defaults::verify_every_secs(),
+            verify_sample: defaults::verify_sample(),
         }
     }
 }
@@ -361,6 +370,12 @@ mod defaults {
     }
     pub fn catalog_keep() -> u32 {
         14
+    }
+    pub fn verify_every_secs() -> u64 {
+        86_400
+    }
+    pub fn verify_sample() -> u32 {
+        1
     }
     pub fn deletion_window_secs() -> u64 {
         30 * 86_400

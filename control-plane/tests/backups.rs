@@ -505,7 +505,25 @@ async fn a_damaged_or_cut_backup_is_refused_as_it_streams_and_nothing_switches()
             !common::database_exists(pg, &next_generation).await,
             "{what}: the half-built generation was dropped"
         );
+        // A verification finds the damage too, and records it on the backup.
+        let v = plane.ctl(&["verify-backup", &backup, "--json"]);
+        assert_eq!(v.code, 7, "{what}: {v:?}");
+        assert!(
+            v.json()[0]["verification_error"].as_str().is_some(),
+            "{what}: {v:?}"
+        );
+        assert!(
+            !common::database_exists(pg, &format!("{}_verify_{backup}", plane.name_prefix)).await
+        );
     }
+    std::fs::write(&path, &good).unwrap();
+    let v = plane.ok(&["verify-backup", &backup, "--json"]).json();
+    assert!(v[0]["verified_ms"].as_i64().unwrap() > 0, "{v}");
+    assert!(v[0]["verification_error"].is_null(), "{v}");
+    assert!(
+        !common::database_exists(pg, &format!("{}_verify_{backup}", plane.name_prefix)).await,
+        "the scratch database is dropped after a verification"
+    );
     // The intact object restores.
     std::fs::write(&path, &good).unwrap();
     let t = plane
@@ -656,6 +674,20 @@ async fn plans_schedule_backups_and_retention_keeps_what_they_say() {
         .filter(|p| p.extension().is_some_and(|x| x == "tnbk"))
         .count();
     assert_eq!(objects, 2, "their objects are deleted too");
+    // The scheduler restores a sample into a scratch database and records the check.
+    let verified = pg_harness::eventually(std::time::Duration::from_secs(15), || async {
+        catalog
+            .query_one(
+                "SELECT count(*) FROM backups WHERE verificado_em IS NOT NULL AND verificacao_erro IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            > 0
+    })
+    .await;
+    assert!(verified, "a scheduled verification passed");
     // The scheduler backs the catalog up too.
     let catalog_backups = plane.ok(&["backups", "--catalog", "--json"]).json();
     assert_eq!(

@@ -200,6 +200,17 @@ impl Backups {
                 },
             }
         }
+        if self.verification_due().await? {
+            for id in self
+                .catalog
+                .backups_to_verify(i64::from(self.cfg.verify_sample))
+                .await?
+            {
+                if let Err(e) = self.verify(id).await {
+                    tracing::warn!(backup = id, error = %e, "cannot verify a backup");
+                }
+            }
+        }
         if self.catalog_due().await? {
             let b = self.backup_catalog("scheduled").await?;
             if b.state != tenant_model::BackupState::Ok {
@@ -211,6 +222,20 @@ impl Backups {
             }
         }
         self.apply_retention().await
+    }
+
+    /// Whether the last verification is older than `verify_every_secs`.
+    async fn verification_due(&self) -> Result<bool> {
+        if self.cfg.verify_every_secs == 0 {
+            return Ok(false);
+        }
+        let now_ms = i64::try_from(caller_auth::now_secs()).unwrap_or(i64::MAX) * 1000;
+        let every_ms = i64::try_from(self.cfg.verify_every_secs * 1000).unwrap_or(i64::MAX);
+        Ok(self
+            .catalog
+            .last_verification_ms()
+            .await?
+            .is_none_or(|last| now_ms - last > every_ms))
     }
 
     /// Whether the catalog's newest good backup is older than `catalog_every_secs`.

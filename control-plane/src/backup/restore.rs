@@ -120,15 +120,51 @@ impl Backups {
         backup: &crate::catalog::BackupRecord,
         new: &TenantNames,
     ) -> Result<(i32, i32)> {
+        let passwords = (job.owner_password.as_str(), job.login_password.as_str());
+        let step = |s: &'static str| self.catalog.restore_step(job.id, s);
+        let mut owner = self
+            .fill_and_verify(tenant, server, backup, new, passwords, step)
+            .await?;
+        // Forward to the schema this control plane ships, then the login roles' grants.
+        self.catalog.restore_step(job.id, "migrate").await?;
+        let outcome = tenant_migrations::migrate(&mut owner, tenant.sector)
+            .await
+            .map_err(|e| Error::Aborted(format!("migrating the restored database: {e}")))?;
+        owner
+            .batch_execute(&format!(
+                "{}; {}",
+                tenant.sector.seed_sql(),
+                tenant_migrations::grants_sql(&new.login_refs())
+            ))
+            .await?;
+        self.catalog.restore_step(job.id, "switch").await?;
+        Ok((outcome.common_version, outcome.sector_version))
+    }
+
+    /// Makes `names` (roles and an empty database) on the server, fills it from the
+    /// backup and checks it against the manifest and the recorded schema versions; a
+    /// session as its owner. `step` records progress.
+    async fn fill_and_verify<F>(
+        &self,
+        tenant: &TenantRecord,
+        server: &crate::catalog::ServerRecord,
+        backup: &crate::catalog::BackupRecord,
+        names: &TenantNames,
+        (owner_password, login_password): (&str, &str),
+        step: impl Fn(&'static str) -> F,
+    ) -> Result<tokio_postgres::Client>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
         // Roles and an empty database, made from the maintenance database.
-        self.catalog.restore_step(job.id, "database").await?;
+        step("database").await?;
         let admin =
             dbserver::connect_maintenance(&self.catalog, server, self.connect_timeout).await?;
-        roles::drop_generation(&admin, new).await?;
+        roles::drop_generation(&admin, names).await?;
         roles::ensure_tenant_roles(
             &admin,
-            new,
-            (&job.owner_password, &job.login_password),
+            names,
+            (owner_password, login_password),
             self.prov.login_limits(),
             self.prov.scram_iterations,
         )
@@ -136,24 +172,24 @@ impl Backups {
         admin
             .batch_execute(&format!(
                 "CREATE DATABASE {} OWNER {} TEMPLATE template0",
-                quote_ident(&new.database),
-                quote_ident(&new.owner)
+                quote_ident(&names.database),
+                quote_ident(&names.owner)
             ))
             .await?;
-        roles::close_database(&admin, &new.database, &new.logins).await?;
+        roles::close_database(&admin, &names.database, &names.logins).await?;
 
-        // The backup, decrypted and checked as it streams, into pg_restore as the new owner.
-        self.catalog.restore_step(job.id, "restore").await?;
-        self.pg_restore(tenant, server, backup, new, &job.owner_password)
+        // The backup, decrypted and checked as it streams, into pg_restore as the owner.
+        step("restore").await?;
+        self.pg_restore(tenant, server, backup, names, owner_password)
             .await?;
 
-        // Every table holds the rows the manifest counted.
-        self.catalog.restore_step(job.id, "verify").await?;
-        let mut owner = dbserver::connect_login(
+        // Every table holds the rows the manifest counted, at the recorded versions.
+        step("verify").await?;
+        let owner = dbserver::connect_login(
             &self.catalog,
             server,
-            (&new.owner, &job.owner_password),
-            &new.database,
+            (&names.owner, owner_password),
+            &names.database,
             dbserver::SearchPath::Public,
             self.connect_timeout,
         )
@@ -170,21 +206,70 @@ impl Backups {
                 found.0, found.1, recorded.0, recorded.1
             )));
         }
+        Ok(owner)
+    }
 
-        // Forward to the schema this control plane ships, then the login roles' grants.
-        self.catalog.restore_step(job.id, "migrate").await?;
-        let outcome = tenant_migrations::migrate(&mut owner, tenant.sector)
-            .await
-            .map_err(|e| Error::Aborted(format!("migrating the restored database: {e}")))?;
-        owner
-            .batch_execute(&format!(
-                "{}; {}",
-                tenant.sector.seed_sql(),
-                tenant_migrations::grants_sql(&new.login_refs())
+    /// Restores a backup into a scratch database on its tenant's server, checks it like a
+    /// restore would, drops it and records the outcome on the backup; the backup after.
+    pub async fn verify(&self, backup_id: i64) -> Result<crate::catalog::BackupRecord> {
+        let backup = self
+            .catalog
+            .backup(backup_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("backup {backup_id} not found")))?;
+        if backup.state != BackupState::Ok {
+            return Err(Error::FailedPrecondition(format!(
+                "backup {backup_id} is {}: only complete backups are verified",
+                backup.state
+            )));
+        }
+        let tenant = match backup.tenant_id {
+            Some(id) => self.catalog.tenant_by_id(id).await?,
+            None => None,
+        }
+        .ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "backup {backup_id} belongs to no tenant (catalog backups are verified by restoring them by hand)"
             ))
+        })?;
+        let server = self
+            .catalog
+            .server_by_id(tenant.server_id)
+            .await?
+            .ok_or_else(|| Error::Internal("tenant's server vanished".into()))?;
+        let base = format!("{}_verify_{backup_id}", self.prov.name_prefix);
+        let scratch = TenantNames {
+            database: base.clone(),
+            owner: format!("{base}_owner"),
+            logins: [format!("{base}_login_a"), format!("{base}_login_b")],
+        };
+        let (owner_pw, login_pw) = (
+            crate::crypto::random_password(),
+            crate::crypto::random_password(),
+        );
+        let checked = self
+            .fill_and_verify(
+                &tenant,
+                &server,
+                &backup,
+                &scratch,
+                (&owner_pw, &login_pw),
+                |_| async { Ok(()) },
+            )
+            .await
+            .map(drop);
+        self.discard(&server, &scratch).await;
+        let error = checked.as_ref().err().map(ToString::to_string);
+        self.catalog
+            .record_verification(backup_id, error.as_deref())
             .await?;
-        self.catalog.restore_step(job.id, "switch").await?;
-        Ok((outcome.common_version, outcome.sector_version))
+        if let Some(e) = &error {
+            tracing::warn!(backup = backup_id, error = %e, "backup verification failed");
+        }
+        self.catalog
+            .backup(backup_id)
+            .await?
+            .ok_or_else(|| Error::Internal("backup row vanished".into()))
     }
 
     async fn pg_restore(

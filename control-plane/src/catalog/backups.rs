@@ -45,6 +45,9 @@ pub struct BackupRecord {
     pub error: Option<String>,
     pub started_ms: i64,
     pub finished_ms: Option<i64>,
+    /// When it was last restored into a scratch database and checked, and what failed.
+    pub verified_ms: Option<i64>,
+    pub verification_error: Option<String>,
 }
 
 fn from_row(r: &Row) -> Result<BackupRecord> {
@@ -68,6 +71,8 @@ fn from_row(r: &Row) -> Result<BackupRecord> {
         error: r.get(14),
         started_ms: r.get(15),
         finished_ms: r.get(16),
+        verified_ms: r.get(17),
+        verification_error: r.get(18),
     })
 }
 
@@ -75,9 +80,10 @@ fn select() -> String {
     format!(
         "SELECT b.id, b.empresa_id, e.slug, b.tipo, b.motivo, b.estado, b.objeto, b.chave_cifrada, \
          b.bytes, b.checksum, b.duracao_ms, b.schema_version, b.sector_schema_version, b.manifesto, \
-         b.erro, {}, {} FROM backups b LEFT JOIN empresas e ON e.id = b.empresa_id",
+         b.erro, {}, {}, {}, b.verificacao_erro FROM backups b LEFT JOIN empresas e ON e.id = b.empresa_id",
         epoch_ms("b.iniciado_em"),
-        epoch_ms("b.terminado_em")
+        epoch_ms("b.terminado_em"),
+        epoch_ms("b.verificado_em")
     )
 }
 
@@ -280,6 +286,45 @@ impl Catalog {
             )
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Records a verification's outcome (`None`: it passed).
+    pub async fn record_verification(&self, id: i64, error: Option<&str>) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE backups SET verificado_em = now(), verificacao_erro = $2 WHERE id = $1",
+                &[&id, &error],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Good tenant backups least recently verified (never verified first), `n` of them.
+    pub async fn backups_to_verify(&self, n: i64) -> Result<Vec<i64>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id FROM backups WHERE estado = 'ok' AND tipo = 'tenant' AND empresa_id IS NOT NULL \
+                 ORDER BY verificado_em NULLS FIRST, random() LIMIT $1",
+                &[&n],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// When the last verification ran, if any.
+    pub async fn last_verification_ms(&self) -> Result<Option<i64>> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                &format!("SELECT {} FROM backups", epoch_ms("max(verificado_em)")),
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
     }
 
     /// Forgets a backup whose object was deleted.

@@ -29,6 +29,8 @@ fn backup_json(b: &pb::BackupInfo) -> serde_json::Value {
         "error": if b.error.is_empty() { serde_json::Value::Null } else { b.error.clone().into() },
         "started_ms": b.started_ms, "finished_ms": b.finished_ms,
         "manifest": serde_json::from_str::<serde_json::Value>(&b.manifest_json).unwrap_or(serde_json::Value::Null),
+        "verified_ms": if b.verified_ms == 0 { serde_json::Value::Null } else { b.verified_ms.into() },
+        "verification_error": if b.verification_error.is_empty() { serde_json::Value::Null } else { b.verification_error.clone().into() },
     })
 }
 
@@ -50,13 +52,22 @@ fn print(backups: &[pb::BackupInfo], json: bool) {
                 b.bytes.to_string(),
                 format!("{} ms", b.duration_ms),
                 format!("{}.{}", b.schema_version, b.sector_schema_version),
-                b.error.clone(),
+                match (b.verified_ms, b.verification_error.is_empty()) {
+                    (0, _) => "".to_string(),
+                    (_, true) => "ok".to_string(),
+                    (_, false) => "FAILED".to_string(),
+                },
+                if b.error.is_empty() {
+                    b.verification_error.clone()
+                } else {
+                    b.error.clone()
+                },
             ]
         })
         .collect();
     output::table(
         &[
-            "ID", "TENANT", "STATE", "REASON", "BYTES", "DURATION", "SCHEMA", "ERROR",
+            "ID", "TENANT", "STATE", "REASON", "BYTES", "DURATION", "SCHEMA", "VERIFIED", "ERROR",
         ],
         &rows,
     );
@@ -90,6 +101,19 @@ pub(super) async fn backup(client: &mut Client, a: BackupArgs, json: bool) -> Re
     }
     let all_ok = r.failed.is_empty() && r.backups.iter().all(|b| state(b) == "ok");
     Ok(if all_ok { 0 } else { 7 })
+}
+
+pub(super) async fn verify(client: &mut Client, backup_id: i64, json: bool) -> Result<u8, Failure> {
+    let b = client
+        .verify_backup(pb::VerifyBackupRequest { backup_id })
+        .await?
+        .into_inner();
+    print(std::slice::from_ref(&b), json);
+    Ok(if b.verification_error.is_empty() {
+        0
+    } else {
+        7
+    })
 }
 
 pub(super) async fn list(

@@ -122,6 +122,9 @@ enum Command {
         #[arg(long, default_value = "")]
         confirm: String,
     },
+    /// Restore a backup into a scratch database, check it like a restore would (checksum,
+    /// row counts, schema versions), drop it, and record the outcome on the backup.
+    VerifyBackup { backup: i64 },
     /// Export a tenant's data (every table of its schema) for the tenant to take away.
     Export(backups::ExportArgs),
     /// Restore a tenant in place from one of its backups: a new database beside the live
@@ -617,6 +620,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             limit,
         } => backups::list(&mut client, tenant, catalog, limit, json).await?,
         Command::Export(a) => backups::export(&mut client, a, json).await?,
+        Command::VerifyBackup { backup } => {
+            return backups::verify(&mut client, backup, json).await
+        }
         Command::Delete {
             tenant,
             reason,

@@ -961,6 +961,13 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         self.do_list_backups(request).await
     }
 
+    async fn verify_backup(
+        &self,
+        request: Request<pb::VerifyBackupRequest>,
+    ) -> Result<Response<pb::BackupInfo>, GrpcStatus> {
+        self.do_verify_backup(request).await
+    }
+
     async fn restore_tenant(
         &self,
         request: Request<pb::RestoreRequest>,

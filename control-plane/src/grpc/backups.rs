@@ -234,6 +234,37 @@ impl AdminService {
         )))
     }
 
+    pub(super) async fn do_verify_backup(
+        &self,
+        request: Request<pb::VerifyBackupRequest>,
+    ) -> Result<Response<pb::BackupInfo>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Operator, "backup.verify")
+            .await?;
+        let id = request.into_inner().backup_id;
+        let backups = self.backups.clone();
+        let b = self
+            .tasks
+            .spawn(async move { backups.verify(id).await })
+            .await
+            .map_err(|e| Error::internal("verify task", e))??;
+        self.catalog
+            .audit_outcome(
+                &actor,
+                "backup.verify",
+                b.tenant_id,
+                b.slug.as_deref().unwrap_or(""),
+                serde_json::json!({"backup": id}),
+                if b.verification_error.is_none() {
+                    "ok"
+                } else {
+                    "failed"
+                },
+            )
+            .await?;
+        Ok(Response::new(backup_pb(b)))
+    }
+
     pub(super) async fn do_list_backups(
         &self,
         request: Request<pb::ListBackupsRequest>,
@@ -278,5 +309,7 @@ fn backup_pb(b: BackupRecord) -> pb::BackupInfo {
         started_ms: b.started_ms,
         finished_ms: b.finished_ms.unwrap_or(0),
         manifest_json: b.manifest.map(|m| m.to_string()).unwrap_or_default(),
+        verified_ms: b.verified_ms.unwrap_or(0),
+        verification_error: b.verification_error.unwrap_or_default(),
     }
 }
