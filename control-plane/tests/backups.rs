@@ -438,6 +438,39 @@ async fn restore_in_place_brings_the_backup_back_beside_the_live_database() {
         .json();
     assert!(audit.to_string().contains("tenant.restore"), "{audit}");
 
+    // Into a new tenant: the backup's rows, no number, the source untouched.
+    let copy = plane
+        .ok(&[
+            "restore", "rs-alpha", "--backup", &backup, "--as", "rs-copy", "--json",
+        ])
+        .json();
+    assert_eq!(copy["slug"], "rs-copy");
+    assert_eq!(copy["status"], "active");
+    assert_eq!(copy["sector"], "veiculos");
+    let copy_db = copy["database"].as_str().unwrap().to_string();
+    assert_eq!(leads_in(pg, &copy_db).await, 300);
+    assert_eq!(
+        leads_in(pg, &new_db).await,
+        301,
+        "the source keeps its own rows"
+    );
+    for (args, code) in [
+        (
+            vec![
+                "restore", "rs-alpha", "--backup", &backup, "--as", "rs-other",
+            ],
+            4,
+        ),
+        (
+            vec![
+                "restore", "rs-alpha", "--backup", &backup, "--as", "Bad Slug",
+            ],
+            2,
+        ),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+    }
     let other = plane.ok(&["backup", "rs-other", "--json"]).json();
     let other_backup = other["backups"][0]["id"].as_i64().unwrap().to_string();
     for (args, code) in [

@@ -28,23 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 impl Backups {
     /// Restores `tenant` in place from backup `backup_id`; the tenant after the switch.
     pub async fn restore(&self, tenant: &TenantRecord, backup_id: i64) -> Result<TenantRecord> {
-        let backup = self
-            .catalog
-            .backup(backup_id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("backup {backup_id} not found")))?;
-        if backup.tenant_id != Some(tenant.id) {
-            return Err(Error::FailedPrecondition(format!(
-                "backup {backup_id} is not a backup of tenant {}",
-                tenant.slug
-            )));
-        }
-        if backup.state != BackupState::Ok {
-            return Err(Error::FailedPrecondition(format!(
-                "backup {backup_id} is {}: only complete backups can be restored",
-                backup.state
-            )));
-        }
+        let backup = self.restorable(tenant, backup_id).await?;
         if !matches!(tenant.status, Status::Active | Status::Suspended) {
             return Err(Error::FailedPrecondition(format!(
                 "tenant {} is {}: only active or suspended tenants are restored",
@@ -94,6 +78,97 @@ impl Backups {
             .tenant_by_id(tenant.id)
             .await?
             .ok_or_else(|| Error::Internal("tenant vanished".into()))
+    }
+
+    /// Restores a backup of `source` into a new tenant `slug` (same sector, plan and
+    /// server, no WhatsApp number); the new tenant, active. `source` is not touched. If
+    /// anything fails, the new tenant's database, roles and row are removed.
+    pub async fn restore_as(
+        &self,
+        source: &TenantRecord,
+        backup_id: i64,
+        slug: crate::model::Slug,
+    ) -> Result<TenantRecord> {
+        let backup = self.restorable(source, backup_id).await?;
+        let passwords = crate::catalog::NewPasswords {
+            login: crate::crypto::random_password(),
+            owner: crate::crypto::random_password(),
+        };
+        let (tenant, server) = self
+            .catalog
+            .insert_tenant(
+                &crate::catalog::NewTenant {
+                    slug,
+                    name: source.name.clone(),
+                    sector: source.sector,
+                    phone_number_id: None,
+                    display_phone: None,
+                    plan: source.plan.clone(),
+                    server: Some(source.server_name.clone()),
+                },
+                &passwords,
+                &self.prov.name_prefix,
+            )
+            .await?;
+        let names = tenant.require_names()?;
+        let built = async {
+            let mut owner = self
+                .fill_and_verify(
+                    &tenant,
+                    &server,
+                    &backup,
+                    &names,
+                    (&passwords.owner, &passwords.login),
+                    |_| async { Ok(()) },
+                )
+                .await?;
+            let outcome = tenant_migrations::migrate(&mut owner, tenant.sector)
+                .await
+                .map_err(|e| Error::Aborted(format!("migrating the restored database: {e}")))?;
+            owner
+                .batch_execute(&format!(
+                    "{}; {}",
+                    tenant.sector.seed_sql(),
+                    tenant_migrations::grants_sql(&names.login_refs())
+                ))
+                .await?;
+            Ok::<_, Error>((outcome.common_version, outcome.sector_version))
+        }
+        .await;
+        match built {
+            Ok((common, sector)) => self.catalog.mark_active(tenant.id, common, sector).await,
+            Err(e) => {
+                self.discard(&server, &names).await;
+                self.catalog.delete_tenant_row(tenant.id).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Backup `backup_id` if it is a complete backup of `tenant`.
+    async fn restorable(
+        &self,
+        tenant: &TenantRecord,
+        backup_id: i64,
+    ) -> Result<crate::catalog::BackupRecord> {
+        let backup = self
+            .catalog
+            .backup(backup_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("backup {backup_id} not found")))?;
+        if backup.tenant_id != Some(tenant.id) {
+            return Err(Error::FailedPrecondition(format!(
+                "backup {backup_id} is not a backup of tenant {}",
+                tenant.slug
+            )));
+        }
+        if backup.state != BackupState::Ok {
+            return Err(Error::FailedPrecondition(format!(
+                "backup {backup_id} is {}: only complete backups can be restored",
+                backup.state
+            )));
+        }
+        Ok(backup)
     }
 
     /// Drops a half-built generation (logged, never fatal: the sweeper retries).

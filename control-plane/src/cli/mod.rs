@@ -135,6 +135,9 @@ enum Command {
         /// The backup's id (`tenantctl backups SLUG`).
         #[arg(long)]
         backup: i64,
+        /// Into a new tenant with this slug instead (SLUG itself is not touched).
+        #[arg(long = "as")]
+        as_slug: Option<String>,
     },
     /// Rotate tenants' login passwords while routers keep serving.
     Rotate(access::RotateArgs),
@@ -654,11 +657,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 ));
             }
         }
-        Command::Restore { tenant, backup } => {
+        Command::Restore {
+            tenant,
+            backup,
+            as_slug,
+        } => {
             let t = client
                 .restore_tenant(pb::RestoreRequest {
                     tenant,
                     backup_id: backup,
+                    as_slug: as_slug.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();

@@ -5,7 +5,7 @@ use crate::auth::Role;
 use crate::catalog::BackupRecord;
 use crate::error::Error;
 use crate::export::{export, Format};
-use crate::model::Status;
+use crate::model::{Slug, Status};
 use proto::control::v1 as pb;
 use proto::model::ToWire;
 use tonic::{Request, Response, Status as GrpcStatus};
@@ -101,12 +101,21 @@ impl AdminService {
             .await?;
         let req = request.into_inner();
         let tenant = self.tenant(&req.tenant).await?;
+        let into = match req.as_slug.trim() {
+            "" => None,
+            raw => Some(Slug::parse(raw).map_err(Error::from)?),
+        };
         let backups = self.backups.clone();
         let (slug, id, backup_id) = (tenant.slug.clone(), tenant.id, req.backup_id);
         // Runs to its end even if the client goes away.
         let restored = self
             .tasks
-            .spawn(async move { backups.restore(&tenant, backup_id).await })
+            .spawn(async move {
+                match into {
+                    Some(new) => backups.restore_as(&tenant, backup_id, new).await,
+                    None => backups.restore(&tenant, backup_id).await,
+                }
+            })
             .await
             .map_err(|e| Error::internal("restore task", e))?;
         let outcome = if restored.is_ok() { "ok" } else { "failed" };
@@ -116,7 +125,7 @@ impl AdminService {
                 "tenant.restore",
                 Some(id),
                 &slug,
-                serde_json::json!({"backup": backup_id}),
+                serde_json::json!({"backup": backup_id, "as": req.as_slug}),
                 outcome,
             )
             .await?;
