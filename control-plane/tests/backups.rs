@@ -1094,3 +1094,59 @@ async fn the_catalog_is_backed_up_to_the_same_store_and_restores() {
         assert_eq!(out.code, code, "{args:?}: {out:?}");
     }
 }
+
+/// A process's peak resident memory (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[tokio::test]
+async fn a_one_gigabyte_tenant_is_backed_up_in_bounded_memory() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "bk-large", "--name", "Bk", "--sector", "servicos"]);
+    let db = plane.database_of("bk-large").await;
+    // ~1 GB of hex text that compresses only about twofold.
+    let c = pg.connect(&db).await.unwrap();
+    for part in 0..10i64 {
+        c.execute(
+            "INSERT INTO leads (wa_id, nome) SELECT '55' || lpad(g::text, 11, '0'), \
+             (SELECT string_agg(md5(g::text || '-' || k::text), '') FROM generate_series(1, 62) k) \
+             FROM generate_series($1::int8 * 50000 + 1, ($1::int8 + 1) * 50000) g",
+            &[&part],
+        )
+        .await
+        .unwrap();
+    }
+    let size: i64 = c
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(size > 1_000_000_000, "the tenant holds {size} bytes");
+    let r = plane.ok(&["backup", "bk-large", "--json"]).json();
+    let b = &r["backups"][0];
+    assert_eq!(b["state"], "ok", "{r}");
+    assert!(b["bytes"].as_i64().unwrap() > 300_000_000, "{b}");
+    let peak = peak_rss(plane.pid());
+    eprintln!(
+        "backed up {} MB into a {} MB object in {} ms; control plane peak RSS {} MiB",
+        size / 1_000_000,
+        b["bytes"].as_i64().unwrap() / 1_000_000,
+        b["duration_ms"],
+        peak >> 20
+    );
+    assert!(
+        peak < 256 << 20,
+        "the control plane peaked at {} MiB while backing up {} MB",
+        peak >> 20,
+        size / 1_000_000
+    );
+}

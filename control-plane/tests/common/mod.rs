@@ -222,6 +222,11 @@ impl Plane {
         self.wait_ready();
     }
 
+    /// The control plane's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs tenantctl against this control plane.
     pub fn ctl(&self, args: &[&str]) -> Out {
         self.ctl_env(args, &[], None)
