@@ -888,6 +888,14 @@ async fn a_new_master_key_takes_over_every_stored_secret() {
         .unwrap()
         .open(&sealed, &control_plane::backup::key_context(&object))
         .expect("the backup key opens with the new master key");
+    // ...and so does the copy stored beside the object: the store and the new key alone
+    // open the backup.
+    let out = plane.run_binary(&[], &["decrypt-backup", &object, "--out", "/dev/null"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let audit = plane.ok(&["audit", "--json"]).json();
     assert!(audit
         .as_array()

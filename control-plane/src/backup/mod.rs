@@ -282,6 +282,19 @@ impl Backups {
         Ok(())
     }
 
+    /// Rewrites every good backup's key object with the key as the catalog now seals it
+    /// (after `tenantctl rekey`), so the store stays openable with the current master key.
+    pub async fn reseal_key_objects(&self) -> Result<usize> {
+        let mut n = 0;
+        for (id, object) in self.catalog.good_backup_objects().await? {
+            if let Some(b) = self.catalog.backup(id).await? {
+                self.store.put(&key_object(&object), b.sealed_key).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Backs up one tenant; the finished (or failed) row.
     pub async fn backup_tenant(
         &self,

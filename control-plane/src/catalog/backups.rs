@@ -352,6 +352,19 @@ impl Catalog {
 }
 
 impl Catalog {
+    /// Every good backup (tenant or catalog): `(id, object)`.
+    pub async fn good_backup_objects(&self) -> Result<Vec<(i64, String)>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, objeto FROM backups WHERE estado = 'ok' ORDER BY id",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Tenants holding good backups (for retention).
     pub async fn tenants_with_backups(&self) -> Result<Vec<i64>> {
         let rows = self

@@ -195,7 +195,13 @@ impl AdminService {
         let actor = self
             .actor(&request, Role::Admin, "master_key.rekey")
             .await?;
-        let result = self.catalog.reseal_all().await;
+        let mut result = self.catalog.reseal_all().await;
+        if result.is_ok() {
+            // The sealed keys stored beside backup objects follow the catalog's copies.
+            if let Err(e) = self.backups.reseal_key_objects().await {
+                result = Err(e);
+            }
+        }
         let outcome = if result.is_ok() { "ok" } else { "failed" };
         let details = match &result {
             Ok(r) => serde_json::json!({"resealed": r.resealed, "already_current": r.current}),
