@@ -4,6 +4,8 @@
 # and control plane (release builds), prints a Markdown table, tears everything down.
 #
 #   scripts/bench-control-plane.sh [--provision 100] [--fleet 1000] [--concurrency 8]
+#   scripts/bench-control-plane.sh --backups [--large-mb 1000] [--fleet 200]
+#     (backup and restore MB/s for a ~10 MB and a large tenant; a fleet backup)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh

@@ -2,7 +2,9 @@
 //!
 //! Starts a throwaway PostgreSQL server and the real control-plane binary, then measures:
 //! provisioning latency with and without the template database, a no-op fleet run, and a
-//! fleet run applying one additive migration. Prints a Markdown table.
+//! fleet run applying one additive migration. Prints a Markdown table. With `--backups`:
+//! backup and restore throughput for a ~10 MB and a `--large-mb` (1000) tenant, and a
+//! backup of a fleet of `--fleet` small tenants (total time, peak connections held).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use proto::control::v1 as pb;
@@ -35,7 +37,12 @@ fn req<T>(msg: T, token: &str) -> tonic::Request<T> {
     r
 }
 
-async fn start_plane(pg: &pg_harness::PgServer, use_template: bool, prefix: &str) -> Plane {
+async fn start_plane(
+    pg: &pg_harness::PgServer,
+    use_template: bool,
+    prefix: &str,
+    extra: &[(&str, String)],
+) -> Plane {
     let catalog = pg.fresh_database("bench_catalog").await.unwrap();
     let exe = std::env::current_exe().unwrap();
     let bin = exe
@@ -44,7 +51,7 @@ async fn start_plane(pg: &pg_harness::PgServer, use_template: bool, prefix: &str
         .parent()
         .unwrap()
         .join("control-plane");
-    let env = [
+    let mut env = vec![
         ("CONTROL_PLANE__LISTEN", "127.0.0.1:0".to_string()),
         ("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog)),
         ("CONTROL_PLANE__MASTER_KEY", MASTER_KEY.into()),
@@ -59,7 +66,9 @@ async fn start_plane(pg: &pg_harness::PgServer, use_template: bool, prefix: &str
         ),
         ("CONTROL_PLANE__FLEET__MAX_CONCURRENCY", "64".into()),
         ("RUST_LOG", "warn".into()),
+        ("CONTROL_PLANE__BACKUP__SCHEDULE_EVERY_SECS", "0".into()),
     ];
+    env.extend(extra.iter().cloned());
     let token = {
         let out = Command::new(&bin)
             .args(["operator-token", "--name", "bench"])
@@ -250,7 +259,11 @@ async fn main() {
     let pg = pg_harness::PgServer::start().unwrap();
     let mut rows: Vec<String> = Vec::new();
 
-    let mut with_tpl = start_plane(&pg, true, "bench_tpl").await;
+    if args.iter().any(|a| a == "--backups") {
+        backups(&pg, arg("--large-mb", 1000), arg("--fleet", 200)).await;
+        return;
+    }
+    let mut with_tpl = start_plane(&pg, true, "bench_tpl", &[]).await;
     let t = provision(&mut with_tpl, "pt", provision_n).await;
     rows.push(format!(
         "| provision, template | {provision_n} | {:.1} ms | {:.1} ms | {:.1} ms |",
@@ -258,7 +271,7 @@ async fn main() {
         percentile(&t, 0.95),
         t[t.len() - 1]
     ));
-    let mut without = start_plane(&pg, false, "bench_none").await;
+    let mut without = start_plane(&pg, false, "bench_none", &[]).await;
     let t = provision(&mut without, "pn", provision_n).await;
     rows.push(format!(
         "| provision, no template | {provision_n} | {:.1} ms | {:.1} ms | {:.1} ms |",
@@ -306,4 +319,164 @@ async fn main() {
     for r in rows {
         println!("{r}");
     }
+}
+
+/// Fills a tenant's leads with about `mb` MB of hex text (compresses about twofold).
+async fn fill(pg: &pg_harness::PgServer, db: &str, mb: usize) -> i64 {
+    let c = pg.connect(db).await.unwrap();
+    let rows = (mb * 1_000_000 / 2_100).max(1) as i64;
+    let mut done = 0i64;
+    while done < rows {
+        let n = (rows - done).min(50_000);
+        c.execute(
+            "INSERT INTO leads (wa_id, nome) SELECT '55' || lpad(g::text, 11, '0'), \
+             (SELECT string_agg(md5(g::text || '-' || k::text), '') FROM generate_series(1, 62) k) \
+             FROM generate_series($1::int8 + 1, $1::int8 + $2::int8) g",
+            &[&done, &n],
+        )
+        .await
+        .unwrap();
+        done += n;
+    }
+    c.query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Backends on the server other than this probe's own, sampled until `stop`; the peak.
+async fn peak_connections(
+    pg: &pg_harness::PgServer,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> i64 {
+    let c = pg.connect("postgres").await.unwrap();
+    let mut peak = 0;
+    while !*stop.borrow() {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' \
+                 AND pid <> pg_backend_pid() AND usename LIKE 'bk%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        peak = peak.max(n);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    peak
+}
+
+/// Backup and restore throughput for a ~10 MB and a `large_mb` tenant, and a backup of a
+/// fleet of `fleet` small tenants (total time, peak connections the backups held).
+async fn backups(pg: &pg_harness::PgServer, large_mb: usize, fleet: usize) {
+    let store = std::env::temp_dir().join(format!("bench-backups-{}", std::process::id()));
+    let extra = [
+        (
+            "CONTROL_PLANE__BACKUP__STORE__LOCATION",
+            store.display().to_string(),
+        ),
+        (
+            "CONTROL_PLANE__BACKUP__PG_BIN_DIR",
+            pg_harness::pg_bindir().unwrap().display().to_string(),
+        ),
+        ("CONTROL_PLANE__PROVISIONING__NAME_PREFIX", "bk".to_string()),
+    ];
+    let plane = start_plane(pg, true, "bench_bk", &extra).await;
+    let mut client = plane.client.clone();
+    println!("| scenario | database | object | wall | throughput |");
+    println!("|---|---|---|---|---|");
+    for (i, mb) in [10, large_mb].into_iter().enumerate() {
+        let slug = format!("bk-size-{i}");
+        let t = client
+            .create_tenant(req(
+                pb::CreateTenantRequest {
+                    slug: slug.clone(),
+                    name: "Size".into(),
+                    sector: pb::Sector::Servicos as i32,
+                    ..Default::default()
+                },
+                &plane.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let size = fill(pg, &t.database, mb).await as f64 / 1e6;
+        let started = Instant::now();
+        let b = client
+            .backup_tenants(req(
+                pb::BackupRequest {
+                    tenants: vec![slug.clone()],
+                    ..Default::default()
+                },
+                &plane.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .backups
+            .remove(0);
+        let wall = started.elapsed().as_secs_f64();
+        assert_eq!(b.state, pb::BackupState::Ok as i32, "{b:?}");
+        println!(
+            "| backup | {size:.0} MB | {:.0} MB | {wall:.1} s | {:.1} MB/s |",
+            b.bytes as f64 / 1e6,
+            size / wall
+        );
+        let started = Instant::now();
+        client
+            .restore_tenant(req(
+                pb::RestoreRequest {
+                    tenant: slug,
+                    backup_id: b.id,
+                    as_slug: String::new(),
+                },
+                &plane.token,
+            ))
+            .await
+            .unwrap();
+        let wall = started.elapsed().as_secs_f64();
+        println!(
+            "| restore in place (RTO) | {size:.0} MB | {:.0} MB | {wall:.1} s | {:.1} MB/s |",
+            b.bytes as f64 / 1e6,
+            size / wall
+        );
+    }
+    let setup = Instant::now();
+    provision_many(&plane, "bk-fleet", fleet, 4).await;
+    eprintln!(
+        "{fleet} small tenants provisioned in {:.1} s",
+        setup.elapsed().as_secs_f64()
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let probe = peak_connections(pg, stopped);
+    let started = Instant::now();
+    let run = async {
+        let r = client
+            .backup_tenants(req(
+                pb::BackupRequest {
+                    all: true,
+                    ..Default::default()
+                },
+                &plane.token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let _ = stop.send(true);
+        r
+    };
+    let (r, peak) = tokio::join!(run, probe);
+    let wall = started.elapsed().as_secs_f64();
+    let ok = r
+        .backups
+        .iter()
+        .filter(|b| b.state == pb::BackupState::Ok as i32)
+        .count();
+    println!(
+        "| fleet backup (`backup --all`, concurrency 4, 1 per server) | {} tenants | {ok} ok, {} failed | {wall:.1} s | peak {peak} connections on the server |",
+        r.backups.len(),
+        r.failed.len() + r.backups.len() - ok
+    );
+    let _ = std::fs::remove_dir_all(&store);
 }
