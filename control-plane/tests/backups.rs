@@ -1150,3 +1150,65 @@ async fn a_one_gigabyte_tenant_is_backed_up_in_bounded_memory() {
         size / 1_000_000
     );
 }
+
+#[tokio::test]
+async fn a_deletion_cut_by_a_crash_deletes_nothing_and_runs_again_to_its_end() {
+    let pg = pg_harness::shared();
+    let mut plane = Plane::start_with(&[("CONTROL_PLANE__BACKUP__STALE_AFTER_SECS", "2")]).await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&[
+        "create",
+        "dl-crash",
+        "--name",
+        "Dl",
+        "--sector",
+        "servicos",
+        "--phone-number-id",
+        "5557009",
+    ]);
+    let db = plane.database_of("dl-crash").await;
+    fill(pg, &db, 20_000, 2_000).await;
+    let mut running = plane
+        .tenantctl()
+        .args(["delete", "dl-crash"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let catalog = plane.catalog().await;
+    let final_backup = pg_harness::eventually(std::time::Duration::from_secs(10), || async {
+        catalog
+            .query_opt(
+                "SELECT 1 FROM backups WHERE motivo = 'final' AND estado = 'running'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    assert!(final_backup, "the final backup is running");
+    plane.crash_and_restart();
+    let _ = running.wait();
+    // Cut during its final backup: nothing is deleted, the number stays, the data is whole.
+    let shown = plane.ok(&["show", "dl-crash", "--json"]).json();
+    assert_eq!(shown["status"], "suspended", "{shown}");
+    assert_eq!(shown["phone_number_id"], "5557009");
+    assert_eq!(leads_in(pg, &db).await, 20_000);
+    // Run again: it finishes.
+    let r = plane.ok(&["delete", "dl-crash", "--json"]).json();
+    assert_eq!(r["purged"], false, "{r}");
+    assert_eq!(
+        plane.ok(&["show", "dl-crash", "--json"]).json()["status"],
+        "deleted"
+    );
+    let finals = catalog
+        .query_one(
+            "SELECT count(*) FILTER (WHERE estado = 'ok') FROM backups WHERE motivo = 'final'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(finals, 1, "one good final backup");
+}
