@@ -1212,3 +1212,62 @@ async fn a_deletion_cut_by_a_crash_deletes_nothing_and_runs_again_to_its_end() {
         .get::<_, i64>(0);
     assert_eq!(finals, 1, "one good final backup");
 }
+
+#[tokio::test]
+async fn a_restore_into_a_new_tenant_cut_by_a_crash_leaves_no_tenant_behind() {
+    let pg = pg_harness::shared();
+    let mut plane = Plane::start_with(&[("CONTROL_PLANE__BACKUP__STALE_AFTER_SECS", "2")]).await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "as-src", "--name", "As", "--sector", "servicos"]);
+    let db = plane.database_of("as-src").await;
+    fill(pg, &db, 20_000, 2_000).await;
+    let b = plane.ok(&["backup", "as-src", "--json"]).json();
+    let backup = b["backups"][0]["id"].as_i64().unwrap().to_string();
+    let mut running = plane
+        .tenantctl()
+        .args(["restore", "as-src", "--backup", &backup, "--as", "as-dst"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let catalog = plane.catalog().await;
+    let new_id = std::sync::atomic::AtomicI64::new(0);
+    let streaming = pg_harness::eventually(std::time::Duration::from_secs(10), || async {
+        match catalog
+            .query_opt(
+                "SELECT empresa_id FROM restauracoes WHERE estado = 'running' AND passo = 'restore'",
+                &[],
+            )
+            .await
+            .unwrap()
+        {
+            Some(row) => {
+                new_id.store(row.get(0), std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    assert!(streaming, "the restore into a new tenant is streaming");
+    plane.crash_and_restart();
+    let _ = running.wait();
+    let new_id = new_id.load(std::sync::atomic::Ordering::Relaxed);
+    let gone = pg_harness::eventually(std::time::Duration::from_secs(15), || async {
+        plane.ctl(&["show", "as-dst"]).code == 3
+    })
+    .await;
+    assert!(gone, "the half-made tenant is removed");
+    assert!(
+        !common::database_exists(pg, &format!("{}_{new_id}_g1", plane.name_prefix)).await,
+        "its database was dropped"
+    );
+    assert_eq!(leads_in(pg, &db).await, 20_000, "the source is intact");
+    let t = plane
+        .ok(&[
+            "restore", "as-src", "--backup", &backup, "--as", "as-dst", "--json",
+        ])
+        .json();
+    assert_eq!(t["status"], "active");
+    assert_eq!(leads_in(pg, t["database"].as_str().unwrap()).await, 20_000);
+}

@@ -82,6 +82,11 @@ impl Backups {
         Duration::from_secs(self.cfg.stale_after_secs)
     }
 
+    /// How often a running backup or restore says it is alive.
+    fn beat_every(&self) -> Duration {
+        self.stale() / BEATS_PER_STALE
+    }
+
     /// Now and every `stale_after_secs` until `cancel`: marks backups of dead replicas
     /// abandoned, undoes their restores (the tenant back on its database, the half-built
     /// generation dropped), and drops generations whose restore grace period is over.
@@ -128,6 +133,10 @@ impl Backups {
             self.catalog
                 .end_restore(job, "abandoned", "the replica running it stopped")
                 .await?;
+            if tenant.status == Status::Provisioning {
+                // A restore into a new tenant (`--as`): the tenant was only ever its copy.
+                self.catalog.delete_tenant_row(tenant_id).await?;
+            }
             tracing::warn!(tenant = %tenant.slug, restore = job, "restore abandoned; the tenant stays on its database");
         }
         for retired in self.catalog.due_retired_generations().await? {
@@ -522,7 +531,7 @@ impl Backups {
                     .map_err(|e| Error::internal("seal", e))?;
                 hash.update(&sealed);
                 writer.write(&sealed).await?;
-                if beat.elapsed() > self.stale() / BEATS_PER_STALE {
+                if beat.elapsed() > self.beat_every() {
                     self.catalog.backup_heartbeat(id).await?;
                     beat = Instant::now();
                 }

@@ -111,7 +111,19 @@ impl Backups {
             )
             .await?;
         let names = tenant.require_names()?;
+        let job = match self
+            .catalog
+            .start_restore_into(&tenant, backup_id, &passwords, &self.replica)
+            .await
+        {
+            Ok(job) => job,
+            Err(e) => {
+                self.catalog.delete_tenant_row(tenant.id).await?;
+                return Err(e);
+            }
+        };
         let built = async {
+            let step = |s: &'static str| self.catalog.restore_step(job, s);
             let mut owner = self
                 .fill_and_verify(
                     &tenant,
@@ -119,7 +131,7 @@ impl Backups {
                     &backup,
                     &names,
                     (&passwords.owner, &passwords.login),
-                    |_| async { Ok(()) },
+                    step,
                 )
                 .await?;
             let outcome = tenant_migrations::migrate(&mut owner, tenant.sector)
@@ -136,9 +148,16 @@ impl Backups {
         }
         .await;
         match built {
-            Ok((common, sector)) => self.catalog.mark_active(tenant.id, common, sector).await,
+            Ok((common, sector)) => {
+                let active = self.catalog.mark_active(tenant.id, common, sector).await?;
+                self.catalog.close_restore(job).await?;
+                Ok(active)
+            }
             Err(e) => {
                 self.discard(&server, &names).await;
+                self.catalog
+                    .end_restore(job, "failed", &e.to_string())
+                    .await?;
                 self.catalog.delete_tenant_row(tenant.id).await?;
                 Err(e)
             }
@@ -255,8 +274,10 @@ impl Backups {
 
         // The backup, decrypted and checked as it streams, into pg_restore as the owner.
         step("restore").await?;
-        self.pg_restore(tenant, server, backup, names, owner_password)
-            .await?;
+        self.pg_restore(tenant, server, backup, names, owner_password, || {
+            step("restore")
+        })
+        .await?;
 
         // Every table holds the rows the manifest counted, at the recorded versions.
         step("verify").await?;
@@ -347,14 +368,20 @@ impl Backups {
             .ok_or_else(|| Error::Internal("backup row vanished".into()))
     }
 
-    async fn pg_restore(
+    /// Streams the backup into pg_restore; `beat` is called every so often (a long
+    /// restore keeps its job's heartbeat, so no replica takes it for dead).
+    async fn pg_restore<F>(
         &self,
         tenant: &TenantRecord,
         server: &crate::catalog::ServerRecord,
         backup: &crate::catalog::BackupRecord,
         new: &TenantNames,
         owner_password: &str,
-    ) -> Result<()> {
+        beat: impl Fn() -> F,
+    ) -> Result<()>
+    where
+        F: std::future::Future<Output = Result<()>>,
+    {
         let key = self.data_key(backup)?;
         let admin =
             dbserver::connect_maintenance(&self.catalog, server, self.connect_timeout).await?;
@@ -402,8 +429,13 @@ impl Backups {
             let mut opener = stream::Opener::new(&key);
             let mut hash = Sha256::new();
             let mut object = self.store.read(&backup.object).await?;
+            let mut last_beat = std::time::Instant::now();
             while let Some(piece) = object.next().await {
                 let piece = piece?;
+                if last_beat.elapsed() > self.beat_every() {
+                    beat().await?;
+                    last_beat = std::time::Instant::now();
+                }
                 hash.update(&piece);
                 let plain = opener
                     .push(&piece)

@@ -99,6 +99,53 @@ impl Catalog {
         })
     }
 
+    /// Records a restore into a new tenant (`--as`, the tenant row just made
+    /// `provisioning`), so a crash is swept like any restore; its id.
+    pub async fn start_restore_into(
+        &self,
+        tenant: &crate::catalog::TenantRecord,
+        backup_id: i64,
+        passwords: &crate::catalog::NewPasswords,
+        replica: &str,
+    ) -> Result<i64> {
+        let seal = |plain: &str, ctx: String| {
+            self.secrets()
+                .seal(plain, &ctx)
+                .map_err(|e| Error::internal("seal", e))
+        };
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO restauracoes (empresa_id, backup_id, geracao, status_anterior, \
+                 senha_dono_cifrada, senha_cifrada, replica) VALUES ($1, $2, $3, 'provisioning', $4, $5, $6) \
+                 RETURNING id",
+                &[
+                    &tenant.id,
+                    &backup_id,
+                    &tenant.generation,
+                    &seal(&passwords.owner, owner_context(tenant.id))?,
+                    &seal(&passwords.login, password_context(&tenant.slug))?,
+                    &replica,
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Closes a restore into a new tenant that succeeded.
+    pub async fn close_restore(&self, id: i64) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE restauracoes SET estado = 'switched', passo = 'switched', terminado_em = now() \
+                 WHERE id = $1 AND estado = 'running'",
+                &[&id],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Records the step a restore is at (and that it is alive).
     pub async fn restore_step(&self, id: i64, step: &str) -> Result<()> {
         self.client()
