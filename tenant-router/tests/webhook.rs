@@ -1295,3 +1295,82 @@ async fn login_works(pg: &pg_harness::PgServer, role: &str) -> bool {
         .unwrap()
         .get(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_being_restored_is_answered_retryably_and_loses_no_delivery() {
+    use proto::domain::v1::{leads_client::LeadsClient, ListLeadsRequest};
+    let pg = pg_harness::shared();
+    let s = setup("wh-mike", "900000013", pg).await;
+    let db = s.plane.database_of("wh-mike").await;
+    let token = common::caller_token(vec![], true, 600);
+    // What an in-place restore does to the tenant row while it builds the new generation
+    // (the change reaches routers through the same notification as any other).
+    let catalog = pg.connect(&s.plane.catalog_db).await.unwrap();
+    catalog
+        .execute(
+            "UPDATE empresas SET status = 'restoring', version = version + 1 WHERE slug = 'wh-mike'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let router = &s.router;
+    let refused = eventually(Duration::from_secs(5), || async {
+        let call = LeadsClient::new(router.channel().await)
+            .list_leads(common::call(ListLeadsRequest::default(), "wh-mike", &token))
+            .await;
+        matches!(call, Err(e) if e.code() == tonic::Code::Unavailable)
+    })
+    .await;
+    assert!(
+        refused,
+        "calls get UNAVAILABLE (retry) while the tenant is restored"
+    );
+    // A delivery meanwhile is kept, answered 200, and stored once the tenant is back.
+    let body = delivery(
+        "900000013",
+        json!([text_msg(
+            "wamid.R1",
+            "551187654321",
+            "durante a restauração"
+        )]),
+        json!([]),
+    );
+    assert_eq!(post(router, &body).await, 200);
+    assert_eq!(
+        count(pg, &db, "SELECT count(*) FROM mensagens").await,
+        0,
+        "nothing reached the database being replaced"
+    );
+    catalog
+        .execute(
+            "UPDATE empresas SET status = 'active', version = version + 1 WHERE slug = 'wh-mike'",
+            &[],
+        )
+        .await
+        .unwrap();
+    // The control plane replays what was kept (here on demand; a restore wakes it itself).
+    let stored = eventually(Duration::from_secs(10), || async {
+        let mut admin = s.plane.admin().await;
+        let _ = admin
+            .replay_dead_letters(
+                s.plane
+                    .admin_req(proto::control::v1::ReplayDeadLettersRequest {
+                        ids: Vec::new(),
+                        tenant: "wh-mike".into(),
+                    }),
+            )
+            .await;
+        count(
+            pg,
+            &db,
+            "SELECT count(*) FROM mensagens WHERE wamid = 'wamid.R1'",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert!(
+        stored,
+        "the delivery kept during the restore is stored afterwards"
+    );
+}

@@ -58,18 +58,26 @@ impl Store {
                     (Arc::new(s3), prefix.trim_matches('/').to_string())
                 }
                 None => {
+                    // Directories are made as objects are written: nothing is created
+                    // until the first backup.
                     let dir = cfg
                         .location
                         .strip_prefix("file://")
                         .unwrap_or(&cfg.location);
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        Error::InvalidArgument(format!(
-                            "backup.location: cannot create directory {dir:?}: {e}"
-                        ))
+                    let dir = std::path::absolute(dir).map_err(|e| {
+                        Error::InvalidArgument(format!("backup.location {dir:?}: {e}"))
                     })?;
-                    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                        .map_err(|e| Error::InvalidArgument(format!("backup.location: {e}")))?;
-                    (Arc::new(fs), String::new())
+                    let prefix = dir
+                        .to_str()
+                        .ok_or_else(|| {
+                            Error::InvalidArgument("backup.location must be valid UTF-8".into())
+                        })?
+                        .trim_matches('/')
+                        .to_string();
+                    (
+                        Arc::new(object_store::local::LocalFileSystem::new()),
+                        prefix,
+                    )
                 }
             };
         Ok(Store {
