@@ -953,16 +953,8 @@ async fn unknown_number_letters_replay_once_a_tenant_owns_the_number() {
         assert_eq!(out.code, code, "{args:?}: {out:?}");
     }
     // Viewers may not write customers' messages anywhere.
-    let viewer = plane
-        .ok(&["operator", "add", "vera", "--role", "viewer"])
-        .stdout
-        .trim()
-        .to_string();
-    let out = plane.ctl_env(
-        &["dead-letters", "replay", &unknown],
-        &[("TENANTCTL_TOKEN", viewer.as_str())],
-        None,
-    );
+    let viewer = plane.viewer_token("vera");
+    let out = plane.ctl_as(&viewer, &["dead-letters", "replay", &unknown]);
     assert_eq!(out.code, 8, "{out:?}");
 }
 

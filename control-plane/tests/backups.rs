@@ -5,7 +5,6 @@
 
 mod common;
 
-use base64::Engine;
 use common::{Plane, MASTER_KEY};
 use control_plane::backup::stream::Opener;
 use sha2::{Digest, Sha256};
@@ -41,15 +40,8 @@ async fn open_object(plane: &Plane, id: i64, object: &[u8]) -> Vec<u8> {
         .await
         .unwrap();
     let (key_name, sealed): (String, Vec<u8>) = (row.get(0), row.get(1));
-    let key = control_plane::crypto::SecretBox::from_base64(MASTER_KEY)
-        .unwrap()
-        .open(&sealed, &control_plane::backup::key_context(&key_name))
-        .unwrap();
-    let key: [u8; 32] = base64::engine::general_purpose::STANDARD
-        .decode(key)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let secrets = control_plane::crypto::SecretBox::from_base64(MASTER_KEY).unwrap();
+    let key = control_plane::backup::open_data_key(&secrets, &sealed, &key_name).unwrap();
     let mut opener = Opener::new(&key);
     let mut plain = opener.push(object).unwrap();
     plain.extend(opener.finish().unwrap());
@@ -85,6 +77,33 @@ async fn restored_leads(pg: &pg_harness::PgServer, archive: &[u8]) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// Runs `tenantctl args` in the background, waits until `running` (a query on the catalog)
+/// returns a row, then kills the control plane (SIGKILL) and starts it again; that row.
+async fn crash_during(plane: &mut Plane, args: &[&str], running: &str) -> tokio_postgres::Row {
+    let mut job = plane
+        .tenantctl()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let catalog = plane.catalog().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let row = loop {
+        if let Some(row) = catalog.query_opt(running, &[]).await.unwrap() {
+            break row;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{args:?} never reached: {running}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    plane.crash_and_restart();
+    let _ = job.wait();
+    row
 }
 
 fn find_object(root: &Path) -> PathBuf {
@@ -312,25 +331,13 @@ async fn a_backup_cut_by_a_crash_is_abandoned_and_never_counts() {
     let db = plane.database_of("bk-crash").await;
     fill(pg, &db, 20_000, 2_000).await;
     // Start a backup and kill the control plane while it streams.
-    let mut cmd = plane.tenantctl();
-    let mut running = cmd
-        .args(["backup", "bk-crash"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let catalog = plane.catalog().await;
-    let started = pg_harness::eventually(std::time::Duration::from_secs(10), || async {
-        catalog
-            .query_opt("SELECT 1 FROM backups WHERE estado = 'running'", &[])
-            .await
-            .unwrap()
-            .is_some()
-    })
+    crash_during(
+        &mut plane,
+        &["backup", "bk-crash"],
+        "SELECT 1 FROM backups WHERE estado = 'running'",
+    )
     .await;
-    assert!(started, "the backup started");
-    plane.crash_and_restart();
-    let _ = running.wait();
+    let catalog = plane.catalog().await;
     let abandoned = pg_harness::eventually(std::time::Duration::from_secs(15), || async {
         catalog
             .query_one("SELECT estado FROM backups", &[])
@@ -349,15 +356,7 @@ async fn a_backup_cut_by_a_crash_is_abandoned_and_never_counts() {
         "{:?}",
         walk(&plane.backup_dir)
     );
-    let rows: i64 = pg
-        .connect(&db)
-        .await
-        .unwrap()
-        .query_one("SELECT count(*) FROM leads", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rows, 20_000);
+    assert_eq!(leads_in(pg, &db).await, 20_000);
     let listed = plane.ok(&["backups", "bk-crash", "--json"]).json();
     assert_eq!(listed[0]["state"], "abandoned");
     // The next backup succeeds.
@@ -483,16 +482,8 @@ async fn restore_in_place_brings_the_backup_back_beside_the_live_database() {
         let out = plane.ctl(&args);
         assert_eq!(out.code, code, "{args:?}: {out:?}");
     }
-    let viewer = plane
-        .ok(&["operator", "add", "vitor", "--role", "viewer"])
-        .stdout
-        .trim()
-        .to_string();
-    let out = plane.ctl_env(
-        &["restore", "rs-alpha", "--backup", &backup],
-        &[("TENANTCTL_TOKEN", viewer.as_str())],
-        None,
-    );
+    let viewer = plane.viewer_token("vitor");
+    let out = plane.ctl_as(&viewer, &["restore", "rs-alpha", "--backup", &backup]);
     assert_eq!(out.code, 8, "{out:?}");
 }
 
@@ -580,28 +571,13 @@ async fn a_restore_cut_by_a_crash_leaves_the_tenant_on_its_database() {
     fill(pg, &db, 20_000, 2_000).await;
     let b = plane.ok(&["backup", "rs-crash", "--json"]).json();
     let backup = b["backups"][0]["id"].as_i64().unwrap().to_string();
-    let mut running = plane
-        .tenantctl()
-        .args(["restore", "rs-crash", "--backup", &backup])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let catalog = plane.catalog().await;
-    let restoring = pg_harness::eventually(std::time::Duration::from_secs(10), || async {
-        catalog
-            .query_opt(
-                "SELECT 1 FROM restauracoes WHERE estado = 'running' AND passo = 'restore'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .is_some()
-    })
+    crash_during(
+        &mut plane,
+        &["restore", "rs-crash", "--backup", &backup],
+        "SELECT 1 FROM restauracoes WHERE estado = 'running' AND passo = 'restore'",
+    )
     .await;
-    assert!(restoring, "the restore is streaming");
-    plane.crash_and_restart();
-    let _ = running.wait();
+    let catalog = plane.catalog().await;
     let undone = pg_harness::eventually(std::time::Duration::from_secs(15), || async {
         catalog
             .query_one("SELECT estado FROM restauracoes", &[])
@@ -824,15 +800,10 @@ async fn a_tenant_takes_its_data_away_as_json_lines_or_csv() {
         let out = plane.ctl(&args);
         assert_eq!(out.code, code, "{args:?}: {out:?}");
     }
-    let viewer = plane
-        .ok(&["operator", "add", "vanda", "--role", "viewer"])
-        .stdout
-        .trim()
-        .to_string();
-    let out = plane.ctl_env(
+    let viewer = plane.viewer_token("vanda");
+    let out = plane.ctl_as(
+        &viewer,
         &["export", "ex-alpha", "--format", "jsonl", "--to", "-"],
-        &[("TENANTCTL_TOKEN", viewer.as_str())],
-        None,
     );
     assert_eq!(out.code, 8, "{out:?}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -980,16 +951,8 @@ async fn deleting_now_needs_the_slug_typed_again_and_erases_at_once() {
         "active",
         "refused deletions change nothing"
     );
-    let viewer = plane
-        .ok(&["operator", "add", "vera", "--role", "viewer"])
-        .stdout
-        .trim()
-        .to_string();
-    let out = plane.ctl_env(
-        &["delete", "dl-now"],
-        &[("TENANTCTL_TOKEN", viewer.as_str())],
-        None,
-    );
+    let viewer = plane.viewer_token("vera");
+    let out = plane.ctl_as(&viewer, &["delete", "dl-now"]);
     assert_eq!(out.code, 8, "{out:?}");
     let r = plane
         .ok(&["delete", "dl-now", "--now", "--confirm", "dl-now", "--json"])
@@ -1168,28 +1131,13 @@ async fn a_deletion_cut_by_a_crash_deletes_nothing_and_runs_again_to_its_end() {
     ]);
     let db = plane.database_of("dl-crash").await;
     fill(pg, &db, 20_000, 2_000).await;
-    let mut running = plane
-        .tenantctl()
-        .args(["delete", "dl-crash"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let catalog = plane.catalog().await;
-    let final_backup = pg_harness::eventually(std::time::Duration::from_secs(10), || async {
-        catalog
-            .query_opt(
-                "SELECT 1 FROM backups WHERE motivo = 'final' AND estado = 'running'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .is_some()
-    })
+    crash_during(
+        &mut plane,
+        &["delete", "dl-crash"],
+        "SELECT 1 FROM backups WHERE motivo = 'final' AND estado = 'running'",
+    )
     .await;
-    assert!(final_backup, "the final backup is running");
-    plane.crash_and_restart();
-    let _ = running.wait();
+    let catalog = plane.catalog().await;
     // Cut during its final backup: nothing is deleted, the number stays, the data is whole.
     let shown = plane.ok(&["show", "dl-crash", "--json"]).json();
     assert_eq!(shown["status"], "suspended", "{shown}");
@@ -1223,36 +1171,13 @@ async fn a_restore_into_a_new_tenant_cut_by_a_crash_leaves_no_tenant_behind() {
     fill(pg, &db, 20_000, 2_000).await;
     let b = plane.ok(&["backup", "as-src", "--json"]).json();
     let backup = b["backups"][0]["id"].as_i64().unwrap().to_string();
-    let mut running = plane
-        .tenantctl()
-        .args(["restore", "as-src", "--backup", &backup, "--as", "as-dst"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let catalog = plane.catalog().await;
-    let new_id = std::sync::atomic::AtomicI64::new(0);
-    let streaming = pg_harness::eventually(std::time::Duration::from_secs(10), || async {
-        match catalog
-            .query_opt(
-                "SELECT empresa_id FROM restauracoes WHERE estado = 'running' AND passo = 'restore'",
-                &[],
-            )
-            .await
-            .unwrap()
-        {
-            Some(row) => {
-                new_id.store(row.get(0), std::sync::atomic::Ordering::Relaxed);
-                true
-            }
-            None => false,
-        }
-    })
-    .await;
-    assert!(streaming, "the restore into a new tenant is streaming");
-    plane.crash_and_restart();
-    let _ = running.wait();
-    let new_id = new_id.load(std::sync::atomic::Ordering::Relaxed);
+    let new_id: i64 = crash_during(
+        &mut plane,
+        &["restore", "as-src", "--backup", &backup, "--as", "as-dst"],
+        "SELECT empresa_id FROM restauracoes WHERE estado = 'running' AND passo = 'restore'",
+    )
+    .await
+    .get(0);
     let gone = pg_harness::eventually(std::time::Duration::from_secs(15), || async {
         plane.ctl(&["show", "as-dst"]).code == 3
     })

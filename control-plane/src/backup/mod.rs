@@ -639,14 +639,8 @@ pub async fn decrypt(
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let sealed = store.get(&key_object(object)).await?;
-    let encoded = secrets
-        .open(&sealed, &key_context(object))
+    let key = open_data_key(secrets, &sealed, object)
         .map_err(|e| Error::FailedPrecondition(format!("cannot open the backup's key: {e}")))?;
-    let key: [u8; 32] = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()
-        .and_then(|k| k.try_into().ok())
-        .ok_or_else(|| Error::Internal("a backup key is not 32 bytes".into()))?;
     let mut opener = stream::Opener::new(&key);
     let mut written = 0u64;
     let mut body = store.read(object).await?;
@@ -665,6 +659,22 @@ pub async fn decrypt(
         .map_err(|e| Error::internal("write", e))?;
     out.flush().await.map_err(|e| Error::internal("write", e))?;
     Ok(written + last.len() as u64)
+}
+
+/// Opens the data key sealed (with the master key) for `object`; why not, in words.
+pub fn open_data_key(
+    secrets: &crate::crypto::SecretBox,
+    sealed: &[u8],
+    object: &str,
+) -> std::result::Result<[u8; 32], String> {
+    let encoded = secrets
+        .open(sealed, &key_context(object))
+        .map_err(|e| e.to_string())?;
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| "a backup key is not 32 bytes".to_string())
 }
 
 /// The associated data a backup's sealed data key is bound to.

@@ -17,7 +17,6 @@ use crate::dbserver;
 use crate::error::{Error, Result};
 use crate::model::{Status, TenantNames};
 use crate::roles;
-use base64::Engine;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -485,16 +484,8 @@ impl Backups {
 
     /// A backup's data key, opened with the master key.
     fn data_key(&self, backup: &crate::catalog::BackupRecord) -> Result<[u8; 32]> {
-        let encoded = self
-            .catalog
-            .secrets()
-            .open(&backup.sealed_key, &super::key_context(&backup.object))
-            .map_err(|e| Error::internal("open a backup key", e))?;
-        base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .ok()
-            .and_then(|k| k.try_into().ok())
-            .ok_or_else(|| Error::Internal("a backup key is not 32 bytes".into()))
+        super::open_data_key(self.catalog.secrets(), &backup.sealed_key, &backup.object)
+            .map_err(|e| Error::internal("open a backup key", e))
     }
 
     /// A PostgreSQL client tool of the server's major version.

@@ -222,6 +222,19 @@ impl Plane {
         self.wait_ready();
     }
 
+    /// A token of a new operator `name` with the viewer role (it may read, not change).
+    pub fn viewer_token(&self, name: &str) -> String {
+        self.ok(&["operator", "add", name, "--role", "viewer"])
+            .stdout
+            .trim()
+            .to_string()
+    }
+
+    /// Runs tenantctl with another operator's token.
+    pub fn ctl_as(&self, token: &str, args: &[&str]) -> Out {
+        self.ctl_env(args, &[("TENANTCTL_TOKEN", token)], None)
+    }
+
     /// The control plane's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
