@@ -491,6 +491,28 @@ async fn bad_configuration_is_refused_with_a_message_naming_it() {
             "dead_letters.replay_every_secs must be above 0",
         ),
         (
+            Some(("CONTROL_PLANE__BACKUP__STORE__PART_SIZE_BYTES", "1000")),
+            None,
+            "backup.store.part_size_bytes must be between 5 MiB and 1 GiB",
+        ),
+        (
+            Some(("CONTROL_PLANE__BACKUP__STALE_AFTER_SECS", "1")),
+            None,
+            "backup.stale_after_secs at least 2",
+        ),
+        (
+            Some(("CONTROL_PLANE__DELETION__PURGE_EVERY_SECS", "0")),
+            None,
+            "deletion.purge_every_secs must be above 0",
+        ),
+        (
+            None,
+            Some(
+                "listen = \"127.0.0.1:0\"\n[backup.store]\nlocation = \"s3://b\"\nregion = \"x\"\n",
+            ),
+            "region",
+        ),
+        (
             Some(("CONTROL_PLANE__PROVISIONING__SCRAM_ITERATIONS", "0")),
             None,
             "scram_iterations must be between 1 and 1000000",

@@ -185,6 +185,7 @@ async fn a_backup_is_encrypted_checksummed_listed_and_restores_to_its_rows() {
         (vec!["backup", "bk-alpha", "--all"], 2),
         (vec!["backups", "nobody-here"], 3),
         (vec!["backups", "bk-alpha", "--limit", "5000"], 2),
+        (vec!["verify-backup", "999999"], 3),
     ] {
         let out = plane.ctl(&args);
         assert_eq!(out.code, code, "{args:?}: {out:?}");
