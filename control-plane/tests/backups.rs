@@ -1165,7 +1165,11 @@ async fn a_deletion_cut_by_a_crash_deletes_nothing_and_runs_again_to_its_end() {
 #[tokio::test]
 async fn a_restore_into_a_new_tenant_cut_by_a_crash_leaves_no_tenant_behind() {
     let pg = pg_harness::shared();
-    let mut plane = Plane::start_with(&[("CONTROL_PLANE__BACKUP__STALE_AFTER_SECS", "2")]).await;
+    let mut plane = Plane::start_with(&[
+        ("CONTROL_PLANE__BACKUP__STALE_AFTER_SECS", "2"),
+        ("CONTROL_PLANE__PROVISIONING__STALE_AFTER_SECS", "0"),
+    ])
+    .await;
     plane.add_server("main", pg, 100);
     plane.ok(&["create", "as-src", "--name", "As", "--sector", "servicos"]);
     let db = plane.database_of("as-src").await;
@@ -1179,6 +1183,24 @@ async fn a_restore_into_a_new_tenant_cut_by_a_crash_leaves_no_tenant_behind() {
     )
     .await
     .get(0);
+    // While the restore job still holds it (its heartbeat held fresh here), `create` must
+    // not adopt the half-made row as an abandoned provisioning.
+    let catalog = plane.catalog().await;
+    let hold = "UPDATE restauracoes SET batimento_em = now() + make_interval(hours => $1) \
+                WHERE empresa_id = $2 AND estado = 'running'";
+    assert_eq!(catalog.execute(hold, &[&1i32, &new_id]).await.unwrap(), 1);
+    let adopt = plane.ctl(&["create", "as-dst", "--name", "Other", "--sector", "servicos"]);
+    assert!(
+        adopt.code != 0 && adopt.stderr.contains("being provisioned right now"),
+        "create adopted a restore's tenant: {adopt:?}"
+    );
+    let status: String = catalog
+        .query_one("SELECT status FROM empresas WHERE id = $1", &[&new_id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "provisioning", "the restore's row is untouched");
+    catalog.execute(hold, &[&-1i32, &new_id]).await.unwrap();
     let gone = pg_harness::eventually(std::time::Duration::from_secs(15), || async {
         plane.ctl(&["show", "as-dst"]).code == 3
     })

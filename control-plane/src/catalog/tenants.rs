@@ -636,7 +636,8 @@ impl Catalog {
 
     /// Takes over a `failed` tenant, or a `provisioning` one untouched for
     /// `stale_after_secs` (its control plane died), for another provisioning attempt.
-    /// Returns `None` when the tenant is in any other state or someone else holds it.
+    /// Returns `None` when the tenant is in any other state or someone else holds it (a
+    /// `restore --as` job building it: its own sweep finishes or removes it).
     pub async fn restart_provisioning(
         &self,
         slug: &Slug,
@@ -649,7 +650,9 @@ impl Catalog {
             .query_opt(
                 "UPDATE empresas SET status = 'provisioning', status_motivo = NULL, atualizado_em = now(), \
                  version = version + 1 WHERE slug = $1 AND (status = 'failed' OR (status = 'provisioning' \
-                 AND atualizado_em < now() - make_interval(secs => $2::int8::float8))) RETURNING id",
+                 AND atualizado_em < now() - make_interval(secs => $2::int8::float8))) \
+                 AND NOT EXISTS (SELECT 1 FROM restauracoes r WHERE r.empresa_id = empresas.id \
+                 AND r.estado = 'running') RETURNING id",
                 &[&slug.as_str(), &stale],
             )
             .await?;
