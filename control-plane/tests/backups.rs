@@ -1189,7 +1189,9 @@ async fn a_restore_into_a_new_tenant_cut_by_a_crash_leaves_no_tenant_behind() {
     let hold = "UPDATE restauracoes SET batimento_em = now() + make_interval(hours => $1) \
                 WHERE empresa_id = $2 AND estado = 'running'";
     assert_eq!(catalog.execute(hold, &[&1i32, &new_id]).await.unwrap(), 1);
-    let adopt = plane.ctl(&["create", "as-dst", "--name", "Other", "--sector", "servicos"]);
+    let adopt = plane.ctl(&[
+        "create", "as-dst", "--name", "Other", "--sector", "servicos",
+    ]);
     assert!(
         adopt.code != 0 && adopt.stderr.contains("being provisioned right now"),
         "create adopted a restore's tenant: {adopt:?}"

@@ -34,17 +34,18 @@ impl TenantPath {
         self.routes.get(key).await
     }
 
-    /// Runs `op` on a connection to the route's tenant, which must be active, before
-    /// `deadline` (`DEADLINE_EXCEEDED` past it). If this future is dropped or the deadline
-    /// passes while `op` runs, its statement is cancelled on the server.
+    /// Runs `op` on a connection to the route's tenant, whose status must allow `access`,
+    /// before `deadline` (`DEADLINE_EXCEEDED` past it). If this future is dropped or the
+    /// deadline passes while `op` runs, its statement is cancelled on the server.
     pub async fn run<R>(
         &self,
         cached: Arc<CachedRoute>,
+        access: Access,
         deadline: Instant,
         op: impl AsyncFnOnce(&mut PgConn, Sector) -> Result<R, RouterError>,
     ) -> Result<R, RouterError> {
-        check_status(cached.status)?;
-        let (cached, mut conn) = self.connect(cached, deadline).await?;
+        check_status(cached.status, access)?;
+        let (cached, mut conn) = self.connect(cached, access, deadline).await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut guard = CancelOnDrop {
             cancel: Some(conn.canceller()),
@@ -64,6 +65,7 @@ impl TenantPath {
     async fn connect(
         &self,
         cached: Arc<CachedRoute>,
+        access: Access,
         deadline: Instant,
     ) -> Result<(Arc<CachedRoute>, Conn), RouterError> {
         match self.pools.get(&cached.route, deadline).await {
@@ -80,7 +82,7 @@ impl TenantPath {
             .routes
             .refetch(&RouteKey::id(cached.route.tenant_id)?)
             .await?;
-        check_status(fresh.status)?;
+        check_status(fresh.status, access)?;
         match self.pools.get(&fresh.route, deadline).await {
             Ok(c) => Ok((fresh, c)),
             Err(GetError::Auth) => Err(RouterError::Unavailable(
@@ -91,16 +93,28 @@ impl TenantPath {
     }
 }
 
-/// What a tenant's status allows: only active tenants are served.
-pub fn check_status(status: TenantStatus) -> Result<(), RouterError> {
+/// What a call does to the tenant's database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only.
+    Read,
+    /// Writes (or may write).
+    Write,
+}
+
+/// What a tenant's status allows: active tenants are served; a tenant being restored in
+/// place is still read from its live database, while writes are refused retryably (they
+/// would be lost when the route switches to the restored generation).
+pub fn check_status(status: TenantStatus, access: Access) -> Result<(), RouterError> {
     match status {
         TenantStatus::Active => Ok(()),
+        TenantStatus::Restoring if access == Access::Read => Ok(()),
         TenantStatus::Suspended => Err(RouterError::FailedPrecondition(
             "tenant is suspended".into(),
         )),
         TenantStatus::Deleted => Err(RouterError::TenantNotFound),
         TenantStatus::Restoring => Err(RouterError::Unavailable(
-            "tenant is being restored from a backup; retry shortly".into(),
+            "tenant is being restored from a backup; writes resume shortly, retry".into(),
         )),
         other => Err(RouterError::FailedPrecondition(format!(
             "tenant is {other}, not active"
@@ -129,23 +143,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_active_tenants_are_served() {
-        assert!(check_status(TenantStatus::Active).is_ok());
+    fn only_active_tenants_are_served_and_a_restoring_one_only_read() {
+        use Access::{Read, Write};
+        for access in [Read, Write] {
+            assert!(check_status(TenantStatus::Active, access).is_ok());
+            assert!(matches!(
+                check_status(TenantStatus::Suspended, access),
+                Err(RouterError::FailedPrecondition(_))
+            ));
+            assert!(matches!(
+                check_status(TenantStatus::Deleted, access),
+                Err(RouterError::TenantNotFound)
+            ));
+            assert!(matches!(
+                check_status(TenantStatus::Provisioning, access),
+                Err(RouterError::FailedPrecondition(_))
+            ));
+        }
+        assert!(check_status(TenantStatus::Restoring, Read).is_ok());
         assert!(matches!(
-            check_status(TenantStatus::Suspended),
-            Err(RouterError::FailedPrecondition(_))
-        ));
-        assert!(matches!(
-            check_status(TenantStatus::Deleted),
-            Err(RouterError::TenantNotFound)
-        ));
-        assert!(matches!(
-            check_status(TenantStatus::Restoring),
+            check_status(TenantStatus::Restoring, Write),
             Err(RouterError::Unavailable(_))
-        ));
-        assert!(matches!(
-            check_status(TenantStatus::Provisioning),
-            Err(RouterError::FailedPrecondition(_))
         ));
     }
 }

@@ -1297,8 +1297,8 @@ async fn login_works(pg: &pg_harness::PgServer, role: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_being_restored_is_answered_retryably_and_loses_no_delivery() {
-    use proto::domain::v1::{leads_client::LeadsClient, ListLeadsRequest};
+async fn a_tenant_being_restored_is_read_refuses_writes_retryably_and_loses_no_delivery() {
+    use proto::domain::v1::{leads_client::LeadsClient, ListLeadsRequest, UpsertLeadRequest};
     let pg = pg_harness::shared();
     let s = setup("wh-mike", "900000013", pg).await;
     let db = s.plane.database_of("wh-mike").await;
@@ -1314,16 +1314,38 @@ async fn a_tenant_being_restored_is_answered_retryably_and_loses_no_delivery() {
         .await
         .unwrap();
     let router = &s.router;
+    let upsert = || async {
+        LeadsClient::new(router.channel().await)
+            .upsert_lead(common::call(
+                UpsertLeadRequest {
+                    phone: "5511912345678".into(),
+                    name: "Durante".into(),
+                    ..Default::default()
+                },
+                "wh-mike",
+                &token,
+            ))
+            .await
+    };
     let refused = eventually(Duration::from_secs(5), || async {
-        let call = LeadsClient::new(router.channel().await)
-            .list_leads(common::call(ListLeadsRequest::default(), "wh-mike", &token))
-            .await;
-        matches!(call, Err(e) if e.code() == tonic::Code::Unavailable)
+        matches!(upsert().await, Err(e) if e.code() == tonic::Code::Unavailable)
     })
     .await;
     assert!(
         refused,
-        "calls get UNAVAILABLE (retry) while the tenant is restored"
+        "writes get UNAVAILABLE (retry) while the tenant is restored"
+    );
+    let read = LeadsClient::new(router.channel().await)
+        .list_leads(common::call(ListLeadsRequest::default(), "wh-mike", &token))
+        .await;
+    assert!(
+        read.is_ok(),
+        "reads are served from the live database meanwhile: {read:?}"
+    );
+    assert_eq!(
+        count(pg, &db, "SELECT count(*) FROM leads").await,
+        0,
+        "the refused write left nothing behind"
     );
     // A delivery meanwhile is kept, answered 200, and stored once the tenant is back.
     let body = delivery(

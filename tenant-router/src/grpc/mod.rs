@@ -12,7 +12,7 @@ pub use services::{CatalogService, ConversationsService, LeadsService};
 
 use crate::error::RouterError;
 use crate::metrics::Metrics;
-use crate::path::TenantPath;
+use crate::path::{Access, TenantPath};
 use crate::pools::PgConn;
 use crate::routes::RouteKey;
 use caller_auth::{Claims, Kind, Verifier};
@@ -45,6 +45,7 @@ impl CallContext {
     pub async fn run<T: Send, R>(
         &self,
         method: &'static str,
+        access: Access,
         request: tonic::Request<T>,
         op: Op<T, R>,
     ) -> Result<tonic::Response<R>, tonic::Status> {
@@ -52,7 +53,7 @@ impl CallContext {
         let (meta, _, message) = request.into_parts();
         let span = tracing::info_span!("call", method, tenant = tracing::field::Empty);
         let result = self
-            .pipeline(&meta, message, op, started)
+            .pipeline(&meta, access, message, op, started)
             .instrument(span)
             .await;
         let outcome = match &result {
@@ -75,6 +76,7 @@ impl CallContext {
     async fn pipeline<T, R>(
         &self,
         meta: &MetadataMap,
+        access: Access,
         message: T,
         op: Op<T, R>,
         started: Instant,
@@ -102,7 +104,7 @@ impl CallContext {
         }
         tracing::Span::current().record("tenant", cached.route.slug.as_str());
         self.path
-            .run(cached, deadline, async move |conn, sector| {
+            .run(cached, access, deadline, async move |conn, sector| {
                 op(conn, sector, message).await
             })
             .await

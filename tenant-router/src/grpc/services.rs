@@ -3,18 +3,25 @@
 
 use super::CallContext;
 use crate::domain::{catalog, conversations, leads};
+use crate::path::Access;
 use proto::domain::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 macro_rules! op {
-    ($ctx:expr, $method:literal, $req:expr, $f:path) => {
-        $ctx.run($method, $req, Box::new(|c, _sector, m| Box::pin($f(c, m))))
-            .await
-    };
-    ($ctx:expr, $method:literal, $req:expr, sector $f:path) => {
+    ($ctx:expr, $method:literal, $access:ident, $req:expr, $f:path) => {
         $ctx.run(
             $method,
+            Access::$access,
+            $req,
+            Box::new(|c, _sector, m| Box::pin($f(c, m))),
+        )
+        .await
+    };
+    ($ctx:expr, $method:literal, $access:ident, $req:expr, sector $f:path) => {
+        $ctx.run(
+            $method,
+            Access::$access,
             $req,
             Box::new(|c, sector, m| Box::pin($f(c, sector, m))),
         )
@@ -35,22 +42,22 @@ impl pb::leads_server::Leads for LeadsService {
         &self,
         r: Request<pb::UpsertLeadRequest>,
     ) -> Result<Response<pb::Lead>, Status> {
-        op!(self.0, "UpsertLead", r, leads::upsert)
+        op!(self.0, "UpsertLead", Write, r, leads::upsert)
     }
     async fn get_lead(&self, r: Request<pb::GetLeadRequest>) -> Result<Response<pb::Lead>, Status> {
-        op!(self.0, "GetLead", r, leads::get)
+        op!(self.0, "GetLead", Read, r, leads::get)
     }
     async fn list_leads(
         &self,
         r: Request<pb::ListLeadsRequest>,
     ) -> Result<Response<pb::ListLeadsResponse>, Status> {
-        op!(self.0, "ListLeads", r, leads::list)
+        op!(self.0, "ListLeads", Read, r, leads::list)
     }
     async fn update_lead_status(
         &self,
         r: Request<pb::UpdateLeadStatusRequest>,
     ) -> Result<Response<pb::Lead>, Status> {
-        op!(self.0, "UpdateLeadStatus", r, leads::update_status)
+        op!(self.0, "UpdateLeadStatus", Write, r, leads::update_status)
     }
 }
 
@@ -60,31 +67,37 @@ impl pb::conversations_server::Conversations for ConversationsService {
         &self,
         r: Request<pb::OpenConversationRequest>,
     ) -> Result<Response<pb::Conversation>, Status> {
-        op!(self.0, "OpenConversation", r, conversations::open)
+        op!(self.0, "OpenConversation", Write, r, conversations::open)
     }
     async fn list_conversations(
         &self,
         r: Request<pb::ListConversationsRequest>,
     ) -> Result<Response<pb::ListConversationsResponse>, Status> {
-        op!(self.0, "ListConversations", r, conversations::list)
+        op!(self.0, "ListConversations", Read, r, conversations::list)
     }
     async fn append_message(
         &self,
         r: Request<pb::AppendMessageRequest>,
     ) -> Result<Response<pb::Message>, Status> {
-        op!(self.0, "AppendMessage", r, conversations::append)
+        op!(self.0, "AppendMessage", Write, r, conversations::append)
     }
     async fn list_messages(
         &self,
         r: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        op!(self.0, "ListMessages", r, conversations::list_messages)
+        op!(
+            self.0,
+            "ListMessages",
+            Read,
+            r,
+            conversations::list_messages
+        )
     }
     async fn mark_read(
         &self,
         r: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::Conversation>, Status> {
-        op!(self.0, "MarkRead", r, conversations::mark_read)
+        op!(self.0, "MarkRead", Write, r, conversations::mark_read)
     }
 }
 
@@ -94,18 +107,18 @@ impl pb::catalog_server::Catalog for CatalogService {
         &self,
         r: Request<pb::SearchItemsRequest>,
     ) -> Result<Response<pb::SearchItemsResponse>, Status> {
-        op!(self.0, "SearchItems", r, sector catalog::search)
+        op!(self.0, "SearchItems", Read, r, sector catalog::search)
     }
     async fn get_item(
         &self,
         r: Request<pb::GetItemRequest>,
     ) -> Result<Response<pb::CatalogItem>, Status> {
-        op!(self.0, "GetItem", r, sector catalog::get)
+        op!(self.0, "GetItem", Read, r, sector catalog::get)
     }
     async fn upsert_item(
         &self,
         r: Request<pb::UpsertItemRequest>,
     ) -> Result<Response<pb::CatalogItem>, Status> {
-        op!(self.0, "UpsertItem", r, sector catalog::upsert)
+        op!(self.0, "UpsertItem", Write, r, sector catalog::upsert)
     }
 }

@@ -13,7 +13,7 @@
 
 use crate::error::RouterError;
 use crate::metrics::Metrics;
-use crate::path::TenantPath;
+use crate::path::{Access, TenantPath};
 use crate::routes::{RouteKey, Unroutable};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -204,7 +204,7 @@ impl Webhooks {
         }
         let stored = self
             .path
-            .run(route, deadline, async |conn, _sector| {
+            .run(route, Access::Write, deadline, async |conn, _sector| {
                 let [ingest, status] = store::Statements::SQL;
                 let stmts = store::Statements {
                     ingest: conn.prepare(ingest).await.map_err(db)?,
