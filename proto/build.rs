@@ -4,6 +4,7 @@ use prost::Message;
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "tenancy/accounts/v1/accounts.proto",
     "tenancy/control/v1/control.proto",
     "tenancy/domain/v1/domain.proto",
 ];

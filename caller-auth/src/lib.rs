@@ -8,7 +8,9 @@
 //!   them;
 //! - **operator** tokens identify a person or tool using `tenantctl`, with a role;
 //! - **router** tokens identify a router to the control plane's directory, scoped to the
-//!   database servers it may serve.
+//!   database servers it may serve;
+//! - **user** tokens are a logged-in person's short-lived access tokens: one empresa, a
+//!   role in it, and the session they were minted for (revoking the session stops them).
 //!
 //! Every token carries an id (`jti`), so it can be audited and revoked.
 
@@ -29,6 +31,8 @@ pub enum Kind {
     Operator,
     /// A router reading routes from the directory.
     Router,
+    /// A person logged in to one empresa.
+    User,
 }
 
 impl Kind {
@@ -38,6 +42,7 @@ impl Kind {
             Kind::Caller => "caller",
             Kind::Operator => "operator",
             Kind::Router => "router",
+            Kind::User => "user",
         }
     }
 }
@@ -57,9 +62,12 @@ pub struct Claims {
     /// Caller tokens: every tenant.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all: bool,
-    /// Operator tokens: the operator's role.
+    /// Operator tokens: the operator's role; user tokens: the user's role in the empresa.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// User tokens: the session they were minted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
     /// Issued at, seconds since the epoch.
@@ -189,13 +197,18 @@ impl Verifier {
     /// Verifies signature, algorithm, expiry (with [`LEEWAY_SECS`]) and that the token is
     /// of `kind`.
     pub fn verify(&self, token: &str, kind: Kind) -> Result<Claims, TokenError> {
+        self.verify_any(token, &[kind])
+    }
+
+    /// Like [`Verifier::verify`], accepting any of `kinds`.
+    pub fn verify_any(&self, token: &str, kinds: &[Kind]) -> Result<Claims, TokenError> {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
             })?;
-        if claims.kind != kind || claims.iat > now_secs() + LEEWAY_SECS {
+        if !kinds.contains(&claims.kind) || claims.iat > now_secs() + LEEWAY_SECS {
             return Err(TokenError::Invalid);
         }
         Ok(claims)
@@ -226,6 +239,7 @@ mod tests {
             tenants: vec![7],
             all: false,
             role: None,
+            sid: None,
             exp: (now as i64 + exp_in) as u64,
             iat: now,
         }

@@ -14,6 +14,9 @@ pub use service_kit::ConfigError;
 pub struct Config {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` over plain HTTP on this address (off when unset).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Catalog (control database) URL, `postgres://user:password@host:port/db`.
     pub catalog_url: String,
     /// Catalog connection pool size.
@@ -58,6 +61,68 @@ pub struct Config {
     /// Offboarding: how long a deleted tenant is kept before it is purged.
     #[serde(default)]
     pub deletion: Deletion,
+    /// Users who log in: password hashing, token lifetimes, guessing limits.
+    #[serde(default)]
+    pub accounts: Accounts,
+}
+
+/// Settings of user accounts and logins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accounts {
+    /// Argon2id memory cost in KiB (OWASP's 19 MiB by default; tests use a few KiB).
+    #[serde(default = "defaults::argon2_memory_kib")]
+    pub argon2_memory_kib: u32,
+    /// Argon2id passes.
+    #[serde(default = "defaults::argon2_iterations")]
+    pub argon2_iterations: u32,
+    /// Argon2id lanes.
+    #[serde(default = "defaults::argon2_parallelism")]
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once; more wait (bounds memory under a login flood).
+    #[serde(default = "defaults::max_concurrent_hashes")]
+    pub max_concurrent_hashes: usize,
+    /// Lifetime of user access tokens, in seconds (minutes: a disabled user or revoked
+    /// session also stops at once through the revocation feed).
+    #[serde(default = "defaults::access_ttl_secs")]
+    pub access_ttl_secs: u64,
+    /// Lifetime of a session without use (each refresh extends it), in seconds.
+    #[serde(default = "defaults::session_ttl_secs")]
+    pub session_ttl_secs: u64,
+    /// Lifetime of a password-reset token, in seconds.
+    #[serde(default = "defaults::reset_ttl_secs")]
+    pub reset_ttl_secs: u64,
+    /// Failed logins for one email before each next attempt must wait (doubling from 2 s).
+    #[serde(default = "defaults::account_free_failures")]
+    pub account_free_failures: u32,
+    /// Failed logins from one client address before it must wait.
+    #[serde(default = "defaults::address_free_failures")]
+    pub address_free_failures: u32,
+    /// Longest wait a run of failures can impose, in seconds.
+    #[serde(default = "defaults::max_lockout_secs")]
+    pub max_lockout_secs: u64,
+    /// Take the client address from the right-most `x-forwarded-for` entry (only behind a
+    /// proxy that sets it; otherwise anyone could pick their own address).
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for Accounts {
+    fn default() -> Self {
+        Accounts {
+            argon2_memory_kib: defaults::argon2_memory_kib(),
+            argon2_iterations: defaults::argon2_iterations(),
+            argon2_parallelism: defaults::argon2_parallelism(),
+            max_concurrent_hashes: defaults::max_concurrent_hashes(),
+            access_ttl_secs: defaults::access_ttl_secs(),
+            session_ttl_secs: defaults::session_ttl_secs(),
+            reset_ttl_secs: defaults::reset_ttl_secs(),
+            account_free_failures: defaults::account_free_failures(),
+            address_free_failures: defaults::address_free_failures(),
+            max_lockout_secs: defaults::max_lockout_secs(),
+            trust_forwarded_for: false,
+        }
+    }
 }
 
 /// Deletion settings.
@@ -383,6 +448,36 @@ mod defaults {
     pub fn purge_every_secs() -> u64 {
         300
     }
+    pub fn argon2_memory_kib() -> u32 {
+        19_456
+    }
+    pub fn argon2_iterations() -> u32 {
+        2
+    }
+    pub fn argon2_parallelism() -> u32 {
+        1
+    }
+    pub fn max_concurrent_hashes() -> usize {
+        2
+    }
+    pub fn access_ttl_secs() -> u64 {
+        600
+    }
+    pub fn session_ttl_secs() -> u64 {
+        30 * 86_400
+    }
+    pub fn reset_ttl_secs() -> u64 {
+        1_800
+    }
+    pub fn account_free_failures() -> u32 {
+        5
+    }
+    pub fn address_free_failures() -> u32 {
+        30
+    }
+    pub fn max_lockout_secs() -> u64 {
+        900
+    }
     pub fn backup_location() -> String {
         "backups".into()
     }
@@ -556,6 +651,32 @@ impl Config {
         if b.store.part_size_bytes < 5 << 20 || b.store.part_size_bytes > 1 << 30 {
             return Err(ConfigError::Invalid(
                 "backup.store.part_size_bytes must be between 5 MiB and 1 GiB".into(),
+            ));
+        }
+        let a = &self.accounts;
+        if argon2::Params::new(
+            a.argon2_memory_kib,
+            a.argon2_iterations,
+            a.argon2_parallelism,
+            None,
+        )
+        .is_err()
+        {
+            return Err(ConfigError::Invalid(
+                "accounts.argon2_memory_kib, argon2_iterations and argon2_parallelism must be valid Argon2 costs (memory at least 8 KiB per lane, at least 1 pass and 1 lane)".into(),
+            ));
+        }
+        if a.max_concurrent_hashes == 0
+            || a.access_ttl_secs == 0
+            || a.access_ttl_secs > 3_600
+            || a.session_ttl_secs < a.access_ttl_secs
+            || a.reset_ttl_secs == 0
+            || a.account_free_failures == 0
+            || a.address_free_failures == 0
+            || a.max_lockout_secs == 0
+        {
+            return Err(ConfigError::Invalid(
+                "accounts: max_concurrent_hashes, reset_ttl_secs, the free failures and max_lockout_secs must be above 0; access_ttl_secs 1-3600 and at most session_ttl_secs".into(),
             ));
         }
         let t = &self.tokens;

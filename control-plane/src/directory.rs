@@ -70,9 +70,10 @@ impl Directory {
         self.changes.subscribe()
     }
 
-    /// Revoked caller tokens that have not expired.
+    /// Revoked caller tokens and user sessions that have not expired (what routers must
+    /// refuse).
     pub async fn revoked_callers(&self) -> Result<Vec<String>> {
-        self.catalog.revoked_tokens(Kind::Caller).await
+        self.catalog.revoked_tokens(&["caller", "session"]).await
     }
 
     /// The route of one tenant (any status but `deleted`; the router decides what a
@@ -213,6 +214,8 @@ impl Directory {
                 let kind = match token.kind.as_str() {
                     "caller" => Kind::Caller,
                     "operator" => Kind::Operator,
+                    // A session: every user access token minted for it.
+                    "session" => Kind::User,
                     _ => Kind::Router,
                 };
                 let _ = self.changes.send(Change::Revoked {

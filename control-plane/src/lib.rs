@@ -2,6 +2,7 @@
 //! databases, fleet migrations, and the directory routers read their routes from.
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod auth;
 pub mod backup;
 pub mod bootstrap;
@@ -18,6 +19,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod harden;
 pub mod inventory;
+pub mod metrics;
 pub mod model;
 pub mod pgconn;
 pub mod provision;

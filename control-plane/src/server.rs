@@ -4,7 +4,7 @@ use crate::auth::TokenAuth;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::directory::Directory;
-use crate::grpc::{AdminService, DirectoryService};
+use crate::grpc::{AccountsService, AdminService, DirectoryService};
 use crate::rotation::Rotator;
 use crate::tokens::Minter;
 use proto::control::v1 as pb;
@@ -75,6 +75,7 @@ pub async fn run(
     let minter = Minter::new(signer, &config.tokens);
     let operators = TokenAuth::new(minter.verifier(), caller_auth::Kind::Operator);
     let routers = TokenAuth::new(minter.verifier(), caller_auth::Kind::Router);
+    let verifier = minter.verifier();
     let admin = AdminService::new(
         catalog.clone(),
         &config,
@@ -96,6 +97,20 @@ pub async fn run(
         config.dead_letters.clone(),
         cancel.child_token(),
     ));
+    if let Some(addr) = config.metrics_listen {
+        let listener = crate::metrics::bind(addr)
+            .await
+            .map_err(ServeError::Startup)?;
+        let sources = crate::metrics::Sources {
+            accounts: admin.accounts(),
+        };
+        tasks.spawn(crate::metrics::serve(
+            listener,
+            sources,
+            cancel.child_token(),
+        ));
+    }
+    let accounts = AccountsService::new(admin.accounts(), verifier);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::tenant_admin_server::TenantAdminServer<AdminService>>()
@@ -129,6 +144,12 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection)
         .add_service(pb::tenant_admin_server::TenantAdminServer::with_interceptor(admin, operators))
+        .add_service(proto::accounts::v1::auth_server::AuthServer::new(
+            accounts.clone(),
+        ))
+        .add_service(proto::accounts::v1::users_server::UsersServer::new(
+            accounts,
+        ))
         .add_service(
             pb::tenant_directory_server::TenantDirectoryServer::with_interceptor(
                 DirectoryService::new(directory, cancel.clone(), tls),
@@ -171,6 +192,9 @@ async fn prune_dead_letters(
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "dead letters past their retention deleted"),
             Err(e) => tracing::warn!(error = %e, "cannot prune dead letters"),
+        }
+        if let Err(e) = catalog.prune_login_state().await {
+            tracing::warn!(error = %e, "cannot prune failed-login counters");
         }
     }
 }

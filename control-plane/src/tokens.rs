@@ -74,6 +74,7 @@ impl Minter {
             tenants: grant.tenants,
             all: grant.all,
             role: grant.role.map(|r| r.as_str().to_string()),
+            sid: None,
             exp: now + ttl,
             iat: now,
         };
@@ -83,6 +84,34 @@ impl Minter {
             .sign(&claims)
             .map_err(|e| Error::internal("token", e))?;
         Ok(Minted { token, claims })
+    }
+}
+
+impl Minter {
+    /// Signs a user's access token for `session` (not recorded: the session is).
+    pub fn sign_user(
+        &self,
+        user_id: i64,
+        tenant_id: i64,
+        role: tenant_model::UserRole,
+        session: &str,
+        ttl_secs: u64,
+    ) -> Result<String> {
+        let now = caller_auth::now_secs();
+        let claims = Claims {
+            jti: new_token_id(),
+            kind: Kind::User,
+            sub: format!("user:{user_id}"),
+            tenants: vec![tenant_id],
+            all: false,
+            role: Some(role.as_str().to_string()),
+            sid: Some(session.to_string()),
+            exp: now + ttl_secs,
+            iat: now,
+        };
+        self.signer
+            .sign(&claims)
+            .map_err(|e| Error::internal("token", e))
     }
 }
 

@@ -603,6 +603,7 @@ async fn operators_act_within_their_roles_and_the_audit_log_names_them() {
         tenants: vec![],
         all: true,
         role: Some("admin".into()),
+        sid: None,
         exp,
         iat: caller_auth::now_secs(),
     };

@@ -27,6 +27,7 @@ fn fixture() -> &'static Fixture {
             tenants: vec![7, 42],
             all: false,
             role: None,
+            sid: None,
             exp: now + 86_400 * 365,
             iat: now,
         };

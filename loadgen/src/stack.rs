@@ -312,6 +312,7 @@ fn sign(tenants: Vec<i64>, all: bool) -> Result<String> {
             tenants,
             all,
             role: None,
+            sid: None,
             exp: now + 3600,
             iat: now,
         })?,

@@ -1,6 +1,13 @@
 //! Generated gRPC types and services of the tenancy platform.
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
+/// Accounts on the control plane: `Auth` (login, sessions, passwords) and `Users`.
+pub mod accounts {
+    pub mod v1 {
+        tonic::include_proto!("tenancy.accounts.v1");
+    }
+}
+
 /// Control plane: `TenantAdmin` (operators) and `TenantDirectory` (routers).
 pub mod control {
     pub mod v1 {

@@ -1,11 +1,12 @@
 //! The shared model on the wire: each `tenant_model` enum has its proto enum, converted
 //! here and nowhere else. Decoding refuses unspecified and unknown values by name.
 
+use crate::accounts::v1 as ac;
 use crate::control::v1 as pb;
 use crate::domain::v1 as dm;
 use tenant_model::{
     BackupState, ConversationStatus, DeadLetterKind, Invalid, LeadStatus, MessageDirection,
-    MessageStatus, MigrationOutcome, Sector, TenantStatus, WebhookSource,
+    MessageStatus, MigrationOutcome, Sector, TenantStatus, UserRole, UserStatus, WebhookSource,
 };
 
 /// A proto enum field's number as the model value, or an error naming the field.
@@ -124,6 +125,17 @@ wire_enum!(
     }
 );
 
+wire_enum!(
+    UserRole,
+    ac::UserRole {
+        Viewer,
+        Agent,
+        Admin,
+        Owner
+    }
+);
+wire_enum!(UserStatus, ac::UserStatus { Active, Disabled });
+
 /// The spelling of a proto enum number, when it is a model value (`?` otherwise): for
 /// display only.
 pub fn spelled<T: FromWire + Copy>(raw: i32, as_str: fn(T) -> &'static str) -> &'static str {
@@ -162,6 +174,8 @@ mod tests {
         round_trip(ConversationStatus::ALL);
         round_trip(MessageDirection::ALL);
         round_trip(MessageStatus::ALL);
+        round_trip(UserRole::ALL);
+        round_trip(UserStatus::ALL);
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! enters and the rule cannot differ between the two daemons. Each enum's text spelling
 //! is the catalog's or the tenant schema's; `proto::model` maps them to the wire.
 
+mod account;
 mod domain;
 mod page;
 mod tenant;
 mod webhook;
 
+pub use account::{Email, UserRole, UserStatus};
 pub use domain::{
     BackupState, ConversationStatus, LeadStatus, MessageDirection, MessageStatus, MigrationOutcome,
     Sector,

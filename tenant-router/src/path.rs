@@ -102,6 +102,37 @@ pub enum Access {
     Write,
 }
 
+/// What an RPC needs: the access it makes to the tenant's database and, for a user's
+/// access token, the least role that may make it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Reads leads, conversations, messages or the catalog: viewer.
+    Read,
+    /// Writes leads, conversations or messages: agent.
+    Write,
+    /// Writes the catalog: admin.
+    WriteCatalog,
+}
+
+impl Permission {
+    /// The access to the tenant's database.
+    pub fn access(self) -> Access {
+        match self {
+            Permission::Read => Access::Read,
+            Permission::Write | Permission::WriteCatalog => Access::Write,
+        }
+    }
+
+    /// The least user role allowed.
+    pub fn role(self) -> tenant_model::UserRole {
+        match self {
+            Permission::Read => tenant_model::UserRole::Viewer,
+            Permission::Write => tenant_model::UserRole::Agent,
+            Permission::WriteCatalog => tenant_model::UserRole::Admin,
+        }
+    }
+}
+
 /// What a tenant's status allows: active tenants are served; a tenant being restored in
 /// place is still read from its live database, while writes are refused retryably (they
 /// would be lost when the route switches to the restored generation).

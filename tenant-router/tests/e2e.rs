@@ -289,6 +289,7 @@ async fn bad_callers_and_bad_input_get_clear_statuses() {
             tenants: vec![],
             all: true,
             role: None,
+            sid: None,
             exp: caller_auth::now_secs() + 60,
             iat: 0,
         })

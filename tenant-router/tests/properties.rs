@@ -120,6 +120,7 @@ proptest! {
                 tenants: vec![7],
                 all: false,
                 role: None,
+                sid: None,
                 exp: now + 60,
                 iat: now,
             })

@@ -271,15 +271,30 @@ impl Catalog {
         Ok(rows.iter().map(token_from_row).collect())
     }
 
-    /// Ids of revoked tokens of `kind` that have not expired (with the verifiers' leeway).
-    pub async fn revoked_tokens(&self, kind: Kind) -> Result<Vec<String>> {
+    /// Whether caller token `id` is recorded, unrevoked and unexpired (with the leeway).
+    pub async fn caller_token_live(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT 1 FROM tokens WHERE id = $1 AND tipo = 'caller' AND revogado_em IS NULL \
+                 AND expira_em > now() - interval '30 seconds'",
+                &[&id],
+            )
+            .await?
+            .is_some())
+    }
+
+    /// Ids of revoked tokens of these catalog kinds that have not expired (with the
+    /// verifiers' leeway).
+    pub async fn revoked_tokens(&self, kinds: &[&str]) -> Result<Vec<String>> {
         let rows = self
             .client()
             .await?
             .query(
-                "SELECT id FROM tokens WHERE tipo = $1 AND revogado_em IS NOT NULL \
+                "SELECT id FROM tokens WHERE tipo = ANY($1) AND revogado_em IS NOT NULL \
                  AND expira_em > now() - interval '60 seconds'",
-                &[&kind.as_str()],
+                &[&kinds],
             )
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())

@@ -16,6 +16,7 @@ mod routers;
 mod runs;
 mod servers;
 mod tenants;
+mod users;
 
 pub use backups::{BackupKind, BackupRecord, NewBackup, OverdueBackup};
 pub use dead_letters::{DeadLetter, NewDeadLetter, Quota as DeadLetterQuota};
@@ -27,6 +28,7 @@ pub use routers::RouterRecord;
 pub use runs::{RunCounts, RunTenantRow};
 pub use servers::{NewServer, ServerRecord, TemplateRecord};
 pub use tenants::{NewPasswords, NewTenant, RoleModel, TenantFilter, TenantRecord};
+pub use users::{NewUser, Refreshed, UserRecord};
 
 use crate::crypto::SecretBox;
 use crate::error::{Error, Result};

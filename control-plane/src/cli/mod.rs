@@ -7,6 +7,7 @@
 mod access;
 mod backups;
 mod output;
+mod users;
 
 use clap::{Args, Parser, Subcommand};
 use proto::control::v1 as pb;
@@ -149,6 +150,9 @@ enum Command {
     DeadLetters(access::DeadLetterCommand),
     /// Read the audit log: who did what, to which target, with which token, how it ended.
     Audit(access::AuditArgs),
+    /// People who log in to a tenant (owner, admin, agent, viewer).
+    #[command(subcommand)]
+    User(users::UserCommand),
 }
 
 #[derive(Subcommand)]
@@ -275,6 +279,9 @@ struct CreateArgs {
     server: Option<String>,
     #[arg(long)]
     plan: Option<String>,
+    /// The tenant's first user (owner); its one-time password is printed.
+    #[arg(long)]
+    admin_email: Option<String>,
 }
 
 #[derive(Args)]
@@ -494,11 +501,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     display_phone: a.display_phone.unwrap_or_default(),
                     server: a.server.unwrap_or_default(),
                     plan: a.plan.unwrap_or_default(),
+                    admin_email: a.admin_email.clone().unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
             if json {
-                output::json(&output::tenant_json(&t));
+                let mut v = output::tenant_json(&t);
+                if let Some(email) = &a.admin_email {
+                    v["admin"] = serde_json::json!({"email": email, "one_time_password": t.admin_one_time_password});
+                }
+                output::json(&v);
             } else {
                 output::line(&format!(
                     "tenant {} is {} on server {} (database {})",
@@ -507,6 +519,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     t.server,
                     t.database
                 ));
+                if let Some(email) = &a.admin_email {
+                    output::line(&format!(
+                        "owner {email}: one-time password {} (to be changed at first login)",
+                        t.admin_one_time_password
+                    ));
+                }
             }
         }
         Command::List { status, server } => {
@@ -614,6 +632,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             access::print_tokens(&tokens, json);
         }
         Command::Operator(cmd) => access::operator(&mut client, cmd, json).await?,
+        Command::User(cmd) => users::user(&mut client, cmd, json).await?,
         Command::Router(cmd) => access::router(&mut client, cmd, json).await?,
         Command::Rotate(a) => return access::rotate(&mut client, a, json).await,
         Command::Backup(a) => return backups::backup(&mut client, a, json).await,

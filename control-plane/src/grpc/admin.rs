@@ -40,6 +40,7 @@ pub struct AdminService {
     pub(super) replayer: Replayer,
     pub(super) backups: Backups,
     pub(super) deleter: Deleter,
+    pub(super) accounts: crate::accounts::Accounts,
 }
 
 impl AdminService {
@@ -54,6 +55,11 @@ impl AdminService {
     ) -> Result<AdminService, Error> {
         let backups = Backups::new(catalog.clone(), config)?;
         Ok(AdminService {
+            accounts: crate::accounts::Accounts::new(
+                catalog.clone(),
+                minter.clone(),
+                &config.accounts,
+            )?,
             deleter: Deleter::new(catalog.clone(), backups.clone(), config),
             backups,
             provisioner: Provisioner::new(catalog.clone(), config.provisioning.clone()),
@@ -74,6 +80,11 @@ impl AdminService {
             shutdown,
             minter,
         })
+    }
+
+    /// Users and logins (served by the accounts services too).
+    pub fn accounts(&self) -> crate::accounts::Accounts {
+        self.accounts.clone()
     }
 
     /// The deleter (its purge sweep runs beside the server).
@@ -295,6 +306,7 @@ pub(super) fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
         role_model: t.role_model.as_str().to_string(),
         owner_role: t.owner_role.clone().unwrap_or_default(),
         generation: t.generation,
+        admin_one_time_password: String::new(),
     }
 }
 
@@ -385,16 +397,46 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         let actor = self
             .actor(&request, Role::Operator, "tenant.create")
             .await?;
-        let new = new_tenant(request.into_inner())?;
+        let request = request.into_inner();
+        // The first user is checked before anything is made.
+        let admin = match request.admin_email.trim() {
+            "" => None,
+            raw => {
+                let email = tenant_model::Email::parse(raw).map_err(Error::from)?;
+                if self.catalog.user_by_email(&email).await?.is_some() {
+                    return Err(Error::AlreadyExists(format!(
+                        "a user with email {email} already exists"
+                    ))
+                    .into());
+                }
+                Some(email)
+            }
+        };
+        let new = new_tenant(request)?;
         let provisioner = self.provisioner.clone();
+        let actor_job = actor.clone();
         // Owned by the tracker: a client hanging up mid-saga must not leave it half done.
         let job = self
             .tasks
-            .spawn(async move { provisioner.create(&new, &actor).await });
+            .spawn(async move { provisioner.create(&new, &actor_job).await });
         let tenant = job
             .await
             .map_err(|e| Error::internal("provisioning task", e))??;
-        Ok(Response::new(tenant_pb(&tenant)))
+        let mut answer = tenant_pb(&tenant);
+        if let Some(email) = admin {
+            let (_, one_time) = self
+                .accounts
+                .add_user(tenant.id, email.as_str(), "", tenant_model::UserRole::Owner, None, &actor)
+                .await
+                .map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "tenant {} was created but its first user was not ({e}); add one with `tenantctl user add`",
+                        tenant.slug
+                    ))
+                })?;
+            answer.admin_one_time_password = one_time.unwrap_or_default();
+        }
+        Ok(Response::new(answer))
     }
 
     async fn get_tenant(
@@ -989,6 +1031,34 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::ExportTenantStream>, GrpcStatus> {
         self.do_export_tenant(request).await
+    }
+
+    async fn add_user(
+        &self,
+        request: Request<pb::AdminAddUserRequest>,
+    ) -> Result<Response<proto::accounts::v1::AddedUser>, GrpcStatus> {
+        self.do_add_user(request).await
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::TenantRef>,
+    ) -> Result<Response<proto::accounts::v1::ListUsersResponse>, GrpcStatus> {
+        self.do_list_users(request).await
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::AdminUpdateUserRequest>,
+    ) -> Result<Response<proto::accounts::v1::User>, GrpcStatus> {
+        self.do_update_user(request).await
+    }
+
+    async fn reset_user_password(
+        &self,
+        request: Request<pb::UserRef>,
+    ) -> Result<Response<proto::accounts::v1::AddedUser>, GrpcStatus> {
+        self.do_reset_user_password(request).await
     }
 
     async fn replay_dead_letters(

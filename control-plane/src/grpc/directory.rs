@@ -215,7 +215,7 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
                     }
                     Ok(Change::Revoked {
                         id,
-                        kind: Kind::Caller,
+                        kind: Kind::Caller | Kind::User,
                     }) => Ok(pb::RouteChange {
                         route: None,
                         revoked_token_id: id.to_string(),

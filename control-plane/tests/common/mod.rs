@@ -125,6 +125,9 @@ impl Plane {
                 "2000".into(),
             ),
             ("RUST_LOG", "warn".into()),
+            // Cheap password hashing in tests (production costs are the defaults).
+            ("CONTROL_PLANE__ACCOUNTS__ARGON2_MEMORY_KIB", "8".into()),
+            ("CONTROL_PLANE__ACCOUNTS__ARGON2_ITERATIONS", "1".into()),
             // Backups only when a test asks (or turns scheduling on).
             ("CONTROL_PLANE__BACKUP__SCHEDULE_EVERY_SECS", "0".into()),
             (

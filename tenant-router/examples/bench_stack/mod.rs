@@ -287,6 +287,7 @@ impl Stack {
                 tenants: Vec::new(),
                 all: true,
                 role: None,
+                sid: None,
                 exp: now + 3_600,
                 iat: now,
             })

@@ -12,14 +12,15 @@ pub use services::{CatalogService, ConversationsService, LeadsService};
 
 use crate::error::RouterError;
 use crate::metrics::Metrics;
-use crate::path::{Access, TenantPath};
+use crate::path::{Permission, TenantPath};
 use crate::pools::PgConn;
+use crate::routes::CachedRoute;
 use crate::routes::RouteKey;
 use caller_auth::{Claims, Kind, Verifier};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tenant_model::{Sector, TenantKey};
+use tenant_model::{Sector, TenantId, TenantKey, UserRole};
 use tonic::metadata::MetadataMap;
 use tracing::Instrument;
 
@@ -45,7 +46,7 @@ impl CallContext {
     pub async fn run<T: Send, R>(
         &self,
         method: &'static str,
-        access: Access,
+        permission: Permission,
         request: tonic::Request<T>,
         op: Op<T, R>,
     ) -> Result<tonic::Response<R>, tonic::Status> {
@@ -53,7 +54,7 @@ impl CallContext {
         let (meta, _, message) = request.into_parts();
         let span = tracing::info_span!("call", method, tenant = tracing::field::Empty);
         let result = self
-            .pipeline(&meta, access, message, op, started)
+            .pipeline(&meta, permission, message, op, started)
             .instrument(span)
             .await;
         let outcome = match &result {
@@ -76,7 +77,7 @@ impl CallContext {
     async fn pipeline<T, R>(
         &self,
         meta: &MetadataMap,
-        access: Access,
+        permission: Permission,
         message: T,
         op: Op<T, R>,
         started: Instant,
@@ -86,6 +87,27 @@ impl CallContext {
                 .unwrap_or(self.default_deadline)
                 .min(Duration::from_secs(300));
         let claims = self.authenticate(meta)?;
+        let cached = match claims.kind {
+            Kind::User => self.user_route(meta, &claims, permission).await?,
+            _ => self.caller_route(meta, &claims).await?,
+        };
+        tracing::Span::current().record("tenant", cached.route.slug.as_str());
+        self.path
+            .run(
+                cached,
+                permission.access(),
+                deadline,
+                async move |conn, sector| op(conn, sector, message).await,
+            )
+            .await
+    }
+
+    /// The route of the tenant a caller token names in `x-tenant`, if granted.
+    async fn caller_route(
+        &self,
+        meta: &MetadataMap,
+        claims: &Claims,
+    ) -> Result<Arc<CachedRoute>, RouterError> {
         let key = tenant_key(meta)?;
         // For a caller not granted every tenant, an unknown tenant and an ungranted one get
         // the same answer, so a token cannot be used to learn which tenants exist.
@@ -102,12 +124,51 @@ impl CallContext {
         if !claims.grants(cached.route.tenant_id) {
             return Err(denied());
         }
-        tracing::Span::current().record("tenant", cached.route.slug.as_str());
-        self.path
-            .run(cached, access, deadline, async move |conn, sector| {
-                op(conn, sector, message).await
-            })
-            .await
+        Ok(cached)
+    }
+
+    /// The route of a user's own empresa (from the token; an `x-tenant` must name the
+    /// same one), if the user's role allows `permission`.
+    async fn user_route(
+        &self,
+        meta: &MetadataMap,
+        claims: &Claims,
+        permission: Permission,
+    ) -> Result<Arc<CachedRoute>, RouterError> {
+        let (Some(&tenant), [_]) = (claims.tenants.first(), claims.tenants.as_slice()) else {
+            return Err(RouterError::Unauthenticated(
+                "user token names no empresa".into(),
+            ));
+        };
+        let role = claims
+            .role
+            .as_deref()
+            .and_then(|r| UserRole::parse(r).ok())
+            .ok_or_else(|| RouterError::Unauthenticated("user token carries no role".into()))?;
+        if !role.allows(permission.role()) {
+            return Err(RouterError::PermissionDenied(format!(
+                "a {role} may not do this: it needs the {} role",
+                permission.role()
+            )));
+        }
+        let other = || RouterError::PermissionDenied("x-tenant is not the user's empresa".into());
+        let key = match meta.get("x-tenant") {
+            None => TenantKey::Id(TenantId::new(tenant).map_err(|_| other())?),
+            Some(_) => tenant_key(meta)?,
+        };
+        if let TenantKey::Id(id) = &key {
+            if id.get() != tenant {
+                return Err(other());
+            }
+        }
+        let cached = match self.path.route(&RouteKey::Tenant(key)).await {
+            Err(RouterError::TenantNotFound) => return Err(other()),
+            other => other?,
+        };
+        if cached.route.tenant_id != tenant {
+            return Err(other());
+        }
+        Ok(cached)
     }
 
     fn authenticate(&self, meta: &MetadataMap) -> Result<Claims, RouterError> {
@@ -123,14 +184,15 @@ impl CallContext {
             })?;
         let claims = self
             .tokens
-            .verify(token, Kind::Caller)
+            .verify_any(token, &[Kind::Caller, Kind::User])
             .map_err(|e| RouterError::Unauthenticated(e.to_string()))?;
         if !self.path.routes.revocations.loaded() {
             return Err(RouterError::Unavailable(
                 "token revocations not loaded yet (control plane unreachable)".into(),
             ));
         }
-        if self.path.routes.revocations.is_revoked(&claims.jti) {
+        let revoked = |id: &str| self.path.routes.revocations.is_revoked(id);
+        if revoked(&claims.jti) || claims.sid.as_deref().is_some_and(revoked) {
             return Err(RouterError::Unauthenticated("token revoked".into()));
         }
         Ok(claims)

@@ -3,7 +3,7 @@
 
 use super::CallContext;
 use crate::domain::{catalog, conversations, leads};
-use crate::path::Access;
+use crate::path::Permission;
 use proto::domain::v1 as pb;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -12,7 +12,7 @@ macro_rules! op {
     ($ctx:expr, $method:literal, $access:ident, $req:expr, $f:path) => {
         $ctx.run(
             $method,
-            Access::$access,
+            Permission::$access,
             $req,
             Box::new(|c, _sector, m| Box::pin($f(c, m))),
         )
@@ -21,7 +21,7 @@ macro_rules! op {
     ($ctx:expr, $method:literal, $access:ident, $req:expr, sector $f:path) => {
         $ctx.run(
             $method,
-            Access::$access,
+            Permission::$access,
             $req,
             Box::new(|c, sector, m| Box::pin($f(c, sector, m))),
         )
@@ -119,6 +119,6 @@ impl pb::catalog_server::Catalog for CatalogService {
         &self,
         r: Request<pb::UpsertItemRequest>,
     ) -> Result<Response<pb::CatalogItem>, Status> {
-        op!(self.0, "UpsertItem", Write, r, sector catalog::upsert)
+        op!(self.0, "UpsertItem", WriteCatalog, r, sector catalog::upsert)
     }
 }

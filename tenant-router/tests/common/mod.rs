@@ -33,6 +33,7 @@ pub fn caller_token(tenants: Vec<i64>, all: bool, exp_in: i64) -> String {
             tenants,
             all,
             role: None,
+            sid: None,
             exp: now.saturating_add_signed(exp_in),
             iat: now,
         })
@@ -81,6 +82,7 @@ impl Plane {
         let toml = format!(
             "listen = \"127.0.0.1:{port}\"\ncatalog_url = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n\
              token_signing_key = \"{SIGNING_KEY}\"\n\
+             [accounts]\nargon2_memory_kib = 8\nargon2_iterations = 1\n\
              [provisioning]\ntemplate_prefix = \"rtpl_{}_{n}\"\nname_prefix = \"rt{}_{n}\"\nrotation_grace_secs = 2\n\
              [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[database_tls]\nca_file = \"{}\"\n{extra}",
             pg.url(&catalog_db),
@@ -143,7 +145,28 @@ impl Plane {
         }
     }
 
+    /// The accounts API (login, sessions).
+    pub async fn auth(&self) -> proto::accounts::v1::auth_client::AuthClient<Channel> {
+        proto::accounts::v1::auth_client::AuthClient::new(self.channel().await)
+    }
+
+    /// Lets the basic plan hold `n` users.
+    pub async fn set_plan_users(&self, _slug: &str, n: i32) {
+        pg_harness::shared()
+            .connect(&self.catalog_db)
+            .await
+            .unwrap()
+            .execute("UPDATE planos SET max_usuarios = $1", &[&n])
+            .await
+            .unwrap();
+    }
+
     pub async fn admin(&self) -> TenantAdminClient<Channel> {
+        TenantAdminClient::new(self.channel().await)
+    }
+
+    /// A channel to the control plane, once it listens.
+    pub async fn channel(&self) -> Channel {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(ch) = Channel::from_shared(self.endpoint.clone())
@@ -153,7 +176,7 @@ impl Plane {
                 .connect()
                 .await
             {
-                return TenantAdminClient::new(ch);
+                return ch;
             }
             assert!(Instant::now() < deadline, "control plane did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;

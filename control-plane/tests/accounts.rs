@@ -1,0 +1,616 @@
+//! People who log in (#12): users, logins, sessions with rotating refresh tokens, password
+//! changes and resets, guessing limits, and tenant admins managing their users. Real
+//! control-plane binary, real PostgreSQL, real gRPC over TLS.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{authed, Plane};
+use proto::accounts::v1 as ac;
+use proto::accounts::v1::auth_client::AuthClient;
+use proto::accounts::v1::users_client::UsersClient;
+use tonic::Code;
+
+async fn auth(plane: &Plane) -> AuthClient<tonic::transport::Channel> {
+    AuthClient::new(plane.channel().await)
+}
+
+async fn login(
+    plane: &Plane,
+    email: &str,
+    password: &str,
+) -> Result<ac::LoginResponse, tonic::Status> {
+    auth(plane)
+        .await
+        .login(ac::LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn refresh(plane: &Plane, token: &str) -> Result<ac::LoginResponse, tonic::Status> {
+    auth(plane)
+        .await
+        .refresh(ac::RefreshRequest {
+            refresh_token: token.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A tenant with a user `email` holding `password` and `role`.
+fn tenant_with_user(plane: &Plane, slug: &str, email: &str, password: &str, role: &str) {
+    plane.ok(&["create", slug, "--name", "Loja", "--sector", "varejo"]);
+    let out = plane.ctl_env(
+        &[
+            "user",
+            "add",
+            slug,
+            email,
+            "--role",
+            role,
+            "--password-stdin",
+        ],
+        &[],
+        Some(&format!("{password}\n")),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// The control plane's password-hash counter, from its metrics endpoint.
+fn hashes(metrics: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(metrics).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("control_plane_password_hashes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no hash counter in {body}"))
+}
+
+#[tokio::test]
+async fn a_login_rotates_refresh_tokens_and_a_reused_one_ends_the_session() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    let created = plane
+        .ok(&[
+            "create",
+            "acc-alpha",
+            "--name",
+            "Alpha",
+            "--sector",
+            "veiculos",
+            "--admin-email",
+            " Dona@Alpha.com.br ",
+            "--json",
+        ])
+        .json();
+    let otp = created["admin"]["one_time_password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(otp.len(), 16);
+    let first = login(&plane, "dona@alpha.com.br", &otp).await.unwrap();
+    let user = first.user.clone().unwrap();
+    assert_eq!(first.tenant_slug, "acc-alpha");
+    assert_eq!(first.tenant_id, created["id"].as_i64().unwrap());
+    assert_eq!(first.sector, "veiculos");
+    assert_eq!(first.role, ac::UserRole::Owner as i32);
+    assert!(
+        user.must_change_password,
+        "a one-time password must be changed"
+    );
+    assert!(first.access_expires_in_secs > 0 && first.access_expires_in_secs <= 600);
+
+    // Rotation: the new refresh token works, the old one is spent.
+    let second = refresh(&plane, &first.refresh_token).await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_ne!(second.access_token, first.access_token);
+    let reused = refresh(&plane, &first.refresh_token).await.unwrap_err();
+    assert_eq!(reused.code(), Code::Unauthenticated);
+    assert!(reused.message().contains("already used"), "{reused:?}");
+    // The reuse ended the session: its newest refresh token is dead too.
+    let after = refresh(&plane, &second.refresh_token).await.unwrap_err();
+    assert_eq!(after.code(), Code::Unauthenticated, "{after:?}");
+    let audit = plane.ok(&["audit", "--json"]).stdout;
+    assert!(audit.contains("refresh token reused"), "{audit}");
+
+    // Logout ends a session; its access token then is refused here too.
+    let third = login(&plane, "dona@alpha.com.br", &otp).await.unwrap();
+    let ended = auth(&plane)
+        .await
+        .logout(authed(ac::LogoutRequest {}, &third.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ended.sessions_ended, 1);
+    let again = auth(&plane)
+        .await
+        .logout(authed(ac::LogoutRequest {}, &third.access_token))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::Unauthenticated);
+    assert_eq!(
+        refresh(&plane, &third.refresh_token)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    // Garbage refresh tokens are refused without detail.
+    for bad in ["", "x", &"a".repeat(43), &"é".repeat(30)] {
+        let e = refresh(&plane, bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_emails_and_wrong_passwords_answer_alike_cost_alike_and_guessing_is_slowed() {
+    let pg = pg_harness::shared();
+    let metrics = format!("127.0.0.1:{}", pg_harness::free_port().unwrap());
+    let plane = Plane::start_with(&[
+        ("CONTROL_PLANE__METRICS_LISTEN", &metrics),
+        ("CONTROL_PLANE__ACCOUNTS__ACCOUNT_FREE_FAILURES", "3"),
+        ("CONTROL_PLANE__ACCOUNTS__ADDRESS_FREE_FAILURES", "8"),
+    ])
+    .await;
+    plane.add_server("main", pg, 100);
+    tenant_with_user(
+        &plane,
+        "acc-bravo",
+        "vendas@bravo.com",
+        "Carros usados 2026",
+        "agent",
+    );
+
+    let h0 = hashes(&metrics);
+    let unknown = login(&plane, "ninguem@bravo.com", "Carros usados 2026")
+        .await
+        .unwrap_err();
+    let h1 = hashes(&metrics);
+    let wrong = login(&plane, "vendas@bravo.com", "Carros novos 2026")
+        .await
+        .unwrap_err();
+    let h2 = hashes(&metrics);
+    assert_eq!(
+        (unknown.code(), wrong.code()),
+        (Code::Unauthenticated, Code::Unauthenticated)
+    );
+    assert_eq!(unknown.message(), wrong.message(), "one answer for both");
+    assert_eq!((h1 - h0, h2 - h1), (1, 1), "one hash computation each");
+
+    // Two more failures reach the account's free three; the next attempt waits, even with
+    // the right password, and costs no hash.
+    let _ = login(&plane, "vendas@bravo.com", "Carros novos 2027").await;
+    let _ = login(&plane, "vendas@bravo.com", "Carros novos 2028").await;
+    let h3 = hashes(&metrics);
+    let held = login(&plane, "vendas@bravo.com", "Carros usados 2026")
+        .await
+        .unwrap_err();
+    assert_eq!(held.code(), Code::ResourceExhausted, "{held:?}");
+    assert!(held.message().contains("retry in"), "{held:?}");
+    assert_eq!(hashes(&metrics), h3, "a held attempt computes nothing");
+    // An unknown email is held back the same way.
+    for _ in 0..3 {
+        let _ = login(&plane, "outro@bravo.com", "Carros novos 2029").await;
+    }
+    let held_unknown = login(&plane, "outro@bravo.com", "Carros novos 2029")
+        .await
+        .unwrap_err();
+    assert_eq!(held_unknown.code(), Code::ResourceExhausted);
+    // Not for long: the first hold is seconds.
+    let back = pg_harness::eventually(std::time::Duration::from_secs(10), || async {
+        login(&plane, "vendas@bravo.com", "Carros usados 2026")
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(back, "the real user gets in once the short hold passes");
+
+    // The client address has its own, larger allowance across emails.
+    let mut refused = None;
+    for i in 0..12 {
+        match login(&plane, &format!("spray{i}@bravo.com"), "Carros novos 2030").await {
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                refused = Some(i);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Code::Unauthenticated),
+            Ok(_) => panic!("an unknown email logged in"),
+        }
+    }
+    assert!(
+        refused.is_some(),
+        "spraying many emails from one address is slowed"
+    );
+
+    // Malformed input is named and costs nothing.
+    let h4 = hashes(&metrics);
+    for (email, password, why) in [
+        ("not-an-email", "Carros usados 2026", "email"),
+        ("vendas@bravo.com", "", "password"),
+        ("vendas@bravo.com", &"x".repeat(5000), "password"),
+    ] {
+        let e = login(&plane, email, password).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{email}");
+        assert!(e.message().contains(why), "{e:?}");
+    }
+    assert_eq!(hashes(&metrics), h4);
+}
+
+#[tokio::test]
+async fn bad_user_input_is_refused_by_name_and_changes_nothing() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    tenant_with_user(
+        &plane,
+        "acc-charlie",
+        "um@charlie.com",
+        "Loja de pecas 77",
+        "owner",
+    );
+    let add = |email: &str, role: &str, password: Option<&str>| {
+        let mut args = vec!["user", "add", "acc-charlie", email, "--role", role];
+        if password.is_some() {
+            args.push("--password-stdin");
+        }
+        plane.ctl_env(&args, &[], password.map(|p| format!("{p}\n")).as_deref())
+    };
+    for (email, role, password, code, why) in [
+        ("sem-arroba", "agent", None, 2, "email"),
+        ("dois@charlie.com", "chefe", None, 2, "unknown user role"),
+        ("dois@charlie.com", "agent", Some("curta"), 2, "at least 10"),
+        (
+            "dois@charlie.com",
+            "agent",
+            Some("qwertyuiop"),
+            2,
+            "too common",
+        ),
+        ("UM@charlie.com", "agent", None, 4, "already exists"),
+    ] {
+        let out = add(email, role, password);
+        assert_eq!(out.code, code, "{email} {role}: {out:?}");
+        assert!(out.stderr.contains(why), "{out:?}");
+    }
+    let listed = plane.ok(&["user", "list", "acc-charlie", "--json"]).json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "nothing was added");
+    // The basic plan allows three users.
+    assert_eq!(add("dois@charlie.com", "agent", None).code, 0);
+    assert_eq!(add("tres@charlie.com", "viewer", None).code, 0);
+    let over = add("quatro@charlie.com", "viewer", None);
+    assert_eq!(over.code, 5, "{over:?}");
+    assert!(over.stderr.contains("plan allows 3"), "{over:?}");
+    // The last owner stays one.
+    let demote = plane.ctl(&["user", "set-role", "um@charlie.com", "admin"]);
+    assert_eq!(demote.code, 4, "{demote:?}");
+    assert!(demote.stderr.contains("last active owner"), "{demote:?}");
+    assert_eq!(plane.ctl(&["user", "disable", "um@charlie.com"]).code, 4);
+    // A create whose first user's email is taken makes nothing.
+    let dup = plane.ctl(&[
+        "create",
+        "acc-delta",
+        "--name",
+        "Delta",
+        "--sector",
+        "varejo",
+        "--admin-email",
+        "um@charlie.com",
+    ]);
+    assert_eq!(dup.code, 4, "{dup:?}");
+    assert_eq!(
+        plane.ctl(&["show", "acc-delta"]).code,
+        3,
+        "no tenant was made"
+    );
+    let bad = plane.ctl(&[
+        "create",
+        "acc-delta",
+        "--name",
+        "Delta",
+        "--sector",
+        "varejo",
+        "--admin-email",
+        "x@",
+    ]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert_eq!(plane.ctl(&["show", "acc-delta"]).code, 3);
+    // Operators below the operator role may list but not add.
+    let viewer = plane.viewer_token("olhador");
+    assert_eq!(
+        plane.ctl_as(&viewer, &["user", "list", "acc-charlie"]).code,
+        0
+    );
+    let denied = plane.ctl_as(
+        &viewer,
+        &[
+            "user",
+            "add",
+            "acc-charlie",
+            "cinco@charlie.com",
+            "--role",
+            "viewer",
+        ],
+    );
+    assert_eq!(denied.code, 8, "{denied:?}");
+}
+
+#[tokio::test]
+async fn password_changes_and_resets_end_other_sessions_and_tokens_are_single_use() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    tenant_with_user(
+        &plane,
+        "acc-echo",
+        "gerente@echo.com",
+        "Imoveis no centro 1",
+        "admin",
+    );
+    plane.ok(&[
+        "create",
+        "acc-foxtrot",
+        "--name",
+        "Fox",
+        "--sector",
+        "varejo",
+    ]);
+    let a = login(&plane, "gerente@echo.com", "Imoveis no centro 1")
+        .await
+        .unwrap();
+    let b = login(&plane, "gerente@echo.com", "Imoveis no centro 1")
+        .await
+        .unwrap();
+    let change = |current: &str, new: &str| {
+        let (current, new, token) = (current.to_string(), new.to_string(), a.access_token.clone());
+        let plane = &plane;
+        async move {
+            auth(plane)
+                .await
+                .change_password(authed(
+                    ac::ChangePasswordRequest {
+                        current_password: current,
+                        new_password: new,
+                    },
+                    &token,
+                ))
+                .await
+        }
+    };
+    let wrong = change("Imoveis no centro 2", "Casas e terrenos 9")
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    let weak = change("Imoveis no centro 1", "gerente123456")
+        .await
+        .unwrap_err();
+    assert_eq!(weak.code(), Code::InvalidArgument);
+    assert!(weak.message().contains("email"), "{weak:?}");
+    let ended = change("Imoveis no centro 1", "Casas e terrenos 9")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ended.sessions_ended, 1, "the other session ended");
+    assert_eq!(
+        refresh(&plane, &b.refresh_token).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert!(
+        refresh(&plane, &a.refresh_token).await.is_ok(),
+        "this session goes on"
+    );
+    assert!(login(&plane, "gerente@echo.com", "Imoveis no centro 1")
+        .await
+        .is_err());
+    assert!(login(&plane, "gerente@echo.com", "Casas e terrenos 9")
+        .await
+        .is_ok());
+
+    // Resets: only a service granted the user's tenant gets a token.
+    let other = plane
+        .ok(&[
+            "token",
+            "issue",
+            "--tenant",
+            "acc-foxtrot",
+            "--subject",
+            "site",
+        ])
+        .stdout
+        .trim()
+        .to_string();
+    let granted = plane
+        .ok(&[
+            "token",
+            "issue",
+            "--tenant",
+            "acc-echo",
+            "--subject",
+            "site",
+        ])
+        .stdout
+        .trim()
+        .to_string();
+    let ask = |token: String, email: &'static str| {
+        let plane = &plane;
+        async move {
+            auth(plane)
+                .await
+                .request_password_reset(authed(
+                    ac::PasswordResetRequest {
+                        email: email.into(),
+                    },
+                    &token,
+                ))
+                .await
+        }
+    };
+    assert_eq!(
+        ask(other.clone(), "gerente@echo.com")
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        ask(granted.clone(), "nobody@echo.com")
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let reset = ask(granted, "gerente@echo.com").await.unwrap().into_inner();
+    let use_it = |new: &'static str| {
+        let (plane, token) = (&plane, reset.token.clone());
+        async move {
+            auth(plane)
+                .await
+                .reset_password(ac::ResetPasswordRequest {
+                    token,
+                    new_password: new.into(),
+                })
+                .await
+        }
+    };
+    assert_eq!(
+        use_it("curta").await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let done = use_it("Apartamentos 2 quartos").await.unwrap().into_inner();
+    assert!(done.sessions_ended >= 1, "every session ended");
+    assert_eq!(
+        use_it("Apartamentos 3 quartos").await.unwrap_err().code(),
+        Code::Unauthenticated,
+        "single use"
+    );
+    assert!(login(&plane, "gerente@echo.com", "Apartamentos 2 quartos")
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn tenant_admins_manage_their_own_users_within_their_role() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    tenant_with_user(
+        &plane,
+        "acc-golf",
+        "admin@golf.com",
+        "Pecas de motor 42",
+        "admin",
+    );
+    tenant_with_user(
+        &plane,
+        "acc-hotel",
+        "dono@hotel.com",
+        "Pecas de motor 43",
+        "owner",
+    );
+    let admin = login(&plane, "admin@golf.com", "Pecas de motor 42")
+        .await
+        .unwrap();
+    let users = || async { UsersClient::new(plane.channel().await) };
+    let added = users()
+        .await
+        .add_user(authed(
+            ac::AddUserRequest {
+                email: "atendente@golf.com".into(),
+                name: "Atendente".into(),
+                role: ac::UserRole::Agent as i32,
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let agent_id = added.user.unwrap().id;
+    // An admin may not make owners.
+    let owner = users()
+        .await
+        .add_user(authed(
+            ac::AddUserRequest {
+                email: "socio@golf.com".into(),
+                name: String::new(),
+                role: ac::UserRole::Owner as i32,
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(owner.code(), Code::PermissionDenied);
+    let listed = users()
+        .await
+        .list_users(authed(ac::ListUsersRequest {}, &admin.access_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert_eq!(listed.len(), 2, "only its own tenant's users");
+    // Another tenant's user is unknown here.
+    let hotel_user: i64 = plane.ok(&["user", "list", "acc-hotel", "--json"]).json()[0]["id"]
+        .as_i64()
+        .unwrap();
+    let foreign = users()
+        .await
+        .update_user(authed(
+            ac::UpdateUserRequest {
+                user_id: hotel_user,
+                role: 0,
+                status: ac::UserStatus::Disabled as i32,
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code(), Code::NotFound);
+    // The agent logs in, may not manage users, and is disabled by its admin: its session ends.
+    let otp = added.one_time_password;
+    let agent = login(&plane, "atendente@golf.com", &otp).await.unwrap();
+    let denied = users()
+        .await
+        .list_users(authed(ac::ListUsersRequest {}, &agent.access_token))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    users()
+        .await
+        .update_user(authed(
+            ac::UpdateUserRequest {
+                user_id: agent_id,
+                role: 0,
+                status: ac::UserStatus::Disabled as i32,
+            },
+            &admin.access_token,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        refresh(&plane, &agent.refresh_token)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    let disabled = login(&plane, "atendente@golf.com", &otp).await.unwrap_err();
+    assert_eq!(disabled.code(), Code::PermissionDenied, "{disabled:?}");
+    // A caller token is no user token.
+    let caller = plane
+        .ok(&["token", "issue", "--tenant", "acc-golf"])
+        .stdout
+        .trim()
+        .to_string();
+    let e = users()
+        .await
+        .list_users(authed(ac::ListUsersRequest {}, &caller))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}
