@@ -8,6 +8,9 @@
 #
 #   scripts/bench.sh [--quick] [--seconds N] [--callers 1,8,32] [--tenants N] [--cold N]
 #                    [--routes N] [--warm-pools N] [--only hot,many,cold,memory]
+#   scripts/bench.sh --only backup [--backup-tenants 1000] [--backup-traffic 100]
+#     (router traffic while the whole fleet is backed up, against plain pg_dump; asked for
+#     by name only)
 #
 # --quick runs every scenario small and short (200 tenants, 2 s cells): a smoke check in
 # under three minutes once built. Its figures are not for docs/BENCHMARKS.md.
@@ -22,7 +25,7 @@ if ! [ -x /usr/sbin/pgbouncer ] && ! command -v pgbouncer >/dev/null; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
 fi
-cargo build --release -q -p tenant-router -p loadgen
+cargo build --release -q -p tenant-router -p loadgen -p control-plane --bins
 cpu="$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 machine="$(nproc) cores ($cpu), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $("$PG_BINDIR/postgres" --version), $(/usr/sbin/pgbouncer --version 2>/dev/null | head -1)"
 echo "machine: $machine" >&2

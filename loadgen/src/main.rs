@@ -20,7 +20,9 @@ struct Args {
     machine: String,
 }
 
-const SCENARIOS: [&str; 4] = ["hot", "many", "cold", "memory"];
+const SCENARIOS: [&str; 5] = ["hot", "many", "cold", "memory", "backup"];
+/// What a run without `--only` measures (the fleet backup is asked for by name).
+const DEFAULT: [&str; 4] = ["hot", "many", "cold", "memory"];
 
 fn args() -> Result<Args> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -55,6 +57,8 @@ fn args() -> Result<Args> {
             "--cold" => settings.cold_tenants = number()?,
             "--routes" => settings.routes = number()?,
             "--warm-pools" => settings.warm_pools = number()?,
+            "--backup-tenants" => settings.backup_tenants = number()?,
+            "--backup-traffic" => settings.backup_traffic_tenants = number()?,
             "--only" => {
                 let list: Vec<String> = value.split(',').map(str::to_string).collect();
                 if let Some(bad) = list.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
@@ -66,12 +70,17 @@ fn args() -> Result<Args> {
             "--machine" => machine = value.clone(),
             _ => bail!(
                 "unknown flag {flag}; flags: --quick --seconds N --callers 1,8,32 --tenants N \
-                 --cold N --routes N --warm-pools N --only hot,many,cold,memory --out FILE --machine TEXT"
+                 --cold N --routes N --warm-pools N --backup-tenants N --backup-traffic N --only hot,many,cold,memory,backup \
+                 --out FILE --machine TEXT"
             ),
         }
     }
-    if settings.many_tenants < 2 || settings.seconds <= 0.0 || settings.callers.is_empty() {
-        bail!("--tenants must be at least 2, --seconds positive, --callers not empty");
+    if settings.many_tenants < 2
+        || settings.backup_tenants < 2
+        || settings.seconds <= 0.0
+        || settings.callers.is_empty()
+    {
+        bail!("--tenants and --backup-tenants must be at least 2, --seconds positive, --callers not empty");
     }
     Ok(Args {
         settings,
@@ -84,7 +93,10 @@ fn args() -> Result<Args> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = args()?;
-    let wants = |s: &str| a.only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let wants = |s: &str| match &a.only {
+        Some(only) => only.iter().any(|x| x == s),
+        None => DEFAULT.contains(&s),
+    };
     let s = &a.settings;
     // Room for the baselines' unbounded connections: one or more per tenant.
     let max_connections = u32::try_from(s.many_tenants.max(2 * s.warm_pools) + 300)?;
@@ -104,6 +116,9 @@ async fn main() -> Result<()> {
     }
     if wants("memory") {
         scenarios::memory::scenario(&stack, s, &many, &mut report).await?;
+    }
+    if wants("backup") {
+        scenarios::backup::scenario(&stack, s, &mut report).await?;
     }
     print!("{}", report.markdown);
     if let Some(dir) = a.out.parent() {

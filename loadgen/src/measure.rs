@@ -43,15 +43,32 @@ pub async fn run(
     warmup: Duration,
     seconds: f64,
 ) -> Measured {
+    let busy = tokio::time::sleep(Duration::from_secs_f64(seconds));
+    run_while(target, workload, callers, warmup, busy).await.0
+}
+
+/// `callers` closed-loop callers on `target` for `warmup` (not measured), then measured
+/// while `busy` runs (it starts after the warm-up); the cell and what `busy` returned.
+pub async fn run_while<B: std::future::Future>(
+    target: Arc<Target>,
+    workload: Arc<Workload>,
+    callers: usize,
+    warmup: Duration,
+    busy: B,
+) -> (Measured, B::Output) {
     let measure_from = Instant::now() + warmup;
-    let end = measure_from + Duration::from_secs_f64(seconds);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..callers {
-        let (target, workload) = (Arc::clone(&target), Arc::clone(&workload));
+        let (target, workload, stop) = (
+            Arc::clone(&target),
+            Arc::clone(&workload),
+            Arc::clone(&stop),
+        );
         tasks.spawn(async move {
             let mut rng = SplitMix(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1));
             let (mut lat, mut errors, mut first_error, mut k) = (Vec::new(), 0, None, i);
-            while Instant::now() < end {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let f = match &*workload {
                     Workload::Hot(f) => f,
                     Workload::Zipf { tenants, zipf } => &tenants[zipf.sample(&mut rng)],
@@ -61,7 +78,7 @@ pub async fn run(
                 k += 1;
                 let t0 = Instant::now();
                 let result = target.call(i, op, f, conversation).await;
-                if t0 >= measure_from {
+                if t0 >= measure_from && !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     lat.push(t0.elapsed().as_secs_f64() * 1000.0);
                     if let Err(e) = result {
                         errors += 1;
@@ -72,6 +89,10 @@ pub async fn run(
             (lat, errors, first_error)
         });
     }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let output = busy.await;
+    let seconds = measure_from.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut all, mut errors, mut first_error) = (Vec::new(), 0, None);
     while let Some(Ok((l, e, fe))) = tasks.join_next().await {
         all.extend(l);
@@ -79,7 +100,7 @@ pub async fn run(
         first_error = first_error.or(fe);
     }
     all.sort_by(|a, b| a.total_cmp(b));
-    Measured {
+    let measured = Measured {
         mode: target.name(),
         callers,
         ops: all.len(),
@@ -89,7 +110,8 @@ pub async fn run(
         p95_ms: pct(&all, 0.95),
         p99_ms: pct(&all, 0.99),
         first_error,
-    }
+    };
+    (measured, output)
 }
 
 /// A small deterministic generator (SplitMix64): no dependency, reproducible runs.

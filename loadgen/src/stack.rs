@@ -28,6 +28,10 @@ pub struct Stack {
     router_token: String,
     cp_endpoint: String,
     stop_cp: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Settings every control plane of the stack shares (the in-process one's file).
+    cp_config: String,
+    /// Where the control planes keep backups (a local directory).
+    pub backup_store: std::path::PathBuf,
 }
 
 pub fn admin_req<T>(m: T, token: &str) -> tonic::Request<T> {
@@ -59,15 +63,21 @@ impl Stack {
         let addr = listener.local_addr()?;
         let path = std::env::temp_dir().join(format!("loadgen-cp-{}.toml", std::process::id()));
         // The direct baseline opens a connection per caller with a tenant's login role: the
-        // login roles' connection limit must not cap the baseline.
-        std::fs::write(
-            &path,
-            format!(
-                "listen = \"{addr}\"\ncatalog_url = \"{catalog_url}\"\nmaster_key = \"{MASTER_KEY}\"\n\
-                 token_signing_key = \"{SIGNING_KEY}\"\n\
-                 [provisioning]\nlogin_connection_limit = 1000\n",
-            ),
-        )?;
+        // login roles' connection limit must not cap the baseline. Backups run only when a
+        // scenario asks (no schedule), into a throwaway directory.
+        let backup_store =
+            std::env::temp_dir().join(format!("loadgen-backups-{}", std::process::id()));
+        let pg_bin_dir = pg_harness::pg_bindir().map_err(|e| anyhow!("{e}"))?;
+        let cp_config = format!(
+            "catalog_url = \"{catalog_url}\"\nmaster_key = \"{MASTER_KEY}\"\n\
+             token_signing_key = \"{SIGNING_KEY}\"\n\
+             [provisioning]\nlogin_connection_limit = 1000\n\
+             [backup]\nschedule_every_secs = 0\npg_bin_dir = \"{}\"\n\
+             [backup.store]\nlocation = \"{}\"\n",
+            pg_bin_dir.display(),
+            backup_store.display()
+        );
+        std::fs::write(&path, format!("listen = \"{addr}\"\n{cp_config}"))?;
         let config = control_plane::Config::load(Some(&path));
         let _ = std::fs::remove_file(&path);
         let config = config?;
@@ -131,7 +141,51 @@ impl Stack {
             router_token,
             cp_endpoint,
             stop_cp: Some(stop_cp),
+            cp_config,
+            backup_store,
         })
+    }
+
+    /// Starts another control plane, as its own process (`control-plane` beside this
+    /// binary), on the same catalog: a replica, so work it does (backups) does not share
+    /// the load generator's CPU time; an admin client to it (the stack's operator token is
+    /// valid there too).
+    pub async fn control_plane_process(&self) -> Result<(ControlPlane, Admin)> {
+        let exe = std::env::current_exe()?;
+        let bin = exe.parent().context("exe dir")?.join("control-plane");
+        let path = std::env::temp_dir().join(format!("loadgen-cp2-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            format!("listen = \"127.0.0.1:0\"\n{}", self.cp_config),
+        )?;
+        let child = Command::new(&bin)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn();
+        let mut child = ControlPlane(child.with_context(|| format!("starting {bin:?}"))?);
+        let line = {
+            use std::io::BufRead;
+            let mut l = String::new();
+            let out = child.0.stdout.take().context("control plane stdout")?;
+            std::io::BufReader::new(out).read_line(&mut l)?;
+            l
+        };
+        let _ = std::fs::remove_file(&path);
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .with_context(|| format!("control plane did not start: {line:?}"))?;
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        Ok((child, Admin::new(channel)))
+    }
+
+    /// The stack's operator token (admin).
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
     }
 
     /// Starts a router process; `env` are extra `TENANT_ROUTER__*` settings (without prefix).
@@ -328,6 +382,17 @@ impl Drop for Stack {
         if let Some(s) = self.stop_cp.take() {
             let _ = s.send(());
         }
+        let _ = std::fs::remove_dir_all(&self.backup_store);
+    }
+}
+
+/// A control-plane process, killed when dropped.
+pub struct ControlPlane(Child);
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -1,5 +1,6 @@
 //! The benchmark's scenarios, each writing its table into the report.
 
+pub mod backup;
 pub mod cold;
 pub mod hot;
 pub mod many;
@@ -26,6 +27,10 @@ pub struct Settings {
     pub routes: usize,
     /// Warm pools the memory scenario opens.
     pub warm_pools: usize,
+    /// Tenants the fleet-backup scenario backs up, over two servers.
+    pub backup_tenants: usize,
+    /// Of those, how many get traffic meanwhile.
+    pub backup_traffic_tenants: usize,
 }
 
 impl Settings {
@@ -38,6 +43,8 @@ impl Settings {
             cold_tenants: 40,
             routes: 10_000,
             warm_pools: 1000,
+            backup_tenants: 1000,
+            backup_traffic_tenants: 100,
         }
     }
 
@@ -47,6 +54,8 @@ impl Settings {
             many_tenants: 200,
             cold_tenants: 10,
             warm_pools: 200,
+            backup_tenants: 100,
+            backup_traffic_tenants: 20,
             ..Settings::full()
         }
     }
