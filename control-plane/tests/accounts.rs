@@ -614,3 +614,89 @@ async fn tenant_admins_manage_their_own_users_within_their_role() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn a_tenant_changes_name_plan_and_display_phone_and_bad_changes_change_nothing() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&[
+        "create",
+        "acc-india",
+        "--name",
+        "India",
+        "--sector",
+        "imoveis",
+        "--plan",
+        "profissional",
+    ]);
+    let before = plane.ok(&["show", "acc-india", "--json"]).json();
+    let after = plane
+        .ok(&[
+            "update",
+            "acc-india",
+            "--name",
+            "India Imóveis",
+            "--display-phone",
+            "+55 11 3333-4444",
+            "--json",
+        ])
+        .json();
+    assert_eq!(after["name"], "India Imóveis");
+    assert_eq!(after["display_phone"], "+551133334444");
+    assert_eq!(after["plan"], "profissional", "unchanged when not given");
+    assert!(
+        after["version"].as_i64() > before["version"].as_i64(),
+        "routers see a new version"
+    );
+    let cleared = plane
+        .ok(&["update", "acc-india", "--display-phone", "", "--json"])
+        .json();
+    assert!(cleared["display_phone"].is_null());
+    // Four users fit the profissional plan, not the basico one (3).
+    for i in 0..4 {
+        let out = plane.ctl(&[
+            "user",
+            "add",
+            "acc-india",
+            &format!("u{i}@india.com"),
+            "--role",
+            "agent",
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    for (args, code, why) in [
+        (
+            vec!["update", "acc-india", "--plan", "ouro"],
+            2,
+            "unknown plan \"ouro\": expected one of basico",
+        ),
+        (
+            vec!["update", "acc-india", "--plan", "basico"],
+            4,
+            "allows 3 users",
+        ),
+        (vec!["update", "acc-india", "--name", ""], 2, "name"),
+        (
+            vec!["update", "acc-india", "--display-phone", "12ab"],
+            2,
+            "display phone",
+        ),
+        (vec!["update", "acc-india"], 2, "nothing to change"),
+        (vec!["update", "acc-nobody", "--name", "X"], 3, "not found"),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(why), "{args:?}: {out:?}");
+    }
+    let now = plane.ok(&["show", "acc-india", "--json"]).json();
+    assert_eq!(
+        (&now["name"], &now["plan"], &now["version"]),
+        (&cleared["name"], &cleared["plan"], &cleared["version"]),
+        "refused changes changed nothing"
+    );
+    let audit = plane
+        .ok(&["audit", "--tenant", "acc-india", "--json"])
+        .stdout;
+    assert!(audit.contains("tenant.update"), "{audit}");
+}

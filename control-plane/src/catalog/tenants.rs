@@ -634,6 +634,80 @@ impl Catalog {
         Ok(())
     }
 
+    /// Changes a tenant's name, plan and display phone (each when `Some`; an empty display
+    /// phone clears it) with a version bump. An unknown plan is `InvalidArgument` naming
+    /// the plans; a plan whose user limit is below the tenant's users is
+    /// `FailedPrecondition`; a deleted tenant cannot change.
+    pub async fn update_tenant(
+        &self,
+        id: i64,
+        name: Option<&str>,
+        plan: Option<&str>,
+        display_phone: Option<&str>,
+    ) -> Result<TenantRecord> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT status FROM empresas WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound("tenant not found".into()))?;
+        if row.get::<_, String>(0) == "deleted" {
+            return Err(Error::FailedPrecondition("tenant is deleted".into()));
+        }
+        if let Some(plan) = plan {
+            let Some(limit) = tx
+                .query_opt("SELECT max_usuarios FROM planos WHERE nome = $1", &[&plan])
+                .await?
+            else {
+                let plans: Vec<String> = tx
+                    .query("SELECT nome FROM planos ORDER BY nome", &[])
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                return Err(Error::InvalidArgument(format!(
+                    "unknown plan {plan:?}: expected one of {}",
+                    plans.join(", ")
+                )));
+            };
+            let users: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM usuarios WHERE empresa_id = $1",
+                    &[&id],
+                )
+                .await?
+                .get(0);
+            if let Some(max) = limit.get::<_, Option<i32>>(0) {
+                if users > i64::from(max) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "plan {plan} allows {max} users and the tenant has {users}; disable or remove users first"
+                    )));
+                }
+            }
+        }
+        let display_phone = display_phone.map(|p| (!p.is_empty()).then_some(p));
+        tx.execute(
+            "UPDATE empresas SET nome = coalesce($2, nome), plano = coalesce($3, plano), \
+             telefone_exibicao = CASE WHEN $4 THEN $5 ELSE telefone_exibicao END, \
+             atualizado_em = now(), version = version + 1 WHERE id = $1",
+            &[
+                &id,
+                &name,
+                &plan,
+                &display_phone.is_some(),
+                &display_phone.flatten(),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        self.tenant_by_id(id)
+            .await?
+            .ok_or_else(|| Error::Internal("tenant vanished".into()))
+    }
+
     /// Takes over a `failed` tenant, or a `provisioning` one untouched for
     /// `stale_after_secs` (its control plane died), for another provisioning attempt.
     /// Returns `None` when the tenant is in any other state or someone else holds it (a

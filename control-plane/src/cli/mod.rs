@@ -72,6 +72,16 @@ enum Command {
     },
     /// Show one tenant.
     Show { tenant: String },
+    /// Change a tenant's name, plan or display phone (an empty --display-phone clears it).
+    Update {
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long)]
+        display_phone: Option<String>,
+    },
     /// Fleet overview: tenants per status and schema version, servers.
     Status,
     /// Suspend a tenant (routers stop serving it).
@@ -631,6 +641,23 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .tokens;
             access::print_tokens(&tokens, json);
         }
+        Command::Update {
+            tenant,
+            name,
+            plan,
+            display_phone,
+        } => {
+            let t = client
+                .update_tenant(pb::UpdateTenantRequest {
+                    tenant,
+                    name,
+                    plan,
+                    display_phone,
+                })
+                .await?
+                .into_inner();
+            print_tenant_change(&t, json);
+        }
         Command::Operator(cmd) => access::operator(&mut client, cmd, json).await?,
         Command::User(cmd) => users::user(&mut client, cmd, json).await?,
         Command::Router(cmd) => access::router(&mut client, cmd, json).await?,
@@ -749,7 +776,9 @@ fn print_tenant_change(t: &pb::Tenant, json: bool) {
     } else {
         output::line(&format!(
             "tenant {} is {} (version {})",
-            t.slug, t.status, t.version
+            t.slug,
+            output::status(t.status),
+            t.version
         ));
     }
 }

@@ -439,6 +439,47 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         Ok(Response::new(answer))
     }
 
+    async fn update_tenant(
+        &self,
+        request: Request<pb::UpdateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Operator, "tenant.update")
+            .await?;
+        let r = request.into_inner();
+        if r.name.is_none() && r.plan.is_none() && r.display_phone.is_none() {
+            return Err(Error::InvalidArgument(
+                "nothing to change: give a name, a plan or a display phone".into(),
+            )
+            .into());
+        }
+        let name = r.name.as_deref().map(model::tenant_name).transpose()?;
+        let plan = r.plan.as_deref().map(str::trim);
+        if plan.is_some_and(str::is_empty) {
+            return Err(Error::InvalidArgument("plan must not be empty".into()).into());
+        }
+        let display = match r.display_phone.as_deref().map(str::trim) {
+            Some("") => Some(String::new()),
+            Some(p) => Some(model::display_phone(p)?),
+            None => None,
+        };
+        let tenant = self.tenant(&r.tenant).await?;
+        let updated = self
+            .catalog
+            .update_tenant(tenant.id, name.as_deref(), plan, display.as_deref())
+            .await?;
+        self.catalog
+            .audit(
+                &actor,
+                "tenant.update",
+                Some(updated.id),
+                &updated.slug,
+                serde_json::json!({"name": name, "plan": plan, "display_phone": display}),
+            )
+            .await?;
+        Ok(Response::new(tenant_pb(&updated)))
+    }
+
     async fn get_tenant(
         &self,
         request: Request<pb::TenantRef>,
