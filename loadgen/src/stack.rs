@@ -119,6 +119,10 @@ impl Stack {
                 ))
                 .await?;
         }
+        // The benchmark measures the router, not the plans' limits.
+        pg_harness::lift_plan_limits(&servers[0], &catalog)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
         let router_token = admin
             .add_router(admin_req(
                 cp::AddRouterRequest {

@@ -383,3 +383,18 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Lifts every plan's limits in a control-plane catalog on `pg` (pool size, calls per
+/// second, users): for tests and benchmarks that measure the router, not the plans. Run it
+/// once the control plane has migrated its catalog.
+pub async fn lift_plan_limits(pg: &PgServer, catalog_db: &str) -> Result<(), String> {
+    let client = pg.connect(catalog_db).await.map_err(|e| e.to_string())?;
+    client
+        .execute(
+            "UPDATE planos SET max_conexoes = 1000, chamadas_por_segundo = NULL, max_usuarios = NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}

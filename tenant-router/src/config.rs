@@ -39,6 +39,9 @@ pub struct Config {
     /// Tenant pool settings.
     #[serde(default)]
     pub pools: Pools,
+    /// Per-tenant limits from the tenant's plan.
+    #[serde(default)]
+    pub limits: Limits,
     /// How long in-flight calls may take to finish once shutdown starts, in milliseconds.
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -116,6 +119,24 @@ pub struct Routes {
     pub negative_ttl_ms: u64,
 }
 
+/// How this router applies plan limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// This router's share of each plan's calls per second (1.0 for a single router, 0.5
+    /// for each of two, ...): the fleet admits about the plan's rate in all.
+    #[serde(default = "defaults::rate_share")]
+    pub rate_share: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            rate_share: defaults::rate_share(),
+        }
+    }
+}
+
 /// Tenant pool settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +169,9 @@ pub struct Pools {
 }
 
 mod defaults {
+    pub fn rate_share() -> f64 {
+        1.0
+    }
     pub fn http_max_connections() -> usize {
         10_000
     }
@@ -257,6 +281,9 @@ impl Config {
         }
         if !(self.pools.budget_share > 0.0 && self.pools.budget_share <= 1.0) {
             return invalid("pools.budget_share must be in (0, 1]");
+        }
+        if !(self.limits.rate_share > 0.0 && self.limits.rate_share <= 1.0) {
+            return invalid("limits.rate_share must be above 0 and at most 1");
         }
         if self.pools.max_per_tenant == 0
             || self.pools.max_connections == 0

@@ -32,6 +32,12 @@ pub enum RouterError {
     /// No connection could be had before the caller's deadline.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The tenant is over its plan's calls per second.
+    #[error("tenant is over its plan's limit of {per_second} calls per second; retry in {retry_after_ms} ms")]
+    RateLimited {
+        per_second: u32,
+        retry_after_ms: u64,
+    },
     /// The query outlived the caller's deadline and was cancelled.
     #[error("deadline exceeded")]
     DeadlineExceeded,
@@ -59,6 +65,7 @@ impl RouterError {
             RouterError::AlreadyExists(_) => "already_exists",
             RouterError::Unavailable(_) => "unavailable",
             RouterError::ResourceExhausted(_) => "resource_exhausted",
+            RouterError::RateLimited { .. } => "rate_limited",
             RouterError::DeadlineExceeded => "deadline_exceeded",
             RouterError::Internal(_) => "internal",
         }
@@ -125,6 +132,13 @@ impl From<RouterError> for tonic::Status {
             RouterError::AlreadyExists(m) => Status::already_exists(m),
             RouterError::Unavailable(m) => Status::unavailable(m),
             RouterError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            e @ RouterError::RateLimited { retry_after_ms, .. } => {
+                let mut status = Status::resource_exhausted(e.to_string());
+                if let Ok(v) = retry_after_ms.to_string().parse() {
+                    status.metadata_mut().insert("retry-after-ms", v);
+                }
+                status
+            }
             RouterError::DeadlineExceeded => {
                 Status::deadline_exceeded("deadline exceeded; the query was cancelled")
             }

@@ -107,6 +107,7 @@ pub async fn run(
         tokens: verifier,
         metrics,
         default_deadline: Duration::from_millis(config.pools.default_deadline_ms),
+        limits: crate::limits::RateLimits::new(config.limits.rate_share),
     });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter

@@ -56,6 +56,10 @@ pub struct TenantRecord {
     pub phone_number_id: Option<String>,
     pub display_phone: Option<String>,
     pub plan: String,
+    /// The plan's pool size per tenant.
+    pub plan_max_connections: u32,
+    /// The plan's calls per second (None: unlimited).
+    pub plan_calls_per_second: Option<u32>,
     pub schema_version: i32,
     pub sector_schema_version: i32,
     pub migration_status: String,
@@ -138,7 +142,8 @@ fn tenant_select() -> &'static str {
              s.orcamento_conexoes, e.banco, e.papel, e.senha_cifrada, e.phone_number_id, e.telefone_exibicao, e.plano, \
              e.schema_version, e.sector_schema_version, e.migration_status, e.migration_error, e.provision_steps, \
              e.version, {}, {}, e.webhook_token_cifrado, e.modelo_papeis, e.geracao, e.papel_dono, \
-             e.senha_dono_cifrada, e.papel_reserva, e.senha_reserva_cifrada, e.papel_legado FROM empresas e JOIN servidores s ON s.id = e.servidor_id",
+             e.senha_dono_cifrada, e.papel_reserva, e.senha_reserva_cifrada, e.papel_legado, p.max_conexoes, p.chamadas_por_segundo \
+             FROM empresas e JOIN servidores s ON s.id = e.servidor_id JOIN planos p ON p.nome = e.plano",
             epoch_ms("e.criado_em"),
             epoch_ms("e.atualizado_em")
         )
@@ -184,6 +189,10 @@ fn tenant_from_row(row: &Row) -> Result<TenantRecord> {
         standby_role: row.get(30),
         sealed_standby_password: row.get(31),
         legacy_role: row.get(32),
+        plan_max_connections: u32::try_from(row.get::<_, i32>(33)).unwrap_or(1),
+        plan_calls_per_second: row
+            .get::<_, Option<i32>>(34)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
     })
 }
 

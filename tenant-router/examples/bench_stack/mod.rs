@@ -184,6 +184,7 @@ impl Stack {
             ))
             .await
             .unwrap();
+        pg_harness::lift_plan_limits(&pg, &catalog).await.unwrap();
         let router_token = admin
             .add_router(admin_req(
                 cp::AddRouterRequest {

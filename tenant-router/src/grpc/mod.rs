@@ -34,6 +34,8 @@ pub struct CallContext {
     pub metrics: Arc<Metrics>,
     /// Deadline of calls that carry none.
     pub default_deadline: Duration,
+    /// Calls per second per tenant, from its plan.
+    pub limits: crate::limits::RateLimits,
 }
 
 /// A tenant-scoped operation on one connection: `(connection, tenant sector, request)`.
@@ -92,6 +94,8 @@ impl CallContext {
             _ => self.caller_route(meta, &claims).await?,
         };
         tracing::Span::current().record("tenant", cached.route.slug.as_str());
+        self.limits
+            .admit(cached.route.tenant_id, cached.route.calls_per_second)?;
         self.path
             .run(
                 cached,

@@ -129,7 +129,17 @@ impl Pools {
             uses: std::sync::atomic::AtomicU64::new(0),
             tls: self.tls.clone(),
         };
-        let size = self.cfg.max_per_tenant.min(server.budget as usize).max(1);
+        // The plan's pool size (0 from an older control plane: no plan limit).
+        let plan = match route.max_connections {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let size = self
+            .cfg
+            .max_per_tenant
+            .min(plan)
+            .min(server.budget as usize)
+            .max(1);
         let pool = Pool::builder(manager)
             .max_size(size)
             // The most recently returned connection is reused first, so a pool's surplus

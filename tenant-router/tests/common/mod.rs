@@ -119,6 +119,10 @@ impl Plane {
             stop: Some(stop),
             task: Some(task),
         };
+        // Router tests measure the router; the plan-limit tests set their own.
+        pg_harness::lift_plan_limits(pg, &plane.catalog_db)
+            .await
+            .unwrap();
         plane.router_token = plane
             .admin()
             .await
