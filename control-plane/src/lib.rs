@@ -29,6 +29,7 @@ pub mod rotation;
 pub mod server;
 pub mod template;
 pub mod tokens;
+pub mod usage;
 
 pub use config::Config;
 pub use error::Error;

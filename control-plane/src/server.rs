@@ -196,5 +196,8 @@ async fn prune_dead_letters(
         if let Err(e) = catalog.prune_login_state().await {
             tracing::warn!(error = %e, "cannot prune failed-login counters");
         }
+        if let Err(e) = catalog.prune_usage(400).await {
+            tracing::warn!(error = %e, "cannot prune usage older than 400 days");
+        }
     }
 }

@@ -699,4 +699,12 @@ async fn a_tenant_changes_name_plan_and_display_phone_and_bad_changes_change_not
         .ok(&["audit", "--tenant", "acc-india", "--json"])
         .stdout;
     assert!(audit.contains("tenant.update"), "{audit}");
+    // Usage: no router reported calls; the database size comes from its server.
+    let usage = plane.ok(&["usage", "acc-india", "--json"]).json();
+    assert_eq!(usage[0]["tenant"], "acc-india");
+    assert_eq!(usage[0]["calls_today"], 0);
+    assert!(usage[0]["database_bytes"].as_i64().unwrap() > 0, "{usage}");
+    assert_eq!(usage[0]["storage_limit_bytes"], 10_240_000_000i64);
+    assert_eq!(plane.ctl(&["usage", "acc-nobody"]).code, 3);
+    assert!(plane.ok(&["usage"]).stdout.contains("acc-india"));
 }

@@ -117,6 +117,10 @@ pub struct Routes {
     /// How long "no such tenant" is remembered, in milliseconds.
     #[serde(default = "defaults::negative_ttl_ms")]
     pub negative_ttl_ms: u64,
+    /// How often per-tenant usage (calls, messages) is reported to the control plane, in
+    /// seconds.
+    #[serde(default = "defaults::usage_report_every_secs")]
+    pub usage_report_every_secs: u64,
 }
 
 /// How this router applies plan limits.
@@ -169,6 +173,9 @@ pub struct Pools {
 }
 
 mod defaults {
+    pub fn usage_report_every_secs() -> u64 {
+        30
+    }
     pub fn rate_share() -> f64 {
         1.0
     }
@@ -234,6 +241,7 @@ impl Default for Routes {
             capacity: defaults::route_capacity(),
             ttl_secs: defaults::route_ttl_secs(),
             negative_ttl_ms: defaults::negative_ttl_ms(),
+            usage_report_every_secs: defaults::usage_report_every_secs(),
         }
     }
 }
@@ -281,6 +289,9 @@ impl Config {
         }
         if !(self.pools.budget_share > 0.0 && self.pools.budget_share <= 1.0) {
             return invalid("pools.budget_share must be in (0, 1]");
+        }
+        if self.routes.usage_report_every_secs == 0 {
+            return invalid("routes.usage_report_every_secs must be at least 1");
         }
         if !(self.limits.rate_share > 0.0 && self.limits.rate_share <= 1.0) {
             return invalid("limits.rate_share must be above 0 and at most 1");

@@ -15,6 +15,7 @@ pub mod pools;
 pub mod revocations;
 pub mod routes;
 pub mod server;
+pub mod usage;
 pub mod webhook;
 
 pub use config::Config;

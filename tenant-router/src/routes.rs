@@ -103,6 +103,8 @@ pub struct RouteCache {
     metrics: Arc<Metrics>,
     /// Revoked caller tokens, kept current by the same stream.
     pub revocations: Arc<Revocations>,
+    /// Per-tenant usage since the last report.
+    pub usage: crate::usage::UsageCounts,
 }
 
 /// Awaited with the tenant id whenever a change replaces a cached route.
@@ -133,6 +135,7 @@ impl RouteCache {
             generation: AtomicU64::new(0),
             metrics,
             revocations: Arc::new(Revocations::default()),
+            usage: crate::usage::UsageCounts::default(),
         })
     }
 
@@ -413,6 +416,40 @@ impl RouteCache {
                 tracing::warn!(code = ?s.code(), "cannot record a dead letter");
                 RouterError::Unavailable("control plane unavailable".into())
             })
+    }
+
+    /// Reports usage to the control plane every `every` until `cancel` (and once more
+    /// then); a report that fails is kept for the next one.
+    pub async fn report_usage(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        loop {
+            let stop = tokio::select! {
+                _ = cancel.cancelled() => true,
+                _ = tokio::time::sleep(every) => false,
+            };
+            let counts = self.usage.take();
+            for chunk in counts.chunks(10_000) {
+                let mut req = tonic::Request::new(pb::UsageReport {
+                    tenants: chunk
+                        .iter()
+                        .map(|&(tenant_id, calls, messages)| pb::TenantUsage {
+                            tenant_id,
+                            calls,
+                            messages,
+                        })
+                        .collect(),
+                });
+                req.metadata_mut()
+                    .insert("authorization", self.token.clone());
+                req.set_timeout(Duration::from_secs(5));
+                if let Err(s) = self.directory.clone().report_usage(req).await {
+                    tracing::warn!(code = ?s.code(), "cannot report usage; keeping it for the next report");
+                    self.usage.restore(chunk.to_vec());
+                }
+            }
+            if stop {
+                return;
+            }
+        }
     }
 
     /// Routes cached (each counted once per key).

@@ -79,6 +79,10 @@ pub async fn run(
         Box::pin(async move { pools.invalidate(tenant).await })
     });
     tasks.spawn(Arc::clone(&routes).watch(on_change, cancel.child_token()));
+    tasks.spawn(Arc::clone(&routes).report_usage(
+        Duration::from_secs(config.routes.usage_report_every_secs),
+        cancel.child_token(),
+    ));
     let path = Arc::new(crate::path::TenantPath::new(
         Arc::clone(&routes),
         Arc::clone(&pools),

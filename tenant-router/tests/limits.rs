@@ -136,3 +136,105 @@ async fn a_tenant_over_its_plan_rate_is_refused_across_routers_and_others_are_no
     .await;
     assert!(lifted, "the new plan reached the routers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_metered_per_tenant_and_storage_over_the_plan_is_warned() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 50).await;
+    // A basic tenant may hold 1 MB here: a fresh tenant database is larger.
+    pg.connect(&plane.catalog_db)
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE planos SET armazenamento_mb = 1 WHERE nome = 'basico'",
+            &[],
+        )
+        .await
+        .unwrap();
+    plane.create("lim-usage", "servicos", "main").await;
+    let t = plane.create("lim-quiet", "servicos", "main").await;
+    plane
+        .admin()
+        .await
+        .update_tenant(plane.admin_req(proto::control::v1::UpdateTenantRequest {
+            tenant: t.slug.clone(),
+            plan: Some("empresarial".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let router = Router::start(
+        &plane,
+        &[("TENANT_ROUTER__ROUTES__USAGE_REPORT_EVERY_SECS", "1")],
+    )
+    .await;
+    let token = plane.token(&["lim-usage"], false).await;
+    let mut leads = LeadsClient::new(router.channel().await);
+    for _ in 0..7 {
+        leads
+            .list_leads(call(ListLeadsRequest::default(), "lim-usage", &token))
+            .await
+            .unwrap();
+    }
+    let usage = |tenant: &'static str| {
+        let plane = &plane;
+        async move {
+            plane
+                .admin()
+                .await
+                .get_usage(plane.admin_req(proto::control::v1::UsageRequest {
+                    tenant: tenant.into(),
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .rows
+        }
+    };
+    let counted = common::eventually(Duration::from_secs(10), || async {
+        usage("lim-usage")
+            .await
+            .first()
+            .is_some_and(|r| r.calls_today == 7)
+    })
+    .await;
+    assert!(
+        counted,
+        "the router reported its 7 calls: {:?}",
+        usage("lim-usage").await
+    );
+    let row = usage("lim-usage").await.remove(0);
+    assert_eq!((row.calls_30d, row.messages_today), (7, 0));
+    assert!(row.database_bytes > 1_000_000, "{row:?}");
+    assert_eq!(row.storage_limit_bytes, 1_000_000);
+    let quiet = usage("lim-quiet").await.remove(0);
+    assert_eq!(
+        (quiet.calls_today, quiet.storage_limit_bytes),
+        (0, 0),
+        "unlimited plan"
+    );
+    let status = plane
+        .admin()
+        .await
+        .status(plane.admin_req(proto::control::v1::StatusRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let over: Vec<&str> = status
+        .over_storage
+        .iter()
+        .map(|u| u.slug.as_str())
+        .collect();
+    assert_eq!(
+        over,
+        vec!["lim-usage"],
+        "only the tenant over its plan's storage"
+    );
+    // Usage never becomes per-tenant metric labels.
+    let (_, metrics) = router.http_get("/metrics").await;
+    assert!(
+        !metrics.contains("lim-usage"),
+        "a tenant in the router's metrics"
+    );
+}

@@ -16,6 +16,7 @@ mod routers;
 mod runs;
 mod servers;
 mod tenants;
+mod usage;
 mod users;
 
 pub use backups::{BackupKind, BackupRecord, NewBackup, OverdueBackup};
@@ -28,6 +29,7 @@ pub use routers::RouterRecord;
 pub use runs::{RunCounts, RunTenantRow};
 pub use servers::{NewServer, ServerRecord, TemplateRecord};
 pub use tenants::{NewPasswords, NewTenant, RoleModel, TenantFilter, TenantRecord};
+pub use usage::UsageRecord;
 pub use users::{NewUser, Refreshed, UserRecord};
 
 use crate::crypto::SecretBox;

@@ -72,6 +72,9 @@ enum Command {
     },
     /// Show one tenant.
     Show { tenant: String },
+    /// Per-tenant usage: calls and messages (today, last 30 days), database size against
+    /// the plan's storage.
+    Usage { tenant: Option<String> },
     /// Change a tenant's name, plan or display phone (an empty --display-phone clears it).
     Update {
         tenant: String,
@@ -641,6 +644,22 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .tokens;
             access::print_tokens(&tokens, json);
         }
+        Command::Usage { tenant } => {
+            let rows = client
+                .get_usage(pb::UsageRequest {
+                    tenant: tenant.unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .rows;
+            if json {
+                output::json(&serde_json::Value::Array(
+                    rows.iter().map(usage_json).collect(),
+                ));
+            } else {
+                print_usage(&rows);
+            }
+        }
         Command::Update {
             tenant,
             name,
@@ -825,6 +844,7 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
                 "tenant": o.tenant, "last_ok_ms": if o.last_ok_ms == 0 { serde_json::Value::Null } else { o.last_ok_ms.into() },
                 "interval_secs": o.interval_secs,
             })).collect::<Vec<_>>(),
+            "over_storage": s.over_storage.iter().map(usage_json).collect::<Vec<_>>(),
         }));
         return;
     }
@@ -871,6 +891,60 @@ fn print_status(s: &pb::StatusResponse, json: bool) {
             .collect();
         output::table(&["TENANT", "NEWEST GOOD BACKUP", "POLICY"], &rows);
     }
+    output::line("");
+    output::line(&format!(
+        "tenants larger than their plan's storage: {}",
+        s.over_storage.len()
+    ));
+    if !s.over_storage.is_empty() {
+        print_usage(&s.over_storage);
+    }
+}
+
+fn usage_json(u: &pb::UsageRow) -> serde_json::Value {
+    serde_json::json!({
+        "tenant_id": u.tenant_id, "tenant": u.slug, "plan": u.plan,
+        "calls_today": u.calls_today, "calls_30d": u.calls_30d,
+        "messages_today": u.messages_today, "messages_30d": u.messages_30d,
+        "database_bytes": if u.database_bytes < 0 { serde_json::Value::Null } else { u.database_bytes.into() },
+        "storage_limit_bytes": if u.storage_limit_bytes == 0 { serde_json::Value::Null } else { u.storage_limit_bytes.into() },
+    })
+}
+
+fn print_usage(rows: &[pb::UsageRow]) {
+    let mb = |b: i64| format!("{:.1} MB", b as f64 / 1e6);
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|u| {
+            vec![
+                u.slug.clone(),
+                u.plan.clone(),
+                format!("{} / {}", u.calls_today, u.calls_30d),
+                format!("{} / {}", u.messages_today, u.messages_30d),
+                if u.database_bytes < 0 {
+                    "?".into()
+                } else {
+                    mb(u.database_bytes)
+                },
+                if u.storage_limit_bytes == 0 {
+                    "unlimited".into()
+                } else {
+                    mb(u.storage_limit_bytes)
+                },
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "TENANT",
+            "PLAN",
+            "CALLS TODAY/30D",
+            "MESSAGES TODAY/30D",
+            "DATABASE",
+            "PLAN STORAGE",
+        ],
+        &rows,
+    );
 }
 
 fn now_ms() -> i64 {

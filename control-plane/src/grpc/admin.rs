@@ -273,6 +273,22 @@ fn new_tenant(req: pb::CreateTenantRequest) -> Result<NewTenant, Error> {
     })
 }
 
+fn usage_pb(u: &crate::usage::Usage) -> pb::UsageRow {
+    let r = &u.record;
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    pb::UsageRow {
+        tenant_id: r.tenant_id,
+        slug: r.slug.clone(),
+        plan: r.plan.clone(),
+        calls_today: n(r.calls_today),
+        calls_30d: n(r.calls_30d),
+        messages_today: n(r.messages_today),
+        messages_30d: n(r.messages_30d),
+        database_bytes: u.database_bytes.unwrap_or(-1),
+        storage_limit_bytes: r.storage_mb.map_or(0, |mb| i64::from(mb) * 1_000_000),
+    }
+}
+
 pub(super) fn tenant_pb(t: &TenantRecord) -> pb::Tenant {
     let target = tenant_migrations::targets(t.sector);
     pb::Tenant {
@@ -615,6 +631,12 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
             by_schema: count(by_schema),
             servers: servers.iter().map(server_pb).collect(),
             pending_migration: u32::try_from(pending).unwrap_or(u32::MAX),
+            over_storage: crate::usage::usage(&self.catalog, None, self.connect_timeout)
+                .await?
+                .iter()
+                .filter(|u| u.over_storage())
+                .map(usage_pb)
+                .collect(),
             overdue_backups: self
                 .catalog
                 .overdue_backups()
@@ -1072,6 +1094,22 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::ExportTenantStream>, GrpcStatus> {
         self.do_export_tenant(request).await
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::UsageRequest>,
+    ) -> Result<Response<pb::UsageResponse>, GrpcStatus> {
+        self.actor(&request, Role::Viewer, "tenant.usage").await?;
+        let raw = request.into_inner().tenant;
+        let tenant = match raw.trim() {
+            "" => None,
+            t => Some(self.tenant(t).await?.id),
+        };
+        let rows = crate::usage::usage(&self.catalog, tenant, self.connect_timeout).await?;
+        Ok(Response::new(pb::UsageResponse {
+            rows: rows.iter().map(usage_pb).collect(),
+        }))
     }
 
     async fn add_user(

@@ -113,6 +113,38 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
         Ok(Response::new(route))
     }
 
+    async fn report_usage(
+        &self,
+        request: Request<pb::UsageReport>,
+    ) -> Result<Response<pb::UsageRecorded>, Status> {
+        let (router, _) = self.router(&request).await?;
+        let report = request.into_inner();
+        if report.tenants.len() > 10_000 {
+            return Err(Status::invalid_argument(
+                "at most 10000 tenants per usage report",
+            ));
+        }
+        let counts: Vec<(i64, i64, i64)> = report
+            .tenants
+            .iter()
+            .map(|u| {
+                (
+                    u.tenant_id,
+                    i64::try_from(u.calls).unwrap_or(i64::MAX),
+                    i64::try_from(u.messages).unwrap_or(i64::MAX),
+                )
+            })
+            .collect();
+        let recorded = self
+            .directory
+            .catalog()
+            .record_usage(&router, &counts)
+            .await?;
+        Ok(Response::new(pb::UsageRecorded {
+            recorded: u32::try_from(recorded).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn record_unroutable(
         &self,
         request: Request<pb::UnroutableWebhook>,

@@ -96,6 +96,7 @@ impl CallContext {
         tracing::Span::current().record("tenant", cached.route.slug.as_str());
         self.limits
             .admit(cached.route.tenant_id, cached.route.calls_per_second)?;
+        self.path.routes.usage.call(cached.route.tenant_id);
         self.path
             .run(
                 cached,

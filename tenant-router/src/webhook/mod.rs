@@ -202,6 +202,7 @@ impl Webhooks {
             })
             .await?;
         }
+        let route_tenant = route.route.tenant_id;
         let stored = self
             .path
             .run(route, Access::Write, deadline, async |conn, _sector| {
@@ -218,6 +219,10 @@ impl Webhooks {
         let m = &self.metrics.webhook_items;
         m.with_label_values(&["message"])
             .inc_by(u64::from(stored.messages));
+        self.path
+            .routes
+            .usage
+            .messages(route_tenant, u64::from(stored.messages));
         m.with_label_values(&["duplicate"])
             .inc_by(u64::from(stored.duplicates));
         m.with_label_values(&["status"])
