@@ -27,6 +27,7 @@ pub mod replay;
 pub mod roles;
 pub mod rotation;
 pub mod server;
+pub mod settings;
 pub mod template;
 pub mod tokens;
 pub mod usage;

@@ -708,3 +708,144 @@ async fn a_tenant_changes_name_plan_and_display_phone_and_bad_changes_change_not
     assert_eq!(plane.ctl(&["usage", "acc-nobody"]).code, 3);
     assert!(plane.ok(&["usage"]).stdout.contains("acc-india"));
 }
+
+#[tokio::test]
+async fn settings_are_checked_and_secrets_go_in_sealed_and_never_come_out() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&[
+        "create",
+        "acc-juliet",
+        "--name",
+        "Juliet",
+        "--sector",
+        "autopecas",
+    ]);
+    let set = plane
+        .ok(&[
+            "settings", "set", "acc-juliet",
+            r#"{"bot_name":"Juca","ai_provider":"anthropic","custom_prompt":"Seja cordial.","extra":{"desconto_max":10}}"#,
+            "--json",
+        ])
+        .json();
+    assert_eq!(set["settings"]["bot_name"], "Juca");
+    assert_eq!(set["settings"]["extra"]["desconto_max"], 10);
+    // A merge: named keys change, null removes, the rest stays.
+    let merged = plane
+        .ctl_env(
+            &["settings", "set", "acc-juliet", "-", "--json"],
+            &[],
+            Some(r#"{"bot_name":null,"language":"pt-BR"}"#),
+        )
+        .json();
+    assert!(merged["settings"].get("bot_name").is_none());
+    assert_eq!(merged["settings"]["language"], "pt-BR");
+    assert_eq!(merged["settings"]["ai_provider"], "anthropic");
+    // Bad settings are named and change nothing.
+    for (json, why) in [
+        (r#"{"prompt":"x"}"#, "unknown setting \"prompt\""),
+        (r#"{"ai_provider":"skynet"}"#, "ai_provider must be one of"),
+        ("not json", "not valid JSON"),
+        ("[]", "JSON object"),
+    ] {
+        let out = plane.ctl(&["settings", "set", "acc-juliet", json]);
+        assert_eq!(out.code, 2, "{json}: {out:?}");
+        assert!(out.stderr.contains(why), "{json}: {out:?}");
+    }
+    let shown = plane
+        .ok(&["settings", "show", "acc-juliet", "--json"])
+        .json();
+    assert_eq!(
+        shown["settings"], merged["settings"],
+        "refused changes changed nothing"
+    );
+
+    // Secrets: in on stdin, sealed in the catalog, only their names come back.
+    let before = plane.ok(&["show", "acc-juliet", "--json"]).json()["version"]
+        .as_i64()
+        .unwrap();
+    let out = plane.ctl_env(
+        &["secret", "set", "acc-juliet", "openai_api_key", "--json"],
+        &[],
+        Some("sk-super-secreta-123\n"),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        !out.stdout.contains("sk-super"),
+        "a secret value came back: {}",
+        out.stdout
+    );
+    assert_eq!(out.json()["secrets"][0]["name"], "openai_api_key");
+    let after = plane.ok(&["show", "acc-juliet", "--json"]).json()["version"]
+        .as_i64()
+        .unwrap();
+    assert!(after > before, "routers hear of the change");
+    let sealed: Vec<u8> = plane
+        .catalog()
+        .await
+        .query_one("SELECT valor_cifrado FROM segredos_empresa", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !String::from_utf8_lossy(&sealed).contains("sk-super"),
+        "stored sealed, not in the clear"
+    );
+    for (args, stdin, code, why) in [
+        (
+            vec!["secret", "set", "acc-juliet", "root_password"],
+            "x\n",
+            2,
+            "unknown secret",
+        ),
+        (
+            vec!["secret", "set", "acc-juliet", "openai_api_key"],
+            "\n",
+            2,
+            "no secret value",
+        ),
+        (
+            vec!["secret", "delete", "acc-juliet", "gemini_api_key"],
+            "",
+            3,
+            "has no secret",
+        ),
+        (
+            vec!["secret", "set", "acc-nobody", "openai_api_key"],
+            "sk-outra\n",
+            3,
+            "not found",
+        ),
+    ] {
+        let out = plane.ctl_env(&args, &[], Some(stdin));
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(why), "{args:?}: {out:?}");
+        assert!(!out.stderr.contains("sk-"), "a value in an error: {out:?}");
+    }
+    // Viewers see settings and secret names, but may not change them.
+    let viewer = plane.viewer_token("leitor");
+    assert_eq!(
+        plane
+            .ctl_as(&viewer, &["settings", "show", "acc-juliet"])
+            .code,
+        0
+    );
+    assert_eq!(
+        plane
+            .ctl_as(&viewer, &["settings", "set", "acc-juliet", "{}"])
+            .code,
+        8
+    );
+    let audit = plane
+        .ok(&["audit", "--tenant", "acc-juliet", "--json"])
+        .stdout;
+    assert!(
+        audit.contains("secret.set") && !audit.contains("sk-super"),
+        "{audit}"
+    );
+    let deleted = plane
+        .ok(&["secret", "delete", "acc-juliet", "openai_api_key", "--json"])
+        .json();
+    assert_eq!(deleted["secrets"].as_array().unwrap().len(), 0);
+}

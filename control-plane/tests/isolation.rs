@@ -844,6 +844,12 @@ async fn a_new_master_key_takes_over_every_stored_secret() {
     plane.ok(&["create", "keyed", "--name", "K", "--sector", "servicos"]);
     plane.ok(&["webhook-token", "keyed"]);
     plane.ok(&["backup", "keyed"]);
+    let secret = plane.ctl_env(
+        &["secret", "set", "keyed", "openai_api_key"],
+        &[],
+        Some("sk-chave-secreta\n"),
+    );
+    assert_eq!(secret.code, 0, "{secret:?}");
     let before = common::route(&plane, "keyed").await;
     let rekey = plane.ok(&["rekey", "--json"]).json();
     assert_eq!(
@@ -889,6 +895,27 @@ async fn a_new_master_key_takes_over_every_stored_secret() {
         .unwrap()
         .open(&sealed, &control_plane::backup::key_context(&object))
         .expect("the backup key opens with the new master key");
+    // Tenant secrets were re-sealed too.
+    let row = plane
+        .catalog()
+        .await
+        .query_one(
+            "SELECT empresa_id, valor_cifrado FROM segredos_empresa",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (tenant, sealed): (i64, Vec<u8>) = (row.get(0), row.get(1));
+    assert_eq!(
+        control_plane::crypto::SecretBox::from_base64(new_key)
+            .unwrap()
+            .open(
+                &sealed,
+                &control_plane::settings::secret_context(tenant, "openai_api_key")
+            )
+            .expect("the secret opens with the new master key"),
+        "sk-chave-secreta"
+    );
     // ...and so does the copy stored beside the object: the store and the new key alone
     // open the backup.
     let out = plane.run_binary(&[], &["decrypt-backup", &object, "--out", "/dev/null"]);

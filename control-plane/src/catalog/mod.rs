@@ -15,6 +15,7 @@ mod restores;
 mod routers;
 mod runs;
 mod servers;
+mod settings;
 mod tenants;
 mod usage;
 mod users;

@@ -19,7 +19,7 @@ pub struct Resealed {
 
 /// A sealed column: table, key column, sealed column, and the SQL expression of its
 /// associated data (the same string the code binds when sealing).
-const COLUMNS: [(&str, &str, &str, &str); 7] = [
+const COLUMNS: [(&str, &str, &str, &str); 8] = [
     (
         "empresas",
         "id",
@@ -55,6 +55,13 @@ const COLUMNS: [(&str, &str, &str, &str); 7] = [
         "id",
         "template_senha_cifrada",
         "'server:' || nome || ':template-owner'",
+    ),
+    // Tenant secrets (see `catalog::settings`).
+    (
+        "segredos_empresa",
+        "id",
+        "valor_cifrado",
+        "'tenant:' || empresa_id || ':secret:' || nome",
     ),
     // Each backup's data key (see `backup::key_context`).
     ("backups", "id", "chave_cifrada", "'backup:' || objeto"),

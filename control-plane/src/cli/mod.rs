@@ -7,6 +7,7 @@
 mod access;
 mod backups;
 mod output;
+mod settings;
 mod users;
 
 use clap::{Args, Parser, Subcommand};
@@ -166,6 +167,12 @@ enum Command {
     /// People who log in to a tenant (owner, admin, agent, viewer).
     #[command(subcommand)]
     User(users::UserCommand),
+    /// A tenant's settings for its services (bot name, prompt, AI provider, ...).
+    #[command(subcommand)]
+    Settings(settings::SettingsCommand),
+    /// A tenant's secrets (WhatsApp access token, AI provider keys): values in, never out.
+    #[command(subcommand)]
+    Secret(settings::SecretCommand),
 }
 
 #[derive(Subcommand)]
@@ -679,6 +686,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Operator(cmd) => access::operator(&mut client, cmd, json).await?,
         Command::User(cmd) => users::user(&mut client, cmd, json).await?,
+        Command::Settings(cmd) => settings::settings(&mut client, cmd, json).await?,
+        Command::Secret(cmd) => settings::secret(&mut client, cmd, json).await?,
         Command::Router(cmd) => access::router(&mut client, cmd, json).await?,
         Command::Rotate(a) => return access::rotate(&mut client, a, json).await,
         Command::Backup(a) => return backups::backup(&mut client, a, json).await,

@@ -1096,6 +1096,34 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         self.do_export_tenant(request).await
     }
 
+    async fn get_settings(
+        &self,
+        request: Request<pb::TenantRef>,
+    ) -> Result<Response<pb::TenantSettings>, GrpcStatus> {
+        self.do_get_settings(request).await
+    }
+
+    async fn update_settings(
+        &self,
+        request: Request<pb::UpdateSettingsRequest>,
+    ) -> Result<Response<pb::TenantSettings>, GrpcStatus> {
+        self.do_update_settings(request).await
+    }
+
+    async fn set_secret(
+        &self,
+        request: Request<pb::SetSecretRequest>,
+    ) -> Result<Response<pb::TenantSettings>, GrpcStatus> {
+        self.do_set_secret(request).await
+    }
+
+    async fn delete_secret(
+        &self,
+        request: Request<pb::SecretRef>,
+    ) -> Result<Response<pb::TenantSettings>, GrpcStatus> {
+        self.do_delete_secret(request).await
+    }
+
     async fn get_usage(
         &self,
         request: Request<pb::UsageRequest>,

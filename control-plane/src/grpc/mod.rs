@@ -5,6 +5,7 @@ mod accounts;
 mod admin;
 mod backups;
 mod directory;
+mod settings;
 mod users;
 
 pub use accounts::AccountsService;
