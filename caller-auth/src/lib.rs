@@ -68,13 +68,24 @@ pub struct Claims {
     /// User tokens: the session they were minted for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// Caller tokens: extra permissions (`secrets`: read the granted tenants' secrets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
     /// Issued at, seconds since the epoch.
     pub iat: u64,
 }
 
+/// The scope that lets a caller token read its tenants' secrets.
+pub const SCOPE_SECRETS: &str = "secrets";
+
 impl Claims {
+    /// Whether these (caller) claims carry `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
     /// Whether these (caller) claims grant the tenant with this id.
     pub fn grants(&self, tenant_id: i64) -> bool {
         self.all || self.tenants.contains(&tenant_id)
@@ -240,6 +251,7 @@ mod tests {
             all: false,
             role: None,
             sid: None,
+            scopes: Vec::new(),
             exp: (now as i64 + exp_in) as u64,
             iat: now,
         }

@@ -44,6 +44,7 @@ pub async fn operator_token(
                 all: false,
                 role: Some(op.role),
                 ttl_secs,
+                scopes: Vec::new(),
             },
         )
         .await?;

@@ -27,6 +27,8 @@ pub struct Grant {
     pub role: Option<Role>,
     /// Asked lifetime in seconds (0: the configured default).
     pub ttl_secs: u64,
+    /// Caller tokens: extra permissions (see `caller_auth::SCOPE_SECRETS`).
+    pub scopes: Vec<String>,
 }
 
 /// A minted token.
@@ -75,6 +77,7 @@ impl Minter {
             all: grant.all,
             role: grant.role.map(|r| r.as_str().to_string()),
             sid: None,
+            scopes: grant.scopes,
             exp: now + ttl,
             iat: now,
         };
@@ -106,6 +109,7 @@ impl Minter {
             all: false,
             role: Some(role.as_str().to_string()),
             sid: Some(session.to_string()),
+            scopes: Vec::new(),
             exp: now + ttl_secs,
             iat: now,
         };

@@ -844,6 +844,45 @@ async fn settings_are_checked_and_secrets_go_in_sealed_and_never_come_out() {
         audit.contains("secret.set") && !audit.contains("sk-super"),
         "{audit}"
     );
+    // Only an admin operator grants a caller token the secrets scope.
+    let scoped = plane.ctl(&[
+        "token",
+        "issue",
+        "--tenant",
+        "acc-juliet",
+        "--scope",
+        "secrets",
+    ]);
+    assert_eq!(scoped.code, 0, "{scoped:?}");
+    let operator = plane.operator_token("fleet-op", "operator");
+    let refused = plane.ctl_as(
+        &operator,
+        &[
+            "token",
+            "issue",
+            "--tenant",
+            "acc-juliet",
+            "--scope",
+            "secrets",
+        ],
+    );
+    assert_eq!(refused.code, 8, "{refused:?}");
+    assert_eq!(
+        plane
+            .ctl_as(&operator, &["token", "issue", "--tenant", "acc-juliet"])
+            .code,
+        0
+    );
+    let unknown = plane.ctl(&[
+        "token",
+        "issue",
+        "--tenant",
+        "acc-juliet",
+        "--scope",
+        "root",
+    ]);
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+    assert!(unknown.stderr.contains("unknown scope"), "{unknown:?}");
     let deleted = plane
         .ok(&["secret", "delete", "acc-juliet", "openai_api_key", "--json"])
         .json();

@@ -604,6 +604,7 @@ async fn operators_act_within_their_roles_and_the_audit_log_names_them() {
         all: true,
         role: Some("admin".into()),
         sid: None,
+        scopes: Vec::new(),
         exp,
         iat: caller_auth::now_secs(),
     };

@@ -28,6 +28,7 @@ fn fixture() -> &'static Fixture {
             all: false,
             role: None,
             sid: None,
+            scopes: Vec::new(),
             exp: now + 86_400 * 365,
             iat: now,
         };

@@ -371,6 +371,7 @@ fn sign(tenants: Vec<i64>, all: bool) -> Result<String> {
             all,
             role: None,
             sid: None,
+            scopes: Vec::new(),
             exp: now + 3600,
             iat: now,
         })?,

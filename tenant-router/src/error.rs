@@ -2,7 +2,7 @@
 //! messages never carry hosts, credentials or SQL; internal detail is logged, once, here.
 
 /// Everything a routed call can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RouterError {
     /// No or bad bearer token.
     #[error("{0}")]

@@ -112,13 +112,17 @@ pub enum Permission {
     Write,
     /// Writes the catalog: admin.
     WriteCatalog,
+    /// Reads the tenant's settings: admin (or a service granted the tenant).
+    ReadSettings,
+    /// Reads the tenant's secrets: owner (or a service with the `secrets` scope).
+    ReadSecrets,
 }
 
 impl Permission {
     /// The access to the tenant's database.
     pub fn access(self) -> Access {
         match self {
-            Permission::Read => Access::Read,
+            Permission::Read | Permission::ReadSettings | Permission::ReadSecrets => Access::Read,
             Permission::Write | Permission::WriteCatalog => Access::Write,
         }
     }
@@ -128,7 +132,8 @@ impl Permission {
         match self {
             Permission::Read => tenant_model::UserRole::Viewer,
             Permission::Write => tenant_model::UserRole::Agent,
-            Permission::WriteCatalog => tenant_model::UserRole::Admin,
+            Permission::WriteCatalog | Permission::ReadSettings => tenant_model::UserRole::Admin,
+            Permission::ReadSecrets => tenant_model::UserRole::Owner,
         }
     }
 }

@@ -418,6 +418,33 @@ impl RouteCache {
             })
     }
 
+    /// A tenant's settings (and secrets when `with_secrets`) from the directory.
+    pub async fn tenant_settings(
+        &self,
+        tenant_id: i64,
+        with_secrets: bool,
+    ) -> Result<pb::RouterTenantSettings, RouterError> {
+        let mut req = tonic::Request::new(pb::TenantSettingsRequest {
+            tenant_id,
+            with_secrets,
+        });
+        req.metadata_mut()
+            .insert("authorization", self.token.clone());
+        req.set_timeout(Duration::from_secs(2));
+        self.directory
+            .clone()
+            .get_tenant_settings(req)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| match s.code() {
+                tonic::Code::NotFound => RouterError::TenantNotFound,
+                code => {
+                    tracing::warn!(?code, "cannot read a tenant's settings");
+                    RouterError::Unavailable("control plane unavailable".into())
+                }
+            })
+    }
+
     /// Reports usage to the control plane every `every` until `cancel` (and once more
     /// then); a report that fails is kept for the next one.
     pub async fn report_usage(self: Arc<Self>, every: Duration, cancel: CancellationToken) {

@@ -1,7 +1,9 @@
 //! Assembles the router and serves it until shutdown.
 
 use crate::config::Config;
-use crate::grpc::{CallContext, CatalogService, ConversationsService, LeadsService};
+use crate::grpc::{
+    CallContext, CatalogService, ConversationsService, LeadsService, SettingsService,
+};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::pools::Pools;
@@ -73,10 +75,18 @@ pub async fn run(
     let tasks = TaskTracker::new();
 
     let watch_pools = Arc::clone(&pools);
+    let settings_cache = crate::grpc::settings_cache(config.routes.capacity);
+    let watch_settings = settings_cache.clone();
     let on_change: crate::routes::OnChange = Box::new(move |tenant: i64| {
-        // Credentials rotated, tenant moved or suspended: the next call builds a fresh pool.
+        // Credentials rotated, tenant moved or suspended: the next call builds a fresh pool;
+        // settings changed: the next read fetches them again.
         let pools = Arc::clone(&watch_pools);
-        Box::pin(async move { pools.invalidate(tenant).await })
+        let settings = watch_settings.clone();
+        Box::pin(async move {
+            settings.invalidate(&(tenant, false)).await;
+            settings.invalidate(&(tenant, true)).await;
+            pools.invalidate(tenant).await
+        })
     });
     tasks.spawn(Arc::clone(&routes).watch(on_change, cancel.child_token()));
     tasks.spawn(Arc::clone(&routes).report_usage(
@@ -123,6 +133,9 @@ pub async fn run(
     health_reporter
         .set_serving::<pb::catalog_server::CatalogServer<CatalogService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::settings_server::SettingsServer<SettingsService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -151,6 +164,10 @@ pub async fn run(
         .add_service(pb::catalog_server::CatalogServer::new(CatalogService(
             Arc::clone(&ctx),
         )))
+        .add_service(pb::settings_server::SettingsServer::new(SettingsService {
+            ctx: Arc::clone(&ctx),
+            cache: settings_cache,
+        }))
         .serve_with_incoming_shutdown(
             service_kit::nodelay_incoming(grpc, config.grpc.bounds()),
             async move {

@@ -290,6 +290,7 @@ async fn bad_callers_and_bad_input_get_clear_statuses() {
             all: true,
             role: None,
             sid: None,
+            scopes: Vec::new(),
             exp: caller_auth::now_secs() + 60,
             iat: 0,
         })

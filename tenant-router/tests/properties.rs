@@ -121,6 +121,7 @@ proptest! {
                 all: false,
                 role: None,
                 sid: None,
+                scopes: Vec::new(),
                 exp: now + 60,
                 iat: now,
             })

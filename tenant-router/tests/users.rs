@@ -10,7 +10,7 @@ use proto::accounts::v1 as ac;
 use proto::domain::v1 as dm;
 use proto::domain::v1::{
     catalog_client::CatalogClient, conversations_client::ConversationsClient,
-    leads_client::LeadsClient,
+    leads_client::LeadsClient, settings_client::SettingsClient,
 };
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -18,7 +18,7 @@ use tonic::Code;
 
 /// Every domain RPC with a valid request for the fixture, and whether it writes (and
 /// what least role it needs).
-const RPCS: [(&str, &str); 12] = [
+const RPCS: [(&str, &str); 14] = [
     ("UpsertLead", "agent"),
     ("GetLead", "viewer"),
     ("ListLeads", "viewer"),
@@ -31,6 +31,8 @@ const RPCS: [(&str, &str); 12] = [
     ("SearchItems", "viewer"),
     ("GetItem", "viewer"),
     ("UpsertItem", "admin"),
+    ("GetSettings", "admin"),
+    ("GetSecrets", "owner"),
 ];
 
 const ROLES: [&str; 4] = ["viewer", "agent", "admin", "owner"];
@@ -194,6 +196,18 @@ async fn invoke(
             ))
             .await
             .map(drop),
+        ),
+        "GetSettings" | "GetSecrets" => code(
+            SettingsClient::new(ch.clone())
+                .get_settings(with_token(
+                    dm::GetSettingsRequest {
+                        include_secrets: rpc == "GetSecrets",
+                    },
+                    token,
+                    tenant,
+                ))
+                .await
+                .map(drop),
         ),
         other => panic!("unknown rpc {other}"),
     }
@@ -394,4 +408,93 @@ async fn user_login(
         })
         .await
         .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_reach_services_and_secrets_only_callers_allowed_them() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 50).await;
+    plane.create("us-delta", "servicos", "main").await;
+    plane.create("us-echo", "servicos", "main").await;
+    let mut admin = plane.admin().await;
+    admin
+        .update_settings(plane.admin_req(proto::control::v1::UpdateSettingsRequest {
+            tenant: "us-delta".into(),
+            settings_json: r#"{"bot_name":"Delta Bot","ai_provider":"openai"}"#.into(),
+        }))
+        .await
+        .unwrap();
+    admin
+        .set_secret(plane.admin_req(proto::control::v1::SetSecretRequest {
+            tenant: "us-delta".into(),
+            name: "openai_api_key".into(),
+            value: "sk-delta-123".into(),
+        }))
+        .await
+        .unwrap();
+    let router = Router::start(&plane, &[]).await;
+    let ch = router.channel().await;
+    let get = |token: String, tenant: &'static str, secrets: bool| {
+        let ch = ch.clone();
+        async move {
+            SettingsClient::new(ch)
+                .get_settings(call(
+                    dm::GetSettingsRequest {
+                        include_secrets: secrets,
+                    },
+                    tenant,
+                    &token,
+                ))
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let service = plane.token(&["us-delta"], false).await;
+    let plain = get(service.clone(), "us-delta", false).await.unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&plain.settings_json).unwrap();
+    assert_eq!(doc["bot_name"], "Delta Bot");
+    assert!(
+        plain.secrets.is_empty(),
+        "no secrets unless asked and allowed"
+    );
+    let denied = get(service.clone(), "us-delta", true).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(!denied.message().contains("sk-"), "{denied:?}");
+    assert_eq!(
+        get(service.clone(), "us-echo", false)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied,
+        "another tenant's settings"
+    );
+    let scoped = plane
+        .issue_scoped(&["us-delta"], false, &["secrets"])
+        .await
+        .token;
+    let with = get(scoped.clone(), "us-delta", true).await.unwrap();
+    assert_eq!(
+        with.secrets.get("openai_api_key").map(String::as_str),
+        Some("sk-delta-123")
+    );
+    // The scope reaches only the tenants the token grants.
+    assert_eq!(
+        get(scoped, "us-echo", true).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // A change reaches the router's cache through the change stream.
+    admin
+        .update_settings(plane.admin_req(proto::control::v1::UpdateSettingsRequest {
+            tenant: "us-delta".into(),
+            settings_json: r#"{"bot_name":"Delta Bot 2"}"#.into(),
+        }))
+        .await
+        .unwrap();
+    let seen = common::eventually(Duration::from_secs(5), || async {
+        let s = get(service.clone(), "us-delta", false).await.unwrap();
+        s.settings_json.contains("Delta Bot 2")
+    })
+    .await;
+    assert!(seen, "the router still serves the old settings");
 }

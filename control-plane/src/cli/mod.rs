@@ -192,6 +192,9 @@ enum TokenCommand {
         /// Who the token is for.
         #[arg(long, default_value = "")]
         subject: String,
+        /// An extra permission: `secrets` (read the tenants' secrets; an admin grants it).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
     },
     /// Revoke a token by id (routers refuse a revoked caller token within moments).
     Revoke { id: String },
@@ -620,6 +623,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             all,
             ttl,
             subject,
+            scopes,
         }) => {
             let ttl_secs = ttl_or_default(ttl.as_deref())?;
             let t = client
@@ -628,6 +632,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     all,
                     ttl_secs,
                     subject,
+                    scopes,
                 })
                 .await?
                 .into_inner();

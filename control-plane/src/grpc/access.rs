@@ -41,6 +41,7 @@ impl AdminService {
                     all: false,
                     role: None,
                     ttl_secs,
+                    scopes: Vec::new(),
                 },
             )
             .await

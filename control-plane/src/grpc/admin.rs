@@ -186,6 +186,7 @@ impl AdminService {
                     all: false,
                     role: Some(role),
                     ttl_secs,
+                    scopes: Vec::new(),
                 },
             )
             .await
@@ -724,6 +725,11 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, GrpcStatus> {
         let actor = self.actor(&request, Role::Operator, "token.issue").await?;
+        if !request.get_ref().scopes.is_empty() {
+            // Reading tenants' secrets is the platform's own access: an admin grants it.
+            self.actor(&request, Role::Admin, "token.issue with a scope")
+                .await?;
+        }
         let req = request.into_inner();
         if req.all != req.tenants.is_empty() {
             return Err(Error::InvalidArgument(
@@ -736,6 +742,16 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         } else {
             model::tenant_name(&req.subject)?
         };
+        let mut scopes: Vec<String> = req.scopes.iter().map(|s| s.trim().to_string()).collect();
+        scopes.sort();
+        scopes.dedup();
+        if let Some(bad) = scopes.iter().find(|s| *s != caller_auth::SCOPE_SECRETS) {
+            return Err(Error::InvalidArgument(format!(
+                "unknown scope {bad:?}: expected {}",
+                caller_auth::SCOPE_SECRETS
+            ))
+            .into());
+        }
         // Grants name tenant ids: a slug renamed or reused later grants nothing new.
         let mut ids = Vec::with_capacity(req.tenants.len());
         for raw in &req.tenants {
@@ -753,6 +769,7 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
                     all: req.all,
                     role: None,
                     ttl_secs: req.ttl_secs,
+                    scopes: scopes.clone(),
                 },
             )
             .await?;
@@ -764,7 +781,7 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
                 &subject,
                 serde_json::json!({
                     "token_id": minted.claims.jti, "tenant_ids": ids, "all": req.all,
-                    "expires_at": minted.claims.exp,
+                    "expires_at": minted.claims.exp, "scopes": scopes,
                 }),
             )
             .await?;

@@ -113,6 +113,31 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
         Ok(Response::new(route))
     }
 
+    async fn get_tenant_settings(
+        &self,
+        request: Request<pb::TenantSettingsRequest>,
+    ) -> Result<Response<pb::RouterTenantSettings>, Status> {
+        let (router, _) = self.router(&request).await?;
+        let r = request.into_inner();
+        let catalog = self.directory.catalog();
+        let tenant = match tenant_model::TenantId::new(r.tenant_id) {
+            Ok(id) => catalog.tenant(&tenant_model::TenantKey::Id(id)).await?,
+            Err(_) => None,
+        }
+        .filter(|t| router.serves(&t.server_name))
+        .ok_or_else(|| Status::not_found("tenant not found"))?;
+        let settings = catalog.settings(tenant.id).await?;
+        let secrets = if r.with_secrets {
+            catalog.secrets_of(tenant.id).await?.into_iter().collect()
+        } else {
+            Default::default()
+        };
+        Ok(Response::new(pb::RouterTenantSettings {
+            settings_json: serde_json::Value::Object(settings).to_string(),
+            secrets,
+        }))
+    }
+
     async fn report_usage(
         &self,
         request: Request<pb::UsageReport>,

@@ -289,6 +289,7 @@ impl Stack {
                 all: true,
                 role: None,
                 sid: None,
+                scopes: Vec::new(),
                 exp: now + 3_600,
                 iat: now,
             })

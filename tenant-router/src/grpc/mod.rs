@@ -7,8 +7,10 @@
 //! deadline or the caller).
 
 mod services;
+mod settings;
 
 pub use services::{CatalogService, ConversationsService, LeadsService};
+pub use settings::{settings_cache, SettingsCache, SettingsService};
 
 use crate::error::RouterError;
 use crate::metrics::Metrics;
@@ -59,7 +61,20 @@ impl CallContext {
             .pipeline(&meta, permission, message, op, started)
             .instrument(span)
             .await;
-        let outcome = match &result {
+        self.observe(method, started, &result);
+        result
+            .map(tonic::Response::new)
+            .map_err(tonic::Status::from)
+    }
+
+    /// Counts a finished call in the metrics (by method and outcome, never by tenant).
+    pub fn observe<R>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        result: &Result<R, RouterError>,
+    ) {
+        let outcome = match result {
             Ok(_) => "ok",
             Err(e) => e.kind(),
         };
@@ -71,9 +86,6 @@ impl CallContext {
             .call_seconds
             .with_label_values(&[method])
             .observe(started.elapsed().as_secs_f64());
-        result
-            .map(tonic::Response::new)
-            .map_err(tonic::Status::from)
     }
 
     async fn pipeline<T, R>(
@@ -88,15 +100,7 @@ impl CallContext {
             + grpc_timeout(meta)
                 .unwrap_or(self.default_deadline)
                 .min(Duration::from_secs(300));
-        let claims = self.authenticate(meta)?;
-        let cached = match claims.kind {
-            Kind::User => self.user_route(meta, &claims, permission).await?,
-            _ => self.caller_route(meta, &claims).await?,
-        };
-        tracing::Span::current().record("tenant", cached.route.slug.as_str());
-        self.limits
-            .admit(cached.route.tenant_id, cached.route.calls_per_second)?;
-        self.path.routes.usage.call(cached.route.tenant_id);
+        let cached = self.authorize(meta, permission).await?;
         self.path
             .run(
                 cached,
@@ -107,12 +111,38 @@ impl CallContext {
             .await
     }
 
-    /// The route of the tenant a caller token names in `x-tenant`, if granted.
+    /// Who calls, for which tenant, allowed to do `permission`, within the tenant's rate:
+    /// the tenant's route (the call is counted in its usage).
+    pub async fn authorize(
+        &self,
+        meta: &MetadataMap,
+        permission: Permission,
+    ) -> Result<Arc<CachedRoute>, RouterError> {
+        let claims = self.authenticate(meta)?;
+        let cached = match claims.kind {
+            Kind::User => self.user_route(meta, &claims, permission).await?,
+            _ => self.caller_route(meta, &claims, permission).await?,
+        };
+        tracing::Span::current().record("tenant", cached.route.slug.as_str());
+        self.limits
+            .admit(cached.route.tenant_id, cached.route.calls_per_second)?;
+        self.path.routes.usage.call(cached.route.tenant_id);
+        Ok(cached)
+    }
+
+    /// The route of the tenant a caller token names in `x-tenant`, if granted (and, for
+    /// secrets, if the token carries the secrets scope).
     async fn caller_route(
         &self,
         meta: &MetadataMap,
         claims: &Claims,
+        permission: Permission,
     ) -> Result<Arc<CachedRoute>, RouterError> {
+        if permission == Permission::ReadSecrets && !claims.has_scope(caller_auth::SCOPE_SECRETS) {
+            return Err(RouterError::PermissionDenied(
+                "reading secrets needs a token with the secrets scope".into(),
+            ));
+        }
         let key = tenant_key(meta)?;
         // For a caller not granted every tenant, an unknown tenant and an ungranted one get
         // the same answer, so a token cannot be used to learn which tenants exist.

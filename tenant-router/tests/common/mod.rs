@@ -34,6 +34,7 @@ pub fn caller_token(tenants: Vec<i64>, all: bool, exp_in: i64) -> String {
             all,
             role: None,
             sid: None,
+            scopes: Vec::new(),
             exp: now.saturating_add_signed(exp_in),
             iat: now,
         })
@@ -227,6 +228,16 @@ impl Plane {
 
     /// A caller token minted (and recorded) by the control plane, with its id.
     pub async fn issue(&self, tenants: &[&str], all: bool) -> cp::IssueTokenResponse {
+        self.issue_scoped(tenants, all, &[]).await
+    }
+
+    /// Like [`Plane::issue`], with scopes.
+    pub async fn issue_scoped(
+        &self,
+        tenants: &[&str],
+        all: bool,
+        scopes: &[&str],
+    ) -> cp::IssueTokenResponse {
         self.admin()
             .await
             .issue_token(self.admin_req(cp::IssueTokenRequest {
@@ -234,6 +245,7 @@ impl Plane {
                 all,
                 ttl_secs: 600,
                 subject: "tests".into(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
             }))
             .await
             .unwrap()
