@@ -238,3 +238,54 @@ async fn usage_is_metered_per_tenant_and_storage_over_the_plan_is_warned() {
         "a tenant in the router's metrics"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_holds_no_more_connections_than_its_plan_allows() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 50).await;
+    pg.connect(&plane.catalog_db)
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE planos SET max_conexoes = 2 WHERE nome = 'basico'",
+            &[],
+        )
+        .await
+        .unwrap();
+    plane.create("lim-pool", "servicos", "main").await;
+    let db = plane.database_of("lim-pool").await;
+    // The router would give a tenant 8; the plan says 2.
+    let router = Router::start(&plane, &[("TENANT_ROUTER__POOLS__MAX_PER_TENANT", "8")]).await;
+    let channels = vec![router.channel().await];
+    let token = plane.token(&["lim-pool"], false).await;
+    let probe = pg.connect("postgres").await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sampler = async {
+        let mut most = 0i64;
+        while !*stopped.borrow() {
+            let n: i64 = probe
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+                    &[&db],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            most = most.max(n);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        most
+    };
+    let load = async {
+        let r = hammer(&channels, "lim-pool", &token, 8, 1.5).await;
+        let _ = stop.send(true);
+        r
+    };
+    let ((ok, _, other, _), most) = tokio::join!(load, sampler);
+    assert!(ok > 0 && other == 0, "{ok} ok, {other} errors");
+    assert!(
+        (1..=2).contains(&most),
+        "{most} connections for a plan of 2"
+    );
+}

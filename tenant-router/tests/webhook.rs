@@ -233,7 +233,13 @@ async fn handshake_signature_and_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_leads_and_duplicates() {
     let pg = pg_harness::shared();
-    let s = setup("wh-bravo", "900000002", pg).await;
+    let s = setup_with(
+        "wh-bravo",
+        "900000002",
+        pg,
+        &[("TENANT_ROUTER__ROUTES__USAGE_REPORT_EVERY_SECS", "1")],
+    )
+    .await;
     let db = s.plane.database_of("wh-bravo").await;
     let db = db.as_str();
     // Without and with the 9th digit: one lead, raw id kept; a landline is left alone.
@@ -342,6 +348,23 @@ async fn messages_leads_and_duplicates() {
         .await,
         6
     );
+    // Usage: every message stored once is metered for the tenant (redeliveries are not).
+    let metered = eventually(Duration::from_secs(10), || async {
+        let rows = s
+            .plane
+            .admin()
+            .await
+            .get_usage(s.plane.admin_req(proto::control::v1::UsageRequest {
+                tenant: "wh-bravo".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .rows;
+        rows.first().is_some_and(|r| r.messages_today == 11)
+    })
+    .await;
+    assert!(metered, "11 messages metered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
