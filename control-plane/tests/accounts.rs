@@ -888,3 +888,67 @@ async fn settings_are_checked_and_secrets_go_in_sealed_and_never_come_out() {
         .json();
     assert_eq!(deleted["secrets"].as_array().unwrap().len(), 0);
 }
+
+/// A login as if from behind a proxy that set `x-forwarded-for`.
+async fn login_via(
+    plane: &Plane,
+    email: &str,
+    forwarded: &str,
+) -> Result<ac::LoginResponse, tonic::Status> {
+    let mut req = tonic::Request::new(ac::LoginRequest {
+        email: email.into(),
+        password: "Senha errada 2026".into(),
+    });
+    req.metadata_mut()
+        .insert("x-forwarded-for", forwarded.parse().unwrap());
+    auth(plane)
+        .await
+        .login(req)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_forwarded_address_counts_only_behind_a_trusted_proxy() {
+    let limits = [
+        ("CONTROL_PLANE__ACCOUNTS__ADDRESS_FREE_FAILURES", "3"),
+        ("CONTROL_PLANE__ACCOUNTS__ACCOUNT_FREE_FAILURES", "100"),
+    ];
+    // Not trusted: a sender choosing its own x-forwarded-for still spends its own
+    // address's allowance.
+    let plane = Plane::start_with(&limits).await;
+    let mut held = None;
+    for i in 0..6 {
+        let e = login_via(&plane, &format!("a{i}@kilo.com"), &format!("10.9.0.{i}"))
+            .await
+            .unwrap_err();
+        if e.code() == Code::ResourceExhausted {
+            held = Some(i);
+            break;
+        }
+    }
+    assert_eq!(held, Some(3), "the peer's address is what counts");
+
+    // Trusted: the right-most entry is the proxy's word, one allowance per client.
+    let mut with = limits.to_vec();
+    with.push(("CONTROL_PLANE__ACCOUNTS__TRUST_FORWARDED_FOR", "true"));
+    let plane = Plane::start_with(&with).await;
+    for i in 0..3 {
+        let e = login_via(&plane, &format!("b{i}@kilo.com"), "203.0.113.9, 10.1.0.1")
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    let e = login_via(&plane, "b9@kilo.com", "198.51.100.7, 10.1.0.1")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::ResourceExhausted,
+        "the same right-most client is held"
+    );
+    let e = login_via(&plane, "b9@kilo.com", "10.1.0.2")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "another client is not");
+}
