@@ -125,6 +125,7 @@ impl Directory {
             server_connection_budget: t.connection_budget,
             plan: t.plan.clone(),
             webhook_token: self.catalog.webhook_token(t)?.unwrap_or_default(),
+            extra_phone_number_ids: t.extra_numbers.clone(),
             max_connections: t.plan_max_connections,
             calls_per_second: t.plan_calls_per_second.unwrap_or(0),
         })

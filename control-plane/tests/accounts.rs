@@ -952,3 +952,117 @@ async fn a_forwarded_address_counts_only_behind_a_trusted_proxy() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "another client is not");
 }
+
+#[tokio::test]
+async fn a_tenant_has_several_numbers_each_unique_across_tenants() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&[
+        "create",
+        "num-alpha",
+        "--name",
+        "A",
+        "--sector",
+        "varejo",
+        "--phone-number-id",
+        "555000001",
+    ]);
+    plane.ok(&["create", "num-bravo", "--name", "B", "--sector", "varejo"]);
+    let v0 = plane.ok(&["show", "num-alpha", "--json"]).json()["version"]
+        .as_i64()
+        .unwrap();
+    let listed = plane
+        .ok(&[
+            "number",
+            "add",
+            "num-alpha",
+            "555000002",
+            "--display-phone",
+            "+55 11 99999-0000",
+            "--json",
+        ])
+        .json();
+    let numbers = listed["numbers"].as_array().unwrap();
+    assert_eq!(numbers.len(), 2);
+    assert_eq!(
+        (&numbers[0]["phone_number_id"], &numbers[0]["primary"]),
+        (&"555000001".into(), &true.into())
+    );
+    assert_eq!(numbers[1]["display_phone"], "+5511999990000");
+    let v1 = plane.ok(&["show", "num-alpha", "--json"]).json()["version"]
+        .as_i64()
+        .unwrap();
+    assert!(v1 > v0, "routers hear of a new number");
+    // Taken numbers, wherever they are held, are refused and change nothing.
+    for (args, code, why) in [
+        (
+            vec!["number", "add", "num-bravo", "555000001"],
+            4,
+            "already belongs",
+        ),
+        (
+            vec!["number", "add", "num-bravo", "555000002"],
+            4,
+            "already belongs",
+        ),
+        (
+            vec!["number", "add", "num-bravo", "12ab"],
+            2,
+            "phone_number_id",
+        ),
+        (
+            vec!["number", "remove", "num-alpha", "555000009"],
+            3,
+            "has no number",
+        ),
+        (
+            vec!["number", "add", "num-nobody", "555000010"],
+            3,
+            "not found",
+        ),
+        (
+            vec![
+                "create",
+                "num-charlie",
+                "--name",
+                "C",
+                "--sector",
+                "varejo",
+                "--phone-number-id",
+                "555000002",
+            ],
+            4,
+            "already belongs",
+        ),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(why), "{args:?}: {out:?}");
+    }
+    assert_eq!(
+        plane.ctl(&["show", "num-charlie"]).code,
+        3,
+        "no tenant was made"
+    );
+    let bravo = plane.ok(&["number", "list", "num-bravo", "--json"]).json();
+    assert_eq!(bravo["numbers"].as_array().unwrap().len(), 0);
+    // A tenant without a number gets it as its first; a removed number is free again.
+    let first = plane
+        .ok(&["number", "add", "num-bravo", "555000003", "--json"])
+        .json();
+    assert_eq!(first["numbers"][0]["primary"], true);
+    assert_eq!(
+        plane.ok(&["show", "num-bravo", "--json"]).json()["phone_number_id"],
+        "555000003"
+    );
+    plane.ok(&["number", "remove", "num-alpha", "555000002"]);
+    plane.ok(&["number", "add", "num-bravo", "555000002"]);
+    let audit = plane
+        .ok(&["audit", "--tenant", "num-alpha", "--json"])
+        .stdout;
+    assert!(
+        audit.contains("number.add") && audit.contains("number.remove"),
+        "{audit}"
+    );
+}

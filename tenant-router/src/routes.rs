@@ -240,6 +240,7 @@ impl RouteCache {
         if !route.phone_number_id.is_empty() {
             keys.push(phone_key(&route.phone_number_id));
         }
+        keys.extend(route.extra_phone_number_ids.iter().map(|n| phone_key(n)));
         keys
     }
 
@@ -292,12 +293,8 @@ impl RouteCache {
     }
 
     async fn forget(&self, route: &pb::Route) {
-        self.routes.invalidate(&route.slug).await;
-        self.routes.invalidate(&route.tenant_id.to_string()).await;
-        if !route.phone_number_id.is_empty() {
-            self.routes
-                .invalidate(&phone_key(&route.phone_number_id))
-                .await;
+        for key in Self::keys(route) {
+            self.routes.invalidate(&key).await;
         }
     }
 

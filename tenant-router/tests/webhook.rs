@@ -1419,3 +1419,92 @@ async fn a_tenant_being_restored_is_read_refuses_writes_retryably_and_loses_no_d
         "the delivery kept during the restore is stored afterwards"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_number_routes_to_its_tenant_until_it_is_removed() {
+    let pg = pg_harness::shared();
+    let s = setup("wh-november", "900000021", pg).await;
+    let db = s.plane.database_of("wh-november").await;
+    let number = |add: bool| {
+        let plane = &s.plane;
+        async move {
+            let req = plane.admin_req(proto::control::v1::NumberRequest {
+                tenant: "wh-november".into(),
+                phone_number_id: "900000022".into(),
+                display_phone: String::new(),
+            });
+            let mut admin = plane.admin().await;
+            if add {
+                admin.add_number(req).await.unwrap();
+            } else {
+                admin.remove_number(req).await.unwrap();
+            }
+        }
+    };
+    number(true).await;
+    // A delivery to the second number lands in the tenant's database.
+    let mut n = 0;
+    let stored = eventually(Duration::from_secs(5), || {
+        n += 1;
+        let wamid = format!("wamid.N{n}");
+        let body = delivery(
+            "900000022",
+            json!([text_msg(&wamid, "5511912340000", "segunda linha")]),
+            json!([]),
+        );
+        let (router, db) = (&s.router, db.clone());
+        async move {
+            post(router, &body).await == 200
+                && count(
+                    pg,
+                    &db,
+                    &format!("SELECT count(*) FROM mensagens WHERE wamid = '{wamid}'"),
+                )
+                .await
+                    == 1
+        }
+    })
+    .await;
+    assert!(stored, "a delivery to the second number is stored");
+    // Removed: the router forgets it, deliveries to it are no longer stored there.
+    number(false).await;
+    let mut m = 0;
+    let forgotten = eventually(Duration::from_secs(5), || {
+        m += 1;
+        let wamid = format!("wamid.R{m}");
+        let body = delivery(
+            "900000022",
+            json!([text_msg(&wamid, "5511912340000", "removido")]),
+            json!([]),
+        );
+        let (router, db) = (&s.router, db.clone());
+        async move {
+            post(router, &body).await == 200
+                && count(
+                    pg,
+                    &db,
+                    &format!("SELECT count(*) FROM mensagens WHERE wamid = '{wamid}'"),
+                )
+                .await
+                    == 0
+        }
+    })
+    .await;
+    assert!(forgotten, "a removed number still routes to the tenant");
+    // The first number is untouched.
+    let body = delivery(
+        "900000021",
+        json!([text_msg("wamid.F1", "5511912340000", "primeira")]),
+        json!([]),
+    );
+    assert_eq!(post(&s.router, &body).await, 200);
+    assert_eq!(
+        count(
+            pg,
+            &db,
+            "SELECT count(*) FROM mensagens WHERE wamid = 'wamid.F1'"
+        )
+        .await,
+        1
+    );
+}

@@ -16,7 +16,7 @@ pub struct Tombstone {
 }
 
 impl Catalog {
-    /// Marks a (suspended) tenant deleted: its WhatsApp number is free at once, and it is
+    /// Marks a (suspended) tenant deleted: its WhatsApp numbers are free at once, and it is
     /// purged `purge_after_secs` from now. Idempotent (a second call keeps the first
     /// purge time).
     pub async fn mark_deleted(
@@ -26,9 +26,9 @@ impl Catalog {
         reason: Option<&str>,
         purge_after_secs: u64,
     ) -> Result<()> {
-        let n = self
-            .client()
-            .await?
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let n = tx
             .execute(
                 "UPDATE empresas SET status = 'deleted', \
                  phone_number_id_anterior = coalesce(phone_number_id_anterior, phone_number_id), \
@@ -45,6 +45,10 @@ impl Catalog {
                 "tenant must be suspended before it is deleted".into(),
             ));
         }
+        // Its further numbers are free at once too.
+        tx.execute("DELETE FROM numeros WHERE empresa_id = $1", &[&id])
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -54,6 +54,8 @@ pub struct TenantRecord {
     /// Sealed Evolution webhook token, if one was issued.
     pub sealed_webhook_token: Option<Vec<u8>>,
     pub phone_number_id: Option<String>,
+    /// Further WhatsApp numbers (`tenantctl number add`).
+    pub extra_numbers: Vec<String>,
     pub display_phone: Option<String>,
     pub plan: String,
     /// The plan's pool size per tenant.
@@ -71,6 +73,12 @@ pub struct TenantRecord {
 }
 
 impl TenantRecord {
+    /// Whether `phone_number_id` is one of the tenant's numbers.
+    pub fn owns_number(&self, phone_number_id: &str) -> bool {
+        self.phone_number_id.as_deref() == Some(phone_number_id)
+            || self.extra_numbers.iter().any(|n| n == phone_number_id)
+    }
+
     /// The names of the tenant's current generation, active login first (`None` under the
     /// legacy model).
     pub fn names(&self) -> Option<TenantNames> {
@@ -142,7 +150,8 @@ fn tenant_select() -> &'static str {
              s.orcamento_conexoes, e.banco, e.papel, e.senha_cifrada, e.phone_number_id, e.telefone_exibicao, e.plano, \
              e.schema_version, e.sector_schema_version, e.migration_status, e.migration_error, e.provision_steps, \
              e.version, {}, {}, e.webhook_token_cifrado, e.modelo_papeis, e.geracao, e.papel_dono, \
-             e.senha_dono_cifrada, e.papel_reserva, e.senha_reserva_cifrada, e.papel_legado, p.max_conexoes, p.chamadas_por_segundo \
+             e.senha_dono_cifrada, e.papel_reserva, e.senha_reserva_cifrada, e.papel_legado, p.max_conexoes, p.chamadas_por_segundo, \
+             ARRAY(SELECT n.phone_number_id FROM numeros n WHERE n.empresa_id = e.id ORDER BY n.id) \
              FROM empresas e JOIN servidores s ON s.id = e.servidor_id JOIN planos p ON p.nome = e.plano",
             epoch_ms("e.criado_em"),
             epoch_ms("e.atualizado_em")
@@ -193,6 +202,7 @@ fn tenant_from_row(row: &Row) -> Result<TenantRecord> {
         plan_calls_per_second: row
             .get::<_, Option<i32>>(34)
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        extra_numbers: row.get(35),
     })
 }
 
@@ -531,8 +541,11 @@ impl Catalog {
 
     /// One tenant by WhatsApp `phone_number_id`.
     pub async fn tenant_by_phone(&self, phone_number_id: &str) -> Result<Option<TenantRecord>> {
-        self.tenant_where("e.phone_number_id = $1", &phone_number_id)
-            .await
+        self.tenant_where(
+            "(e.phone_number_id = $1 OR e.id = (SELECT n.empresa_id FROM numeros n WHERE n.phone_number_id = $1))",
+            &phone_number_id,
+        )
+        .await
     }
 
     async fn tenant_where(

@@ -6,6 +6,7 @@
 
 mod access;
 mod backups;
+mod numbers;
 mod output;
 mod settings;
 mod users;
@@ -173,6 +174,9 @@ enum Command {
     /// A tenant's secrets (WhatsApp access token, AI provider keys): values in, never out.
     #[command(subcommand)]
     Secret(settings::SecretCommand),
+    /// A tenant's WhatsApp (Meta) numbers.
+    #[command(subcommand)]
+    Number(numbers::NumberCommand),
 }
 
 #[derive(Subcommand)]
@@ -693,6 +697,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::User(cmd) => users::user(&mut client, cmd, json).await?,
         Command::Settings(cmd) => settings::settings(&mut client, cmd, json).await?,
         Command::Secret(cmd) => settings::secret(&mut client, cmd, json).await?,
+        Command::Number(cmd) => numbers::number(&mut client, cmd, json).await?,
         Command::Router(cmd) => access::router(&mut client, cmd, json).await?,
         Command::Rotate(a) => return access::rotate(&mut client, a, json).await,
         Command::Backup(a) => return backups::backup(&mut client, a, json).await,

@@ -1141,6 +1141,27 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         self.do_delete_secret(request).await
     }
 
+    async fn add_number(
+        &self,
+        request: Request<pb::NumberRequest>,
+    ) -> Result<Response<pb::Numbers>, GrpcStatus> {
+        self.do_add_number(request).await
+    }
+
+    async fn remove_number(
+        &self,
+        request: Request<pb::NumberRequest>,
+    ) -> Result<Response<pb::Numbers>, GrpcStatus> {
+        self.do_remove_number(request).await
+    }
+
+    async fn list_numbers(
+        &self,
+        request: Request<pb::TenantRef>,
+    ) -> Result<Response<pb::Numbers>, GrpcStatus> {
+        self.do_list_numbers(request).await
+    }
+
     async fn get_usage(
         &self,
         request: Request<pb::UsageRequest>,

@@ -64,7 +64,7 @@ impl DirectoryService {
         if !router.serves(&tenant.server_name) {
             return Err(not_found());
         }
-        if source == WebhookSource::Meta && tenant.phone_number_id.as_deref() != phone {
+        if source == WebhookSource::Meta && !phone.is_some_and(|p| tenant.owns_number(p)) {
             return Err(Status::invalid_argument(
                 "the delivery's phone_number_id is not the tenant's",
             ));

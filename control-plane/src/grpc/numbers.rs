@@ -1,0 +1,91 @@
+//! `TenantAdmin` methods for a tenant's WhatsApp numbers.
+
+use super::admin::AdminService;
+use crate::auth::Role;
+use crate::catalog::TenantRecord;
+use crate::error::Error;
+use crate::model;
+use proto::control::v1 as pb;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+impl AdminService {
+    async fn numbers_pb(&self, t: &TenantRecord) -> Result<pb::Numbers, Error> {
+        Ok(pb::Numbers {
+            tenant: t.slug.clone(),
+            numbers: self
+                .catalog
+                .numbers(t.id)
+                .await?
+                .into_iter()
+                .map(|n| pb::NumberInfo {
+                    phone_number_id: n.phone_number_id,
+                    display_phone: n.display_phone.unwrap_or_default(),
+                    primary: n.primary,
+                })
+                .collect(),
+        })
+    }
+
+    pub(super) async fn do_add_number(
+        &self,
+        request: Request<pb::NumberRequest>,
+    ) -> Result<Response<pb::Numbers>, GrpcStatus> {
+        let actor = self.actor(&request, Role::Operator, "number.add").await?;
+        let r = request.into_inner();
+        let number = model::phone_number_id(&r.phone_number_id)?;
+        let display = match r.display_phone.trim() {
+            "" => None,
+            p => Some(model::display_phone(p)?),
+        };
+        let t = self.tenant(&r.tenant).await?;
+        self.catalog
+            .add_number(t.id, &number, display.as_deref(), &actor)
+            .await?;
+        self.catalog
+            .audit(
+                &actor,
+                "number.add",
+                Some(t.id),
+                &t.slug,
+                serde_json::json!({"phone_number_id": number}),
+            )
+            .await?;
+        Ok(Response::new(self.numbers_pb(&t).await?))
+    }
+
+    pub(super) async fn do_remove_number(
+        &self,
+        request: Request<pb::NumberRequest>,
+    ) -> Result<Response<pb::Numbers>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Operator, "number.remove")
+            .await?;
+        let r = request.into_inner();
+        let number = model::phone_number_id(&r.phone_number_id)?;
+        let t = self.tenant(&r.tenant).await?;
+        if !self.catalog.remove_number(t.id, &number).await? {
+            return Err(
+                Error::NotFound(format!("tenant {} has no number {number}", t.slug)).into(),
+            );
+        }
+        self.catalog
+            .audit(
+                &actor,
+                "number.remove",
+                Some(t.id),
+                &t.slug,
+                serde_json::json!({"phone_number_id": number}),
+            )
+            .await?;
+        Ok(Response::new(self.numbers_pb(&t).await?))
+    }
+
+    pub(super) async fn do_list_numbers(
+        &self,
+        request: Request<pb::TenantRef>,
+    ) -> Result<Response<pb::Numbers>, GrpcStatus> {
+        self.actor(&request, Role::Viewer, "number.list").await?;
+        let t = self.tenant(&request.into_inner().tenant).await?;
+        Ok(Response::new(self.numbers_pb(&t).await?))
+    }
+}
