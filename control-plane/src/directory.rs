@@ -30,6 +30,7 @@ pub enum ResolveKey {
     Id(i64),
     Slug(String),
     PhoneNumberId(String),
+    EvolutionInstance(String),
 }
 
 /// One change watchers hear of.
@@ -91,9 +92,15 @@ impl Directory {
                 let p = crate::model::phone_number_id(p)?;
                 self.catalog.tenant_by_phone(&p).await?
             }
+            ResolveKey::EvolutionInstance(name) => {
+                match self.catalog.tenant_of_instance(name).await? {
+                    Some(id) => self.catalog.tenant_by_id(id).await?,
+                    None => None,
+                }
+            }
         };
         match tenant {
-            Some(t) if t.status != crate::model::Status::Deleted => self.route(&t),
+            Some(t) if t.status != crate::model::Status::Deleted => self.route(&t).await,
             _ => Err(Error::NotFound("tenant not found".into())),
         }
     }
@@ -108,7 +115,8 @@ impl Directory {
             .await
     }
 
-    fn route(&self, t: &TenantRecord) -> Result<pb::Route> {
+    async fn route(&self, t: &TenantRecord) -> Result<pb::Route> {
+        let instances = self.catalog.evolution_instances(t.id).await?;
         Ok(pb::Route {
             tenant_id: t.id,
             slug: t.slug.clone(),
@@ -126,6 +134,10 @@ impl Directory {
             plan: t.plan.clone(),
             webhook_token: self.catalog.webhook_token(t)?.unwrap_or_default(),
             extra_phone_number_ids: t.extra_numbers.clone(),
+            evolution_instances: instances
+                .into_iter()
+                .map(|(name, token)| pb::EvolutionInstance { name, token })
+                .collect(),
             max_connections: t.plan_max_connections,
             calls_per_second: t.plan_calls_per_second.unwrap_or(0),
         })
@@ -197,10 +209,12 @@ impl Directory {
         if self.changes.receiver_count() == 0 {
             return;
         }
-        match self.catalog.tenant_by_id(id).await.and_then(|t| match t {
-            Some(t) => self.route(&t).map(Some),
-            None => Ok(None),
-        }) {
+        let route = match self.catalog.tenant_by_id(id).await {
+            Ok(Some(t)) => self.route(&t).await.map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        match route {
             Ok(Some(route)) => {
                 let _ = self.changes.send(Change::Route(Arc::new(route)));
             }

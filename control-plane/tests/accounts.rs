@@ -1066,3 +1066,73 @@ async fn a_tenant_has_several_numbers_each_unique_across_tenants() {
         "{audit}"
     );
 }
+
+#[tokio::test]
+async fn evolution_instances_are_named_once_and_their_tokens_shown_once() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 100);
+    plane.ok(&["create", "evo-alpha", "--name", "A", "--sector", "varejo"]);
+    plane.ok(&["create", "evo-bravo", "--name", "B", "--sector", "varejo"]);
+    let added = plane
+        .ok(&[
+            "number",
+            "add-evolution",
+            "evo-alpha",
+            "alpha-vendas",
+            "--json",
+        ])
+        .json();
+    assert_eq!(added["webhook_path"], "/webhooks/evolution/i/alpha-vendas");
+    assert_eq!(added["token"].as_str().unwrap().len(), 43);
+    let listed = plane.ok(&["number", "list", "evo-alpha", "--json"]).json();
+    assert_eq!(
+        listed["evolution_instances"],
+        serde_json::json!(["alpha-vendas"])
+    );
+    assert!(!plane
+        .ok(&["number", "list", "evo-alpha"])
+        .stdout
+        .contains(added["token"].as_str().unwrap()));
+    for (args, code, why) in [
+        (
+            vec!["number", "add-evolution", "evo-bravo", "alpha-vendas"],
+            4,
+            "already exists",
+        ),
+        (
+            vec!["number", "add-evolution", "evo-bravo", "Bad Name"],
+            2,
+            "instance name",
+        ),
+        (
+            vec!["number", "remove-evolution", "evo-bravo", "alpha-vendas"],
+            3,
+            "has no evolution instance",
+        ),
+    ] {
+        let out = plane.ctl(&args);
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(why), "{args:?}: {out:?}");
+    }
+    // Sealed in the catalog under its own context.
+    let sealed: Vec<u8> = plane
+        .catalog()
+        .await
+        .query_one("SELECT token_cifrado FROM instancias_evolution", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        control_plane::crypto::SecretBox::from_base64(common::MASTER_KEY)
+            .unwrap()
+            .open(
+                &sealed,
+                &control_plane::catalog::instance_context("alpha-vendas")
+            )
+            .unwrap(),
+        added["token"].as_str().unwrap()
+    );
+    plane.ok(&["number", "remove-evolution", "evo-alpha", "alpha-vendas"]);
+    plane.ok(&["number", "add-evolution", "evo-bravo", "alpha-vendas"]);
+}

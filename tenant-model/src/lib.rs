@@ -16,7 +16,7 @@ pub use domain::{
 };
 pub use page::{next_page_token, page_after};
 pub use tenant::{Slug, TenantId, TenantKey, TenantStatus};
-pub use webhook::{DeadLetterKind, PhoneNumberId, WebhookSource};
+pub use webhook::{DeadLetterKind, InstanceName, PhoneNumberId, WebhookSource};
 
 /// Why a value was refused; the message names the value's problem (never anything else).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -78,3 +78,44 @@ mod tests {
         }
     }
 }
+
+/// The name of an Evolution API instance (carried in its webhook URL): 3-63 of
+/// `[a-z0-9_-]`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceName(String);
+
+impl InstanceName {
+    /// Parses a name, naming the rule on error.
+    pub fn parse(raw: &str) -> Result<InstanceName, crate::Invalid> {
+        let ok = (3..=63).contains(&raw.len())
+            && raw.bytes().enumerate().all(|(i, b)| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || (i > 0 && (b == b'_' || b == b'-'))
+            });
+        if ok {
+            Ok(InstanceName(raw.to_string()))
+        } else {
+            Err(crate::Invalid(format!(
+                "invalid evolution instance name {raw:?}: 3-63 of [a-z0-9_-], starting with a letter or digit"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod instance_tests {
+    use super::InstanceName;
+
+    #[test]
+    fn instance_names() {
+        for ok in ["vendas", "suporte-2", "a1_b"] {
+            assert_eq!(InstanceName::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in ["ab", "-vendas", "Vendas", "ven das", "v/x", &"a".repeat(64)] {
+            assert!(InstanceName::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -29,12 +29,19 @@ fn phone_key(phone_number_id: &str) -> String {
     format!("{PHONE_PREFIX}{phone_number_id}")
 }
 
+/// The cache key of an Evolution instance (`:` never appears in slugs or ids).
+fn instance_key(name: &str) -> String {
+    format!("evo:{name}")
+}
+
 /// How a route is looked up, parsed at the edge: a tenant (gRPC `x-tenant`, the Evolution
 /// instance) or a WhatsApp business number (Meta deliveries).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RouteKey {
     Tenant(TenantKey),
     Phone(PhoneNumberId),
+    /// An Evolution instance by name (checked by the caller: 3-63 of `[a-z0-9_-]`).
+    Instance(String),
 }
 
 impl RouteKey {
@@ -48,6 +55,7 @@ impl RouteKey {
         match self {
             RouteKey::Tenant(k) => k.to_string(),
             RouteKey::Phone(p) => phone_key(p.as_str()),
+            RouteKey::Instance(name) => instance_key(name),
         }
     }
 
@@ -57,6 +65,7 @@ impl RouteKey {
             RouteKey::Tenant(TenantKey::Id(id)) => Key::Id(id.get()),
             RouteKey::Tenant(TenantKey::Slug(s)) => Key::Slug(s.as_str().to_string()),
             RouteKey::Phone(p) => Key::PhoneNumberId(p.as_str().to_string()),
+            RouteKey::Instance(name) => Key::EvolutionInstance(name.clone()),
         }
     }
 }
@@ -241,6 +250,12 @@ impl RouteCache {
             keys.push(phone_key(&route.phone_number_id));
         }
         keys.extend(route.extra_phone_number_ids.iter().map(|n| phone_key(n)));
+        keys.extend(
+            route
+                .evolution_instances
+                .iter()
+                .map(|i| instance_key(&i.name)),
+        );
         keys
     }
 

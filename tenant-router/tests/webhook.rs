@@ -1508,3 +1508,111 @@ async fn a_second_number_routes_to_its_tenant_until_it_is_removed() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_evolution_instance_has_its_own_url_and_token() {
+    let pg = pg_harness::shared();
+    let s = setup("wh-oscar", "900000031", pg).await;
+    let db = s.plane.database_of("wh-oscar").await;
+    let mut admin = s.plane.admin().await;
+    let first = admin
+        .rotate_webhook_token(s.plane.admin_req(proto::control::v1::TenantRef {
+            tenant: "wh-oscar".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let added = admin
+        .add_evolution_instance(
+            s.plane
+                .admin_req(proto::control::v1::EvolutionInstanceRequest {
+                    tenant: "wh-oscar".into(),
+                    name: "oscar-suporte".into(),
+                }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(added.webhook_path, "/webhooks/evolution/i/oscar-suporte");
+    let body = |id: &str| {
+        serde_json::to_vec(
+            &json!({"event": "messages.upsert", "instance": "oscar-suporte", "data": [
+                {"key": {"remoteJid": "551187650000@s.whatsapp.net", "fromMe": false, "id": id},
+                 "message": {"conversation": "suporte"}}
+            ]}),
+        )
+        .unwrap()
+    };
+    let addr = s.router.http.clone();
+    let send = |path: String, token: String, body: Vec<u8>| {
+        let addr = addr.clone();
+        async move {
+            http(&addr, "POST", &path, &[("apikey", token)], &body)
+                .await
+                .0
+        }
+    };
+    // Its own token only: the tenant's first token does not open it, nor it the slug URL.
+    let path = added.webhook_path.clone();
+    assert_eq!(send(path.clone(), first.clone(), body("I0")).await, 401);
+    assert_eq!(
+        send(
+            "/webhooks/evolution/wh-oscar".into(),
+            added.token.clone(),
+            body("I0")
+        )
+        .await,
+        401
+    );
+    for bad in [
+        "/webhooks/evolution/i/nobody-here",
+        "/webhooks/evolution/i/AB",
+        "/webhooks/evolution/i/",
+    ] {
+        assert_eq!(
+            send(bad.into(), added.token.clone(), body("I0")).await,
+            401,
+            "{bad}"
+        );
+    }
+    let mut n = 0;
+    let stored = eventually(Duration::from_secs(5), || {
+        n += 1;
+        let id = format!("I{n}");
+        let (send, path, token, db) = (&send, path.clone(), added.token.clone(), db.clone());
+        async move {
+            send(path, token, body(&id)).await == 200
+                && count(
+                    pg,
+                    &db,
+                    &format!("SELECT count(*) FROM mensagens WHERE wamid = '{id}'"),
+                )
+                .await
+                    == 1
+        }
+    })
+    .await;
+    assert!(stored, "a delivery to the second instance is stored");
+    assert_eq!(
+        send("/webhooks/evolution/wh-oscar".into(), first, body("F1")).await,
+        200,
+        "the slug URL still works"
+    );
+    // Removed: its URL stops working on the router.
+    admin
+        .remove_evolution_instance(s.plane.admin_req(
+            proto::control::v1::EvolutionInstanceRequest {
+                tenant: "wh-oscar".into(),
+                name: "oscar-suporte".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let gone = eventually(Duration::from_secs(5), || {
+        let (send, path, token) = (&send, path.clone(), added.token.clone());
+        async move { send(path, token, body("GONE")).await == 401 }
+    })
+    .await;
+    assert!(gone, "a removed instance still takes deliveries");
+}

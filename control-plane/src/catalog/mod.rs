@@ -25,7 +25,7 @@ pub use backups::{BackupKind, BackupRecord, NewBackup, OverdueBackup};
 pub use dead_letters::{DeadLetter, NewDeadLetter, Quota as DeadLetterQuota};
 pub use deletion::Tombstone;
 pub use identities::{AuditRecord, OperatorRecord, TokenRecord};
-pub use numbers::NumberRecord;
+pub use numbers::{instance_context, NumberRecord};
 pub use rekey::Resealed;
 pub use restores::{RestoreJob, RetiredGeneration};
 pub use routers::RouterRecord;

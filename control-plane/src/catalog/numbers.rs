@@ -115,3 +115,105 @@ impl Catalog {
         Ok(true)
     }
 }
+
+/// The associated data an Evolution instance's token is sealed with.
+pub fn instance_context(name: &str) -> String {
+    format!("evolution:{name}:token")
+}
+
+impl Catalog {
+    /// A tenant's further Evolution instances with their tokens (opened), by name.
+    pub async fn evolution_instances(&self, tenant_id: i64) -> Result<Vec<(String, String)>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT nome, token_cifrado FROM instancias_evolution WHERE empresa_id = $1 ORDER BY nome",
+                &[&tenant_id],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                let token = self
+                    .secrets()
+                    .open(r.get(1), &instance_context(&name))
+                    .map_err(|e| Error::internal("evolution token", e))?;
+                Ok((name, token))
+            })
+            .collect()
+    }
+
+    /// The tenant holding Evolution instance `name`, if any.
+    pub async fn tenant_of_instance(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT empresa_id FROM instancias_evolution WHERE nome = $1",
+                &[&name],
+            )
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    /// Adds an Evolution instance with a sealed `token` (version bump); `AlreadyExists` if
+    /// the name is taken.
+    pub async fn add_evolution_instance(
+        &self,
+        tenant_id: i64,
+        name: &str,
+        token: &str,
+        by: &Actor,
+    ) -> Result<()> {
+        let sealed = self
+            .secrets()
+            .seal(token, &instance_context(name))
+            .map_err(|e| Error::internal("seal evolution token", e))?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO instancias_evolution (empresa_id, nome, token_cifrado, criado_por) \
+             SELECT id, $2, $3, $4 FROM empresas WHERE id = $1 AND status <> 'deleted'",
+            &[&tenant_id, &name, &sealed, &by.name],
+        )
+        .await
+        .map_err(|e| match unique_violation(&e) {
+            Some(_) => Error::AlreadyExists(format!("evolution instance {name:?} already exists")),
+            None => e.into(),
+        })?;
+        let n = tx
+            .execute(
+                "UPDATE empresas SET version = version + 1, atualizado_em = now() WHERE id = $1 AND status <> 'deleted'",
+                &[&tenant_id],
+            )
+            .await?;
+        if n == 0 {
+            return Err(Error::NotFound("tenant not found".into()));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a tenant's Evolution instance (version bump); whether it had it.
+    pub async fn remove_evolution_instance(&self, tenant_id: i64, name: &str) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let n = tx
+            .execute(
+                "DELETE FROM instancias_evolution WHERE empresa_id = $1 AND nome = $2",
+                &[&tenant_id, &name],
+            )
+            .await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "UPDATE empresas SET version = version + 1, atualizado_em = now() WHERE id = $1",
+            &[&tenant_id],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

@@ -19,7 +19,7 @@ pub struct Resealed {
 
 /// A sealed column: table, key column, sealed column, and the SQL expression of its
 /// associated data (the same string the code binds when sealing).
-const COLUMNS: [(&str, &str, &str, &str); 8] = [
+const COLUMNS: [(&str, &str, &str, &str); 9] = [
     (
         "empresas",
         "id",
@@ -62,6 +62,13 @@ const COLUMNS: [(&str, &str, &str, &str); 8] = [
         "id",
         "valor_cifrado",
         "'tenant:' || empresa_id || ':secret:' || nome",
+    ),
+    // Evolution instances' webhook tokens (see `catalog::numbers`).
+    (
+        "instancias_evolution",
+        "id",
+        "token_cifrado",
+        "'evolution:' || nome || ':token'",
     ),
     // Each backup's data key (see `backup::key_context`).
     ("backups", "id", "chave_cifrada", "'backup:' || objeto"),

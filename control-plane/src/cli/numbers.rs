@@ -18,8 +18,13 @@ pub(super) enum NumberCommand {
         tenant: String,
         phone_number_id: String,
     },
-    /// A tenant's numbers.
+    /// A tenant's numbers and Evolution instances.
     List { tenant: String },
+    /// Give a tenant another Evolution API instance: prints its token (once) and webhook
+    /// path (`/webhooks/evolution/i/NAME`); the slug URL stays the tenant's first instance.
+    AddEvolution { tenant: String, name: String },
+    /// Take an Evolution instance from a tenant (its URL stops working on every router).
+    RemoveEvolution { tenant: String, name: String },
 }
 
 pub(super) async fn number(
@@ -54,11 +59,34 @@ pub(super) async fn number(
                 .await?
         }
         NumberCommand::List { tenant } => client.list_numbers(pb::TenantRef { tenant }).await?,
+        NumberCommand::AddEvolution { tenant, name } => {
+            let added = client
+                .add_evolution_instance(pb::EvolutionInstanceRequest { tenant, name })
+                .await?
+                .into_inner();
+            if json {
+                output::json(&serde_json::json!({
+                    "name": added.name, "token": added.token, "webhook_path": added.webhook_path,
+                }));
+            } else {
+                output::line(&format!(
+                    "instance {}: webhook {} with token {}",
+                    added.name, added.webhook_path, added.token
+                ));
+            }
+            return Ok(());
+        }
+        NumberCommand::RemoveEvolution { tenant, name } => {
+            client
+                .remove_evolution_instance(pb::EvolutionInstanceRequest { tenant, name })
+                .await?
+        }
     }
     .into_inner();
     if json {
         output::json(&serde_json::json!({
             "tenant": n.tenant,
+            "evolution_instances": n.evolution_instances,
             "numbers": n.numbers.iter().map(|x| serde_json::json!({
                 "phone_number_id": x.phone_number_id,
                 "display_phone": x.display_phone,
@@ -83,5 +111,11 @@ pub(super) async fn number(
         })
         .collect();
     output::table(&["PHONE_NUMBER_ID", "DISPLAY", ""], &rows);
+    if !n.evolution_instances.is_empty() {
+        output::line(&format!(
+            "evolution instances: {}",
+            n.evolution_instances.join(", ")
+        ));
+    }
     Ok(())
 }

@@ -1155,6 +1155,20 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         self.do_remove_number(request).await
     }
 
+    async fn add_evolution_instance(
+        &self,
+        request: Request<pb::EvolutionInstanceRequest>,
+    ) -> Result<Response<pb::EvolutionInstanceAdded>, GrpcStatus> {
+        self.do_add_evolution_instance(request).await
+    }
+
+    async fn remove_evolution_instance(
+        &self,
+        request: Request<pb::EvolutionInstanceRequest>,
+    ) -> Result<Response<pb::Numbers>, GrpcStatus> {
+        self.do_remove_evolution_instance(request).await
+    }
+
     async fn list_numbers(
         &self,
         request: Request<pb::TenantRef>,

@@ -95,6 +95,12 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
             Some(pb::resolve_request::Key::Id(id)) => ResolveKey::Id(id),
             Some(pb::resolve_request::Key::Slug(s)) => ResolveKey::Slug(s),
             Some(pb::resolve_request::Key::PhoneNumberId(p)) => ResolveKey::PhoneNumberId(p),
+            Some(pb::resolve_request::Key::EvolutionInstance(name)) => {
+                if name.len() > 63 {
+                    return Err(Status::invalid_argument("evolution instance name too long"));
+                }
+                ResolveKey::EvolutionInstance(name)
+            }
             None => {
                 return Err(Status::invalid_argument(
                     "resolve needs an id, a slug or a phone_number_id",

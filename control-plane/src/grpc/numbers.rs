@@ -23,6 +23,13 @@ impl AdminService {
                     primary: n.primary,
                 })
                 .collect(),
+            evolution_instances: self
+                .catalog
+                .evolution_instances(t.id)
+                .await?
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect(),
         })
     }
 
@@ -80,6 +87,65 @@ impl AdminService {
         Ok(Response::new(self.numbers_pb(&t).await?))
     }
 
+    pub(super) async fn do_add_evolution_instance(
+        &self,
+        request: Request<pb::EvolutionInstanceRequest>,
+    ) -> Result<Response<pb::EvolutionInstanceAdded>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Operator, "evolution-instance.add")
+            .await?;
+        let r = request.into_inner();
+        let name = instance_name(&r.name)?;
+        let t = self.tenant(&r.tenant).await?;
+        let token = crate::crypto::random_password();
+        self.catalog
+            .add_evolution_instance(t.id, &name, &token, &actor)
+            .await?;
+        self.catalog
+            .audit(
+                &actor,
+                "evolution-instance.add",
+                Some(t.id),
+                &t.slug,
+                serde_json::json!({"instance": name}),
+            )
+            .await?;
+        Ok(Response::new(pb::EvolutionInstanceAdded {
+            webhook_path: format!("/webhooks/evolution/i/{name}"),
+            name,
+            token,
+        }))
+    }
+
+    pub(super) async fn do_remove_evolution_instance(
+        &self,
+        request: Request<pb::EvolutionInstanceRequest>,
+    ) -> Result<Response<pb::Numbers>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Operator, "evolution-instance.remove")
+            .await?;
+        let r = request.into_inner();
+        let name = instance_name(&r.name)?;
+        let t = self.tenant(&r.tenant).await?;
+        if !self.catalog.remove_evolution_instance(t.id, &name).await? {
+            return Err(Error::NotFound(format!(
+                "tenant {} has no evolution instance {name}",
+                t.slug
+            ))
+            .into());
+        }
+        self.catalog
+            .audit(
+                &actor,
+                "evolution-instance.remove",
+                Some(t.id),
+                &t.slug,
+                serde_json::json!({"instance": name}),
+            )
+            .await?;
+        Ok(Response::new(self.numbers_pb(&t).await?))
+    }
+
     pub(super) async fn do_list_numbers(
         &self,
         request: Request<pb::TenantRef>,
@@ -88,4 +154,11 @@ impl AdminService {
         let t = self.tenant(&request.into_inner().tenant).await?;
         Ok(Response::new(self.numbers_pb(&t).await?))
     }
+}
+
+/// An Evolution instance name (one rule, `tenant_model::InstanceName`).
+fn instance_name(raw: &str) -> Result<String, Error> {
+    Ok(tenant_model::InstanceName::parse(raw.trim())?
+        .as_str()
+        .to_string())
 }

@@ -248,21 +248,37 @@ impl Webhooks {
                 .inc();
             Answer::Unauthorized
         };
-        let Ok(slug) = Slug::parse(instance) else {
-            return unauthorized();
+        // `i/<name>`: one of the tenant's further instances, with its own token; a slug:
+        // the tenant's first instance.
+        let key = match instance.strip_prefix("i/") {
+            Some(name) => match tenant_model::InstanceName::parse(name) {
+                Ok(n) => RouteKey::Instance(n.as_str().to_string()),
+                Err(_) => return unauthorized(),
+            },
+            None => match Slug::parse(instance) {
+                Ok(slug) => RouteKey::Tenant(TenantKey::Slug(slug)),
+                Err(_) => return unauthorized(),
+            },
         };
-        let route = match self
-            .path
-            .route(&RouteKey::Tenant(TenantKey::Slug(slug)))
-            .await
-        {
+        let route = match self.path.route(&key).await {
             Ok(r) => r,
             Err(RouterError::TenantNotFound) | Err(RouterError::InvalidArgument(_)) => {
                 return unauthorized()
             }
             Err(_) => return Answer::Retry,
         };
-        let expected = route.route.webhook_token.as_bytes();
+        let expected = match &key {
+            RouteKey::Instance(name) => match route
+                .route
+                .evolution_instances
+                .iter()
+                .find(|i| &i.name == name)
+            {
+                Some(i) => i.token.as_bytes(),
+                None => return unauthorized(),
+            },
+            _ => route.route.webhook_token.as_bytes(),
+        };
         let presented = token.unwrap_or("").as_bytes();
         if expected.is_empty() || !signature_eq(expected, presented) {
             return unauthorized();
