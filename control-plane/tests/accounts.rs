@@ -1136,3 +1136,98 @@ async fn evolution_instances_are_named_once_and_their_tokens_shown_once() {
     plane.ok(&["number", "remove-evolution", "evo-alpha", "alpha-vendas"]);
     plane.ok(&["number", "add-evolution", "evo-bravo", "alpha-vendas"]);
 }
+
+#[tokio::test]
+async fn a_router_reads_settings_and_reports_usage_only_for_its_own_servers_tenants() {
+    use proto::control::v1::{
+        tenant_directory_client::TenantDirectoryClient, TenantSettingsRequest, TenantUsage,
+        UsageReport,
+    };
+    let plane = Plane::start().await;
+    plane.add_server("pg-a", pg_harness::shared(), 100);
+    plane.add_server("pg-b", pg_harness::shared_second(), 100);
+    plane.ok(&[
+        "create", "dir-a", "--name", "A", "--sector", "servicos", "--server", "pg-a",
+    ]);
+    let on_b = plane
+        .ok(&[
+            "create", "dir-b", "--name", "B", "--sector", "servicos", "--server", "pg-b", "--json",
+        ])
+        .json();
+    let b_id = on_b["id"].as_i64().unwrap();
+    let out = plane.ctl_env(
+        &["secret", "set", "dir-b", "openai_api_key"],
+        &[],
+        Some("sk-do-b\n"),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    // A stolen credential of a router that serves pg-a only.
+    let edge = plane
+        .ok(&["router", "add", "edge-a", "--server", "pg-a"])
+        .stdout
+        .trim()
+        .to_string();
+    let mut dir = TenantDirectoryClient::new(plane.channel().await);
+    let read = dir
+        .get_tenant_settings(authed(
+            TenantSettingsRequest {
+                tenant_id: b_id,
+                with_secrets: true,
+            },
+            &edge,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        read.code(),
+        Code::NotFound,
+        "another server's tenant does not exist for it"
+    );
+    assert!(!read.message().contains("sk-"));
+    let report = |tenants: Vec<TenantUsage>| authed(UsageReport { tenants }, &edge);
+    let recorded = dir
+        .report_usage(report(vec![TenantUsage {
+            tenant_id: b_id,
+            calls: 1_000_000,
+            messages: 5,
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        recorded.recorded, 0,
+        "usage of a tenant it does not serve is not counted"
+    );
+    assert_eq!(
+        plane.ok(&["usage", "dir-b", "--json"]).json()[0]["calls_today"],
+        0
+    );
+    let flood: Vec<TenantUsage> = (0..10_001)
+        .map(|i| TenantUsage {
+            tenant_id: i,
+            calls: 1,
+            messages: 0,
+        })
+        .collect();
+    assert_eq!(
+        dir.report_usage(report(flood)).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    // A user's or a service's token is no router credential here.
+    let caller = plane
+        .ok(&["token", "issue", "--all"])
+        .stdout
+        .trim()
+        .to_string();
+    let e = dir
+        .get_tenant_settings(authed(
+            TenantSettingsRequest {
+                tenant_id: b_id,
+                with_secrets: true,
+            },
+            &caller,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+}
