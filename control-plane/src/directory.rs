@@ -100,7 +100,7 @@ impl Directory {
             }
         };
         match tenant {
-            Some(t) if t.status != crate::model::Status::Deleted => self.route(&t).await,
+            Some(t) if t.status != crate::model::Status::Deleted => self.route(&t),
             _ => Err(Error::NotFound("tenant not found".into())),
         }
     }
@@ -115,8 +115,8 @@ impl Directory {
             .await
     }
 
-    async fn route(&self, t: &TenantRecord) -> Result<pb::Route> {
-        let instances = self.catalog.evolution_instances(t.id).await?;
+    fn route(&self, t: &TenantRecord) -> Result<pb::Route> {
+        let instances = self.catalog.instance_tokens(t)?;
         Ok(pb::Route {
             tenant_id: t.id,
             slug: t.slug.clone(),
@@ -209,12 +209,10 @@ impl Directory {
         if self.changes.receiver_count() == 0 {
             return;
         }
-        let route = match self.catalog.tenant_by_id(id).await {
-            Ok(Some(t)) => self.route(&t).await.map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
-        };
-        match route {
+        match self.catalog.tenant_by_id(id).await.and_then(|t| match t {
+            Some(t) => self.route(&t).map(Some),
+            None => Ok(None),
+        }) {
             Ok(Some(route)) => {
                 let _ = self.changes.send(Change::Route(Arc::new(route)));
             }

@@ -254,7 +254,7 @@ async fn every_rpc_with_every_role_is_allowed_or_denied_by_the_role() {
     plane.add_server("main", pg, 50).await;
     let t = plane.create("us-alpha", "servicos", "main").await;
     plane.create("us-bravo", "servicos", "main").await;
-    plane.set_plan_users("us-alpha", 10).await;
+    plane.set_plan_users(10).await;
     let router = Router::start(&plane, &[]).await;
     let ch = router.channel().await;
     // A lead and a conversation to act on, made with a service token.

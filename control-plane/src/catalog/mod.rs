@@ -167,6 +167,24 @@ impl Catalog {
     }
 }
 
+/// Bumps a (not deleted) tenant's version inside `tx`: routers hear of the change and drop
+/// what they cached of the tenant. `NotFound` if there is no such tenant.
+pub(crate) async fn bump_version(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant_id: i64,
+) -> Result<()> {
+    let n = tx
+        .execute(
+            "UPDATE empresas SET version = version + 1, atualizado_em = now() WHERE id = $1 AND status <> 'deleted'",
+            &[&tenant_id],
+        )
+        .await?;
+    if n == 0 {
+        return Err(Error::NotFound("tenant not found".into()));
+    }
+    Ok(())
+}
+
 /// The name of the violated unique constraint, if `err` is a unique violation.
 pub(crate) fn unique_violation(err: &tokio_postgres::Error) -> Option<String> {
     let db = err.as_db_error()?;

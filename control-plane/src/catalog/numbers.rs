@@ -77,11 +77,7 @@ impl Catalog {
             .await
             .map_err(taken)?;
         }
-        tx.execute(
-            "UPDATE empresas SET version = version + 1, atualizado_em = now() WHERE id = $1",
-            &[&tenant_id],
-        )
-        .await?;
+        super::bump_version(&tx, tenant_id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -106,11 +102,7 @@ impl Catalog {
         if primary + extra == 0 {
             return Ok(false);
         }
-        tx.execute(
-            "UPDATE empresas SET version = version + 1, atualizado_em = now() WHERE id = $1",
-            &[&tenant_id],
-        )
-        .await?;
+        super::bump_version(&tx, tenant_id).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -123,23 +115,17 @@ pub fn instance_context(name: &str) -> String {
 
 impl Catalog {
     /// A tenant's further Evolution instances with their tokens (opened), by name.
-    pub async fn evolution_instances(&self, tenant_id: i64) -> Result<Vec<(String, String)>> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT nome, token_cifrado FROM instancias_evolution WHERE empresa_id = $1 ORDER BY nome",
-                &[&tenant_id],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let name: String = r.get(0);
+    pub fn instance_tokens(&self, tenant: &super::TenantRecord) -> Result<Vec<(String, String)>> {
+        tenant
+            .evolution_instances
+            .iter()
+            .zip(&tenant.sealed_instance_tokens)
+            .map(|(name, sealed)| {
                 let token = self
                     .secrets()
-                    .open(r.get(1), &instance_context(&name))
+                    .open(sealed, &instance_context(name))
                     .map_err(|e| Error::internal("evolution token", e))?;
-                Ok((name, token))
+                Ok((name.clone(), token))
             })
             .collect()
     }
@@ -182,15 +168,7 @@ impl Catalog {
             Some(_) => Error::AlreadyExists(format!("evolution instance {name:?} already exists")),
             None => e.into(),
         })?;
-        let n = tx
-            .execute(
-                "UPDATE empresas SET version = version + 1, atualizado_em = now() WHERE id = $1 AND status <> 'deleted'",
-                &[&tenant_id],
-            )
-            .await?;
-        if n == 0 {
-            return Err(Error::NotFound("tenant not found".into()));
-        }
+        super::bump_version(&tx, tenant_id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -208,11 +186,7 @@ impl Catalog {
         if n == 0 {
             return Ok(false);
         }
-        tx.execute(
-            "UPDATE empresas SET version = version + 1, atualizado_em = now() WHERE id = $1",
-            &[&tenant_id],
-        )
-        .await?;
+        super::bump_version(&tx, tenant_id).await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -57,7 +57,7 @@ impl Catalog {
             &[&tenant_id, &doc, &by.name],
         )
         .await?;
-        bump(&tx, tenant_id).await?;
+        super::bump_version(&tx, tenant_id).await?;
         tx.commit().await?;
         Ok(merged)
     }
@@ -83,7 +83,7 @@ impl Catalog {
             &[&tenant_id, &name, &sealed, &by.name],
         )
         .await?;
-        bump(&tx, tenant_id).await?;
+        super::bump_version(&tx, tenant_id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -98,7 +98,7 @@ impl Catalog {
                 &[&tenant_id, &name],
             )
             .await?;
-        bump(&tx, tenant_id).await?;
+        super::bump_version(&tx, tenant_id).await?;
         tx.commit().await?;
         Ok(n > 0)
     }
@@ -142,18 +142,4 @@ impl Catalog {
             })
             .collect()
     }
-}
-
-/// Bumps a tenant's version: routers hear of it and drop what they cached.
-async fn bump(tx: &deadpool_postgres::Transaction<'_>, tenant_id: i64) -> Result<()> {
-    let n = tx
-        .execute(
-            "UPDATE empresas SET version = version + 1, atualizado_em = now() WHERE id = $1 AND status <> 'deleted'",
-            &[&tenant_id],
-        )
-        .await?;
-    if n == 0 {
-        return Err(Error::NotFound("tenant not found".into()));
-    }
-    Ok(())
 }

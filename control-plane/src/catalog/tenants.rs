@@ -56,6 +56,10 @@ pub struct TenantRecord {
     pub phone_number_id: Option<String>,
     /// Further WhatsApp numbers (`tenantctl number add`).
     pub extra_numbers: Vec<String>,
+    /// Further Evolution instances by name, and their sealed tokens in the same order
+    /// (open with [`Catalog::instance_tokens`]).
+    pub evolution_instances: Vec<String>,
+    pub sealed_instance_tokens: Vec<Vec<u8>>,
     pub display_phone: Option<String>,
     pub plan: String,
     /// The plan's pool size per tenant.
@@ -151,7 +155,9 @@ fn tenant_select() -> &'static str {
              e.schema_version, e.sector_schema_version, e.migration_status, e.migration_error, e.provision_steps, \
              e.version, {}, {}, e.webhook_token_cifrado, e.modelo_papeis, e.geracao, e.papel_dono, \
              e.senha_dono_cifrada, e.papel_reserva, e.senha_reserva_cifrada, e.papel_legado, p.max_conexoes, p.chamadas_por_segundo, \
-             ARRAY(SELECT n.phone_number_id FROM numeros n WHERE n.empresa_id = e.id ORDER BY n.id) \
+             ARRAY(SELECT n.phone_number_id FROM numeros n WHERE n.empresa_id = e.id ORDER BY n.id), \
+             ARRAY(SELECT i.nome FROM instancias_evolution i WHERE i.empresa_id = e.id ORDER BY i.nome), \
+             ARRAY(SELECT i.token_cifrado FROM instancias_evolution i WHERE i.empresa_id = e.id ORDER BY i.nome) \
              FROM empresas e JOIN servidores s ON s.id = e.servidor_id JOIN planos p ON p.nome = e.plano",
             epoch_ms("e.criado_em"),
             epoch_ms("e.atualizado_em")
@@ -203,6 +209,8 @@ fn tenant_from_row(row: &Row) -> Result<TenantRecord> {
             .get::<_, Option<i32>>(34)
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         extra_numbers: row.get(35),
+        evolution_instances: row.get(36),
+        sealed_instance_tokens: row.get(37),
     })
 }
 

@@ -141,9 +141,7 @@ impl pb::auth_server::Auth for AccountsService {
     ) -> Result<Response<pb::LogoutResponse>, Status> {
         let claims = self.claims(&request, Kind::User)?;
         let ended = self.accounts.logout(&claims).await?;
-        Ok(Response::new(pb::LogoutResponse {
-            sessions_ended: i64::try_from(ended).unwrap_or(i64::MAX),
-        }))
+        Ok(Response::new(ended_pb(ended)))
     }
 
     async fn change_password(
@@ -156,9 +154,7 @@ impl pb::auth_server::Auth for AccountsService {
             .accounts
             .change_password(&claims, &r.current_password, &r.new_password)
             .await?;
-        Ok(Response::new(pb::LogoutResponse {
-            sessions_ended: i64::try_from(ended).unwrap_or(i64::MAX),
-        }))
+        Ok(Response::new(ended_pb(ended)))
     }
 
     async fn request_password_reset(
@@ -193,9 +189,7 @@ impl pb::auth_server::Auth for AccountsService {
             .accounts
             .reset_password(&r.token, &r.new_password)
             .await?;
-        Ok(Response::new(pb::LogoutResponse {
-            sessions_ended: i64::try_from(ended).unwrap_or(i64::MAX),
-        }))
+        Ok(Response::new(ended_pb(ended)))
     }
 }
 
@@ -255,6 +249,12 @@ impl pb::users_server::Users for AccountsService {
             .update_user(&target, role, status, &actor)
             .await?;
         Ok(Response::new(user_to_wire(&updated)))
+    }
+}
+
+fn ended_pb(ended: u64) -> pb::LogoutResponse {
+    pb::LogoutResponse {
+        sessions_ended: i64::try_from(ended).unwrap_or(i64::MAX),
     }
 }
 

@@ -9,7 +9,10 @@ use proto::control::v1 as pb;
 use tonic::{Request, Response, Status as GrpcStatus};
 
 impl AdminService {
+    /// The tenant's numbers and instances as they are now (after a change just made).
     async fn numbers_pb(&self, t: &TenantRecord) -> Result<pb::Numbers, Error> {
+        let now = self.catalog.tenant_by_id(t.id).await?;
+        let t = now.as_ref().unwrap_or(t);
         Ok(pb::Numbers {
             tenant: t.slug.clone(),
             numbers: self
@@ -23,13 +26,7 @@ impl AdminService {
                     primary: n.primary,
                 })
                 .collect(),
-            evolution_instances: self
-                .catalog
-                .evolution_instances(t.id)
-                .await?
-                .into_iter()
-                .map(|(name, _)| name)
-                .collect(),
+            evolution_instances: t.evolution_instances.clone(),
         })
     }
 

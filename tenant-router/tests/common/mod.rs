@@ -156,7 +156,7 @@ impl Plane {
     }
 
     /// Lets the basic plan hold `n` users.
-    pub async fn set_plan_users(&self, _slug: &str, n: i32) {
+    pub async fn set_plan_users(&self, n: i32) {
         pg_harness::shared()
             .connect(&self.catalog_db)
             .await
