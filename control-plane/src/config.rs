@@ -64,6 +64,52 @@ pub struct Config {
     /// Users who log in: password hashing, token lifetimes, guessing limits.
     #[serde(default)]
     pub accounts: Accounts,
+    /// The ingest database: the durable inbox of webhook deliveries and the event log.
+    #[serde(default)]
+    pub ingest: Ingest,
+}
+
+/// Where the message pipeline's durable inbox lives and how long it keeps applied rows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ingest {
+    /// Its URL, as a user that owns the database (or may create it). Empty: the catalog's
+    /// cluster and credentials, database `<catalog database>_ingest`, created if missing.
+    #[serde(default)]
+    pub url: String,
+    /// The host routers reach it at (empty: the URL's host).
+    #[serde(default)]
+    pub router_host: String,
+    /// Connections the control plane holds to it.
+    #[serde(default = "defaults::ingest_pool_size")]
+    pub pool_size: usize,
+    /// Serve from a server whose `fsync` is off (acknowledged deliveries could be lost in a
+    /// crash of that server's host). Never in production.
+    #[serde(default)]
+    pub allow_fsync_off: bool,
+    /// Applied inbox rows are deleted after this many hours.
+    #[serde(default = "defaults::applied_retention_hours")]
+    pub applied_retention_hours: u32,
+    /// How often applied rows past their retention are pruned, in seconds.
+    #[serde(default = "defaults::ingest_prune_every_secs")]
+    pub prune_every_secs: u64,
+    /// A tenant whose oldest pending row is older than this is reported stuck, in seconds.
+    #[serde(default = "defaults::stuck_after_secs")]
+    pub stuck_after_secs: u64,
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Ingest {
+            url: String::new(),
+            router_host: String::new(),
+            pool_size: defaults::ingest_pool_size(),
+            allow_fsync_off: false,
+            applied_retention_hours: defaults::applied_retention_hours(),
+            prune_every_secs: defaults::ingest_prune_every_secs(),
+            stuck_after_secs: defaults::stuck_after_secs(),
+        }
+    }
 }
 
 /// Settings of user accounts and logins.
@@ -397,6 +443,18 @@ pub struct Fleet {
 }
 
 mod defaults {
+    pub fn ingest_pool_size() -> usize {
+        4
+    }
+    pub fn applied_retention_hours() -> u32 {
+        72
+    }
+    pub fn ingest_prune_every_secs() -> u64 {
+        300
+    }
+    pub fn stuck_after_secs() -> u64 {
+        60
+    }
     pub fn catalog_pool_size() -> usize {
         16
     }
@@ -635,6 +693,18 @@ impl Config {
                     "dead_letters.{name} must be above 0"
                 )));
             }
+        }
+        let i = &self.ingest;
+        if !i.url.is_empty() && i.url.parse::<tokio_postgres::Config>().is_err() {
+            return Err(ConfigError::Invalid(
+                "ingest.url is not a valid PostgreSQL URL".into(),
+            ));
+        }
+        if i.pool_size == 0 || i.prune_every_secs == 0 || i.applied_retention_hours == 0 {
+            return Err(ConfigError::Invalid(
+                "ingest.pool_size, ingest.prune_every_secs and ingest.applied_retention_hours must be above 0"
+                    .into(),
+            ));
         }
         if self.deletion.purge_every_secs == 0 {
             return Err(ConfigError::Invalid(

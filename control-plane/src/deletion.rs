@@ -18,20 +18,31 @@ use std::time::Duration;
 use tenant_model::BackupState;
 use tokio_util::sync::CancellationToken;
 
+/// How long a deletion waits for the tenant's pending inbox deliveries to be applied
+/// before its final backup.
+const INBOX_DRAIN: Duration = Duration::from_secs(15);
+
 /// Deletes and purges tenants; cheap to clone.
 #[derive(Clone)]
 pub struct Deleter {
     catalog: Catalog,
     backups: Backups,
+    ingest: crate::ingest::Ingest,
     cfg: crate::config::Deletion,
     connect_timeout: Duration,
 }
 
 impl Deleter {
-    pub fn new(catalog: Catalog, backups: Backups, config: &crate::Config) -> Deleter {
+    pub fn new(
+        catalog: Catalog,
+        backups: Backups,
+        ingest: crate::ingest::Ingest,
+        config: &crate::Config,
+    ) -> Deleter {
         Deleter {
             catalog,
             backups,
+            ingest,
             cfg: config.deletion.clone(),
             connect_timeout: Duration::from_millis(config.provisioning.connect_timeout_ms),
         }
@@ -70,6 +81,10 @@ impl Deleter {
             .await?;
         }
         if tenant.status != Status::Deleted && !now {
+            // Deliveries acknowledged before the suspension belong in the final backup.
+            if !self.ingest.drained(tenant.id, INBOX_DRAIN).await? {
+                tracing::warn!(tenant = %tenant.slug, "inbox not drained before the final backup; its pending deliveries are erased with the tenant");
+            }
             let current = self
                 .catalog
                 .tenant_by_id(tenant.id)
@@ -129,6 +144,7 @@ impl Deleter {
                 dbserver::connect_maintenance(&self.catalog, &server, self.connect_timeout).await?;
             crate::roles::drop_generation(&admin, &names).await?;
         }
+        self.ingest.erase_tenant(tenant.id).await?;
         for (id, object) in self.catalog.all_backups_of(tenant.id).await? {
             crate::backup::delete_object(self.backups.store(), &object).await?;
             self.catalog.delete_backup_row(id).await?;

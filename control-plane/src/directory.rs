@@ -48,17 +48,36 @@ pub struct Directory {
     catalog: Catalog,
     changes: broadcast::Sender<Change>,
     dead_letter_quota: DeadLetterQuota,
+    ingest: crate::ingest::Ingest,
+    scram_iterations: u32,
 }
 
 impl Directory {
     /// A directory over `catalog`; start [`Directory::listen`] to feed changes.
-    pub fn new(catalog: Catalog, dead_letter_quota: DeadLetterQuota) -> Directory {
+    pub fn new(
+        catalog: Catalog,
+        dead_letter_quota: DeadLetterQuota,
+        ingest: crate::ingest::Ingest,
+        scram_iterations: u32,
+    ) -> Directory {
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         Directory {
             catalog,
             changes,
             dead_letter_quota,
+            ingest,
+            scram_iterations,
         }
+    }
+
+    /// A router's login to the ingest database.
+    pub async fn ingest_route(
+        &self,
+        router: &crate::catalog::RouterRecord,
+    ) -> Result<pb::IngestRoute> {
+        self.ingest
+            .router_login(&self.catalog, router, self.scram_iterations)
+            .await
     }
 
     /// The catalog behind the directory.

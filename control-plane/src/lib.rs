@@ -18,6 +18,7 @@ pub mod export;
 pub mod fleet;
 pub mod grpc;
 pub mod harden;
+pub mod ingest;
 pub mod inventory;
 pub mod metrics;
 pub mod model;

@@ -65,9 +65,27 @@ pub async fn run(
         }
     }
 
+    let ingest = crate::ingest::Ingest::open(
+        &config,
+        crate::pgconn::DbTls::from_config(config.database_tls.as_ref())
+            .map_err(|e| ServeError::Startup(e.to_string()))?,
+    )
+    .await
+    .map_err(|e| ServeError::Startup(format!("cannot prepare the ingest database: {e}")))?;
+
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let directory = Directory::new(catalog.clone(), config.dead_letters.quota());
+    let directory = Directory::new(
+        catalog.clone(),
+        config.dead_letters.quota(),
+        ingest.clone(),
+        config.provisioning.scram_iterations,
+    );
+    tasks.spawn(ingest.clone().prune_loop(
+        config.ingest.applied_retention_hours,
+        Duration::from_secs(config.ingest.prune_every_secs),
+        cancel.child_token(),
+    ));
     tasks.spawn(directory.clone().listen(cancel.child_token()));
 
     let signer = caller_auth::Signer::from_base64(&config.token_signing_key)
@@ -82,6 +100,7 @@ pub async fn run(
         tasks.clone(),
         cancel.clone(),
         minter,
+        ingest,
     )
     .map_err(|e| ServeError::Startup(e.to_string()))?;
     tasks.spawn(

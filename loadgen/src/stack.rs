@@ -68,9 +68,12 @@ impl Stack {
         let backup_store =
             std::env::temp_dir().join(format!("loadgen-backups-{}", std::process::id()));
         let pg_bin_dir = pg_harness::pg_bindir().map_err(|e| anyhow!("{e}"))?;
+        // The inbox lives on a durable server of its own (fsync=on), as the control plane
+        // demands.
+        let ingest_url = pg_harness::fresh_ingest().await?;
         let cp_config = format!(
             "catalog_url = \"{catalog_url}\"\nmaster_key = \"{MASTER_KEY}\"\n\
-             token_signing_key = \"{SIGNING_KEY}\"\n\
+             token_signing_key = \"{SIGNING_KEY}\"\n[ingest]\nurl = \"{ingest_url}\"\n\
              [provisioning]\nlogin_connection_limit = 1000\n\
              [backup]\nschedule_every_secs = 0\npg_bin_dir = \"{}\"\n\
              [backup.store]\nlocation = \"{}\"\n",

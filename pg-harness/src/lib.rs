@@ -365,6 +365,29 @@ pub fn shared_second() -> &'static PgServer {
     SECOND.get_or_init(|| PgServer::start().expect("the second test PostgreSQL server must start"))
 }
 
+/// The settings of a durable server (the harness's default is not: `fsync=off`).
+pub const DURABLE: [(&str, &str); 3] = [
+    ("fsync", "on"),
+    ("synchronous_commit", "on"),
+    ("full_page_writes", "on"),
+];
+
+/// A shared durable server (`fsync=on`), for the message pipeline's ingest databases: the
+/// control plane refuses to keep its inbox anywhere else.
+pub fn shared_durable() -> &'static PgServer {
+    static DURABLE_SERVER: std::sync::OnceLock<PgServer> = std::sync::OnceLock::new();
+    DURABLE_SERVER.get_or_init(|| {
+        PgServer::start_with(&DURABLE).expect("the durable test PostgreSQL server must start")
+    })
+}
+
+/// A fresh ingest database on the shared durable server: its URL.
+pub async fn fresh_ingest() -> Result<String, tokio_postgres::Error> {
+    let pg = shared_durable();
+    let db = pg.fresh_database("ingest").await?;
+    Ok(pg.url(&db))
+}
+
 /// Polls `check` every 20 ms until it holds (true) or `within` passes (false): tests wait
 /// for conditions, never for fixed sleeps.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool

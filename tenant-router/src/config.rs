@@ -54,6 +54,57 @@ pub struct Config {
     /// WhatsApp webhook settings; without them the webhook endpoints answer 404.
     #[serde(default)]
     pub webhook: Option<Webhook>,
+    /// The message pipeline: writing deliveries to the durable inbox and applying them.
+    #[serde(default)]
+    pub inbox: Inbox,
+}
+
+/// How this router writes to and drains the durable inbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inbox {
+    /// Group commits in flight at once (one ingest connection each); deliveries arriving
+    /// meanwhile join the next one.
+    #[serde(default = "defaults::inbox_writers")]
+    pub writers: usize,
+    /// Most inbox rows one group commit writes.
+    #[serde(default = "defaults::inbox_group_rows")]
+    pub group_rows: usize,
+    /// Deliveries waiting for a group commit at most; past it a delivery is answered 503.
+    #[serde(default = "defaults::inbox_queue")]
+    pub queue: usize,
+    /// Tenants applied at once by this router's workers (one ingest connection each,
+    /// besides the tenant's).
+    #[serde(default = "defaults::inbox_workers")]
+    pub workers: usize,
+    /// Most inbox rows one apply takes from a tenant.
+    #[serde(default = "defaults::inbox_apply_rows")]
+    pub apply_rows: i64,
+    /// How often workers look for pending rows written by other routers or left by failed
+    /// applies, in milliseconds.
+    #[serde(default = "defaults::inbox_poll_ms")]
+    pub poll_ms: u64,
+    /// Time one apply may take on the tenant's database, in milliseconds.
+    #[serde(default = "defaults::inbox_apply_timeout_ms")]
+    pub apply_timeout_ms: u64,
+    /// Longest wait before a failing tenant is tried again, in milliseconds.
+    #[serde(default = "defaults::inbox_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Inbox {
+    fn default() -> Self {
+        Inbox {
+            writers: defaults::inbox_writers(),
+            group_rows: defaults::inbox_group_rows(),
+            queue: defaults::inbox_queue(),
+            workers: defaults::inbox_workers(),
+            apply_rows: defaults::inbox_apply_rows(),
+            poll_ms: defaults::inbox_poll_ms(),
+            apply_timeout_ms: defaults::inbox_apply_timeout_ms(),
+            max_backoff_ms: defaults::inbox_max_backoff_ms(),
+        }
+    }
 }
 
 /// WhatsApp (Meta Cloud API) webhook settings.
@@ -173,6 +224,30 @@ pub struct Pools {
 }
 
 mod defaults {
+    pub fn inbox_writers() -> usize {
+        3
+    }
+    pub fn inbox_group_rows() -> usize {
+        1_000
+    }
+    pub fn inbox_queue() -> usize {
+        20_000
+    }
+    pub fn inbox_workers() -> usize {
+        8
+    }
+    pub fn inbox_apply_rows() -> i64 {
+        500
+    }
+    pub fn inbox_poll_ms() -> u64 {
+        500
+    }
+    pub fn inbox_apply_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn inbox_max_backoff_ms() -> u64 {
+        4_000
+    }
     pub fn usage_report_every_secs() -> u64 {
         30
     }
@@ -289,6 +364,17 @@ impl Config {
         }
         if !(self.pools.budget_share > 0.0 && self.pools.budget_share <= 1.0) {
             return invalid("pools.budget_share must be in (0, 1]");
+        }
+        let i = &self.inbox;
+        if i.writers == 0
+            || i.group_rows == 0
+            || i.queue == 0
+            || i.workers == 0
+            || i.apply_rows <= 0
+            || i.poll_ms == 0
+            || i.apply_timeout_ms == 0
+        {
+            return invalid("inbox.writers, group_rows, queue, workers, apply_rows, poll_ms and apply_timeout_ms must be above 0");
         }
         if self.routes.usage_report_every_secs == 0 {
             return invalid("routes.usage_report_every_secs must be at least 1");

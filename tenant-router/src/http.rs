@@ -187,6 +187,10 @@ fn answer(a: crate::webhook::Answer) -> Response<Full<Bytes>> {
             StatusCode::INTERNAL_SERVER_ERROR,
             "not stored; retry later\n",
         ),
+        Answer::Busy => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many deliveries waiting; retry later\n",
+        ),
     }
 }
 

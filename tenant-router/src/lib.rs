@@ -8,6 +8,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod inbox;
 pub mod limits;
 pub mod metrics;
 pub mod path;

@@ -35,6 +35,12 @@ pub struct Metrics {
     pub webhook_items: IntCounterVec,
     /// Webhooks kept as dead letters (no tenant owns the number).
     pub dead_letters: IntCounterVec,
+    /// Deliveries written to the inbox by outcome (committed, failed, full).
+    pub inbox_writes: IntCounterVec,
+    /// Inbox rows by what applying them did (applied, refused, failed).
+    pub inbox_applies: IntCounterVec,
+    /// Age of the oldest row of each server's last apply: the apply lag, per server.
+    pub inbox_lag: prometheus::GaugeVec,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -105,8 +111,32 @@ impl Metrics {
             ),
             &["outcome"],
         ));
+        let inbox_writes = must(IntCounterVec::new(
+            Opts::new(
+                "inbox_writes_total",
+                "deliveries written to the durable inbox, by outcome (committed, failed, full)",
+            ),
+            &["outcome"],
+        ));
+        let inbox_applies = must(IntCounterVec::new(
+            Opts::new(
+                "inbox_applies_total",
+                "inbox rows by what applying them did (applied, refused, failed)",
+            ),
+            &["outcome"],
+        ));
+        let inbox_lag = must(prometheus::GaugeVec::new(
+            Opts::new(
+                "inbox_apply_lag_seconds",
+                "age of the oldest inbox row in the last apply, per database server",
+            ),
+            &["server"],
+        ));
         for c in [
             Box::new(webhooks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(inbox_writes.clone()),
+            Box::new(inbox_applies.clone()),
+            Box::new(inbox_lag.clone()),
             Box::new(webhook_items.clone()),
             Box::new(dead_letters.clone()),
             Box::new(calls.clone()),
@@ -137,6 +167,9 @@ impl Metrics {
             webhooks,
             webhook_items,
             dead_letters,
+            inbox_writes,
+            inbox_applies,
+            inbox_lag,
         }
     }
 

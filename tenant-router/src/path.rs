@@ -100,6 +100,9 @@ pub enum Access {
     Read,
     /// Writes (or may write).
     Write,
+    /// Applies deliveries the inbox accepted while the tenant was active: also done for a
+    /// suspended tenant (they are its data), paused while it is restored.
+    Deliver,
 }
 
 /// What an RPC needs: the access it makes to the tenant's database and, for a user's
@@ -145,6 +148,7 @@ pub fn check_status(status: TenantStatus, access: Access) -> Result<(), RouterEr
     match status {
         TenantStatus::Active => Ok(()),
         TenantStatus::Restoring if access == Access::Read => Ok(()),
+        TenantStatus::Suspended if access == Access::Deliver => Ok(()),
         TenantStatus::Suspended => Err(RouterError::FailedPrecondition(
             "tenant is suspended".into(),
         )),

@@ -457,6 +457,23 @@ impl RouteCache {
             })
     }
 
+    /// This router's login to the ingest database.
+    pub async fn ingest_route(&self) -> Result<pb::IngestRoute, RouterError> {
+        let mut req = tonic::Request::new(pb::GetIngestRequest {});
+        req.metadata_mut()
+            .insert("authorization", self.token.clone());
+        req.set_timeout(Duration::from_secs(10));
+        self.directory
+            .clone()
+            .get_ingest(req)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| {
+                tracing::warn!(code = ?s.code(), "cannot get the ingest database's route");
+                RouterError::Unavailable("control plane unavailable".into())
+            })
+    }
+
     /// Reports usage to the control plane every `every` until `cancel` (and once more
     /// then); a report that fails is kept for the next one.
     pub async fn report_usage(self: Arc<Self>, every: Duration, cancel: CancellationToken) {

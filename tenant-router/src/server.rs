@@ -66,6 +66,7 @@ pub async fn run(
         .map(|c| c.postgres())
         .transpose()
         .map_err(startup)?;
+    let db_tls_for_inbox = db_tls.clone();
     let pools = Arc::new(Pools::new(
         config.pools.clone(),
         Arc::clone(&metrics),
@@ -99,6 +100,23 @@ pub async fn run(
         tasks.clone(),
     ));
     tasks.spawn(Arc::clone(&pools).maintain(cancel.child_token()));
+    let (inbox, inbox_rx) =
+        crate::inbox::Inbox::new(Arc::clone(&routes), db_tls_for_inbox, config.inbox.clone());
+    // Writers stop only after the HTTP side: deliveries under way still get their commit.
+    let writers_stop = CancellationToken::new();
+    tasks.spawn(crate::inbox::writer::run(
+        Arc::clone(&inbox),
+        inbox_rx.queue,
+        writers_stop.clone(),
+    ));
+    tasks.spawn(
+        crate::inbox::apply::Workers {
+            inbox: Arc::clone(&inbox),
+            path: Arc::clone(&path),
+            metrics: Arc::clone(&metrics),
+        }
+        .run(inbox_rx.wake, cancel.child_token()),
+    );
     tasks.spawn(http::serve(
         http_listener,
         Arc::new(HttpState {
@@ -110,6 +128,7 @@ pub async fn run(
             webhooks: config.webhook.clone().map(|cfg| crate::webhook::Webhooks {
                 cfg,
                 path: Arc::clone(&path),
+                inbox: Arc::clone(&inbox),
                 metrics: Arc::clone(&metrics),
             }),
         }),
@@ -185,6 +204,7 @@ pub async fn run(
         } => Err(()),
     };
     cancel.cancel();
+    writers_stop.cancel();
     pools.close_all();
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), tasks.wait())

@@ -5,94 +5,23 @@
 
 mod common;
 
+use common::wh::{delivery, http, post_signed, sign, text_msg, APP_SECRET, VERIFY_TOKEN};
 use common::{eventually, Plane, Router};
-use hmac::{Hmac, Mac};
+use futures_util::FutureExt;
 use serde_json::json;
-use sha2::Sha256;
 use std::time::Duration;
 
-const APP_SECRET: &str = "test-app-secret-0123456789";
-const VERIFY_TOKEN: &str = "verify-me-please";
-
-fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(APP_SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// Sends one HTTP/1.1 request; returns (status, body).
-async fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let _ = s.write_all(body).await;
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf).await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        text.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    )
-}
-
+/// Posts a signed delivery; once it is answered 200, waits until the inbox has applied it
+/// (200 means durable in the inbox; workers store it in the tenant's database right after).
 async fn post(router: &Router, body: &[u8]) -> u16 {
-    post_to(&router.http, body).await
-}
-
-/// Posts a correctly signed Meta delivery to the router's HTTP address; the status.
-async fn post_to(addr: &str, body: &[u8]) -> u16 {
-    http(
-        addr,
-        "POST",
-        "/webhooks/whatsapp",
-        &[("X-Hub-Signature-256", sign(body))],
-        body,
-    )
-    .await
-    .0
-}
-
-fn delivery(
-    phone_number_id: &str,
-    messages: serde_json::Value,
-    statuses: serde_json::Value,
-) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "object": "whatsapp_business_account",
-        "entry": [{"id": "WABA1", "changes": [{"field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "5511900000000", "phone_number_id": phone_number_id},
-            "contacts": [{"wa_id": "551187654321", "profile": {"name": "Ana Souza"}}],
-            "messages": messages,
-            "statuses": statuses,
-        }}]}]
-    }))
-    .unwrap()
-}
-
-fn text_msg(wamid: &str, from: &str, body: &str) -> serde_json::Value {
-    json!({"from": from, "id": wamid, "timestamp": "1763800000", "type": "text", "text": {"body": body}})
+    let status = post_signed(&router.http, body).await;
+    if status == 200 {
+        assert!(
+            common::inbox_drained(&router.ingest_url, Duration::from_secs(10)).await,
+            "an acknowledged delivery was not applied within 10 s"
+        );
+    }
+    status
 }
 
 struct Setup {
@@ -123,11 +52,7 @@ async fn setup_with(
         }))
         .await
         .unwrap();
-    let mut env = vec![
-        ("TENANT_ROUTER__WEBHOOK__APP_SECRET", APP_SECRET),
-        ("TENANT_ROUTER__WEBHOOK__VERIFY_TOKEN", VERIFY_TOKEN),
-        ("TENANT_ROUTER__WEBHOOK__BODY_LIMIT_BYTES", "262144"),
-    ];
+    let mut env = common::wh::ENV.to_vec();
     env.extend_from_slice(extra);
     let router = Router::start(&plane, &env).await;
     Setup { plane, router }
@@ -311,7 +236,7 @@ async fn messages_leads_and_duplicates() {
                 json!([]),
             )
         };
-        set.spawn(async move { post_to(&addr, &body).await });
+        set.spawn(async move { post_signed(&addr, &body).await });
     }
     while let Some(r) = set.join_next().await {
         assert_eq!(r.unwrap(), 200);
@@ -514,38 +439,61 @@ async fn statuses_apply_monotonically() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_or_unavailable_databases_get_500_and_nothing_half_written() {
+async fn a_slow_or_down_tenant_database_delays_only_its_own_deliveries() {
     let pg = pg_harness::shared();
     let s = setup("wh-echo", "900000005", pg).await;
     let db = s.plane.database_of("wh-echo").await;
     let db = db.as_str();
+    let mut admin = s.plane.admin().await;
+    admin
+        .create_tenant(s.plane.admin_req(proto::control::v1::CreateTenantRequest {
+            slug: "wh-echo-two".into(),
+            name: "Vizinha".into(),
+            sector: proto::control::v1::Sector::Varejo as i32,
+            phone_number_id: "900000015".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let other_db = s.plane.database_of("wh-echo-two").await;
+    let stored = |db: String, wamid: &'static str| async move {
+        count(
+            pg,
+            &db,
+            &format!("SELECT count(*) FROM mensagens WHERE wamid = '{wamid}'"),
+        )
+        .await
+    };
     let body = delivery(
         "900000005",
         json!([text_msg("wamid.SLOW", "5511955554444", "demora")]),
         json!([]),
     );
-    // Too slow: messages are locked by someone else; the answer comes within a second.
+    // Too slow: its messages are locked by someone else. The delivery is acknowledged from
+    // the inbox at once and applied once the lock is gone.
     let blocker = pg.connect(db).await.unwrap();
     blocker
         .batch_execute("BEGIN; LOCK TABLE mensagens IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    assert_eq!(post(&s.router, &body).await, 500);
+    assert_eq!(post_signed(&s.router.http, &body).await, 200);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "answered in {:?}",
         started.elapsed()
     );
-    blocker.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(
-        count(pg, db, "SELECT count(*) FROM leads").await,
-        0,
-        "the lead upsert was rolled back too"
+        s.plane.pending().await,
+        1,
+        "durable in the inbox, not applied yet"
     );
-    assert_eq!(count(pg, db, "SELECT count(*) FROM conversas").await, 0);
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    s.plane.drained(Duration::from_secs(10)).await;
+    assert_eq!(stored(db.to_string(), "wamid.SLOW").await, 1);
 
-    // Down: the database refuses connections.
+    // Down: the database refuses connections. Its deliveries are still acknowledged and
+    // wait; the neighbour on the same server is served meanwhile.
     let su = pg.connect("postgres").await.unwrap();
     su.batch_execute(&format!(
         "ALTER DATABASE {db} ALLOW_CONNECTIONS false; \
@@ -553,28 +501,63 @@ async fn slow_or_unavailable_databases_get_500_and_nothing_half_written() {
     ))
     .await
     .unwrap();
-    assert_eq!(post(&s.router, &body).await, 500);
+    let down = delivery(
+        "900000005",
+        json!([text_msg("wamid.DOWN", "5511955554444", "caiu")]),
+        json!([]),
+    );
+    assert_eq!(post_signed(&s.router.http, &down).await, 200);
+    let neighbour = delivery(
+        "900000015",
+        json!([text_msg("wamid.NEXT", "5511955553333", "oi")]),
+        json!([]),
+    );
+    assert_eq!(post_signed(&s.router.http, &neighbour).await, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || stored(
+            other_db.clone(),
+            "wamid.NEXT"
+        )
+        .map(|n| n == 1))
+        .await,
+        "the neighbour's delivery was applied while the other database was down"
+    );
+    // The operator sees the tenant behind, with the reason.
+    let mut admin = s.plane.admin().await;
+    let behind = eventually(Duration::from_secs(5), || {
+        let mut admin = admin.clone();
+        let req = s.plane.admin_req(proto::control::v1::InboxStatusRequest {});
+        async move {
+            let st = admin.inbox_status(req).await.unwrap().into_inner();
+            st.depth == 1
+                && st
+                    .stuck
+                    .iter()
+                    .any(|t| t.slug == "wh-echo" && t.attempts > 0 && !t.last_error.is_empty())
+        }
+    })
+    .await;
+    assert!(behind, "inbox status shows the failing tenant");
+    let shown = admin
+        .inbox_status(s.plane.admin_req(proto::control::v1::InboxStatusRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let text = format!("{shown:?}");
+    assert!(!text.contains(db) && !text.contains("password"), "{text}");
     su.batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
         .await
         .unwrap();
-
-    // Meta's retry then succeeds, once.
-    let stored = eventually(Duration::from_secs(5), || {
-        let body = body.clone();
-        let router = &s.router;
-        async move { post(router, &body).await == 200 }
-    })
-    .await;
-    assert!(stored);
-    assert_eq!(post(&s.router, &body).await, 200);
+    // Back: applied within seconds (the backoff is capped), once.
+    let returned = std::time::Instant::now();
+    s.plane.drained(Duration::from_secs(10)).await;
+    assert!(returned.elapsed() < Duration::from_secs(10));
+    assert_eq!(post(&s.router, &down).await, 200, "Meta's late retry");
+    assert_eq!(stored(db.to_string(), "wamid.DOWN").await, 1);
     assert_eq!(
-        count(
-            pg,
-            db,
-            "SELECT count(*) FROM mensagens WHERE wamid = 'wamid.SLOW'"
-        )
-        .await,
-        1
+        count(pg, db, "SELECT count(*) FROM leads").await,
+        1,
+        "one lead for both messages"
     );
 }
 
@@ -666,6 +649,7 @@ async fn evolution_gateways_with_a_per_tenant_token() {
         200,
         "redelivery"
     );
+    s.plane.drained(Duration::from_secs(10)).await;
     let c = pg.connect(db).await.unwrap();
     let rows: Vec<(String, String, String)> = c
         .query(
@@ -859,6 +843,7 @@ async fn one_bad_item_never_costs_its_neighbours() {
     })
     .await;
     assert!(accepted, "the Evolution delivery was accepted");
+    s.plane.drained(Duration::from_secs(10)).await;
     assert_eq!(
         count(
             pg,
@@ -1025,7 +1010,7 @@ async fn near_limit_bodies_stay_within_the_buffer_bound() {
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..100 {
         let (addr, body) = (s.router.http.clone(), body.clone());
-        clients.spawn(async move { post_to(&addr, &body).await });
+        clients.spawn(async move { post_signed(&addr, &body).await });
     }
     let mut statuses = Vec::new();
     while let Some(r) = clients.join_next().await {

@@ -75,7 +75,7 @@ impl InMessage {
 }
 
 /// A delivery status (`value.statuses[]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct Status {
     /// The `wamid` of our outbound message.
     pub id: String,

@@ -8,12 +8,13 @@ use tokio_postgres::{Client, Statement};
 
 /// All of a batch's messages in one statement (atomic on its own): skip known `wamid`s,
 /// upsert leads, get-or-open each lead's conversation (the `DO UPDATE` returns the open
-/// conversation even when a concurrent delivery has just opened it), insert messages.
-/// Rows are written in key order so concurrent deliveries lock them in the same order.
+/// conversation even when a concurrent delivery has just opened it), insert messages in
+/// arrival order (their ids follow it). Leads and conversations are written in key order
+/// so concurrent deliveries lock them in the same order.
 const INGEST: &str = "WITH input AS ( \
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-         $7::text[], $8::text[], $9::text[], $10::float8[], $11::bool[]) \
-         AS t(w, wa, raw, name, kind, body, mi, mm, ms, ts, inbound)), \
+         $7::text[], $8::text[], $9::text[], $10::float8[], $11::bool[]) WITH ORDINALITY \
+         AS t(w, wa, raw, name, kind, body, mi, mm, ms, ts, inbound, ord)), \
      fresh AS (SELECT * FROM input i WHERE NOT EXISTS (SELECT 1 FROM mensagens m WHERE m.wamid = i.w)), \
      lead_rows AS ( \
        INSERT INTO leads (wa_id, wa_id_raw, nome, origem) \
@@ -33,7 +34,7 @@ const INGEST: &str = "WITH input AS ( \
          status, enviada_em) \
        SELECT c.id, f.w, CASE WHEN f.inbound THEN 'entrada' ELSE 'saida' END, f.kind, f.body, f.mi, f.mm, f.ms, \
          CASE WHEN f.inbound THEN 'recebida' ELSE 'sent' END, coalesce(to_timestamp(f.ts), now()) \
-       FROM fresh f JOIN lead_rows l ON l.wa_id = f.wa JOIN conv c ON c.lead_id = l.id ORDER BY f.w \
+       FROM fresh f JOIN lead_rows l ON l.wa_id = f.wa JOIN conv c ON c.lead_id = l.id ORDER BY f.ord \
        ON CONFLICT (wamid) DO NOTHING RETURNING 1) \
      SELECT (SELECT count(*) FROM msgs)::int8";
 /// `sent` < `delivered` < `read`; `failed` is terminal (and never overrides `read`).
@@ -44,7 +45,7 @@ const APPLY_STATUS: &str = "UPDATE mensagens SET status = $2, erro = coalesce($3
      (CASE $2 WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3 ELSE 0 END))";
 
 /// One message, whatever webhook it came in.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Incoming {
     /// Message id (`wamid` for Meta, the key id for Evolution).
     pub wamid: String,
@@ -63,12 +64,15 @@ pub struct Incoming {
     pub sent_at: Option<f64>,
 }
 
-/// One tenant's share of a delivery.
-#[derive(Debug, Default)]
+/// One tenant's share of a delivery (as the durable inbox keeps it, too).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Batch {
+    #[serde(default)]
     pub messages: Vec<Incoming>,
+    #[serde(default)]
     pub statuses: Vec<Status>,
     /// Items that could not be attributed to a lead.
+    #[serde(default)]
     pub skipped: u32,
 }
 

@@ -19,7 +19,7 @@ pub struct Resealed {
 
 /// A sealed column: table, key column, sealed column, and the SQL expression of its
 /// associated data (the same string the code binds when sealing).
-const COLUMNS: [(&str, &str, &str, &str); 9] = [
+const COLUMNS: [(&str, &str, &str, &str); 10] = [
     (
         "empresas",
         "id",
@@ -72,6 +72,13 @@ const COLUMNS: [(&str, &str, &str, &str); 9] = [
     ),
     // Each backup's data key (see `backup::key_context`).
     ("backups", "id", "chave_cifrada", "'backup:' || objeto"),
+    // Routers' ingest logins (see `ingest`).
+    (
+        "ingest_logins",
+        "id",
+        "senha_cifrada",
+        "'ingest:' || roteador",
+    ),
 ];
 
 impl Catalog {

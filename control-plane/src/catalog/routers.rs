@@ -160,3 +160,59 @@ impl Catalog {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }
+
+impl Catalog {
+    /// A router's ingest login: role and password, if it has one.
+    pub async fn ingest_login(&self, router: &str) -> Result<Option<(String, String)>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT papel, senha_cifrada FROM ingest_logins WHERE roteador = $1",
+                &[&router],
+            )
+            .await?;
+        row.map(|r| {
+            let sealed: Vec<u8> = r.get(1);
+            let password = self
+                .secrets()
+                .open(&sealed, &format!("ingest:{router}"))
+                .map_err(|e| Error::internal("ingest login", e))?;
+            Ok((r.get(0), password))
+        })
+        .transpose()
+    }
+
+    /// Records a router's ingest login; when another replica recorded one first, that one.
+    pub async fn save_ingest_login(
+        &self,
+        router: &str,
+        role: &str,
+        password: &str,
+    ) -> Result<(String, String)> {
+        let sealed = self
+            .secrets()
+            .seal(password, &format!("ingest:{router}"))
+            .map_err(|e| Error::internal("ingest login", e))?;
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO ingest_logins (roteador, papel, senha_cifrada) VALUES ($1, $2, $3) \
+                 ON CONFLICT (roteador) DO NOTHING",
+                &[&router, &role, &sealed],
+            )
+            .await?;
+        self.ingest_login(router)
+            .await?
+            .ok_or_else(|| Error::Internal("ingest login vanished".into()))
+    }
+
+    /// Forgets a router's ingest login (its role stays, unable to log in).
+    pub async fn forget_ingest_login(&self, router: &str) -> Result<()> {
+        self.client()
+            .await?
+            .execute("DELETE FROM ingest_logins WHERE roteador = $1", &[&router])
+            .await?;
+        Ok(())
+    }
+}

@@ -6,6 +6,7 @@
 
 mod access;
 mod backups;
+mod inbox;
 mod numbers;
 mod output;
 mod settings;
@@ -177,6 +178,9 @@ enum Command {
     /// A tenant's WhatsApp (Meta) numbers.
     #[command(subcommand)]
     Number(numbers::NumberCommand),
+    /// The message pipeline's inbox: status and retries.
+    #[command(subcommand)]
+    Inbox(inbox::InboxCommand),
 }
 
 #[derive(Subcommand)]
@@ -698,6 +702,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Settings(cmd) => settings::settings(&mut client, cmd, json).await?,
         Command::Secret(cmd) => settings::secret(&mut client, cmd, json).await?,
         Command::Number(cmd) => numbers::number(&mut client, cmd, json).await?,
+        Command::Inbox(cmd) => inbox::inbox(&mut client, cmd, json).await?,
         Command::Router(cmd) => access::router(&mut client, cmd, json).await?,
         Command::Rotate(a) => return access::rotate(&mut client, a, json).await,
         Command::Backup(a) => return backups::backup(&mut client, a, json).await,

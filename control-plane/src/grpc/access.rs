@@ -130,6 +130,8 @@ impl AdminService {
         let req = request.into_inner();
         let name = model::operator_name(&req.name)?;
         let seen = self.catalog.revoke_router(&name, &actor).await?;
+        // Its ingest login stops now; a router registered again gets a new password.
+        self.ingest.close_router(&self.catalog, &name).await?;
         let mut tenants = Vec::with_capacity(seen.len());
         for id in &seen {
             if let Some(t) = self.catalog.tenant_by_id(*id).await? {

@@ -41,6 +41,8 @@ pub struct AdminService {
     pub(super) backups: Backups,
     pub(super) deleter: Deleter,
     pub(super) accounts: crate::accounts::Accounts,
+    pub(super) ingest: crate::ingest::Ingest,
+    pub(super) stuck_after_secs: u64,
 }
 
 impl AdminService {
@@ -52,6 +54,7 @@ impl AdminService {
         tasks: TaskTracker,
         shutdown: CancellationToken,
         minter: Minter,
+        ingest: crate::ingest::Ingest,
     ) -> Result<AdminService, Error> {
         let backups = Backups::new(catalog.clone(), config)?;
         Ok(AdminService {
@@ -60,7 +63,9 @@ impl AdminService {
                 minter.clone(),
                 &config.accounts,
             )?,
-            deleter: Deleter::new(catalog.clone(), backups.clone(), config),
+            deleter: Deleter::new(catalog.clone(), backups.clone(), ingest.clone(), config),
+            ingest,
+            stuck_after_secs: config.ingest.stuck_after_secs,
             backups,
             provisioner: Provisioner::new(catalog.clone(), config.provisioning.clone()),
             fleet: Fleet::new(
@@ -1218,6 +1223,20 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         request: Request<pb::UserRef>,
     ) -> Result<Response<proto::accounts::v1::AddedUser>, GrpcStatus> {
         self.do_reset_user_password(request).await
+    }
+
+    async fn inbox_status(
+        &self,
+        request: Request<pb::InboxStatusRequest>,
+    ) -> Result<Response<pb::InboxStatusResponse>, GrpcStatus> {
+        self.do_inbox_status(request).await
+    }
+
+    async fn retry_inbox(
+        &self,
+        request: Request<pb::TenantRef>,
+    ) -> Result<Response<pb::InboxRetryResponse>, GrpcStatus> {
+        self.do_retry_inbox(request).await
     }
 
     async fn replay_dead_letters(

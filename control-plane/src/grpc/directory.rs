@@ -240,6 +240,14 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
         }))
     }
 
+    async fn get_ingest(
+        &self,
+        request: Request<pb::GetIngestRequest>,
+    ) -> Result<Response<pb::IngestRoute>, Status> {
+        let (router, _) = self.router(&request).await?;
+        Ok(Response::new(self.directory.ingest_route(&router).await?))
+    }
+
     type WatchRoutesStream = ChangeStream;
 
     async fn watch_routes(

@@ -5,6 +5,7 @@ mod accounts;
 mod admin;
 mod backups;
 mod directory;
+mod inbox;
 mod numbers;
 mod settings;
 mod users;

@@ -110,6 +110,10 @@ impl Plane {
         let mut env: Vec<(String, String)> = [
             ("CONTROL_PLANE__LISTEN", "127.0.0.1:0".to_string()),
             ("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog_db)),
+            (
+                "CONTROL_PLANE__INGEST__URL",
+                pg_harness::fresh_ingest().await.unwrap(),
+            ),
             ("CONTROL_PLANE__MASTER_KEY", MASTER_KEY.into()),
             ("CONTROL_PLANE__TOKEN_SIGNING_KEY", SIGNING_KEY.into()),
             (

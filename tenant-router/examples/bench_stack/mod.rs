@@ -142,8 +142,9 @@ impl Stack {
             &path,
             format!(
                 "listen = \"{cp_addr}\"\ncatalog_url = \"{}\"\nmaster_key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n\
-                 token_signing_key = \"{SIGNING_KEY}\"\n",
-                pg.url(&catalog)
+                 token_signing_key = \"{SIGNING_KEY}\"\n[ingest]\nurl = \"{}\"\n",
+                pg.url(&catalog),
+                pg_harness::fresh_ingest().await.unwrap()
             ),
         )
         .unwrap();

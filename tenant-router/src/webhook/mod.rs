@@ -4,23 +4,24 @@
 //! A delivery: body limit -> authentication (Meta: `X-Hub-Signature-256`, HMAC-SHA256 of
 //! the raw bytes, constant time; Evolution: the tenant's token) -> parse every entry,
 //! change, message and status (`whatsapp_ingest`) -> per business number: the tenant by a
-//! typed route key, then the same path to its database as gRPC calls (`path`: status,
-//! pool, refetch after an authentication failure, deadline, cancel on drop) and one
-//! statement or transaction there. Unknown numbers and suspended tenants become dead
-//! letters in the control database; items that can never be stored too, with their reason.
-//! A tenant database that is down or too slow makes the answer 500 so Meta retries;
-//! deduplication by `wamid` makes that safe.
+//! typed route key -> items that can never be stored become dead letters with their
+//! reason -> every tenant's batch written to the durable inbox (`inbox`) in one group
+//! commit, and only then the answer: 200 means the delivery is durable, whatever the state
+//! of the tenant's database (workers apply it there, in arrival order). Unknown numbers
+//! and suspended tenants become dead letters in the control database. An inbox that cannot
+//! be written answers 500 (full: 503) so the sender retries; applying is idempotent by
+//! `wamid`, so a retried delivery is stored once.
 
 use crate::error::RouterError;
 use crate::metrics::Metrics;
-use crate::path::{Access, TenantPath};
+use crate::path::TenantPath;
 use crate::routes::{RouteKey, Unroutable};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tenant_model::{DeadLetterKind, PhoneNumberId, Slug, TenantKey, TenantStatus, WebhookSource};
-use whatsapp_ingest::{evolution, meta, store};
+use whatsapp_ingest::{evolution, meta};
 
 /// What a delivery is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,15 +33,29 @@ pub enum Answer {
     /// 401: missing or wrong signature or token, or (Evolution) no such instance: one
     /// answer for both, so the endpoint does not tell which slugs exist. Nothing written.
     Unauthorized,
-    /// 500: a tenant database (or the control plane) failed; Meta will retry.
+    /// 500: the inbox (or the control plane) failed; Meta will retry.
     Retry,
+    /// 503: too many deliveries are waiting for the inbox; retry later.
+    Busy,
+}
+
+impl Answer {
+    /// The worse of two answers (a retry beats a success).
+    fn and(self, other: Answer) -> Answer {
+        match (self, other) {
+            (Answer::Ok, o) => o,
+            (s, _) => s,
+        }
+    }
 }
 
 /// The webhook handler's dependencies.
 pub struct Webhooks {
     pub cfg: crate::config::Webhook,
-    /// The way to a tenant's database (the same as gRPC calls take).
+    /// Routes (by number, slug or instance) and the dead letters.
     pub path: Arc<TenantPath>,
+    /// Where accepted deliveries go before the answer.
+    pub inbox: Arc<crate::inbox::Inbox>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -104,26 +119,57 @@ impl Webhooks {
                 .with_label_values(&["malformed"])
                 .inc_by(parsed.skipped as u64);
         }
-        let deadline = started + Duration::from_millis(self.cfg.deadline_ms);
         let mut answer = Answer::Ok;
+        let mut rows = Vec::with_capacity(parsed.by_phone.len());
         for (phone, batch) in &parsed.by_phone {
-            if let Err(e) = self.tenant_batch(phone, batch, body, deadline).await {
-                tracing::warn!(phone_number_id = %phone, error = %e, "webhook batch not stored; asking Meta to retry");
-                answer = Answer::Retry;
+            match self.tenant_batch(phone, batch, body).await {
+                Ok(Some(row)) => rows.push(row),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(phone_number_id = %phone, error = %e, "webhook batch not accepted; asking Meta to retry");
+                    answer = Answer::Retry;
+                }
             }
         }
-        let outcome = if answer == Answer::Ok { "ok" } else { "retry" };
-        self.metrics.webhooks.with_label_values(&[outcome]).inc();
+        let answer = answer.and(self.write(rows, started).await);
+        self.count(answer);
         answer
     }
 
+    fn count(&self, answer: Answer) {
+        let outcome = match answer {
+            Answer::Ok => "ok",
+            Answer::Busy => "busy",
+            _ => "retry",
+        };
+        self.metrics.webhooks.with_label_values(&[outcome]).inc();
+    }
+
+    /// Writes the delivery's rows to the inbox within the webhook deadline.
+    async fn write(&self, rows: Vec<crate::inbox::NewRow>, started: Instant) -> Answer {
+        use crate::inbox::InboxError;
+        let deadline = started + Duration::from_millis(self.cfg.deadline_ms);
+        let written = tokio::time::timeout_at(deadline.into(), self.inbox.submit(rows)).await;
+        let (answer, outcome) = match written {
+            Ok(Ok(())) => (Answer::Ok, "committed"),
+            Ok(Err(InboxError::Full)) => (Answer::Busy, "full"),
+            Ok(Err(_)) | Err(_) => (Answer::Retry, "failed"),
+        };
+        self.metrics
+            .inbox_writes
+            .with_label_values(&[outcome])
+            .inc();
+        answer
+    }
+
+    /// One business number's share of a delivery: its inbox row, or `None` when it went
+    /// to the dead letters.
     async fn tenant_batch(
         &self,
         phone: &str,
         batch: &meta::TenantBatch,
         body: &[u8],
-        deadline: Instant,
-    ) -> Result<(), RouterError> {
+    ) -> Result<Option<crate::inbox::NewRow>, RouterError> {
         let route = match PhoneNumberId::parse(phone) {
             Ok(p) => self.path.route(&RouteKey::Phone(p)).await,
             Err(_) => Err(RouterError::TenantNotFound),
@@ -141,26 +187,21 @@ impl Webhooks {
             Ok(r) => {
                 // Kept for the tenant, replayed when it is resumed; answered 200.
                 let kind = DeadLetterKind::TenantSuspended;
-                return self
-                    .dead_letter(letter(kind, Some(r.route.tenant_id)))
-                    .await;
+                self.dead_letter(letter(kind, Some(r.route.tenant_id)))
+                    .await?;
+                return Ok(None);
             }
             Err(RouterError::TenantNotFound) | Err(RouterError::InvalidArgument(_)) => {
                 // Nobody owns this number: keep it, answer 200.
-                return self
-                    .dead_letter(letter(DeadLetterKind::UnknownNumber, None))
-                    .await;
+                self.dead_letter(letter(DeadLetterKind::UnknownNumber, None))
+                    .await?;
+                return Ok(None);
             }
             Err(e) => return Err(e),
         };
-        self.store_for(
-            route,
-            WebhookSource::Meta,
-            phone,
-            batch.normalize(),
-            deadline,
-        )
-        .await
+        self.inbox_row(&route, WebhookSource::Meta, phone, batch.normalize())
+            .await
+            .map(Some)
     }
 
     /// Sends a body (or item) to the dead letters and counts what became of it: dropped
@@ -178,16 +219,15 @@ impl Webhooks {
         Ok(())
     }
 
-    /// Stores a normalized batch in the route's tenant database before `deadline`; items
-    /// that can never be stored become dead letters with their reason.
-    async fn store_for(
+    /// The inbox row of a normalized batch for the route's tenant; items that can never
+    /// be stored become dead letters with their reason first.
+    async fn inbox_row(
         &self,
-        route: Arc<crate::routes::CachedRoute>,
+        route: &crate::routes::CachedRoute,
         source: WebhookSource,
         phone: &str,
         batch: whatsapp_ingest::Batch,
-        deadline: Instant,
-    ) -> Result<(), RouterError> {
+    ) -> Result<crate::inbox::NewRow, RouterError> {
         let now = caller_auth::now_secs() as f64;
         let (batch, refused) = batch.admit(now);
         for (item, reason) in &refused {
@@ -202,34 +242,27 @@ impl Webhooks {
             })
             .await?;
         }
-        let route_tenant = route.route.tenant_id;
-        let stored = self
-            .path
-            .run(route, Access::Write, deadline, async |conn, _sector| {
-                let [ingest, status] = store::Statements::SQL;
-                let stmts = store::Statements {
-                    ingest: conn.prepare(ingest).await.map_err(db)?,
-                    status: conn.prepare(status).await.map_err(db)?,
-                };
-                store::store(&mut conn.client, &stmts, &batch)
-                    .await
-                    .map_err(db)
+        if batch.skipped > 0 {
+            self.metrics
+                .webhook_items
+                .with_label_values(&["skipped"])
+                .inc_by(u64::from(batch.skipped));
+        }
+        Ok(crate::inbox::NewRow {
+            tenant_id: route.route.tenant_id,
+            server: route.route.server.clone(),
+            source: match source {
+                WebhookSource::Meta => "meta",
+                WebhookSource::Evolution => "evolution",
+            },
+            phone: phone.to_string(),
+            messages: i32::try_from(batch.messages.len()).unwrap_or(i32::MAX),
+            batch: serde_json::to_string(&whatsapp_ingest::Batch {
+                skipped: 0,
+                ..batch
             })
-            .await?;
-        let m = &self.metrics.webhook_items;
-        m.with_label_values(&["message"])
-            .inc_by(u64::from(stored.messages));
-        self.path
-            .routes
-            .usage
-            .messages(route_tenant, u64::from(stored.messages));
-        m.with_label_values(&["duplicate"])
-            .inc_by(u64::from(stored.duplicates));
-        m.with_label_values(&["status"])
-            .inc_by(u64::from(stored.statuses));
-        m.with_label_values(&["skipped"])
-            .inc_by(u64::from(stored.skipped));
-        Ok(())
+            .map_err(|_| RouterError::Internal("cannot serialize a batch".into()))?,
+        })
     }
 
     /// Handles an Evolution API delivery for `instance` (the tenant's slug), authenticated
@@ -310,32 +343,19 @@ impl Webhooks {
                 Err(_) => Answer::Retry,
             };
         }
-        let deadline = started + Duration::from_millis(self.cfg.deadline_ms);
-        match self
-            .store_for(
-                Arc::clone(&route),
-                WebhookSource::Evolution,
-                "",
-                batch,
-                deadline,
-            )
+        let answer = match self
+            .inbox_row(&route, WebhookSource::Evolution, "", batch)
             .await
         {
-            Ok(()) => {
-                self.metrics.webhooks.with_label_values(&["ok"]).inc();
-                Answer::Ok
-            }
+            Ok(row) => self.write(vec![row], started).await,
             Err(e) => {
-                tracing::warn!(tenant = %route.route.slug, error = %e, "evolution delivery not stored");
-                self.metrics.webhooks.with_label_values(&["retry"]).inc();
+                tracing::warn!(tenant = %route.route.slug, error = %e, "evolution delivery not accepted");
                 Answer::Retry
             }
-        }
+        };
+        self.count(answer);
+        answer
     }
-}
-
-fn db(e: tokio_postgres::Error) -> RouterError {
-    RouterError::from_db(&e)
 }
 
 fn signature_eq(a: &[u8], b: &[u8]) -> bool {

@@ -2,6 +2,8 @@
 //! catalog, the real tenant-router binary, real PostgreSQL servers.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod wh;
+
 use proto::control::v1 as cp;
 use proto::control::v1::tenant_admin_client::TenantAdminClient;
 use proto::domain::v1 as dm;
@@ -48,6 +50,8 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 pub struct Plane {
     pub endpoint: String,
     pub catalog_db: String,
+    /// Superuser URL of this plane's ingest database (the durable inbox).
+    pub ingest_url: String,
     /// Token of the operator `router-tests` (role admin).
     pub admin_token: String,
     /// Directory credential the test routers use (a router registered for every server).
@@ -80,15 +84,18 @@ impl Plane {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let ca = pg_harness::test_ca().unwrap();
         let (cert, key) = ca.issue(&format!("rt-control-plane-{n}")).unwrap();
+        let ingest_url = pg_harness::fresh_ingest().await.unwrap();
         let toml = format!(
             "listen = \"127.0.0.1:{port}\"\ncatalog_url = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n\
              token_signing_key = \"{SIGNING_KEY}\"\n\
              [accounts]\nargon2_memory_kib = 8\nargon2_iterations = 1\n\
              [provisioning]\ntemplate_prefix = \"rtpl_{}_{n}\"\nname_prefix = \"rt{}_{n}\"\nrotation_grace_secs = 2\n\
+             [ingest]\nurl = \"{}\"\n\
              [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[database_tls]\nca_file = \"{}\"\n{extra}",
             pg.url(&catalog_db),
             std::process::id(),
             std::process::id() % 100_000,
+            ingest_url,
             cert.display(),
             key.display(),
             ca.ca_file.display(),
@@ -117,6 +124,7 @@ impl Plane {
             admin_token,
             router_token: String::new(),
             catalog_db,
+            ingest_url,
             stop: Some(stop),
             task: Some(task),
         };
@@ -138,6 +146,19 @@ impl Plane {
             .into_inner()
             .token;
         plane
+    }
+
+    /// Rows of the inbox not applied yet.
+    pub async fn pending(&self) -> i64 {
+        inbox_pending(&self.ingest_url).await
+    }
+
+    /// Waits until every inbox row has been applied; panics after `within`.
+    pub async fn drained(&self, within: Duration) {
+        assert!(
+            inbox_drained(&self.ingest_url, within).await,
+            "inbox not drained within {within:?}"
+        );
     }
 
     /// Stops the control plane and waits for it.
@@ -363,11 +384,46 @@ impl Plane {
     }
 }
 
+/// Superuser connection to an ingest database by URL.
+pub async fn ingest_client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Inbox rows not applied yet.
+pub async fn inbox_pending(url: &str) -> i64 {
+    ingest_client(url)
+        .await
+        .query_one("SELECT count(*) FROM inbox WHERE aplicado_em IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Whether every inbox row is applied within `within`.
+pub async fn inbox_drained(url: &str, within: Duration) -> bool {
+    let client = ingest_client(url).await;
+    eventually(within, || async {
+        client
+            .query_one("SELECT count(*) FROM inbox WHERE aplicado_em IS NULL", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+    })
+    .await
+}
+
 /// A running tenant-router binary.
 pub struct Router {
     child: Child,
     pub grpc: String,
     pub http: String,
+    /// Its control plane's ingest database (superuser URL).
+    pub ingest_url: String,
 }
 
 impl Router {
@@ -413,6 +469,7 @@ impl Router {
             child,
             grpc: format!("https://{}", addr("grpc=")),
             http: addr("http="),
+            ingest_url: plane.ingest_url.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Channel::from_shared(router.grpc.clone())

@@ -1,0 +1,106 @@
+//! `tenantctl inbox`: the message pipeline's durable inbox.
+
+use super::{output, Client, Failure};
+use clap::Subcommand;
+use proto::control::v1 as pb;
+
+#[derive(Subcommand)]
+pub(super) enum InboxCommand {
+    /// Depth, apply lag per server, and tenants that are stuck (behind or failing).
+    Status,
+    /// Try a tenant's pending deliveries now (clears its backoff).
+    Retry { tenant: String },
+}
+
+pub(super) async fn inbox(
+    client: &mut Client,
+    cmd: InboxCommand,
+    json: bool,
+) -> Result<(), Failure> {
+    match cmd {
+        InboxCommand::Status => {
+            let s = client
+                .inbox_status(pb::InboxStatusRequest {})
+                .await?
+                .into_inner();
+            if json {
+                output::json(&serde_json::json!({
+                    "depth": s.depth,
+                    "oldest_age_secs": s.oldest_age_secs,
+                    "servers": s.servers.iter().map(|x| serde_json::json!({
+                        "server": x.server, "pending": x.pending, "oldest_age_secs": x.oldest_age_secs,
+                    })).collect::<Vec<_>>(),
+                    "stuck": s.stuck.iter().map(|t| serde_json::json!({
+                        "tenant_id": t.tenant_id, "slug": t.slug, "server": t.server,
+                        "pending": t.pending, "oldest_age_secs": t.oldest_age_secs,
+                        "attempts": t.attempts, "last_error": t.last_error,
+                    })).collect::<Vec<_>>(),
+                }));
+                return Ok(());
+            }
+            output::line(&format!(
+                "pending deliveries: {} (oldest {:.1}s)",
+                s.depth, s.oldest_age_secs
+            ));
+            let servers: Vec<_> = s
+                .servers
+                .iter()
+                .map(|x| {
+                    vec![
+                        x.server.clone(),
+                        x.pending.to_string(),
+                        format!("{:.1}s", x.oldest_age_secs),
+                    ]
+                })
+                .collect();
+            if !servers.is_empty() {
+                output::table(&["SERVER", "PENDING", "LAG"], &servers);
+            }
+            let stuck: Vec<_> = s
+                .stuck
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.slug.clone(),
+                        t.server.clone(),
+                        t.pending.to_string(),
+                        format!("{:.1}s", t.oldest_age_secs),
+                        t.attempts.to_string(),
+                        t.last_error.clone(),
+                    ]
+                })
+                .collect();
+            if !stuck.is_empty() {
+                output::line("stuck tenants:");
+                output::table(
+                    &[
+                        "TENANT",
+                        "SERVER",
+                        "PENDING",
+                        "OLDEST",
+                        "ATTEMPTS",
+                        "LAST ERROR",
+                    ],
+                    &stuck,
+                );
+            }
+        }
+        InboxCommand::Retry { tenant } => {
+            let r = client
+                .retry_inbox(pb::TenantRef {
+                    tenant: tenant.clone(),
+                })
+                .await?
+                .into_inner();
+            if json {
+                output::json(&serde_json::json!({"tenant": tenant, "pending": r.pending}));
+            } else {
+                output::line(&format!(
+                    "{tenant}: {} pending deliveries will be tried now",
+                    r.pending
+                ));
+            }
+        }
+    }
+    Ok(())
+}
