@@ -56,10 +56,17 @@ code="$(curl -s -o /dev/null -w '%{http_code}' -X POST "$ROUTER_HTTP_ENDPOINT/we
   -H 'Content-Type: application/json' -H "X-Hub-Signature-256: $sig" --data-binary "$payload")"
 [ "$code" = 200 ] || { echo "smoke: webhook answered $code" >&2; exit 1; }
 wh_db="$(tenantctl show "$wh_slug" --json | sed -n 's/.*"database": "\(.*\)".*/\1/p')"
-psql "${PG_ADMIN_URL%/postgres}/$wh_db" -tAc "SELECT count(*) FROM mensagens WHERE wamid = 'wamid.SMOKE1'" | grep -qx 1 \
-  || { echo "smoke: the webhook message did not land" >&2; exit 1; }
+# 200 means durable in the inbox; the workers apply it to the tenant's database right after.
+landed=no
+for _ in $(seq 1 100); do
+  if psql "${PG_ADMIN_URL%/postgres}/$wh_db" -tAc "SELECT count(*) FROM mensagens WHERE wamid = 'wamid.SMOKE1'" | grep -qx 1; then
+    landed=yes; break
+  fi
+  sleep 0.1
+done
+[ "$landed" = yes ] || { echo "smoke: the webhook message did not land" >&2; exit 1; }
 # Every session of the platform's daemons to PostgreSQL is TLS.
-plain="$(psql "$PG_ADMIN_URL" -tAc "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name IN ('tenant-router', 'control-plane') AND NOT s.ssl")"
+plain="$(psql "$PG_ADMIN_URL" -tAc "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.application_name IN ('tenant-router', 'tenant-router-inbox', 'control-plane') AND NOT s.ssl")"
 [ "$plain" = 0 ] || { echo "smoke: $plain plaintext sessions to PostgreSQL" >&2; exit 1; }
 challenge="$(curl -s "$ROUTER_HTTP_ENDPOINT/webhooks/whatsapp?hub.mode=subscribe&hub.challenge=4242&hub.verify_token=$WHATSAPP_VERIFY_TOKEN")"
 [ "$challenge" = 4242 ] || { echo "smoke: handshake answered $challenge" >&2; exit 1; }

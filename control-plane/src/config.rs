@@ -90,7 +90,11 @@ pub struct Ingest {
     /// Applied inbox rows are deleted after this many hours.
     #[serde(default = "defaults::applied_retention_hours")]
     pub applied_retention_hours: u32,
-    /// How often applied rows past their retention are pruned, in seconds.
+    /// Events are deleted from the event log after this many hours (consumers further
+    /// behind miss them).
+    #[serde(default = "defaults::events_retention_hours")]
+    pub events_retention_hours: u32,
+    /// How often applied rows and events past their retention are pruned, in seconds.
     #[serde(default = "defaults::ingest_prune_every_secs")]
     pub prune_every_secs: u64,
     /// A tenant whose oldest pending row is older than this is reported stuck, in seconds.
@@ -106,6 +110,7 @@ impl Default for Ingest {
             pool_size: defaults::ingest_pool_size(),
             allow_fsync_off: false,
             applied_retention_hours: defaults::applied_retention_hours(),
+            events_retention_hours: defaults::events_retention_hours(),
             prune_every_secs: defaults::ingest_prune_every_secs(),
             stuck_after_secs: defaults::stuck_after_secs(),
         }
@@ -449,6 +454,9 @@ mod defaults {
     pub fn applied_retention_hours() -> u32 {
         72
     }
+    pub fn events_retention_hours() -> u32 {
+        168
+    }
     pub fn ingest_prune_every_secs() -> u64 {
         300
     }
@@ -700,9 +708,13 @@ impl Config {
                 "ingest.url is not a valid PostgreSQL URL".into(),
             ));
         }
-        if i.pool_size == 0 || i.prune_every_secs == 0 || i.applied_retention_hours == 0 {
+        if i.pool_size == 0
+            || i.prune_every_secs == 0
+            || i.applied_retention_hours == 0
+            || i.events_retention_hours == 0
+        {
             return Err(ConfigError::Invalid(
-                "ingest.pool_size, ingest.prune_every_secs and ingest.applied_retention_hours must be above 0"
+                "ingest.pool_size, prune_every_secs, applied_retention_hours and events_retention_hours must be above 0"
                     .into(),
             ));
         }

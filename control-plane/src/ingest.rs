@@ -28,11 +28,15 @@ mod embedded {
 /// Advisory-lock key serializing ingest schema migrations between replicas.
 const MIGRATION_LOCK: i64 = 0x0069_6e67_5f6d_6967;
 
-/// What a router login may do: write and drain the inbox, keep the backoff table.
+/// What a router login may do: write and drain the inbox, keep the backoff table, relay
+/// and read events, keep consumer groups' cursors and members.
 const ROUTER_GRANTS: &str = "GRANT SELECT, INSERT ON inbox TO {r}; \
      GRANT UPDATE (aplicado_em, erro) ON inbox TO {r}; \
      GRANT SELECT, INSERT, UPDATE, DELETE ON inbox_atrasos TO {r}; \
-     GRANT EXECUTE ON FUNCTION serve_servidor(text) TO {r};";
+     GRANT EXECUTE ON FUNCTION serve_servidor(text) TO {r}; \
+     GRANT SELECT, INSERT ON eventos TO {r}; \
+     GRANT SELECT, INSERT, UPDATE ON cursores TO {r}; \
+     GRANT SELECT, INSERT, UPDATE, DELETE ON membros TO {r};";
 
 /// Limits of a router's login: its pool and workers stay far below them.
 const ROUTER_LIMITS: LoginLimits = LoginLimits {
@@ -262,7 +266,7 @@ impl Ingest {
         catalog.forget_ingest_login(router).await
     }
 
-    /// Erases everything the pipeline holds of a deleted tenant.
+    /// Erases everything the pipeline holds of a deleted tenant: inbox rows and events.
     pub async fn erase_tenant(&self, tenant_id: i64) -> Result<u64> {
         let client = self.client().await?;
         let n = client
@@ -273,6 +277,9 @@ impl Ingest {
                 "DELETE FROM inbox_atrasos WHERE empresa_id = $1",
                 &[&tenant_id],
             )
+            .await?;
+        client
+            .execute("DELETE FROM eventos WHERE empresa_id = $1", &[&tenant_id])
             .await?;
         Ok(n)
     }
@@ -342,6 +349,20 @@ impl Ingest {
         Ok(status)
     }
 
+    /// Consumer groups with a live subscriber, and live subscribers.
+    pub async fn consumers(&self) -> Result<(i64, i64)> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT count(DISTINCT grupo), count(*) FROM membros \
+                 WHERE visto_em > now() - interval '10 seconds'",
+                &[],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
     /// Clears a tenant's backoff so workers try it at once; how many rows are pending.
     pub async fn retry(&self, tenant_id: i64) -> Result<i64> {
         let client = self.client().await?;
@@ -360,27 +381,45 @@ impl Ingest {
             .get(0))
     }
 
-    /// Deletes applied rows older than `hours`.
-    pub async fn prune(&self, hours: u32) -> Result<u64> {
+    /// Deletes applied inbox rows older than `applied_hours`, events older than
+    /// `event_hours` and group members gone for an hour; rows deleted.
+    pub async fn prune(&self, applied_hours: u32, event_hours: u32) -> Result<u64> {
         let client = self.client().await?;
-        Ok(client
+        let inbox = client
             .execute(
                 "DELETE FROM inbox WHERE aplicado_em < now() - make_interval(hours => $1)",
-                &[&(hours as i32)],
+                &[&(applied_hours as i32)],
             )
-            .await?)
+            .await?;
+        let events = client
+            .execute(
+                "DELETE FROM eventos WHERE registrado_em < now() - make_interval(hours => $1)",
+                &[&(event_hours as i32)],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM membros WHERE visto_em < now() - interval '1 hour'",
+                &[],
+            )
+            .await?;
+        Ok(inbox + events)
     }
 
     /// Prunes every `every` until `cancel` fires.
-    pub async fn prune_loop(self, hours: u32, every: Duration, cancel: CancellationToken) {
+    pub async fn prune_loop(self, cfg: crate::config::Ingest, cancel: CancellationToken) {
+        let every = Duration::from_secs(cfg.prune_every_secs);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            match self.prune(hours).await {
+            match self
+                .prune(cfg.applied_retention_hours, cfg.events_retention_hours)
+                .await
+            {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(rows = n, "pruned applied inbox rows"),
+                Ok(n) => tracing::info!(rows = n, "pruned applied inbox rows and old events"),
                 Err(e) => tracing::warn!(error = %e, "cannot prune the inbox"),
             }
         }

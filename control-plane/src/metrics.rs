@@ -14,16 +14,72 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct Sources {
     pub accounts: Accounts,
+    /// The message pipeline (inbox depth and lag, event consumers), read at each scrape.
+    pub ingest: crate::ingest::Ingest,
+    pub stuck_after_secs: u64,
 }
 
 impl Sources {
-    fn render(&self) -> String {
-        format!(
+    async fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = format!(
             "# HELP control_plane_password_hashes_total Argon2id computations (logins, password changes, unknown emails alike).\n\
              # TYPE control_plane_password_hashes_total counter\n\
              control_plane_password_hashes_total {}\n",
             self.accounts.hashes_computed()
-        )
+        );
+        let up = match self.ingest.status(self.stuck_after_secs).await {
+            Ok(s) => {
+                let _ = write!(
+                    out,
+                    "# HELP control_plane_inbox_depth Webhook deliveries in the inbox not applied yet.\n\
+                     # TYPE control_plane_inbox_depth gauge\n\
+                     control_plane_inbox_depth {}\n\
+                     # HELP control_plane_inbox_oldest_pending_seconds Age of the oldest delivery not applied yet.\n\
+                     # TYPE control_plane_inbox_oldest_pending_seconds gauge\n\
+                     control_plane_inbox_oldest_pending_seconds {}\n\
+                     # HELP control_plane_inbox_stuck_tenants Tenants behind by more than ingest.stuck_after_secs, or failing.\n\
+                     # TYPE control_plane_inbox_stuck_tenants gauge\n\
+                     control_plane_inbox_stuck_tenants {}\n\
+                     # HELP control_plane_inbox_apply_lag_seconds Age of the oldest pending delivery, per database server.\n\
+                     # TYPE control_plane_inbox_apply_lag_seconds gauge\n",
+                    s.depth,
+                    s.oldest_age_secs,
+                    s.stuck.len()
+                );
+                for (server, _, age) in &s.servers {
+                    let _ = writeln!(
+                        out,
+                        "control_plane_inbox_apply_lag_seconds{{server=\"{}\"}} {age}",
+                        server.replace(['\\', '"', '\n'], "_")
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics cannot read the inbox");
+                false
+            }
+        };
+        if let Ok((groups, members)) = self.ingest.consumers().await {
+            let _ = write!(
+                out,
+                "# HELP control_plane_event_consumer_groups Consumer groups with a live subscriber.\n\
+                 # TYPE control_plane_event_consumer_groups gauge\n\
+                 control_plane_event_consumer_groups {groups}\n\
+                 # HELP control_plane_event_subscribers Live event-stream subscribers (all routers).\n\
+                 # TYPE control_plane_event_subscribers gauge\n\
+                 control_plane_event_subscribers {members}\n"
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP control_plane_ingest_up Whether the ingest database answered this scrape.\n\
+             # TYPE control_plane_ingest_up gauge\n\
+             control_plane_ingest_up {}\n",
+            u8::from(up)
+        );
+        out
     }
 }
 
@@ -48,7 +104,7 @@ pub async fn serve(listener: tokio::net::TcpListener, sources: Sources, cancel: 
                 let sources = sources.clone();
                 async move {
                     let (status, body) = if req.uri().path() == "/metrics" {
-                        (StatusCode::OK, sources.render())
+                        (StatusCode::OK, sources.render().await)
                     } else {
                         (StatusCode::NOT_FOUND, "not found\n".to_string())
                     };

@@ -81,11 +81,11 @@ pub async fn run(
         ingest.clone(),
         config.provisioning.scram_iterations,
     );
-    tasks.spawn(ingest.clone().prune_loop(
-        config.ingest.applied_retention_hours,
-        Duration::from_secs(config.ingest.prune_every_secs),
-        cancel.child_token(),
-    ));
+    tasks.spawn(
+        ingest
+            .clone()
+            .prune_loop(config.ingest.clone(), cancel.child_token()),
+    );
     tasks.spawn(directory.clone().listen(cancel.child_token()));
 
     let signer = caller_auth::Signer::from_base64(&config.token_signing_key)
@@ -122,6 +122,8 @@ pub async fn run(
             .map_err(ServeError::Startup)?;
         let sources = crate::metrics::Sources {
             accounts: admin.accounts(),
+            ingest: admin.ingest(),
+            stuck_after_secs: config.ingest.stuck_after_secs,
         };
         tasks.spawn(crate::metrics::serve(
             listener,

@@ -43,7 +43,7 @@ async fn dry_run_plans_migrate_applies_and_a_noop_run_never_connects() {
     let pending = &plan["pending"][0];
     assert_eq!(
         pending["migrations"],
-        serde_json::json!(["common/V2__lead_tags"])
+        serde_json::json!(["common/V2__lead_tags", "common/V3__eventos"])
     );
     assert!(
         !has_tags_column(&plane, &own, "fl-a").await,
@@ -63,7 +63,7 @@ async fn dry_run_plans_migrate_applies_and_a_noop_run_never_connects() {
         has_tags_column(&plane, &own, "fl-a").await && has_tags_column(&plane, &own, "fl-b").await
     );
     let show = plane.ok(&["show", "fl-a", "--json"]).json();
-    assert_eq!(show["schema_version"], 2);
+    assert_eq!(show["schema_version"], 3);
     assert_eq!(show["migration_pending"], false);
 
     let catalog = plane.catalog().await;
@@ -82,9 +82,9 @@ async fn dry_run_plans_migrate_applies_and_a_noop_run_never_connects() {
     assert_eq!(
         got,
         vec![
-            ("fl-a".into(), "migrated".into(), 1, 2),
-            ("fl-b".into(), "migrated".into(), 1, 2),
-            ("fl-c".into(), "skipped".into(), 2, 2),
+            ("fl-a".into(), "migrated".into(), 1, 3),
+            ("fl-b".into(), "migrated".into(), 1, 3),
+            ("fl-c".into(), "skipped".into(), 3, 3),
         ]
     );
 
@@ -269,8 +269,8 @@ async fn a_tenant_locked_by_another_run_is_busy_and_concurrent_runs_apply_once()
         .unwrap()
         .get(0);
     assert_eq!(
-        applied, 6,
-        "six tenants, one pending migration each, applied once"
+        applied, 12,
+        "six tenants, two pending migrations each, applied once"
     );
     for s in slugs {
         assert!(has_tags_column(&plane, pg, s).await, "{s}");
@@ -289,10 +289,7 @@ async fn templates_migrate_first_and_bad_requests_are_refused() {
     pg.connect(&tpl)
         .await
         .unwrap()
-        .batch_execute(
-            "ALTER TABLE leads DROP COLUMN tags; DROP INDEX conversas_recentes_idx; \
-             DELETE FROM refinery_schema_history WHERE version = 2",
-        )
+        .batch_execute(common::UNDO_TO_V1)
         .await
         .unwrap();
     let catalog = plane.catalog().await;
@@ -307,7 +304,7 @@ async fn templates_migrate_first_and_bad_requests_are_refused() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(v, 2, "the template was migrated with the fleet");
+    assert_eq!(v, 3, "the template was migrated with the fleet");
     let t = plane
         .ok(&[
             "create",
@@ -319,7 +316,7 @@ async fn templates_migrate_first_and_bad_requests_are_refused() {
             "--json",
         ])
         .json();
-    assert_eq!(t["schema_version"], 2);
+    assert_eq!(t["schema_version"], 3);
     assert!(has_tags_column(&plane, pg, "tp-b").await);
 
     for (args, code, msg) in [

@@ -5,8 +5,9 @@ use crate::accounts::v1 as ac;
 use crate::control::v1 as pb;
 use crate::domain::v1 as dm;
 use tenant_model::{
-    BackupState, ConversationStatus, DeadLetterKind, Invalid, LeadStatus, MessageDirection,
-    MessageStatus, MigrationOutcome, Sector, TenantStatus, UserRole, UserStatus, WebhookSource,
+    BackupState, ConversationStatus, DeadLetterKind, EventKind, Invalid, LeadStatus,
+    MessageDirection, MessageStatus, MigrationOutcome, Sector, TenantStatus, UserRole, UserStatus,
+    WebhookSource,
 };
 
 /// A proto enum field's number as the model value, or an error naming the field.
@@ -48,6 +49,15 @@ macro_rules! wire_enum {
 }
 
 wire_enum!(WebhookSource, pb::WebhookSource { Meta, Evolution });
+wire_enum!(
+    EventKind,
+    dm::EventKind {
+        MessageReceived,
+        MessageSent,
+        MessageStatus,
+        LeadCreated
+    }
+);
 wire_enum!(
     BackupState,
     pb::BackupState {

@@ -153,8 +153,61 @@ fn pending_lists_what_a_version_lacks() {
     assert!(all.iter().any(|m| m == "imoveis/V1__imoveis"));
     assert_eq!(
         tenant_migrations::pending(Sector::Imoveis, 1, 1),
-        vec!["common/V2__lead_tags".to_string()]
+        vec![
+            "common/V2__lead_tags".to_string(),
+            "common/V3__eventos".to_string()
+        ]
     );
     let (c, s) = targets(Sector::Imoveis);
     assert!(tenant_migrations::pending(Sector::Imoveis, c, s).is_empty());
+}
+
+/// Every stored message, status change and new lead is recorded in the outbox, in the
+/// same transaction as the change; updates that change no status and upserts that find
+/// the lead record nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_recorded_in_the_outbox_by_the_same_transaction() {
+    let pg = pg_harness::shared();
+    let db = pg.fresh_database("outbox").await.unwrap();
+    let mut client = pg.connect(&db).await.unwrap();
+    tenant_migrations::migrate(&mut client, Sector::Servicos)
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO leads (wa_id, nome) VALUES ('5511900000001', 'Ana'); \
+             INSERT INTO leads (wa_id) VALUES ('5511900000001') ON CONFLICT (wa_id) DO UPDATE SET nome = 'Ana B'; \
+             INSERT INTO conversas (lead_id) SELECT id FROM leads; \
+             INSERT INTO mensagens (conversa_id, wamid, direcao, conteudo) SELECT id, 'w1', 'entrada', 'oi' FROM conversas; \
+             INSERT INTO mensagens (conversa_id, wamid, direcao, conteudo, status) SELECT id, 'w2', 'saida', 'olá', 'sent' FROM conversas; \
+             UPDATE mensagens SET status = 'read' WHERE wamid = 'w2'; \
+             UPDATE mensagens SET conteudo = 'oi!' WHERE wamid = 'w1';",
+        )
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute("INSERT INTO leads (wa_id) VALUES ('5511900000002')")
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let rows: Vec<(String, serde_json::Value)> = client
+        .query("SELECT tipo, dados FROM eventos_saida ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let kinds: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "lead.created",
+            "message.received",
+            "message.sent",
+            "message.status"
+        ]
+    );
+    assert_eq!(rows[1].1["body"], "oi");
+    assert_eq!(rows[3].1["previous"], "sent");
+    assert_eq!(rows[3].1["status"], "read");
 }

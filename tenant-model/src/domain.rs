@@ -82,3 +82,13 @@ spelled!(
         NotStarted = "not_started",
     }
 );
+
+spelled!(
+    /// What an event of the message pipeline says (the tenant outbox's `tipo`).
+    EventKind, "event kind" {
+        MessageReceived = "message.received",
+        MessageSent = "message.sent",
+        MessageStatus = "message.status",
+        LeadCreated = "lead.created",
+    }
+);

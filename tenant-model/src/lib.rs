@@ -11,8 +11,8 @@ mod webhook;
 
 pub use account::{Email, UserRole, UserStatus};
 pub use domain::{
-    BackupState, ConversationStatus, LeadStatus, MessageDirection, MessageStatus, MigrationOutcome,
-    Sector,
+    BackupState, ConversationStatus, EventKind, LeadStatus, MessageDirection, MessageStatus,
+    MigrationOutcome, Sector,
 };
 pub use page::{next_page_token, page_after};
 pub use tenant::{Slug, TenantId, TenantKey, TenantStatus};

@@ -77,6 +77,13 @@ pub struct Inbox {
     /// besides the tenant's).
     #[serde(default = "defaults::inbox_workers")]
     pub workers: usize,
+    /// Ingest connections event streams share (reads, acknowledgements, memberships).
+    #[serde(default = "defaults::inbox_readers")]
+    pub readers: usize,
+    /// How often an event stream looks for events other routers relayed, in milliseconds
+    /// (events this router relays are streamed at once).
+    #[serde(default = "defaults::events_poll_ms")]
+    pub events_poll_ms: u64,
     /// Most inbox rows one apply takes from a tenant.
     #[serde(default = "defaults::inbox_apply_rows")]
     pub apply_rows: i64,
@@ -99,6 +106,8 @@ impl Default for Inbox {
             group_rows: defaults::inbox_group_rows(),
             queue: defaults::inbox_queue(),
             workers: defaults::inbox_workers(),
+            readers: defaults::inbox_readers(),
+            events_poll_ms: defaults::events_poll_ms(),
             apply_rows: defaults::inbox_apply_rows(),
             poll_ms: defaults::inbox_poll_ms(),
             apply_timeout_ms: defaults::inbox_apply_timeout_ms(),
@@ -236,6 +245,12 @@ mod defaults {
     pub fn inbox_workers() -> usize {
         8
     }
+    pub fn inbox_readers() -> usize {
+        4
+    }
+    pub fn events_poll_ms() -> u64 {
+        200
+    }
     pub fn inbox_apply_rows() -> i64 {
         500
     }
@@ -367,6 +382,8 @@ impl Config {
         }
         let i = &self.inbox;
         if i.writers == 0
+            || i.readers == 0
+            || i.events_poll_ms == 0
             || i.group_rows == 0
             || i.queue == 0
             || i.workers == 0
@@ -374,7 +391,7 @@ impl Config {
             || i.poll_ms == 0
             || i.apply_timeout_ms == 0
         {
-            return invalid("inbox.writers, group_rows, queue, workers, apply_rows, poll_ms and apply_timeout_ms must be above 0");
+            return invalid("inbox.writers, readers, events_poll_ms, group_rows, queue, workers, apply_rows, poll_ms and apply_timeout_ms must be above 0");
         }
         if self.routes.usage_report_every_secs == 0 {
             return invalid("routes.usage_report_every_secs must be at least 1");

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub inbox_applies: IntCounterVec,
     /// Age of the oldest row of each server's last apply: the apply lag, per server.
     pub inbox_lag: prometheus::GaugeVec,
+    /// Event streams open.
+    pub event_subscribers: IntGauge,
+    /// Events sent on event streams.
+    pub events_streamed: IntCounter,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -132,8 +136,18 @@ impl Metrics {
             ),
             &["server"],
         ));
+        let event_subscribers = must(IntGauge::new(
+            "event_subscribers",
+            "event streams open (consumer group subscribers)",
+        ));
+        let events_streamed = must(IntCounter::new(
+            "events_streamed_total",
+            "events sent on event streams",
+        ));
         for c in [
             Box::new(webhooks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(event_subscribers.clone()),
+            Box::new(events_streamed.clone()),
             Box::new(inbox_writes.clone()),
             Box::new(inbox_applies.clone()),
             Box::new(inbox_lag.clone()),
@@ -170,6 +184,8 @@ impl Metrics {
             inbox_writes,
             inbox_applies,
             inbox_lag,
+            event_subscribers,
+            events_streamed,
         }
     }
 

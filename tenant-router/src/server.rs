@@ -2,7 +2,7 @@
 
 use crate::config::Config;
 use crate::grpc::{
-    CallContext, CatalogService, ConversationsService, LeadsService, SettingsService,
+    CallContext, CatalogService, ConversationsService, EventsService, LeadsService, SettingsService,
 };
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
@@ -141,6 +141,13 @@ pub async fn run(
         metrics,
         default_deadline: Duration::from_millis(config.pools.default_deadline_ms),
         limits: crate::limits::RateLimits::new(config.limits.rate_share),
+        inbox: Arc::clone(&inbox),
+    });
+    let event_log = Arc::new(crate::events::EventLog {
+        inbox: Arc::clone(&inbox),
+        routes: Arc::clone(&routes),
+        metrics: Arc::clone(&ctx.metrics),
+        members: Default::default(),
     });
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -154,6 +161,9 @@ pub async fn run(
         .await;
     health_reporter
         .set_serving::<pb::settings_server::SettingsServer<SettingsService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::events_server::EventsServer<EventsService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -186,6 +196,12 @@ pub async fn run(
         .add_service(pb::settings_server::SettingsServer::new(SettingsService {
             ctx: Arc::clone(&ctx),
             cache: settings_cache,
+        }))
+        .add_service(pb::events_server::EventsServer::new(EventsService {
+            ctx: Arc::clone(&ctx),
+            log: event_log,
+            tasks: tasks.clone(),
+            shutdown: cancel.child_token(),
         }))
         .serve_with_incoming_shutdown(
             service_kit::nodelay_incoming(grpc, config.grpc.bounds()),

@@ -9,6 +9,7 @@ mod common;
 use common::wh::{delivery, post_signed, text_msg};
 use common::{eventually, Plane, Router};
 use proto::control::v1 as cp;
+use proto::domain::v1 as dm;
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -338,4 +339,413 @@ async fn a_stolen_router_login_reaches_only_its_servers_inbox_rows() {
         .unwrap();
     assert!(c.query_one("SELECT 1", &[]).await.is_err(), "session ended");
     assert!(login(&route).await.is_err(), "login disabled");
+}
+
+/// An event stream's events, collected in the background.
+struct Collected {
+    events: Arc<Mutex<Vec<dm::Event>>>,
+    task: tokio::task::JoinHandle<Option<tonic::Status>>,
+}
+
+impl Collected {
+    fn kinds_of(&self, tenant_id: i64) -> Vec<(i32, String)> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.tenant_id == tenant_id)
+            .map(|e| (e.kind, e.data_json.clone()))
+            .collect()
+    }
+
+    fn count(&self) -> usize {
+        self.events.lock().unwrap().len()
+    }
+
+    fn cursors(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.cursor.clone())
+            .collect()
+    }
+}
+
+impl Drop for Collected {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn events_req<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+async fn subscribe(router: &Router, token: &str, group: &str, tenants: &[&str]) -> Collected {
+    let mut client = dm::events_client::EventsClient::new(router.channel().await);
+    let mut stream = client
+        .subscribe(events_req(
+            dm::SubscribeRequest {
+                group: group.into(),
+                tenants: tenants.iter().map(|t| t.to_string()).collect(),
+                kinds: Vec::new(),
+                from_oldest: true,
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&events);
+    let task = tokio::spawn(async move {
+        loop {
+            match stream.message().await {
+                Ok(Some(e)) => sink.lock().unwrap().push(e),
+                Ok(None) => return None,
+                Err(s) => return Some(s),
+            }
+        }
+    });
+    Collected { events, task }
+}
+
+async fn ack(
+    router: &Router,
+    token: &str,
+    group: &str,
+    cursors: Vec<String>,
+) -> Result<(), tonic::Status> {
+    dm::events_client::EventsClient::new(router.channel().await)
+        .ack(events_req(
+            dm::AckRequest {
+                group: group.into(),
+                cursors,
+            },
+            token,
+        ))
+        .await
+        .map(|_| ())
+}
+
+async fn tenant_id(plane: &Plane, slug: &str) -> i64 {
+    plane
+        .admin()
+        .await
+        .get_tenant(plane.admin_req(cp::TenantRef {
+            tenant: slug.into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}
+
+const RECEIVED: i32 = dm::EventKind::MessageReceived as i32;
+const SENT: i32 = dm::EventKind::MessageSent as i32;
+const STATUS: i32 = dm::EventKind::MessageStatus as i32;
+const LEAD: i32 = dm::EventKind::LeadCreated as i32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_webhooks_and_domain_writes_reach_a_consumer_group_and_resume_after_a_crash() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 80).await;
+    tenant(&plane, "ev-alfa", "920000001").await;
+    tenant(&plane, "ev-beta", "920000002").await;
+    let (alfa, beta) = (
+        tenant_id(&plane, "ev-alfa").await,
+        tenant_id(&plane, "ev-beta").await,
+    );
+    let token = plane.token(&["ev-alfa"], false).await;
+    let mut router = webhook_router(&plane).await;
+    let bot = subscribe(&router, &token, "bot", &[]).await;
+
+    // A webhook message: a new lead and the message received.
+    let hello = delivery(
+        "920000001",
+        json!([text_msg("wamid.E1", "5511988880000", "oi")]),
+        json!([]),
+    );
+    assert_eq!(post_signed(&router.http, &hello).await, 200);
+    // Another tenant's message is not this caller's.
+    let other = delivery(
+        "920000002",
+        json!([text_msg("wamid.E2", "5511988881111", "oi")]),
+        json!([]),
+    );
+    assert_eq!(post_signed(&router.http, &other).await, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            bot.kinds_of(alfa).len() == 2
+        })
+        .await,
+        "{:?}",
+        bot.kinds_of(alfa)
+    );
+    let got = bot.kinds_of(alfa);
+    assert_eq!(got[0].0, LEAD);
+    assert_eq!(got[1].0, RECEIVED);
+    let data: serde_json::Value = serde_json::from_str(&got[1].1).unwrap();
+    assert_eq!(data["wamid"], "wamid.E1");
+    assert_eq!(data["body"], "oi");
+    assert!(
+        bot.kinds_of(beta).is_empty(),
+        "no events of a tenant the token does not grant"
+    );
+
+    // Domain writes through the router: a lead, an outbound message; then its status by
+    // webhook.
+    let ch = router.channel().await;
+    let lead = dm::leads_client::LeadsClient::new(ch.clone())
+        .upsert_lead(common::call(
+            common::upsert("5511977771234", "Bia"),
+            "ev-alfa",
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut conv = dm::conversations_client::ConversationsClient::new(ch);
+    let c = conv
+        .open_conversation(common::call(
+            dm::OpenConversationRequest { lead_id: lead.id },
+            "ev-alfa",
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    conv.append_message(common::call(
+        dm::AppendMessageRequest {
+            conversation_id: c.id,
+            direction: dm::MessageDirection::Saida as i32,
+            body: "Olá Bia".into(),
+            wamid: "wamid.OUT1".into(),
+            r#type: "text".into(),
+        },
+        "ev-alfa",
+        &token,
+    ))
+    .await
+    .unwrap();
+    let status = delivery(
+        "920000001",
+        json!([]),
+        json!([{"id": "wamid.OUT1", "status": "delivered", "timestamp": "1763800001", "recipient_id": "5511977771234"}]),
+    );
+    assert_eq!(post_signed(&router.http, &status).await, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            bot.kinds_of(alfa).len() == 5
+        })
+        .await,
+        "{:?}",
+        bot.kinds_of(alfa)
+    );
+    let kinds: Vec<i32> = bot.kinds_of(alfa).iter().map(|k| k.0).collect();
+    assert_eq!(kinds, vec![LEAD, RECEIVED, LEAD, SENT, STATUS]);
+    let status: serde_json::Value = serde_json::from_str(&bot.kinds_of(alfa)[4].1).unwrap();
+    assert_eq!(
+        (status["previous"].as_str(), status["status"].as_str()),
+        (Some("pendente"), Some("delivered"))
+    );
+
+    // Acknowledge the first three; the router dies (kill -9); a new one resumes from the
+    // cursor: the two unacknowledged events again, then new ones, no gaps.
+    ack(&router, &token, "bot", bot.cursors()[..3].to_vec())
+        .await
+        .unwrap();
+    drop(bot);
+    drop(router);
+    router = webhook_router(&plane).await;
+    let later = delivery(
+        "920000001",
+        json!([text_msg("wamid.E3", "5511988880000", "de novo")]),
+        json!([]),
+    );
+    assert_eq!(post_signed(&router.http, &later).await, 200);
+    let resumed = subscribe(&router, &token, "bot", &[]).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            resumed.kinds_of(alfa).len() == 3
+        })
+        .await,
+        "{:?}",
+        resumed.kinds_of(alfa)
+    );
+    let kinds: Vec<i32> = resumed.kinds_of(alfa).iter().map(|k| k.0).collect();
+    assert_eq!(kinds, vec![SENT, STATUS, RECEIVED]);
+    // Another group has its own cursor.
+    let fresh = subscribe(&router, &token, "audit", &[]).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            fresh.kinds_of(alfa).len() == 6
+        })
+        .await
+    );
+
+    // Bad requests are refused by name, before any stream starts.
+    let mut client = dm::events_client::EventsClient::new(router.channel().await);
+    let refused = |req: dm::SubscribeRequest, token: &str| {
+        let mut client = client.clone();
+        let r = events_req(req, token);
+        async move {
+            client
+                .subscribe(r)
+                .await
+                .err()
+                .map(|s| (s.code(), s.message().to_string()))
+        }
+    };
+    let (code, msg) = refused(
+        dm::SubscribeRequest {
+            group: "Bad Group".into(),
+            ..Default::default()
+        },
+        &token,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(msg.contains("group"), "{msg}");
+    let (code, _) = refused(
+        dm::SubscribeRequest {
+            group: "g".into(),
+            tenants: vec!["ev-beta".into()],
+            ..Default::default()
+        },
+        &token,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, tonic::Code::PermissionDenied);
+    let (code, msg) = refused(
+        dm::SubscribeRequest {
+            group: "g".into(),
+            kinds: vec![99],
+            ..Default::default()
+        },
+        &token,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(msg.contains("kinds"), "{msg}");
+    let (code, _) = refused(
+        dm::SubscribeRequest {
+            group: "g".into(),
+            ..Default::default()
+        },
+        "not-a-token",
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, tonic::Code::Unauthenticated);
+    let bad = ack(&router, &token, "bot", vec!["1.2".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let _ = client
+        .subscribe(events_req(dm::SubscribeRequest::default(), &token))
+        .await;
+
+    // Deleting a tenant erases its inbox rows and events.
+    plane
+        .admin()
+        .await
+        .delete_tenant(plane.admin_req(cp::DeleteRequest {
+            tenant: "ev-alfa".into(),
+            reason: "test".into(),
+            now: true,
+            confirm: "ev-alfa".into(),
+        }))
+        .await
+        .unwrap();
+    let ingest = common::ingest_client(&plane.ingest_url).await;
+    for table in ["inbox", "eventos"] {
+        let left: i64 = ingest
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE empresa_id = $1"),
+                &[&alfa],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "{table}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_splits_the_tenants_among_its_subscribers() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 80).await;
+    let slugs = ["gr-um", "gr-dois", "gr-tres", "gr-quatro"];
+    for (i, slug) in slugs.iter().enumerate() {
+        tenant(&plane, slug, &format!("93000000{i}")).await;
+    }
+    let token = plane.token(&[], true).await;
+    let router = webhook_router(&plane).await;
+    let a = subscribe(&router, &token, "bots", &[]).await;
+    let b = subscribe(&router, &token, "bots", &[]).await;
+    // Both are members once each has renewed its membership (every 2 s).
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let before = (a.count(), b.count());
+    let mut sent = 0;
+    for round in 0..5 {
+        for i in 0..slugs.len() {
+            let body = delivery(
+                &format!("93000000{i}"),
+                json!([text_msg(
+                    &format!("wamid.G{i}.{round}"),
+                    "5511955550000",
+                    "oi"
+                )]),
+                json!([]),
+            );
+            assert_eq!(post_signed(&router.http, &body).await, 200);
+            sent += 1;
+        }
+    }
+    let received = || {
+        let (x, y) = (a.events.lock().unwrap(), b.events.lock().unwrap());
+        let mut wamids: Vec<String> = x[before.0..]
+            .iter()
+            .chain(y[before.1..].iter())
+            .filter(|e| e.kind == RECEIVED)
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.data_json).unwrap()["wamid"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        wamids.sort();
+        (wamids, x.len() - before.0, y.len() - before.1)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            received().0.len() >= sent
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (wamids, from_a, from_b) = received();
+    let mut unique = wamids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), sent);
+    assert_eq!(
+        wamids.len(),
+        sent,
+        "each event went to one subscriber of the group"
+    );
+    assert!(
+        from_a > 0 && from_b > 0,
+        "both subscribers got a share ({from_a}, {from_b})"
+    );
 }

@@ -1355,7 +1355,8 @@ async fn a_tenant_being_restored_is_read_refuses_writes_retryably_and_loses_no_d
         0,
         "the refused write left nothing behind"
     );
-    // A delivery meanwhile is kept, answered 200, and stored once the tenant is back.
+    // A delivery meanwhile is acknowledged from the inbox, and the workers hold it until
+    // the tenant is back (nothing reaches the database being replaced).
     let body = delivery(
         "900000013",
         json!([text_msg(
@@ -1365,7 +1366,9 @@ async fn a_tenant_being_restored_is_read_refuses_writes_retryably_and_loses_no_d
         )]),
         json!([]),
     );
-    assert_eq!(post(router, &body).await, 200);
+    assert_eq!(post_signed(&router.http, &body).await, 200);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(s.plane.pending().await, 1, "held in the inbox");
     assert_eq!(
         count(pg, &db, "SELECT count(*) FROM mensagens").await,
         0,
@@ -1378,30 +1381,16 @@ async fn a_tenant_being_restored_is_read_refuses_writes_retryably_and_loses_no_d
         )
         .await
         .unwrap();
-    // The control plane replays what was kept (here on demand; a restore wakes it itself).
-    let stored = eventually(Duration::from_secs(10), || async {
-        let mut admin = s.plane.admin().await;
-        let _ = admin
-            .replay_dead_letters(
-                s.plane
-                    .admin_req(proto::control::v1::ReplayDeadLettersRequest {
-                        ids: Vec::new(),
-                        tenant: "wh-mike".into(),
-                    }),
-            )
-            .await;
+    s.plane.drained(Duration::from_secs(10)).await;
+    assert_eq!(
         count(
             pg,
             &db,
             "SELECT count(*) FROM mensagens WHERE wamid = 'wamid.R1'",
         )
-        .await
-            == 1
-    })
-    .await;
-    assert!(
-        stored,
-        "the delivery kept during the restore is stored afterwards"
+        .await,
+        1,
+        "the delivery held during the restore is stored afterwards"
     );
 }
 

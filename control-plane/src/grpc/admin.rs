@@ -92,6 +92,11 @@ impl AdminService {
         self.accounts.clone()
     }
 
+    /// The ingest database (its metrics are served beside the server).
+    pub fn ingest(&self) -> crate::ingest::Ingest {
+        self.ingest.clone()
+    }
+
     /// The deleter (its purge sweep runs beside the server).
     pub fn deleter(&self) -> Deleter {
         self.deleter.clone()

@@ -424,17 +424,21 @@ pub async fn role_exists(pg: &PgServer, name: &str) -> bool {
         .is_some()
 }
 
-/// Turns a tenant back into what the previous release (common set at V1) provisioned:
-/// undoes V2 in its database and records version 1 in the catalog.
+/// What takes a database of the common set back to V1 (undoes V3 and V2).
+pub const UNDO_TO_V1: &str = "DROP TRIGGER eventos_mensagens_novas ON mensagens; \
+     DROP TRIGGER eventos_mensagens_status ON mensagens; \
+     DROP TRIGGER eventos_leads_novos ON leads; \
+     DROP FUNCTION eventos_mensagens_novas(), eventos_mensagens_status(), eventos_leads_novos(); \
+     DROP TABLE eventos_saida; \
+     ALTER TABLE leads DROP COLUMN tags; DROP INDEX conversas_recentes_idx; \
+     DELETE FROM refinery_schema_history WHERE version IN (2, 3)";
+
+/// Turns a tenant back into what the first release (common set at V1) provisioned:
+/// undoes V3 and V2 in its database and records version 1 in the catalog.
 pub async fn age_to_v1(plane: &Plane, pg: &PgServer, slug: &str) {
     let db = plane.database_of(slug).await;
     let c = pg.connect(&db).await.unwrap();
-    c.batch_execute(
-        "ALTER TABLE leads DROP COLUMN tags; DROP INDEX conversas_recentes_idx; \
-         DELETE FROM refinery_schema_history WHERE version = 2",
-    )
-    .await
-    .unwrap();
+    c.batch_execute(UNDO_TO_V1).await.unwrap();
     plane
         .catalog()
         .await

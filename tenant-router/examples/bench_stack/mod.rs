@@ -133,7 +133,13 @@ impl Stack {
     /// Starts PostgreSQL and the control plane, registers the server (with a router
     /// connection budget of `budget`) and one router identity for every server.
     pub async fn start(budget: u32) -> Stack {
-        let pg = pg_harness::PgServer::start().unwrap();
+        Stack::start_with(budget, &[]).await
+    }
+
+    /// Like [`Stack::start`], the tenant server started with `settings` (`pg_harness::DURABLE`
+    /// for one with fsync on).
+    pub async fn start_with(budget: u32, settings: &[(&str, &str)]) -> Stack {
+        let pg = pg_harness::PgServer::start_with(settings).unwrap();
         let catalog = pg.fresh_database("bench_catalog").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let cp_addr = listener.local_addr().unwrap();

@@ -6,9 +6,11 @@
 //! after an authentication failure, the query cancelled on the server if it outlives the
 //! deadline or the caller).
 
+mod events;
 mod services;
 mod settings;
 
+pub use events::EventsService;
 pub use services::{CatalogService, ConversationsService, LeadsService};
 pub use settings::{settings_cache, SettingsCache, SettingsService};
 
@@ -38,6 +40,8 @@ pub struct CallContext {
     pub default_deadline: Duration,
     /// Calls per second per tenant, from its plan.
     pub limits: crate::limits::RateLimits,
+    /// The message pipeline (writes wake its relay of the tenant's events).
+    pub inbox: Arc<crate::inbox::Inbox>,
 }
 
 /// A tenant-scoped operation on one connection: `(connection, tenant sector, request)`.
@@ -101,14 +105,21 @@ impl CallContext {
                 .unwrap_or(self.default_deadline)
                 .min(Duration::from_secs(300));
         let cached = self.authorize(meta, permission).await?;
-        self.path
+        let tenant_id = cached.route.tenant_id;
+        let result = self
+            .path
             .run(
                 cached,
                 permission.access(),
                 deadline,
                 async move |conn, sector| op(conn, sector, message).await,
             )
-            .await
+            .await;
+        if permission == Permission::Write && result.is_ok() {
+            // Its events (messages, statuses, leads) go to the event log.
+            self.inbox.wake(tenant_id);
+        }
+        result
     }
 
     /// Who calls, for which tenant, allowed to do `permission`, within the tenant's rate:
@@ -206,7 +217,67 @@ impl CallContext {
         Ok(cached)
     }
 
-    fn authenticate(&self, meta: &MetadataMap) -> Result<Claims, RouterError> {
+    /// The tenants an event subscription may see: those `requested` (each granted), or
+    /// every tenant the token grants (`None`: all of them).
+    pub(crate) async fn subscription_tenants(
+        &self,
+        claims: &Claims,
+        requested: &[String],
+    ) -> Result<Option<std::collections::HashSet<i64>>, RouterError> {
+        let denied = || RouterError::PermissionDenied("caller may not act for this tenant".into());
+        if claims.kind == Kind::User {
+            let (Some(&tenant), [_]) = (claims.tenants.first(), claims.tenants.as_slice()) else {
+                return Err(RouterError::Unauthenticated(
+                    "user token names no empresa".into(),
+                ));
+            };
+            for raw in requested {
+                let cached = match self
+                    .path
+                    .route(&RouteKey::Tenant(TenantKey::parse(raw)?))
+                    .await
+                {
+                    Err(RouterError::TenantNotFound) => return Err(denied()),
+                    other => other?,
+                };
+                if cached.route.tenant_id != tenant {
+                    return Err(denied());
+                }
+            }
+            return Ok(Some([tenant].into()));
+        }
+        if requested.is_empty() {
+            if claims.all {
+                return Ok(None);
+            }
+            if claims.tenants.is_empty() {
+                return Err(RouterError::PermissionDenied(
+                    "the token grants no tenant".into(),
+                ));
+            }
+            return Ok(Some(claims.tenants.iter().copied().collect()));
+        }
+        let mut ids = std::collections::HashSet::with_capacity(requested.len());
+        for raw in requested {
+            let key = TenantKey::parse(raw)?;
+            if let TenantKey::Id(id) = &key {
+                if !claims.grants(id.get()) {
+                    return Err(denied());
+                }
+            }
+            let cached = match self.path.route(&RouteKey::Tenant(key)).await {
+                Err(RouterError::TenantNotFound) if !claims.all => return Err(denied()),
+                other => other?,
+            };
+            if !claims.grants(cached.route.tenant_id) {
+                return Err(denied());
+            }
+            ids.insert(cached.route.tenant_id);
+        }
+        Ok(Some(ids))
+    }
+
+    pub(crate) fn authenticate(&self, meta: &MetadataMap) -> Result<Claims, RouterError> {
         let header = meta
             .get("authorization")
             .ok_or_else(|| RouterError::Unauthenticated("missing bearer token".into()))?;

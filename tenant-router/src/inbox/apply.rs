@@ -46,6 +46,53 @@ const BACKOFF: &str = "INSERT INTO inbox_atrasos AS a (empresa_id, servidor, ten
      ON CONFLICT (empresa_id) DO UPDATE SET tentativas = a.tentativas + 1, ultimo_erro = $5, \
        servidor = $2, proxima_em = now() + least($4, $3 * 2 ^ least(a.tentativas, 20)) * interval '1 millisecond'";
 
+const OUTBOX: &str = "SELECT id, tipo, dados::text, (extract(epoch FROM criado_em) * 1000)::int8 \
+     FROM eventos_saida ORDER BY id LIMIT $1";
+const RELAY: &str = "INSERT INTO eventos (empresa_id, servidor, banco, origem_id, particao, tipo, dados, criado_em) \
+     SELECT $1, $2, $3, o, $4, t, d, to_timestamp(ms / 1000.0) \
+     FROM unnest($5::int8[], $6::text[], $7::text[], $8::int8[]) AS x(o, t, d, ms) \
+     ON CONFLICT (empresa_id, banco, origem_id) DO NOTHING";
+
+/// Most outbox events one apply relays.
+const OUTBOX_BATCH: i64 = 1_000;
+
+/// One event in a tenant's outbox.
+struct OutboxEvent {
+    id: i64,
+    kind: String,
+    data: String,
+    at_ms: i64,
+}
+
+/// Writes outbox events to the event log (once each, whatever is retried).
+async fn relay(
+    tx: &deadpool_postgres::Transaction<'_>,
+    route: &CachedRoute,
+    events: &[OutboxEvent],
+) -> Result<(), RouterError> {
+    let r = &route.route;
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+    let at: Vec<i64> = events.iter().map(|e| e.at_ms).collect();
+    tx.execute(
+        RELAY,
+        &[
+            &r.tenant_id,
+            &r.server,
+            &r.database,
+            &crate::events::partition(r.tenant_id),
+            &ids,
+            &kinds,
+            &data,
+            &at,
+        ],
+    )
+    .await
+    .map_err(ingest)?;
+    Ok(())
+}
+
 /// First backoff of a failing tenant, in milliseconds (doubled per failure).
 const FIRST_BACKOFF_MS: f64 = 100.0;
 
@@ -212,10 +259,6 @@ impl Workers {
                 age_secs: r.get(5),
             })
             .collect();
-        if rows.is_empty() {
-            tx.commit().await.map_err(ingest)?;
-            return Ok(Outcome::Done);
-        }
         let full = rows.len() as i64 >= limit;
         let lag = rows.iter().map(|r| r.age_secs).fold(0.0, f64::max);
         let mut marks: Vec<(i64, Option<String>)> = Vec::with_capacity(rows.len());
@@ -233,7 +276,7 @@ impl Workers {
             }
         }
         let result = self.store_all(&route, &good).await;
-        let failed = match result {
+        let mut failed = match result {
             Ok(done) => {
                 marks.extend(done);
                 None
@@ -243,31 +286,112 @@ impl Workers {
                 Some(e)
             }
         };
+        // The events the tenant's database recorded (by these rows, or by domain writes).
+        let events = match failed {
+            None => match self.outbox(&route).await {
+                Ok(events) => events,
+                Err(e) => {
+                    failed = Some(e);
+                    Vec::new()
+                }
+            },
+            Some(_) => Vec::new(),
+        };
+        if rows.is_empty() && events.is_empty() && failed.is_none() {
+            tx.commit().await.map_err(ingest)?;
+            return Ok(Outcome::Done);
+        }
+        if !events.is_empty() {
+            relay(&tx, &route, &events).await?;
+        }
         let (ids, errors): (Vec<i64>, Vec<Option<String>>) = marks.into_iter().unzip();
-        tx.execute(MARK, &[&ids, &errors]).await.map_err(ingest)?;
+        if !ids.is_empty() {
+            tx.execute(MARK, &[&ids, &errors]).await.map_err(ingest)?;
+        }
         if failed.is_none() {
             tx.execute(CLEAR_BACKOFF, &[&tenant_id])
                 .await
                 .map_err(ingest)?;
         }
         tx.commit().await.map_err(ingest)?;
-        self.metrics
-            .inbox_lag
-            .with_label_values(&[&route.route.server])
-            .set(lag);
+        if !events.is_empty() {
+            self.inbox.events_recorded();
+            // Relayed for good: the outbox may forget them (a failure here only means
+            // they are relayed again, and the log keeps them once).
+            let relayed: Vec<i64> = events.iter().map(|e| e.id).collect();
+            if let Err(e) = self.forget(&route, &relayed).await {
+                tracing::debug!(tenant = tenant_id, error = %e, "relayed events not deleted from the outbox yet");
+            }
+        }
+        if !rows.is_empty() {
+            self.metrics
+                .inbox_lag
+                .with_label_values(&[&route.route.server])
+                .set(lag);
+        }
         let applied = ids.len() as u64;
         self.metrics
             .inbox_applies
             .with_label_values(&["applied"])
             .inc_by(applied);
+        let more = full || events.len() as i64 >= OUTBOX_BATCH;
         match failed {
-            None if full => Ok(Outcome::More),
+            None if more => Ok(Outcome::More),
             None => Ok(Outcome::Done),
             Some(e) => {
                 self.back_off(tenant_id, &route.route.server, &e).await;
                 Ok(Outcome::Later)
             }
         }
+    }
+
+    /// Up to [`OUTBOX_BATCH`] events from the tenant's outbox, oldest first (none from a
+    /// database whose schema has no outbox yet: its fleet migration is pending).
+    async fn outbox(&self, route: &Arc<CachedRoute>) -> Result<Vec<OutboxEvent>, RouterError> {
+        let deadline = Instant::now() + Duration::from_millis(self.inbox.cfg.apply_timeout_ms);
+        self.path
+            .run(
+                Arc::clone(route),
+                Access::Deliver,
+                deadline,
+                async |conn, _sector| match conn.client.query(OUTBOX, &[&OUTBOX_BATCH]).await {
+                    Ok(rows) => Ok(rows
+                        .iter()
+                        .map(|r| OutboxEvent {
+                            id: r.get(0),
+                            kind: r.get(1),
+                            data: r.get(2),
+                            at_ms: r.get(3),
+                        })
+                        .collect()),
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+                    {
+                        Ok(Vec::new())
+                    }
+                    Err(e) => Err(tenant_db(e)),
+                },
+            )
+            .await
+    }
+
+    /// Deletes relayed events from the tenant's outbox.
+    async fn forget(&self, route: &Arc<CachedRoute>, ids: &[i64]) -> Result<(), RouterError> {
+        let deadline = Instant::now() + Duration::from_millis(self.inbox.cfg.apply_timeout_ms);
+        self.path
+            .run(
+                Arc::clone(route),
+                Access::Deliver,
+                deadline,
+                async |conn, _sector| {
+                    conn.client
+                        .execute("DELETE FROM eventos_saida WHERE id = ANY($1)", &[&ids])
+                        .await
+                        .map(|_| ())
+                        .map_err(tenant_db)
+                },
+            )
+            .await
     }
 
     /// Stores the rows' batches: all in one transaction, or (when the tenant's database

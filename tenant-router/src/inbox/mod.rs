@@ -62,8 +62,10 @@ pub(crate) struct Submission {
 /// Connections to the ingest database: the writers' and the workers' (apart, so slow
 /// tenant databases holding workers never delay acknowledgements).
 pub(crate) struct Connections {
-    writer: Pool,
-    worker: Pool,
+    pub(crate) writer: Pool,
+    pub(crate) worker: Pool,
+    /// Event streams' reads, acknowledgements and group memberships.
+    pub(crate) reader: Pool,
 }
 
 /// The inbox handle shared by the webhook path, the writers and the workers.
@@ -76,6 +78,8 @@ pub struct Inbox {
     queue: mpsc::Sender<Submission>,
     /// Tenants with freshly committed rows, for this router's workers.
     wake: mpsc::Sender<i64>,
+    /// Bumped whenever this router's workers recorded events (streams read at once).
+    events: tokio::sync::watch::Sender<u64>,
 }
 
 /// The receiving ends [`Inbox::new`] hands to the writer and the workers.
@@ -101,6 +105,7 @@ impl Inbox {
                 connecting: Mutex::new(()),
                 queue,
                 wake,
+                events: tokio::sync::watch::Sender::new(0),
             }),
             Receivers {
                 queue: queue_rx,
@@ -172,6 +177,7 @@ impl Inbox {
         let c = Arc::new(Connections {
             writer: pool(self.cfg.writers)?,
             worker: pool(self.cfg.workers)?,
+            reader: pool(self.cfg.readers)?,
         });
         *self.connections.write().await = Some(Arc::clone(&c));
         Ok(c)
@@ -202,9 +208,19 @@ impl Inbox {
         }
     }
 
-    /// Tells this router's workers a tenant has fresh rows (dropped when they are busy:
-    /// their poll finds the rows anyway).
-    pub(crate) fn wake(&self, tenant_id: i64) {
+    /// Tells this router's event streams that new events are in the log.
+    pub(crate) fn events_recorded(&self) {
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Notified whenever this router records events.
+    pub(crate) fn events_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events.subscribe()
+    }
+
+    /// Tells this router's workers a tenant has fresh rows or events to relay (dropped
+    /// when they are busy: their poll finds pending rows anyway).
+    pub fn wake(&self, tenant_id: i64) {
         let _ = self.wake.try_send(tenant_id);
     }
 }

@@ -183,7 +183,9 @@ impl Webhooks {
             reason: "",
         };
         let route = match route {
-            Ok(r) if r.status == TenantStatus::Active => r,
+            // A tenant being restored takes deliveries too: workers apply them once the
+            // restored database is in place.
+            Ok(r) if accepts(r.status) => r,
             Ok(r) => {
                 // Kept for the tenant, replayed when it is resumed; answered 200.
                 let kind = DeadLetterKind::TenantSuspended;
@@ -328,7 +330,7 @@ impl Webhooks {
                 return Answer::BadRequest;
             }
         };
-        if route.status != TenantStatus::Active {
+        if !accepts(route.status) {
             // Keep what a suspended tenant receives rather than lose it.
             let letter = Unroutable {
                 source: WebhookSource::Evolution,
@@ -356,6 +358,11 @@ impl Webhooks {
         self.count(answer);
         answer
     }
+}
+
+/// Whether deliveries for a tenant in `status` go to the inbox (otherwise: dead letters).
+fn accepts(status: TenantStatus) -> bool {
+    matches!(status, TenantStatus::Active | TenantStatus::Restoring)
 }
 
 fn signature_eq(a: &[u8], b: &[u8]) -> bool {
