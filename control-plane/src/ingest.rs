@@ -284,6 +284,20 @@ impl Ingest {
         Ok(n)
     }
 
+    /// Has routers' workers relay the tenant's outbox soon: an empty inbox row (applying it
+    /// stores nothing; the apply relays the outbox).
+    pub async fn wake_relay(&self, tenant_id: i64, server: &str) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO inbox (empresa_id, servidor, fonte, lote, mensagens) \
+                 VALUES ($1, $2, 'meta', '{}', 0)",
+                &[&tenant_id, &server],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Waits up to `within` until the tenant has no pending inbox rows; whether it has none.
     pub async fn drained(&self, tenant_id: i64, within: Duration) -> Result<bool> {
         let until = std::time::Instant::now() + within;

@@ -38,6 +38,9 @@ pub struct Replayed {
 #[derive(Clone)]
 pub struct Replayer {
     catalog: Catalog,
+    /// Where the events of what a replay stored are relayed from (a marker row wakes the
+    /// tenant's workers).
+    ingest: crate::ingest::Ingest,
     quota: DeadLetterQuota,
     connect_timeout: Duration,
     every: Duration,
@@ -47,11 +50,13 @@ pub struct Replayer {
 impl Replayer {
     pub fn new(
         catalog: Catalog,
+        ingest: crate::ingest::Ingest,
         cfg: &crate::config::DeadLetters,
         connect_timeout: Duration,
     ) -> Replayer {
         Replayer {
             catalog,
+            ingest,
             quota: cfg.quota(),
             connect_timeout,
             every: Duration::from_secs(cfg.replay_every_secs),
@@ -231,6 +236,10 @@ impl Replayer {
                 .await?;
         }
         let stored = self.store(tenant, &batch).await?;
+        // Its events are in the tenant's outbox: have the workers relay them.
+        self.ingest
+            .wake_relay(tenant.id, &tenant.server_name)
+            .await?;
         self.catalog
             .mark_replayed(letter.id, tenant.id, letter.last_ms)
             .await?;

@@ -27,6 +27,8 @@ pub const PARTITIONS: i16 = 16;
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A member not seen for this long has left its group.
 const MEMBER_TTL_MS: f64 = 10_000.0;
+/// How long a stream woken by a relay waits for more before it reads.
+const COALESCE: Duration = Duration::from_millis(10);
 /// Most events read per query.
 const READ_BATCH: i64 = 500;
 
@@ -210,7 +212,8 @@ impl EventLog {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tx.closed() => break,
-                _ = watch.changed() => {}
+                // Relays come in bursts under load: one read takes a few of them.
+                _ = watch.changed() => tokio::time::sleep(COALESCE).await,
                 _ = tokio::time::sleep(poll) => {}
             }
         }

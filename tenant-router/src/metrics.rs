@@ -41,6 +41,8 @@ pub struct Metrics {
     pub inbox_applies: IntCounterVec,
     /// Age of the oldest row of each server's last apply: the apply lag, per server.
     pub inbox_lag: prometheus::GaugeVec,
+    /// Time one inbox apply takes (claim, the tenant's database, finish).
+    pub inbox_apply_seconds: Histogram,
     /// Event streams open.
     pub event_subscribers: IntGauge,
     /// Events sent on event streams.
@@ -136,6 +138,15 @@ impl Metrics {
             ),
             &["server"],
         ));
+        let inbox_apply_seconds = must(Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "inbox_apply_seconds",
+                "time one inbox apply takes (claim, the tenant's database, finish)",
+            )
+            .buckets(vec![
+                0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
+        ));
         let event_subscribers = must(IntGauge::new(
             "event_subscribers",
             "event streams open (consumer group subscribers)",
@@ -147,6 +158,7 @@ impl Metrics {
         for c in [
             Box::new(webhooks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(event_subscribers.clone()),
+            Box::new(inbox_apply_seconds.clone()),
             Box::new(events_streamed.clone()),
             Box::new(inbox_writes.clone()),
             Box::new(inbox_applies.clone()),
@@ -186,6 +198,7 @@ impl Metrics {
             inbox_lag,
             event_subscribers,
             events_streamed,
+            inbox_apply_seconds,
         }
     }
 

@@ -114,6 +114,7 @@ pub async fn run(
             inbox: Arc::clone(&inbox),
             path: Arc::clone(&path),
             metrics: Arc::clone(&metrics),
+            relayed: Default::default(),
         }
         .run(inbox_rx.wake, cancel.child_token()),
     );

@@ -749,3 +749,47 @@ async fn a_consumer_group_splits_the_tenants_among_its_subscribers() {
         "both subscribers got a share ({from_a}, {from_b})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_replayed_from_the_dead_letters_reach_the_event_stream() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 80).await;
+    tenant(&plane, "ev-replay", "940000001").await;
+    let id = tenant_id(&plane, "ev-replay").await;
+    let token = plane.token(&["ev-replay"], false).await;
+    let router = webhook_router(&plane).await;
+    let bot = subscribe(&router, &token, "bot", &[]).await;
+    plane.suspend("ev-replay").await;
+    // Suspended: the delivery becomes a dead letter (the change reaches the router within
+    // moments; until then it would go to the inbox, which is fine too).
+    let body = delivery(
+        "940000001",
+        json!([text_msg("wamid.RP1", "5511944440000", "oi")]),
+        json!([]),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            post_signed(&router.http, &body).await == 200
+                && count(
+                    &plane.catalog_db,
+                    "SELECT count(*) FROM webhooks_nao_roteados WHERE phone_number_id = '940000001'",
+                )
+                .await
+                    > 0
+        })
+        .await
+    );
+    // Resuming replays it into the tenant database; its events reach the stream.
+    plane.resume("ev-replay").await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            bot.kinds_of(id)
+                .iter()
+                .any(|(k, d)| *k == RECEIVED && d.contains("wamid.RP1"))
+        })
+        .await,
+        "{:?}",
+        bot.kinds_of(id)
+    );
+}

@@ -142,7 +142,36 @@ pub async fn store(
     stmts: &Statements,
     batch: &Batch,
 ) -> Result<Stored, tokio_postgres::Error> {
-    let (ingest, status) = (&stmts.ingest, &stmts.status);
+    if batch.statuses.is_empty() {
+        // One statement is atomic by itself: no transaction round trips.
+        return store_messages(c, &stmts.ingest, batch).await;
+    }
+    let tx = c.transaction().await?;
+    let mut stored = store_messages(&tx, &stmts.ingest, batch).await?;
+    for s in &batch.statuses {
+        if !matches!(s.status.as_str(), "sent" | "delivered" | "read" | "failed") {
+            stored.skipped += 1;
+            continue;
+        }
+        let error: Option<serde_json::Value> = s.errors.clone().filter(|_| s.status == "failed");
+        // A status for a wamid we never stored changes nothing (0 rows).
+        stored.statuses += u32::try_from(
+            tx.execute(&stmts.status, &[&s.id, &s.status, &error])
+                .await?,
+        )
+        .unwrap_or(0);
+    }
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// Stores the batch's messages (not its statuses) in one statement, on any client or
+/// transaction: callers may pipeline it with other statements.
+pub async fn store_messages(
+    c: &impl tokio_postgres::GenericClient,
+    ingest: &Statement,
+    batch: &Batch,
+) -> Result<Stored, tokio_postgres::Error> {
     let mut stored = Stored {
         skipped: batch.skipped,
         ..Stored::default()
@@ -155,6 +184,9 @@ pub async fn store(
         } else {
             unique.push(m);
         }
+    }
+    if unique.is_empty() {
+        return Ok(stored);
     }
     let w: Vec<&str> = unique.iter().map(|m| m.wamid.as_str()).collect();
     let wa: Vec<&str> = unique.iter().map(|m| m.lead.0.as_str()).collect();
@@ -173,33 +205,10 @@ pub async fn store(
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
         &w, &wa, &raw, &name, &kind, &body, &mi, &mm, &ms, &ts, &inbound,
     ];
+    let inserted: i64 = c.query_one(ingest, &params).await?.get(0);
+    let inserted = u32::try_from(inserted).unwrap_or(0);
     let offered = u32::try_from(unique.len()).unwrap_or(u32::MAX);
-    let mut tally = |inserted: i64| {
-        let inserted = u32::try_from(inserted).unwrap_or(0);
-        stored.messages += inserted;
-        stored.duplicates += offered.saturating_sub(inserted);
-    };
-    if batch.statuses.is_empty() {
-        // One statement is atomic by itself: no transaction round trips.
-        if !unique.is_empty() {
-            tally(c.query_one(ingest, &params).await?.get(0));
-        }
-        return Ok(stored);
-    }
-    let tx = c.transaction().await?;
-    if !unique.is_empty() {
-        tally(tx.query_one(ingest, &params).await?.get(0));
-    }
-    for s in &batch.statuses {
-        if !matches!(s.status.as_str(), "sent" | "delivered" | "read" | "failed") {
-            stored.skipped += 1;
-            continue;
-        }
-        let error: Option<serde_json::Value> = s.errors.clone().filter(|_| s.status == "failed");
-        // A status for a wamid we never stored changes nothing (0 rows).
-        stored.statuses +=
-            u32::try_from(tx.execute(status, &[&s.id, &s.status, &error]).await?).unwrap_or(0);
-    }
-    tx.commit().await?;
+    stored.messages += inserted;
+    stored.duplicates += offered.saturating_sub(inserted);
     Ok(stored)
 }

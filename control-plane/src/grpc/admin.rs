@@ -64,7 +64,7 @@ impl AdminService {
                 &config.accounts,
             )?,
             deleter: Deleter::new(catalog.clone(), backups.clone(), ingest.clone(), config),
-            ingest,
+            ingest: ingest.clone(),
             stuck_after_secs: config.ingest.stuck_after_secs,
             backups,
             provisioner: Provisioner::new(catalog.clone(), config.provisioning.clone()),
@@ -76,6 +76,7 @@ impl AdminService {
             rotator: Rotator::new(catalog.clone(), config.provisioning.clone()),
             replayer: Replayer::new(
                 catalog.clone(),
+                ingest,
                 &config.dead_letters,
                 Duration::from_millis(config.provisioning.connect_timeout_ms),
             ),

@@ -238,6 +238,11 @@ impl Stack {
 
     /// Starts the release router binary beside this example, webhooks on.
     pub fn router(&self) -> RouterProc {
+        self.router_with(&[])
+    }
+
+    /// Like [`Stack::router`], with extra `TENANT_ROUTER__*` settings.
+    pub fn router_with(&self, env: &[(&str, String)]) -> RouterProc {
         let exe = std::env::current_exe().unwrap();
         let bin = exe
             .parent()
@@ -259,6 +264,7 @@ impl Stack {
             .env("TENANT_ROUTER__WEBHOOK__APP_SECRET", SECRET)
             .env("TENANT_ROUTER__WEBHOOK__VERIFY_TOKEN", "bench")
             .env("RUST_LOG", "error")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

@@ -8,20 +8,23 @@
 //! workers. Across routers, a transaction-scoped advisory lock on the tenant keeps one
 //! apply per tenant at a time, so rows are applied in inbox order.
 //!
-//! One apply: lock the tenant in the ingest database, read its pending rows, store them in
-//! the tenant's database in one transaction (the webhook statements: idempotent by
-//! `wamid`, statuses monotonic), mark them applied, commit. A crash between the two
-//! commits re-applies the rows, which changes nothing. A tenant database that is down or
-//! over budget puts the tenant in backoff (`inbox_atrasos`, seen by every router and by
-//! `tenantctl inbox status`); rows the tenant's database refuses for good are tried one
-//! by one and the refused ones become dead letters. A tenant being restored is paused.
+//! One apply, in one ingest transaction: lock the tenant and read its pending rows (one
+//! statement); one visit to the tenant's database (delete the outbox rows the previous
+//! apply relayed, store the rows in one transaction with the webhook statements:
+//! idempotent by `wamid`, statuses monotonic; read the outbox); one statement marking the
+//! rows applied and relaying the events; commit. A crash between the commits applies the
+//! rows again, which changes nothing, and relays the events again, which the log ignores.
+//! A tenant database that is down or over budget puts the tenant in backoff
+//! (`inbox_atrasos`, seen by every router and by `tenantctl inbox status`); rows the
+//! tenant's database refuses for good are tried one by one and the refused ones become
+//! dead letters. A tenant being restored is paused.
 
 use super::{is_data_error, Inbox};
 use crate::error::RouterError;
 use crate::metrics::Metrics;
 use crate::path::{check_status, Access, TenantPath};
 use crate::routes::{CachedRoute, RouteKey, Unroutable};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tenant_model::{DeadLetterKind, WebhookSource};
@@ -35,23 +38,38 @@ const PENDING: &str = "SELECT p.empresa_id FROM \
      (SELECT DISTINCT empresa_id FROM inbox WHERE aplicado_em IS NULL) p \
      LEFT JOIN inbox_atrasos a USING (empresa_id) \
      WHERE a.proxima_em IS NULL OR a.proxima_em <= now() LIMIT 100000";
-const ROWS: &str = "SELECT id, servidor, fonte, numero, lote, \
-     extract(epoch FROM now() - recebido_em)::float8 \
-     FROM inbox WHERE empresa_id = $1 AND aplicado_em IS NULL ORDER BY id LIMIT $2";
-const MARK: &str = "UPDATE inbox SET aplicado_em = now(), erro = e.erro \
-     FROM unnest($1::int8[], $2::text[]) AS e(id, erro) WHERE inbox.id = e.id";
-const CLEAR_BACKOFF: &str = "DELETE FROM inbox_atrasos WHERE empresa_id = $1";
+/// Locks the tenant (a session lock, released by [`UNLOCK`] or with the connection) and
+/// reads its oldest pending rows: one row with `ok = false` when another apply holds it,
+/// one with no id when nothing is pending.
+const CLAIM: &str = "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($1) AS ok) \
+     SELECT l.ok, i.id, i.servidor, i.fonte, i.numero, i.lote, i.idade FROM l LEFT JOIN LATERAL \
+       (SELECT id, servidor, fonte, numero, lote, \
+          extract(epoch FROM now() - recebido_em)::float8 AS idade \
+        FROM inbox WHERE l.ok AND empresa_id = $2 AND aplicado_em IS NULL ORDER BY id LIMIT $3) i \
+     ON true";
+const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+/// Marks rows applied, clears the tenant's backoff (when `$4`) and relays events: one
+/// statement, one transaction.
+const FINISH: &str = "WITH m AS (UPDATE inbox SET aplicado_em = now(), erro = e.erro \
+       FROM unnest($1::int8[], $2::text[]) AS e(id, erro) WHERE inbox.id = e.id RETURNING 1), \
+     b AS (DELETE FROM inbox_atrasos WHERE empresa_id = $3 AND $4 RETURNING 1), \
+     v AS (INSERT INTO eventos (empresa_id, servidor, banco, origem_id, particao, tipo, dados, criado_em) \
+       SELECT $3, $5, $6, o, $7, t, d, to_timestamp(ms / 1000.0) \
+       FROM unnest($8::int8[], $9::text[], $10::text[], $11::int8[]) AS x(o, t, d, ms) \
+       ON CONFLICT (empresa_id, banco, origem_id) DO NOTHING RETURNING 1) \
+     SELECT (SELECT count(*) FROM m) + (SELECT count(*) FROM b) + (SELECT count(*) FROM v)";
 const BACKOFF: &str = "INSERT INTO inbox_atrasos AS a (empresa_id, servidor, tentativas, proxima_em, ultimo_erro) \
      VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond', $5) \
      ON CONFLICT (empresa_id) DO UPDATE SET tentativas = a.tentativas + 1, ultimo_erro = $5, \
        servidor = $2, proxima_em = now() + least($4, $3 * 2 ^ least(a.tentativas, 20)) * interval '1 millisecond'";
 
-const OUTBOX: &str = "SELECT id, tipo, dados::text, (extract(epoch FROM criado_em) * 1000)::int8 \
-     FROM eventos_saida ORDER BY id LIMIT $1";
-const RELAY: &str = "INSERT INTO eventos (empresa_id, servidor, banco, origem_id, particao, tipo, dados, criado_em) \
-     SELECT $1, $2, $3, o, $4, t, d, to_timestamp(ms / 1000.0) \
-     FROM unnest($5::int8[], $6::text[], $7::text[], $8::int8[]) AS x(o, t, d, ms) \
-     ON CONFLICT (empresa_id, banco, origem_id) DO NOTHING";
+/// Deletes the outbox rows already relayed (`$2`) and reads the next ones.
+const OUTBOX: &str = "WITH f AS (DELETE FROM eventos_saida WHERE id = ANY($2)) \
+     SELECT id, tipo, dados::text, (extract(epoch FROM criado_em) * 1000)::int8 \
+     FROM eventos_saida WHERE id <> ALL($2) ORDER BY id LIMIT $1";
+
+/// How often the tenants this router served recently get their outboxes relayed anyway.
+const RELAY_SWEEP: Duration = Duration::from_secs(60);
 
 /// Most outbox events one apply relays.
 const OUTBOX_BATCH: i64 = 1_000;
@@ -62,35 +80,6 @@ struct OutboxEvent {
     kind: String,
     data: String,
     at_ms: i64,
-}
-
-/// Writes outbox events to the event log (once each, whatever is retried).
-async fn relay(
-    tx: &deadpool_postgres::Transaction<'_>,
-    route: &CachedRoute,
-    events: &[OutboxEvent],
-) -> Result<(), RouterError> {
-    let r = &route.route;
-    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
-    let at: Vec<i64> = events.iter().map(|e| e.at_ms).collect();
-    tx.execute(
-        RELAY,
-        &[
-            &r.tenant_id,
-            &r.server,
-            &r.database,
-            &crate::events::partition(r.tenant_id),
-            &ids,
-            &kinds,
-            &data,
-            &at,
-        ],
-    )
-    .await
-    .map_err(ingest)?;
-    Ok(())
 }
 
 /// First backoff of a failing tenant, in milliseconds (doubled per failure).
@@ -123,15 +112,26 @@ struct Row {
     age_secs: f64,
 }
 
-/// Ready tenants, round robin, each applied by one worker at a time.
+/// Ready tenants, each applied by one worker at a time. Tenants with an open connection
+/// are applied in arrival order by any worker; tenants without one (their apply opens a
+/// connection, and when more tenants are busy than a server's budget holds, closes
+/// another tenant's) only by [`Ready::cold_slots`] workers at a time, oldest first. Plain
+/// round robin over more busy tenants than connections would open a connection for nearly
+/// every apply, each evicting the one the next apply needs; this way most applies run on
+/// open connections and the others gather bigger batches meanwhile.
 #[derive(Default)]
 struct Ready {
     order: VecDeque<i64>,
     queued: HashSet<i64>,
     running: HashSet<i64>,
+    /// Running applies that had to open a connection.
+    cold_running: HashSet<i64>,
     /// Woken while running: ready again once its apply ends.
     again: HashSet<i64>,
 }
+
+/// How far down the queue a tenant with an open connection is looked for.
+const WARM_SCAN: usize = 512;
 
 impl Ready {
     fn push(&mut self, id: i64) {
@@ -142,8 +142,30 @@ impl Ready {
         }
     }
 
-    fn next(&mut self) -> Option<i64> {
-        let id = self.order.pop_front()?;
+    /// Workers that may be opening connections at once.
+    fn cold_slots(workers: usize) -> usize {
+        (workers / 4).max(1)
+    }
+
+    /// The next tenant to apply: the longest waiting one if it needs a connection and
+    /// fewer than `cold_slots` applies are opening connections; else the first with an
+    /// open connection (`warm`); else none for now.
+    fn next(&mut self, warm: impl Fn(i64) -> bool, cold_slots: usize) -> Option<i64> {
+        let front = *self.order.front()?;
+        let cold_free = self.cold_running.len() < cold_slots;
+        let at = if !warm(front) && cold_free {
+            0
+        } else {
+            match self.order.iter().take(WARM_SCAN).position(|t| warm(*t)) {
+                Some(at) => at,
+                None if cold_free => 0,
+                None => return None,
+            }
+        };
+        let id = self.order.remove(at)?;
+        if !warm(id) {
+            self.cold_running.insert(id);
+        }
         self.queued.remove(&id);
         self.running.insert(id);
         Some(id)
@@ -151,6 +173,7 @@ impl Ready {
 
     fn finished(&mut self, id: i64, outcome: Outcome) {
         self.running.remove(&id);
+        self.cold_running.remove(&id);
         let woken = self.again.remove(&id);
         if outcome == Outcome::More || (woken && outcome != Outcome::Later) {
             self.push(id);
@@ -163,6 +186,49 @@ pub struct Workers {
     pub inbox: Arc<Inbox>,
     pub path: Arc<TenantPath>,
     pub metrics: Arc<Metrics>,
+    /// Per tenant: outbox ids relayed but not yet deleted there (with the database they
+    /// are in), deleted on the tenant's next apply. Lost in a crash, they are relayed
+    /// again, which the log ignores.
+    pub relayed: std::sync::Mutex<HashMap<i64, (String, Vec<i64>)>>,
+}
+
+/// An ingest connection holding a tenant's apply lock. Dropped without [`Held::keep`] (an
+/// error or a cancelled apply), it closes the connection, which releases the lock.
+struct Held(Option<deadpool_postgres::Object>);
+
+impl Held {
+    fn get(&self) -> &deadpool_postgres::Object {
+        self.0.as_ref().expect("held until kept or dropped")
+    }
+
+    /// Unlocks and returns the connection to its pool.
+    async fn release(self, key: i64) -> Result<(), RouterError> {
+        self.get()
+            .query_one(UNLOCK, &[&key])
+            .await
+            .map_err(ingest)?;
+        self.keep();
+        Ok(())
+    }
+
+    /// The lock is released: the connection may go back to its pool.
+    fn keep(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            // Detached from the pool and dropped: the connection closes.
+            drop(deadpool_postgres::Object::take(conn));
+        }
+    }
+}
+
+/// What one visit to a tenant's database did.
+struct Visit {
+    events: Vec<OutboxEvent>,
 }
 
 impl Workers {
@@ -173,6 +239,8 @@ impl Workers {
         let mut applies: JoinSet<(i64, Outcome)> = JoinSet::new();
         let mut poll = tokio::time::interval(Duration::from_millis(me.inbox.cfg.poll_ms));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(RELAY_SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -181,14 +249,23 @@ impl Workers {
                     Ok(ids) => ids.into_iter().for_each(|id| queue.push(id)),
                     Err(e) => tracing::debug!(error = %e, "inbox poll failed"),
                 },
+                // Events of domain writes whose relay was lost (a router that served them
+                // died before relaying) go out with the next sweep of recently served
+                // tenants on any router.
+                _ = sweep.tick() => me.path.pools.tenants().into_iter().for_each(|id| queue.push(id)),
                 Some(done) = applies.join_next(), if !applies.is_empty() => {
                     if let Ok((id, outcome)) = done {
                         queue.finished(id, outcome);
                     }
                 }
             }
-            while applies.len() < me.inbox.cfg.workers {
-                let Some(id) = queue.next() else { break };
+            let mut connected = None;
+            while applies.len() < me.inbox.cfg.workers && !queue.order.is_empty() {
+                let warm = connected.get_or_insert_with(|| me.path.pools.connected());
+                let cold = Ready::cold_slots(me.inbox.cfg.workers);
+                let Some(id) = queue.next(|t| warm.contains(&t), cold) else {
+                    break;
+                };
                 let me = Arc::clone(&me);
                 applies.spawn(async move { (id, me.apply(id).await) });
             }
@@ -204,6 +281,7 @@ impl Workers {
     }
 
     async fn apply(&self, tenant_id: i64) -> Outcome {
+        let _timer = self.metrics.inbox_apply_seconds.start_timer();
         match self.try_apply(tenant_id).await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -227,36 +305,33 @@ impl Workers {
         if check_status(route.status, Access::Deliver).is_err() {
             return Ok(Outcome::Later);
         }
-        let mut conn = self.inbox.connection(|c| &c.worker).await?;
-        let tx = conn.transaction().await.map_err(ingest)?;
-        let locked: bool = tx
-            .query_one(
-                "SELECT pg_try_advisory_xact_lock($1)",
-                &[&lock_key(tenant_id)],
-            )
+        let key = lock_key(tenant_id);
+        let limit = self.inbox.cfg.apply_rows;
+        let conn = self.inbox.connection(|c| &c.worker).await?;
+        let claimed = conn
+            .query(CLAIM, &[&key, &tenant_id, &limit])
             .await
-            .map_err(ingest)?
-            .get(0);
-        if !locked {
+            .map_err(ingest)?;
+        if !claimed.first().is_some_and(|r| r.get::<_, bool>(0)) {
             return Ok(Outcome::Later);
         }
-        let limit = self.inbox.cfg.apply_rows;
-        let rows: Vec<Row> = tx
-            .query(ROWS, &[&tenant_id, &limit])
-            .await
-            .map_err(ingest)?
+        // From here the tenant is locked on this connection: released by UNLOCK, or by
+        // closing the connection if anything stops this apply before it.
+        let conn = Held(Some(conn));
+        let rows: Vec<Row> = claimed
             .iter()
+            .filter(|r| r.get::<_, Option<i64>>(1).is_some())
             .map(|r| Row {
-                id: r.get(0),
-                server: r.get(1),
-                source: if r.get::<_, &str>(2) == "evolution" {
+                id: r.get(1),
+                server: r.get(2),
+                source: if r.get::<_, &str>(3) == "evolution" {
                     WebhookSource::Evolution
                 } else {
                     WebhookSource::Meta
                 },
-                phone: r.get(3),
-                batch: r.get(4),
-                age_secs: r.get(5),
+                phone: r.get(4),
+                batch: r.get(5),
+                age_secs: r.get(6),
             })
             .collect();
         let full = rows.len() as i64 >= limit;
@@ -275,151 +350,219 @@ impl Workers {
                 Err(_) => marks.push((row.id, Some("unreadable batch".into()))),
             }
         }
-        let result = self.store_all(&route, &good).await;
-        let mut failed = match result {
-            Ok(done) => {
-                marks.extend(done);
-                None
-            }
-            Err((done, e)) => {
-                marks.extend(done);
-                Some(e)
-            }
-        };
-        // The events the tenant's database recorded (by these rows, or by domain writes).
-        let events = match failed {
-            None => match self.outbox(&route).await {
-                Ok(events) => events,
-                Err(e) => {
-                    failed = Some(e);
-                    Vec::new()
-                }
-            },
-            Some(_) => Vec::new(),
-        };
+        let forget = self.take_relayed(tenant_id, &route.route.database);
+        let (done, events, failed) = self.visit_all(&route, &good, &forget).await;
+        marks.extend(done);
+        if failed.is_some() {
+            self.keep_relayed(tenant_id, &route.route.database, forget);
+        }
         if rows.is_empty() && events.is_empty() && failed.is_none() {
-            tx.commit().await.map_err(ingest)?;
+            conn.release(key).await?;
             return Ok(Outcome::Done);
         }
-        if !events.is_empty() {
-            relay(&tx, &route, &events).await?;
-        }
+        let r = &route.route;
         let (ids, errors): (Vec<i64>, Vec<Option<String>>) = marks.into_iter().unzip();
-        if !ids.is_empty() {
-            tx.execute(MARK, &[&ids, &errors]).await.map_err(ingest)?;
-        }
-        if failed.is_none() {
-            tx.execute(CLEAR_BACKOFF, &[&tenant_id])
-                .await
-                .map_err(ingest)?;
-        }
-        tx.commit().await.map_err(ingest)?;
+        let origins: Vec<i64> = events.iter().map(|e| e.id).collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+        let at: Vec<i64> = events.iter().map(|e| e.at_ms).collect();
+        let (clear, partition) = (failed.is_none(), crate::events::partition(tenant_id));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+            &ids,
+            &errors,
+            &tenant_id,
+            &clear,
+            &r.server,
+            &r.database,
+            &partition,
+            &origins,
+            &kinds,
+            &data,
+            &at,
+        ];
+        let unlock: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        // One round trip: the commit of the marks and events, then the unlock.
+        let (finished, unlocked) = futures_util::join!(
+            conn.get().query_one(FINISH, &params),
+            conn.get().query_one(UNLOCK, &unlock)
+        );
+        finished.map_err(ingest)?;
+        unlocked.map_err(ingest)?;
+        conn.keep();
         if !events.is_empty() {
             self.inbox.events_recorded();
-            // Relayed for good: the outbox may forget them (a failure here only means
-            // they are relayed again, and the log keeps them once).
-            let relayed: Vec<i64> = events.iter().map(|e| e.id).collect();
-            if let Err(e) = self.forget(&route, &relayed).await {
-                tracing::debug!(tenant = tenant_id, error = %e, "relayed events not deleted from the outbox yet");
-            }
+            self.keep_relayed(tenant_id, &r.database, origins);
         }
         if !rows.is_empty() {
             self.metrics
                 .inbox_lag
-                .with_label_values(&[&route.route.server])
+                .with_label_values(&[&r.server])
                 .set(lag);
         }
-        let applied = ids.len() as u64;
         self.metrics
             .inbox_applies
             .with_label_values(&["applied"])
-            .inc_by(applied);
+            .inc_by(ids.len() as u64);
         let more = full || events.len() as i64 >= OUTBOX_BATCH;
         match failed {
             None if more => Ok(Outcome::More),
             None => Ok(Outcome::Done),
             Some(e) => {
-                self.back_off(tenant_id, &route.route.server, &e).await;
+                self.back_off(tenant_id, &r.server, &e).await;
                 Ok(Outcome::Later)
             }
         }
     }
 
-    /// Up to [`OUTBOX_BATCH`] events from the tenant's outbox, oldest first (none from a
-    /// database whose schema has no outbox yet: its fleet migration is pending).
-    async fn outbox(&self, route: &Arc<CachedRoute>) -> Result<Vec<OutboxEvent>, RouterError> {
-        let deadline = Instant::now() + Duration::from_millis(self.inbox.cfg.apply_timeout_ms);
-        self.path
-            .run(
-                Arc::clone(route),
-                Access::Deliver,
-                deadline,
-                async |conn, _sector| match conn.client.query(OUTBOX, &[&OUTBOX_BATCH]).await {
-                    Ok(rows) => Ok(rows
-                        .iter()
-                        .map(|r| OutboxEvent {
-                            id: r.get(0),
-                            kind: r.get(1),
-                            data: r.get(2),
-                            at_ms: r.get(3),
-                        })
-                        .collect()),
-                    Err(e)
-                        if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
-                    {
-                        Ok(Vec::new())
-                    }
-                    Err(e) => Err(tenant_db(e)),
-                },
-            )
-            .await
+    /// Outbox ids relayed from the tenant's current database, to delete there.
+    fn take_relayed(&self, tenant_id: i64, database: &str) -> Vec<i64> {
+        let mut relayed = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
+        match relayed.remove(&tenant_id) {
+            Some((db, ids)) if db == database => ids,
+            _ => Vec::new(),
+        }
     }
 
-    /// Deletes relayed events from the tenant's outbox.
-    async fn forget(&self, route: &Arc<CachedRoute>, ids: &[i64]) -> Result<(), RouterError> {
+    fn keep_relayed(&self, tenant_id: i64, database: &str, ids: Vec<i64>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut relayed = self.relayed.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = relayed
+            .entry(tenant_id)
+            .or_insert_with(|| (database.to_string(), Vec::new()));
+        if entry.0 != database {
+            *entry = (database.to_string(), Vec::new());
+        }
+        entry.1.extend(ids);
+    }
+
+    /// Stores the rows and reads the outbox: in one visit to the tenant's database when
+    /// it takes the rows together; when it refuses their data, row by row (refused rows
+    /// become dead letters), then the outbox. The rows done (with the reason of refused
+    /// ones), the outbox's events, and why it stopped, if it did.
+    async fn visit_all(
+        &self,
+        route: &Arc<CachedRoute>,
+        good: &[(&Row, Batch)],
+        forget: &[i64],
+    ) -> (
+        Vec<(i64, Option<String>)>,
+        Vec<OutboxEvent>,
+        Option<RouterError>,
+    ) {
+        let merged = (!good.is_empty()).then(|| {
+            let mut merged = Batch::default();
+            for (_, b) in good {
+                merged.messages.extend(b.messages.iter().cloned());
+                merged.statuses.extend(b.statuses.iter().cloned());
+                merged.skipped += b.skipped;
+            }
+            merged
+        });
+        let all = || good.iter().map(|(r, _)| (r.id, None)).collect();
+        match self.visit(route, merged.as_ref(), forget).await {
+            Ok(v) => return (all(), v.events, None),
+            Err(e) if !permanent(&e) || good.is_empty() => {
+                return (Vec::new(), Vec::new(), Some(e))
+            }
+            Err(_) => {}
+        }
+        let done = match self.store_each(route, good).await {
+            Ok(done) => done,
+            Err((done, e)) => return (done, Vec::new(), Some(e)),
+        };
+        match self.visit(route, None, &[]).await {
+            Ok(v) => (done, v.events, None),
+            Err(e) => (done, Vec::new(), Some(e)),
+        }
+    }
+
+    /// One visit to the tenant's database: deletes relayed outbox rows, stores `batch`
+    /// (one transaction), reads up to [`OUTBOX_BATCH`] outbox events (none from a database
+    /// whose schema has no outbox yet: its fleet migration is pending).
+    async fn visit(
+        &self,
+        route: &Arc<CachedRoute>,
+        batch: Option<&Batch>,
+        forget: &[i64],
+    ) -> Result<Visit, RouterError> {
         let deadline = Instant::now() + Duration::from_millis(self.inbox.cfg.apply_timeout_ms);
-        self.path
+        let no_outbox = |e: &tokio_postgres::Error| {
+            e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+        };
+        let (stored, events) = self
+            .path
             .run(
                 Arc::clone(route),
                 Access::Deliver,
                 deadline,
                 async |conn, _sector| {
-                    conn.client
-                        .execute("DELETE FROM eventos_saida WHERE id = ANY($1)", &[&ids])
+                    let stmts = match batch {
+                        Some(_) => {
+                            let [ingest, status] = store::Statements::SQL;
+                            Some(store::Statements {
+                                ingest: conn.prepare(ingest).await.map_err(tenant_db)?,
+                                status: conn.prepare(status).await.map_err(tenant_db)?,
+                            })
+                        }
+                        None => None,
+                    };
+                    let read = async |c: &tokio_postgres::Client| match c
+                        .query(OUTBOX, &[&OUTBOX_BATCH, &forget])
                         .await
-                        .map(|_| ())
-                        .map_err(tenant_db)
+                    {
+                        Ok(rows) => Ok(rows
+                            .iter()
+                            .map(|r| OutboxEvent {
+                                id: r.get(0),
+                                kind: r.get(1),
+                                data: r.get(2),
+                                at_ms: r.get(3),
+                            })
+                            .collect()),
+                        Err(e) if no_outbox(&e) => Ok(Vec::new()),
+                        Err(e) => Err(tenant_db(e)),
+                    };
+                    match (batch, stmts) {
+                        // Messages only: the store and the outbox read in one round trip
+                        // (pipelined; each its own transaction, the read after the store).
+                        (Some(b), Some(st)) if b.statuses.is_empty() => {
+                            let c = &conn.client;
+                            let (stored, events) = futures_util::join!(
+                                store::store_messages(c, &st.ingest, b),
+                                read(c)
+                            );
+                            Ok((Some(stored.map_err(tenant_db)?), events?))
+                        }
+                        (Some(b), Some(st)) => {
+                            let stored = store::store(&mut conn.client, &st, b)
+                                .await
+                                .map_err(tenant_db)?;
+                            Ok((Some(stored), read(&conn.client).await?))
+                        }
+                        _ => Ok((None, read(&conn.client).await?)),
+                    }
                 },
             )
-            .await
+            .await?;
+        if let Some(stored) = stored {
+            self.count(route, stored);
+        }
+        Ok(Visit { events })
     }
 
-    /// Stores the rows' batches: all in one transaction, or (when the tenant's database
-    /// refuses the data) one by one, refused rows becoming dead letters. Returns the rows
-    /// done (with the reason of refused ones) and, if it had to stop, why.
-    async fn store_all(
+    /// Stores the rows one by one (the tenant's database refused them together); refused
+    /// rows become dead letters. The rows done and, if it had to stop, why.
+    async fn store_each(
         &self,
         route: &Arc<CachedRoute>,
         good: &[(&Row, Batch)],
     ) -> Result<Vec<(i64, Option<String>)>, (Vec<(i64, Option<String>)>, RouterError)> {
-        if good.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut merged = Batch::default();
-        for (_, b) in good {
-            merged.messages.extend(b.messages.iter().cloned());
-            merged.statuses.extend(b.statuses.iter().cloned());
-            merged.skipped += b.skipped;
-        }
-        match self.store(route, &merged).await {
-            Ok(()) => return Ok(good.iter().map(|(r, _)| (r.id, None)).collect()),
-            Err(e) if !permanent(&e) => return Err((Vec::new(), e)),
-            Err(_) => {}
-        }
         let mut done = Vec::with_capacity(good.len());
         for (row, batch) in good {
-            match self.store(route, batch).await {
-                Ok(()) => done.push((row.id, None)),
+            match self.visit(route, Some(batch), &[]).await {
+                Ok(_) => done.push((row.id, None)),
                 Err(e) if permanent(&e) => {
                     let reason = e.to_string();
                     if let Err(e) = self.refuse(route, row, &reason).await {
@@ -433,26 +576,8 @@ impl Workers {
         Ok(done)
     }
 
-    async fn store(&self, route: &Arc<CachedRoute>, batch: &Batch) -> Result<(), RouterError> {
-        let deadline = Instant::now() + Duration::from_millis(self.inbox.cfg.apply_timeout_ms);
-        let stored: Stored = self
-            .path
-            .run(
-                Arc::clone(route),
-                Access::Deliver,
-                deadline,
-                async |conn, _sector| {
-                    let [ingest, status] = store::Statements::SQL;
-                    let stmts = store::Statements {
-                        ingest: conn.prepare(ingest).await.map_err(tenant_db)?,
-                        status: conn.prepare(status).await.map_err(tenant_db)?,
-                    };
-                    store::store(&mut conn.client, &stmts, batch)
-                        .await
-                        .map_err(tenant_db)
-                },
-            )
-            .await?;
+    /// Counts what a store did (metrics, the tenant's usage).
+    fn count(&self, route: &CachedRoute, stored: Stored) {
         let m = &self.metrics.webhook_items;
         m.with_label_values(&["message"])
             .inc_by(u64::from(stored.messages));
@@ -466,7 +591,6 @@ impl Workers {
             .routes
             .usage
             .messages(route.route.tenant_id, u64::from(stored.messages));
-        Ok(())
     }
 
     /// Files a row the tenant's database refuses as a dead letter.
@@ -531,5 +655,39 @@ fn ingest(e: tokio_postgres::Error) -> RouterError {
         RouterError::Internal("the inbox refused a statement".into())
     } else {
         RouterError::Unavailable("the inbox is unavailable".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_tenants_prefer_open_connections_and_cold_ones_get_their_slots_oldest_first() {
+        let mut q = Ready::default();
+        for t in [1, 2, 3, 4] {
+            q.push(t);
+        }
+        q.push(2); // Already queued: once.
+        let warm = |t: i64| t == 3 || t == 4;
+        // The oldest (1) is cold and a cold slot is free: it goes first.
+        assert_eq!(q.next(warm, 1), Some(1));
+        // The only cold slot is taken: warm tenants go ahead of the cold 2.
+        assert_eq!(q.next(warm, 1), Some(3));
+        assert_eq!(q.next(warm, 1), Some(4));
+        assert_eq!(q.next(warm, 1), None, "2 waits for a cold slot");
+        // Woken while running: ready again once done; a full batch: ready again too.
+        q.push(3);
+        q.finished(3, Outcome::Done);
+        q.finished(4, Outcome::More);
+        q.finished(1, Outcome::Later);
+        assert_eq!(q.next(warm, 1), Some(2), "the cold slot is free again");
+        assert_eq!(q.next(warm, 1), Some(3));
+        assert_eq!(q.next(warm, 1), Some(4));
+        assert_eq!(
+            q.next(warm, 1),
+            None,
+            "1 ended Later: back only when woken or polled"
+        );
     }
 }

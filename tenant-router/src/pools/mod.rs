@@ -14,7 +14,7 @@ use crate::error::RouterError;
 use crate::metrics::Metrics;
 use deadpool::managed::{Object, Pool, PoolError};
 use proto::control::v1 as pb;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -229,6 +229,20 @@ impl Pools {
                 }
             }
         }
+    }
+
+    /// The tenants holding at least one open connection now.
+    pub fn connected(&self) -> HashSet<i64> {
+        self.cache
+            .iter()
+            .filter(|(_, p)| p.pool.status().size > 0)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    /// The tenants with a pool open now (recently served).
+    pub fn tenants(&self) -> Vec<i64> {
+        self.cache.iter().map(|(t, _)| *t).collect()
     }
 
     /// Pools cached now.
