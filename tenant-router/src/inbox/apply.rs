@@ -97,9 +97,10 @@ enum Outcome {
     Done,
     /// It took a full batch: more may be pending.
     More,
-    /// Not now: another router holds the tenant, it is being restored or deleted, or it
-    /// failed and is in backoff.
+    /// Not now: another router holds the tenant, or it is being restored or deleted.
     Later,
+    /// Its database failed: not before the backoff is over, whatever wakes it.
+    Failed,
 }
 
 /// What one pending row carried.
@@ -128,6 +129,12 @@ struct Ready {
     cold_running: HashSet<i64>,
     /// Woken while running: ready again once its apply ends.
     again: HashSet<i64>,
+    /// Tenants whose database failed: failures in a row and when to try again. Wakes
+    /// before then are ignored, so a tenant whose database is down costs one attempt
+    /// per backoff, not one per delivery.
+    backoff: HashMap<i64, (u32, Instant)>,
+    /// First and longest backoff.
+    backoff_range: (Duration, Duration),
 }
 
 /// How far down the queue a tenant with an open connection is looked for.
@@ -135,6 +142,11 @@ const WARM_SCAN: usize = 512;
 
 impl Ready {
     fn push(&mut self, id: i64) {
+        if let Some((_, until)) = self.backoff.get(&id) {
+            if Instant::now() < *until {
+                return;
+            }
+        }
         if self.running.contains(&id) {
             self.again.insert(id);
         } else if self.queued.insert(id) {
@@ -175,7 +187,17 @@ impl Ready {
         self.running.remove(&id);
         self.cold_running.remove(&id);
         let woken = self.again.remove(&id);
-        if outcome == Outcome::More || (woken && outcome != Outcome::Later) {
+        if outcome == Outcome::Failed {
+            let (first, most) = self.backoff_range;
+            let failures = self.backoff.get(&id).map_or(0, |(n, _)| *n) + 1;
+            let wait = first
+                .saturating_mul(1 << failures.saturating_sub(1).min(16))
+                .min(most);
+            self.backoff.insert(id, (failures, Instant::now() + wait));
+            return;
+        }
+        self.backoff.remove(&id);
+        if outcome == Outcome::More || (woken && outcome == Outcome::Done) {
             self.push(id);
         }
     }
@@ -235,7 +257,13 @@ impl Workers {
     /// Applies pending rows until `cancel` fires; applies under way are finished.
     pub async fn run(self, mut wake: mpsc::Receiver<i64>, cancel: CancellationToken) {
         let me = Arc::new(self);
-        let mut queue = Ready::default();
+        let mut queue = Ready {
+            backoff_range: (
+                Duration::from_millis(FIRST_BACKOFF_MS as u64),
+                Duration::from_millis(me.inbox.cfg.max_backoff_ms),
+            ),
+            ..Ready::default()
+        };
         let mut applies: JoinSet<(i64, Outcome)> = JoinSet::new();
         let mut poll = tokio::time::interval(Duration::from_millis(me.inbox.cfg.poll_ms));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -290,7 +318,7 @@ impl Workers {
                     .inbox_applies
                     .with_label_values(&["failed"])
                     .inc();
-                Outcome::Later
+                Outcome::Failed
             }
         }
     }
@@ -409,7 +437,7 @@ impl Workers {
             None => Ok(Outcome::Done),
             Some(e) => {
                 self.back_off(tenant_id, &r.server, &e).await;
-                Ok(Outcome::Later)
+                Ok(Outcome::Failed)
             }
         }
     }
