@@ -159,6 +159,19 @@ async fn main() {
     )
     .await;
     let steady_lag = wait_seen(&seen, &steady, |_| true, Duration::from_secs(60)).await;
+    // The control for the outage phase: the same traffic for as long, right before it.
+    let offset = offset + steady.acked.len() * 2 + senders;
+    let control = send(
+        &http,
+        senders,
+        tenants,
+        per,
+        Duration::from_secs(outage),
+        offset,
+        rate,
+    )
+    .await;
+    let control_lag = wait_seen(&seen, &control, |t| t != 0, Duration::from_secs(60)).await;
 
     // One tenant's database stops for `outage` seconds under the same traffic.
     let stopped = 0usize;
@@ -176,7 +189,7 @@ async fn main() {
         tenants,
         per,
         Duration::from_secs(outage),
-        offset + steady.acked.len() * 2 + senders,
+        offset + control.acked.len() * 2 + senders,
         rate,
     )
     .await;
@@ -220,6 +233,16 @@ async fn main() {
         &steady,
         |_| true,
         &steady_lag,
+    );
+    row(
+        &format!("pipeline ({offered}), {outage} s right before the outage: tenants but the first"),
+        senders,
+        tenants,
+        budget,
+        per,
+        &control,
+        |t| t != stopped,
+        &control_lag,
     );
     row(
         &format!("pipeline ({offered}), one database stopped {outage} s: the others"),

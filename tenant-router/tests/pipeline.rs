@@ -386,13 +386,23 @@ fn events_req<T>(msg: T, token: &str) -> tonic::Request<T> {
 }
 
 async fn subscribe(router: &Router, token: &str, group: &str, tenants: &[&str]) -> Collected {
+    subscribe_kinds(router, token, group, tenants, &[]).await
+}
+
+async fn subscribe_kinds(
+    router: &Router,
+    token: &str,
+    group: &str,
+    tenants: &[&str],
+    kinds: &[i32],
+) -> Collected {
     let mut client = dm::events_client::EventsClient::new(router.channel().await);
     let mut stream = client
         .subscribe(events_req(
             dm::SubscribeRequest {
                 group: group.into(),
                 tenants: tenants.iter().map(|t| t.to_string()).collect(),
-                kinds: Vec::new(),
+                kinds: kinds.to_vec(),
                 from_oldest: true,
             },
             token,
@@ -549,6 +559,10 @@ async fn events_from_webhooks_and_domain_writes_reach_a_consumer_group_and_resum
     );
     let kinds: Vec<i32> = bot.kinds_of(alfa).iter().map(|k| k.0).collect();
     assert_eq!(kinds, vec![LEAD, RECEIVED, LEAD, SENT, STATUS]);
+    // Filtered by kind and tenant: only the new leads of the one tenant named.
+    let crm = subscribe_kinds(&router, &token, "crm", &["ev-alfa"], &[LEAD]).await;
+    assert!(eventually(Duration::from_secs(5), || async { crm.count() == 2 }).await);
+    assert!(crm.kinds_of(alfa).iter().all(|(k, _)| *k == LEAD));
     let status: serde_json::Value = serde_json::from_str(&bot.kinds_of(alfa)[4].1).unwrap();
     assert_eq!(
         (status["previous"].as_str(), status["status"].as_str()),

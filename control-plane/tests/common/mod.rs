@@ -326,6 +326,21 @@ impl Plane {
         assert_eq!(out.code, 0, "server add: {out:?}");
     }
 
+    /// Superuser connection to this plane's ingest database (the message pipeline).
+    pub async fn ingest(&self) -> tokio_postgres::Client {
+        let url = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "CONTROL_PLANE__INGEST__URL")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
     /// Superuser connection to this plane's catalog.
     pub async fn catalog(&self) -> tokio_postgres::Client {
         pg_harness::shared()

@@ -1,0 +1,104 @@
+//! The message pipeline's inbox as operators see it: `tenantctl inbox status|retry` and the
+//! control plane's metrics, against the real binaries and a durable ingest database.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::Plane;
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[tokio::test]
+async fn inbox_status_shows_a_stuck_tenant_and_retry_clears_its_backoff() {
+    let pg = pg_harness::shared();
+    let metrics = format!("127.0.0.1:{}", pg_harness::free_port().unwrap());
+    let plane = Plane::start_with(&[
+        ("CONTROL_PLANE__METRICS_LISTEN", &metrics),
+        ("CONTROL_PLANE__INGEST__STUCK_AFTER_SECS", "3600"),
+    ])
+    .await;
+    plane.add_server("main", pg, 100);
+    let t = plane
+        .ok(&[
+            "create", "ib-alpha", "--name", "Alpha", "--sector", "varejo", "--json",
+        ])
+        .json();
+    let id = t["id"].as_i64().unwrap();
+    let empty = plane.ok(&["inbox", "status", "--json"]).json();
+    assert_eq!(empty["depth"], 0, "{empty}");
+    assert!(scrape(&metrics).contains("control_plane_inbox_depth 0"));
+
+    // A delivery a router acknowledged but could not apply: its database is down.
+    let ingest = plane.ingest().await;
+    ingest
+        .execute(
+            "INSERT INTO inbox (empresa_id, servidor, fonte, lote, mensagens) VALUES ($1, 'main', 'meta', '{}', 0)",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    ingest
+        .execute(
+            "INSERT INTO inbox_atrasos (empresa_id, servidor, tentativas, proxima_em, ultimo_erro) \
+             VALUES ($1, 'main', 3, now() + interval '1 hour', 'tenant database unavailable')",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let s = plane.ok(&["inbox", "status", "--json"]).json();
+    assert_eq!(s["depth"], 1, "{s}");
+    assert_eq!(s["servers"][0]["server"], "main");
+    assert_eq!(s["servers"][0]["pending"], 1);
+    let stuck = &s["stuck"][0];
+    assert_eq!(stuck["slug"], "ib-alpha", "{s}");
+    assert_eq!(stuck["attempts"], 3);
+    assert_eq!(stuck["last_error"], "tenant database unavailable");
+    let text = plane.ok(&["inbox", "status"]).stdout;
+    assert!(
+        text.contains("pending deliveries: 1") && text.contains("ib-alpha"),
+        "{text}"
+    );
+    let m = scrape(&metrics);
+    for line in [
+        "control_plane_inbox_depth 1",
+        "control_plane_inbox_stuck_tenants 1",
+        "control_plane_inbox_apply_lag_seconds{server=\"main\"}",
+        "control_plane_ingest_up 1",
+    ] {
+        assert!(m.contains(line), "{line} missing from\n{m}");
+    }
+
+    // Retry: the backoff is gone (workers take it at once), the row still pending.
+    let r = plane.ok(&["inbox", "retry", "ib-alpha", "--json"]).json();
+    assert_eq!(r["pending"], 1);
+    let after = plane.ok(&["inbox", "status", "--json"]).json();
+    assert_eq!(after["stuck"].as_array().unwrap().len(), 0, "{after}");
+    let audited: i64 = plane
+        .catalog()
+        .await
+        .query_one(
+            "SELECT count(*) FROM auditoria WHERE acao = 'inbox.retry'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audited, 1);
+
+    // Bad input: named, and nothing changes.
+    let missing = plane.ctl(&["inbox", "retry", "ib-nobody"]);
+    assert_eq!(missing.code, 3, "{missing:?}");
+    let bad = plane.ctl(&["inbox", "retry", "Not A Slug"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(
+        bad.stderr.contains("slug") || bad.stderr.contains("tenant"),
+        "{bad:?}"
+    );
+}
