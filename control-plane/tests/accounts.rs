@@ -62,11 +62,7 @@ fn tenant_with_user(plane: &Plane, slug: &str, email: &str, password: &str, role
 
 /// The control plane's password-hash counter, from its metrics endpoint.
 fn hashes(metrics: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(metrics).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let body = common::scrape(metrics);
     body.lines()
         .find_map(|l| l.strip_prefix("control_plane_password_hashes_total "))
         .and_then(|v| v.trim().parse().ok())

@@ -513,6 +513,16 @@ async fn bad_configuration_is_refused_with_a_message_naming_it() {
             "region",
         ),
         (
+            Some(("CONTROL_PLANE__INGEST__URL", "not a url")),
+            None,
+            "ingest.url is not a valid PostgreSQL URL",
+        ),
+        (
+            Some(("CONTROL_PLANE__INGEST__POOL_SIZE", "0")),
+            None,
+            "ingest.pool_size",
+        ),
+        (
             Some(("CONTROL_PLANE__PROVISIONING__SCRAM_ITERATIONS", "0")),
             None,
             "scram_iterations must be between 1 and 1000000",

@@ -4,16 +4,7 @@
 
 mod common;
 
-use common::Plane;
-
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
+use common::{scrape, Plane};
 
 #[tokio::test]
 async fn inbox_status_shows_a_stuck_tenant_and_retry_clears_its_backoff() {
@@ -101,4 +92,37 @@ async fn inbox_status_shows_a_stuck_tenant_and_retry_clears_its_backoff() {
         bad.stderr.contains("slug") || bad.stderr.contains("tenant"),
         "{bad:?}"
     );
+}
+
+/// An inbox on a server that does not flush its writes would lose acknowledged deliveries
+/// in a crash: the control plane refuses to start on one, says why, and creates nothing.
+#[tokio::test]
+async fn an_ingest_server_without_fsync_is_refused_at_start() {
+    let pg = pg_harness::shared(); // the harness's default server runs with fsync=off
+    let catalog = pg.fresh_database("cat_nofsync").await.unwrap();
+    let ingest = pg.fresh_database("ing_nofsync").await.unwrap();
+    let out = common::control_plane_cmd()
+        .env("CONTROL_PLANE__LISTEN", "127.0.0.1:0")
+        .env("CONTROL_PLANE__CATALOG_URL", pg.url(&catalog))
+        .env("CONTROL_PLANE__INGEST__URL", pg.url(&ingest))
+        .env("CONTROL_PLANE__MASTER_KEY", common::MASTER_KEY)
+        .env("CONTROL_PLANE__TOKEN_SIGNING_KEY", common::SIGNING_KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on an fsync=off inbox");
+    assert!(stderr.contains("fsync=off"), "{stderr}");
+    assert!(!stderr.contains(pg_harness::SUPERUSER_PASSWORD), "{stderr}");
+    let tables: i64 = pg
+        .connect(&ingest)
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "nothing made in the refused database");
 }

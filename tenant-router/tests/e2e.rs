@@ -732,6 +732,12 @@ async fn bad_router_configuration_is_refused() {
             "token verifying key must be 32 bytes",
         ),
         ("TENANT_ROUTER__POOLS__BUDGET_SHARE", "2", "budget_share"),
+        (
+            "TENANT_ROUTER__INBOX__WORKERS",
+            "0",
+            "inbox.writers, readers",
+        ),
+        ("TENANT_ROUTER__INBOX__QUEUE", "-1", "queue"),
         ("TENANT_ROUTER__SURPRISE", "1", "surprise"),
         (
             "TENANT_ROUTER__CONTROL_PLANE_ENDPOINT",

@@ -57,6 +57,16 @@ fn spawn_plane(env: &[(String, String)]) -> (Child, String) {
     (child, format!("https://{addr}"))
 }
 
+/// The control plane's Prometheus exposition from its `metrics_listen` address.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
 /// What one tenantctl invocation did.
 #[derive(Debug)]
 pub struct Out {

@@ -248,11 +248,6 @@ impl Drop for Held {
     }
 }
 
-/// What one visit to a tenant's database did.
-struct Visit {
-    events: Vec<OutboxEvent>,
-}
-
 impl Workers {
     /// Applies pending rows until `cancel` fires; applies under way are finished.
     pub async fn run(self, mut wake: mpsc::Receiver<i64>, cancel: CancellationToken) {
@@ -490,7 +485,7 @@ impl Workers {
         });
         let all = || good.iter().map(|(r, _)| (r.id, None)).collect();
         match self.visit(route, merged.as_ref(), forget).await {
-            Ok(v) => return (all(), v.events, None),
+            Ok(events) => return (all(), events, None),
             Err(e) if !permanent(&e) || good.is_empty() => {
                 return (Vec::new(), Vec::new(), Some(e))
             }
@@ -501,7 +496,7 @@ impl Workers {
             Err((done, e)) => return (done, Vec::new(), Some(e)),
         };
         match self.visit(route, None, &[]).await {
-            Ok(v) => (done, v.events, None),
+            Ok(events) => (done, events, None),
             Err(e) => (done, Vec::new(), Some(e)),
         }
     }
@@ -514,7 +509,7 @@ impl Workers {
         route: &Arc<CachedRoute>,
         batch: Option<&Batch>,
         forget: &[i64],
-    ) -> Result<Visit, RouterError> {
+    ) -> Result<Vec<OutboxEvent>, RouterError> {
         let deadline = Instant::now() + Duration::from_millis(self.inbox.cfg.apply_timeout_ms);
         let no_outbox = |e: &tokio_postgres::Error| {
             e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
@@ -577,7 +572,7 @@ impl Workers {
         if let Some(stored) = stored {
             self.count(route, stored);
         }
-        Ok(Visit { events })
+        Ok(events)
     }
 
     /// Stores the rows one by one (the tenant's database refused them together); refused
