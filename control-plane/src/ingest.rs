@@ -36,7 +36,8 @@ const ROUTER_GRANTS: &str = "GRANT SELECT, INSERT ON inbox TO {r}; \
      GRANT EXECUTE ON FUNCTION serve_servidor(text) TO {r}; \
      GRANT SELECT, INSERT ON eventos TO {r}; \
      GRANT SELECT, INSERT, UPDATE ON cursores TO {r}; \
-     GRANT SELECT, INSERT, UPDATE, DELETE ON membros TO {r};";
+     GRANT SELECT, INSERT, UPDATE, DELETE ON membros TO {r}; \
+     GRANT SELECT, INSERT, UPDATE, DELETE ON relay_pendentes TO {r};";
 
 /// Limits of a router's login: its pool and workers stay far below them.
 const ROUTER_LIMITS: LoginLimits = LoginLimits {
@@ -280,6 +281,12 @@ impl Ingest {
             .await?;
         client
             .execute("DELETE FROM eventos WHERE empresa_id = $1", &[&tenant_id])
+            .await?;
+        client
+            .execute(
+                "DELETE FROM relay_pendentes WHERE empresa_id = $1",
+                &[&tenant_id],
+            )
             .await?;
         Ok(n)
     }

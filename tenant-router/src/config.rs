@@ -97,6 +97,11 @@ pub struct Inbox {
     /// Longest wait before a failing tenant is tried again, in milliseconds.
     #[serde(default = "defaults::inbox_max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// How long a tenant's record "its outbox may hold unrelayed events" lasts before a
+    /// domain write renews it, in milliseconds; a record three windows old is relayed by
+    /// any router (the one that wrote it died before relaying).
+    #[serde(default = "defaults::inbox_relay_window_ms")]
+    pub relay_window_ms: u64,
 }
 
 impl Default for Inbox {
@@ -112,6 +117,7 @@ impl Default for Inbox {
             poll_ms: defaults::inbox_poll_ms(),
             apply_timeout_ms: defaults::inbox_apply_timeout_ms(),
             max_backoff_ms: defaults::inbox_max_backoff_ms(),
+            relay_window_ms: defaults::inbox_relay_window_ms(),
         }
     }
 }
@@ -263,6 +269,9 @@ mod defaults {
     pub fn inbox_max_backoff_ms() -> u64 {
         4_000
     }
+    pub fn inbox_relay_window_ms() -> u64 {
+        60_000
+    }
     pub fn usage_report_every_secs() -> u64 {
         30
     }
@@ -390,8 +399,9 @@ impl Config {
             || i.apply_rows <= 0
             || i.poll_ms == 0
             || i.apply_timeout_ms == 0
+            || i.relay_window_ms == 0
         {
-            return invalid("inbox.writers, readers, events_poll_ms, group_rows, queue, workers, apply_rows, poll_ms and apply_timeout_ms must be above 0");
+            return invalid("inbox.writers, readers, events_poll_ms, group_rows, queue, workers, apply_rows, poll_ms, apply_timeout_ms and relay_window_ms must be above 0");
         }
         if self.routes.usage_report_every_secs == 0 {
             return invalid("routes.usage_report_every_secs must be at least 1");

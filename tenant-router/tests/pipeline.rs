@@ -807,3 +807,65 @@ async fn deliveries_replayed_from_the_dead_letters_reach_the_event_stream() {
         bot.kinds_of(id)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_write_whose_router_died_before_relaying_them_are_relayed_by_another() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 80).await;
+    tenant(&plane, "rl-alfa", "950000001").await;
+    let id = tenant_id(&plane, "rl-alfa").await;
+    let token = plane.token(&["rl-alfa"], false).await;
+    // Marks stale after three windows: 1.5 s.
+    let env = [("TENANT_ROUTER__INBOX__RELAY_WINDOW_MS", "500")];
+    let first = Router::start(&plane, &env).await;
+    dm::leads_client::LeadsClient::new(first.channel().await)
+        .upsert_lead(common::call(
+            common::upsert("5511955550001", "Ana"),
+            "rl-alfa",
+            &token,
+        ))
+        .await
+        .unwrap();
+    // The write was recorded in the ingest database before it was made.
+    let ingest = common::ingest_client(&plane.ingest_url).await;
+    let marks = || async {
+        ingest
+            .query_one(
+                "SELECT count(*) FROM relay_pendentes WHERE empresa_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(marks().await, 1);
+    // The router dies (kill -9) with a committed write's events still in the tenant's
+    // outbox: a write made just before the crash, whose relay never ran (made here
+    // straight on the tenant database, which fires the same outbox trigger).
+    drop(first);
+    let tenant_db = plane.database_of("rl-alfa").await;
+    pg.connect(&tenant_db)
+        .await
+        .unwrap()
+        .batch_execute("INSERT INTO leads (wa_id) VALUES ('5511955550002')")
+        .await
+        .unwrap();
+    // Another router, which never served the tenant and sees no traffic for it, relays the
+    // outbox once the mark is stale, then deletes the mark.
+    let second = Router::start(&plane, &env).await;
+    let bot = subscribe(&second, &token, "bot", &[]).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            bot.kinds_of(id)
+                .iter()
+                .any(|(k, d)| *k == LEAD && d.contains("5511955550002"))
+        })
+        .await,
+        "{:?}",
+        bot.kinds_of(id)
+    );
+    assert!(eventually(Duration::from_secs(10), || async { marks().await == 0 }).await);
+    let leads: Vec<i32> = bot.kinds_of(id).iter().map(|k| k.0).collect();
+    assert_eq!(leads, vec![LEAD, LEAD], "each write's event once");
+}

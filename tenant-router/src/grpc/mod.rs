@@ -106,6 +106,12 @@ impl CallContext {
                 .min(Duration::from_secs(300));
         let cached = self.authorize(meta, permission).await?;
         let tenant_id = cached.route.tenant_id;
+        if permission == Permission::Write {
+            // Should this router die before relaying the write's events, others will.
+            self.inbox
+                .before_write(tenant_id, &cached.route.server)
+                .await;
+        }
         let result = self
             .path
             .run(

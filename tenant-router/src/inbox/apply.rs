@@ -40,24 +40,35 @@ const PENDING: &str = "SELECT p.empresa_id FROM \
      WHERE a.proxima_em IS NULL OR a.proxima_em <= now() LIMIT 100000";
 /// Locks the tenant (a session lock, released by [`UNLOCK`] or with the connection) and
 /// reads its oldest pending rows: one row with `ok = false` when another apply holds it,
-/// one with no id when nothing is pending.
-const CLAIM: &str = "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($1) AS ok) \
-     SELECT l.ok, i.id, i.servidor, i.fonte, i.numero, i.lote, i.idade FROM l LEFT JOIN LATERAL \
+/// one with no id when nothing is pending. With the ingest server's clock (ms since the
+/// epoch), which dates the outbox read that follows for [`FINISH`]'s relay marks.
+const CLAIM: &str = "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($1) AS ok, \
+       extract(epoch FROM now())::float8 * 1000 AS t) \
+     SELECT l.ok, i.id, i.servidor, i.fonte, i.numero, i.lote, i.idade, l.t FROM l LEFT JOIN LATERAL \
        (SELECT id, servidor, fonte, numero, lote, \
           extract(epoch FROM now() - recebido_em)::float8 AS idade \
         FROM inbox WHERE l.ok AND empresa_id = $2 AND aplicado_em IS NULL ORDER BY id LIMIT $3) i \
      ON true";
 const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
-/// Marks rows applied, clears the tenant's backoff (when `$4`) and relays events: one
-/// statement, one transaction.
+/// Marks rows applied, clears the tenant's backoff and its stale relay mark (when `$4`:
+/// the visit succeeded; `$12` is [`RELAYED`]'s cutoff) and relays events: one statement,
+/// one transaction.
 const FINISH: &str = "WITH m AS (UPDATE inbox SET aplicado_em = now(), erro = e.erro \
        FROM unnest($1::int8[], $2::text[]) AS e(id, erro) WHERE inbox.id = e.id RETURNING 1), \
      b AS (DELETE FROM inbox_atrasos WHERE empresa_id = $3 AND $4 RETURNING 1), \
      v AS (INSERT INTO eventos (empresa_id, servidor, banco, origem_id, particao, tipo, dados, criado_em) \
        SELECT $3, $5, $6, o, $7, t, d, to_timestamp(ms / 1000.0) \
        FROM unnest($8::int8[], $9::text[], $10::text[], $11::int8[]) AS x(o, t, d, ms) \
-       ON CONFLICT (empresa_id, banco, origem_id) DO NOTHING RETURNING 1) \
-     SELECT (SELECT count(*) FROM m) + (SELECT count(*) FROM b) + (SELECT count(*) FROM v)";
+       ON CONFLICT (empresa_id, banco, origem_id) DO NOTHING RETURNING 1), \
+     r AS (DELETE FROM relay_pendentes WHERE empresa_id = $3 AND $4 \
+       AND marcado_em < to_timestamp($12::float8 / 1000) RETURNING 1) \
+     SELECT (SELECT count(*) FROM m) + (SELECT count(*) FROM b) + (SELECT count(*) FROM v) \
+       + (SELECT count(*) FROM r)";
+/// Deletes the tenant's relay mark if it was stale before this apply read the outbox
+/// (`$2`: the claim's time less three windows, in ms): every write it covered has ended
+/// and its events were just read.
+const RELAYED: &str =
+    "DELETE FROM relay_pendentes WHERE empresa_id = $1 AND marcado_em < to_timestamp($2::float8 / 1000)";
 const BACKOFF: &str = "INSERT INTO inbox_atrasos AS a (empresa_id, servidor, tentativas, proxima_em, ultimo_erro) \
      VALUES ($1, $2, 1, now() + $3 * interval '1 millisecond', $5) \
      ON CONFLICT (empresa_id) DO UPDATE SET tentativas = a.tentativas + 1, ultimo_erro = $5, \
@@ -67,9 +78,6 @@ const BACKOFF: &str = "INSERT INTO inbox_atrasos AS a (empresa_id, servidor, ten
 const OUTBOX: &str = "WITH f AS (DELETE FROM eventos_saida WHERE id = ANY($2)) \
      SELECT id, tipo, dados::text, (extract(epoch FROM criado_em) * 1000)::int8 \
      FROM eventos_saida WHERE id <> ALL($2) ORDER BY id LIMIT $1";
-
-/// How often the tenants this router served recently get their outboxes relayed anyway.
-const RELAY_SWEEP: Duration = Duration::from_secs(60);
 
 /// Most outbox events one apply relays.
 const OUTBOX_BATCH: i64 = 1_000;
@@ -223,12 +231,17 @@ impl Held {
         self.0.as_ref().expect("held until kept or dropped")
     }
 
-    /// Unlocks and returns the connection to its pool.
-    async fn release(self, key: i64) -> Result<(), RouterError> {
-        self.get()
-            .query_one(UNLOCK, &[&key])
-            .await
-            .map_err(ingest)?;
+    /// Deletes the tenant's stale relay mark ([`RELAYED`]), unlocks (one round trip) and
+    /// returns the connection to its pool.
+    async fn release(self, key: i64, tenant_id: i64, marks_before: f64) -> Result<(), RouterError> {
+        let relay: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tenant_id, &marks_before];
+        let unlock: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        let (relayed, unlocked) = futures_util::join!(
+            self.get().execute(RELAYED, &relay),
+            self.get().query_one(UNLOCK, &unlock)
+        );
+        relayed.map_err(ingest)?;
+        unlocked.map_err(ingest)?;
         self.keep();
         Ok(())
     }
@@ -262,7 +275,8 @@ impl Workers {
         let mut applies: JoinSet<(i64, Outcome)> = JoinSet::new();
         let mut poll = tokio::time::interval(Duration::from_millis(me.inbox.cfg.poll_ms));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep = tokio::time::interval(RELAY_SWEEP);
+        let window = me.inbox.cfg.relay_window_ms;
+        let mut sweep = tokio::time::interval(Duration::from_millis(window));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -272,10 +286,11 @@ impl Workers {
                     Ok(ids) => ids.into_iter().for_each(|id| queue.push(id)),
                     Err(e) => tracing::debug!(error = %e, "inbox poll failed"),
                 },
-                // Events of domain writes whose relay was lost (a router that served them
-                // died before relaying) go out with the next sweep of recently served
-                // tenants on any router.
-                _ = sweep.tick() => me.path.pools.tenants().into_iter().for_each(|id| queue.push(id)),
+                // Events of domain writes whose router died before relaying them.
+                _ = sweep.tick() => match me.stale_marks().await {
+                    Ok(ids) => ids.into_iter().for_each(|id| queue.push(id)),
+                    Err(e) => tracing::debug!(error = %e, "relay mark sweep failed"),
+                },
                 Some(done) = applies.join_next(), if !applies.is_empty() => {
                     if let Ok((id, outcome)) = done {
                         queue.finished(id, outcome);
@@ -294,6 +309,22 @@ impl Workers {
             }
         }
         while applies.join_next().await.is_some() {}
+    }
+
+    /// Tenants whose relay mark is stale ([`super::relay`]).
+    async fn stale_marks(&self) -> Result<Vec<i64>, RouterError> {
+        let stale = self.stale_ms();
+        let conn = self.inbox.connection(|c| &c.worker).await?;
+        let rows = conn
+            .query(super::relay::STALE, &[&stale])
+            .await
+            .map_err(ingest)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// When a relay mark is stale, in milliseconds.
+    fn stale_ms(&self) -> f64 {
+        3.0 * self.inbox.cfg.relay_window_ms as f64
     }
 
     /// Tenants with pending rows this router may apply.
@@ -341,6 +372,7 @@ impl Workers {
         // From here the tenant is locked on this connection: released by UNLOCK, or by
         // closing the connection if anything stops this apply before it.
         let conn = Held(Some(conn));
+        let marks_before = claimed[0].get::<_, f64>(7) - self.stale_ms();
         let rows: Vec<Row> = claimed
             .iter()
             .filter(|r| r.get::<_, Option<i64>>(1).is_some())
@@ -380,7 +412,7 @@ impl Workers {
             self.keep_relayed(tenant_id, &route.route.database, forget);
         }
         if rows.is_empty() && events.is_empty() && failed.is_none() {
-            conn.release(key).await?;
+            conn.release(key, tenant_id, marks_before).await?;
             return Ok(Outcome::Done);
         }
         let r = &route.route;
@@ -390,7 +422,7 @@ impl Workers {
         let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
         let at: Vec<i64> = events.iter().map(|e| e.at_ms).collect();
         let (clear, partition) = (failed.is_none(), crate::events::partition(tenant_id));
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
             &ids,
             &errors,
             &tenant_id,
@@ -402,6 +434,7 @@ impl Workers {
             &kinds,
             &data,
             &at,
+            &marks_before,
         ];
         let unlock: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
         // One round trip: the commit of the marks and events, then the unlock.

@@ -12,6 +12,7 @@
 //! may serve.
 
 pub mod apply;
+pub mod relay;
 pub mod writer;
 
 use crate::config;
@@ -80,6 +81,8 @@ pub struct Inbox {
     wake: mpsc::Sender<i64>,
     /// Bumped whenever this router's workers recorded events (streams read at once).
     events: tokio::sync::watch::Sender<u64>,
+    /// Tenants recorded before domain writes ([`relay`]).
+    marks: relay::Marks,
 }
 
 /// The receiving ends [`Inbox::new`] hands to the writer and the workers.
@@ -106,6 +109,7 @@ impl Inbox {
                 queue,
                 wake,
                 events: tokio::sync::watch::Sender::new(0),
+                marks: relay::Marks::default(),
             }),
             Receivers {
                 queue: queue_rx,
@@ -176,7 +180,8 @@ impl Inbox {
         };
         let c = Arc::new(Connections {
             writer: pool(self.cfg.writers)?,
-            worker: pool(self.cfg.workers)?,
+            // Two more than the workers: relay marks and polls never wait for an apply.
+            worker: pool(self.cfg.workers + 2)?,
             reader: pool(self.cfg.readers)?,
         });
         *self.connections.write().await = Some(Arc::clone(&c));

@@ -240,11 +240,6 @@ impl Pools {
             .collect()
     }
 
-    /// The tenants with a pool open now (recently served).
-    pub fn tenants(&self) -> Vec<i64> {
-        self.cache.iter().map(|(t, _)| *t).collect()
-    }
-
     /// Pools cached now.
     pub fn open_pools(&self) -> u64 {
         self.cache.entry_count()
