@@ -94,6 +94,9 @@ async fn main() {
     if let Ok(p) = std::env::var("BENCH_POLL_MS") {
         env.push(("TENANT_ROUTER__INBOX__POLL_MS", p));
     }
+    if let Ok(n) = std::env::var("BENCH_COLD_WORKERS") {
+        env.push(("TENANT_ROUTER__INBOX__COLD_WORKERS", n));
+    }
     let router = stack.router_with(&env);
     let http = router.http.clone();
     // Warm every tenant's route and pool once.

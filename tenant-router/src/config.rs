@@ -77,6 +77,10 @@ pub struct Inbox {
     /// besides the tenant's).
     #[serde(default = "defaults::inbox_workers")]
     pub workers: usize,
+    /// Of those, how many may be applying tenants that have no open connection (each such
+    /// apply opens one, and over budget closes another tenant's); 0: a quarter.
+    #[serde(default)]
+    pub cold_workers: usize,
     /// Ingest connections event streams share (reads, acknowledgements, memberships).
     #[serde(default = "defaults::inbox_readers")]
     pub readers: usize,
@@ -111,6 +115,7 @@ impl Default for Inbox {
             group_rows: defaults::inbox_group_rows(),
             queue: defaults::inbox_queue(),
             workers: defaults::inbox_workers(),
+            cold_workers: 0,
             readers: defaults::inbox_readers(),
             events_poll_ms: defaults::events_poll_ms(),
             apply_rows: defaults::inbox_apply_rows(),
@@ -402,6 +407,9 @@ impl Config {
             || i.relay_window_ms == 0
         {
             return invalid("inbox.writers, readers, events_poll_ms, group_rows, queue, workers, apply_rows, poll_ms, apply_timeout_ms and relay_window_ms must be above 0");
+        }
+        if i.cold_workers > i.workers {
+            return invalid("inbox.cold_workers must be at most inbox.workers");
         }
         if self.routes.usage_report_every_secs == 0 {
             return invalid("routes.usage_report_every_secs must be at least 1");

@@ -163,8 +163,11 @@ impl Ready {
     }
 
     /// Workers that may be opening connections at once.
-    fn cold_slots(workers: usize) -> usize {
-        (workers / 4).max(1)
+    fn cold_slots(cfg: &crate::config::Inbox) -> usize {
+        match cfg.cold_workers {
+            0 => (cfg.workers / 4).max(1),
+            n => n,
+        }
     }
 
     /// The next tenant to apply: the longest waiting one if it needs a connection and
@@ -300,7 +303,7 @@ impl Workers {
             let mut connected = None;
             while applies.len() < me.inbox.cfg.workers && !queue.order.is_empty() {
                 let warm = connected.get_or_insert_with(|| me.path.pools.connected());
-                let cold = Ready::cold_slots(me.inbox.cfg.workers);
+                let cold = Ready::cold_slots(&me.inbox.cfg);
                 let Some(id) = queue.next(|t| warm.contains(&t), cold) else {
                     break;
                 };
