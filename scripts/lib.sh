@@ -49,3 +49,15 @@ require_s3s_fs() {
   echo "s3s-fs not found; installing it from crates.io" >&2
   cargo install s3s-fs --locked --version 0.14.1 --features binary >&2
 }
+
+# Makes sure the Python tools the tests use are in .venv-tools (grpcio's reflection client,
+# the offline Kubernetes schema validator), from PyPI when missing; prints its python.
+require_py_tools() {
+  local venv=.venv-tools
+  if ! "$venv/bin/python" -c 'import grpc_reflection, kubernetes_validate' >/dev/null 2>&1; then
+    echo "installing the test tools (grpcio-reflection, kubernetes-validate) into $venv" >&2
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q grpcio==1.76.0 grpcio-reflection==1.76.0 kubernetes-validate==1.34.1 >&2
+  fi
+  echo "$PWD/$venv/bin/python"
+}

@@ -30,6 +30,7 @@ pub struct Deleter {
     ingest: crate::ingest::Ingest,
     cfg: crate::config::Deletion,
     connect_timeout: Duration,
+    jobs: crate::telemetry::Jobs,
 }
 
 impl Deleter {
@@ -38,8 +39,10 @@ impl Deleter {
         backups: Backups,
         ingest: crate::ingest::Ingest,
         config: &crate::Config,
+        jobs: crate::telemetry::Jobs,
     ) -> Deleter {
         Deleter {
+            jobs,
             catalog,
             backups,
             ingest,
@@ -51,6 +54,18 @@ impl Deleter {
     /// Deletes a tenant (see the module docs); the tenant as it is afterwards (`None` once
     /// purged).
     pub async fn delete(
+        &self,
+        tenant: &TenantRecord,
+        actor: &Actor,
+        reason: Option<&str>,
+        now: bool,
+    ) -> Result<Option<TenantRecord>> {
+        self.jobs
+            .time("delete", self.delete_job(tenant, actor, reason, now))
+            .await
+    }
+
+    async fn delete_job(
         &self,
         tenant: &TenantRecord,
         actor: &Actor,
@@ -127,6 +142,10 @@ impl Deleter {
     /// Purges a deleted tenant whose window is over: database and roles, backups, then the
     /// row (a tombstone stays).
     pub async fn purge(&self, tenant_id: i64) -> Result<()> {
+        self.jobs.time("purge", self.purge_job(tenant_id)).await
+    }
+
+    async fn purge_job(&self, tenant_id: i64) -> Result<()> {
         let Some(tenant) = self.catalog.tenant_by_id(tenant_id).await? else {
             return Ok(());
         };

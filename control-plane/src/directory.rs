@@ -85,6 +85,11 @@ impl Directory {
         &self.catalog
     }
 
+    /// Watchers of changes now (routers' streams on this replica).
+    pub fn subscribers(&self) -> usize {
+        self.changes.receiver_count()
+    }
+
     /// A new watcher of changes.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()

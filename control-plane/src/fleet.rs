@@ -117,6 +117,7 @@ pub struct Fleet {
     catalog: Catalog,
     cfg: config::Fleet,
     provisioning: config::Provisioning,
+    jobs: crate::telemetry::Jobs,
 }
 
 struct Shared {
@@ -138,17 +139,35 @@ struct Shared {
 
 impl Fleet {
     /// A fleet runner.
-    pub fn new(catalog: Catalog, cfg: config::Fleet, provisioning: config::Provisioning) -> Fleet {
+    pub fn new(
+        catalog: Catalog,
+        cfg: config::Fleet,
+        provisioning: config::Provisioning,
+        jobs: crate::telemetry::Jobs,
+    ) -> Fleet {
         Fleet {
             catalog,
             cfg,
             provisioning,
+            jobs,
         }
     }
 
     /// Plans and (unless `dry_run`) executes a run, streaming events to `events`.
     /// Stops launching tenants when `cancel` fires (in-flight ones finish).
     pub async fn run(
+        &self,
+        req: FleetRequest,
+        actor: &crate::auth::Actor,
+        events: mpsc::Sender<FleetEvent>,
+        cancel: CancellationToken,
+    ) -> Result<RunCounts> {
+        self.jobs
+            .time("fleet_run", self.run_job(req, actor, events, cancel))
+            .await
+    }
+
+    async fn run_job(
         &self,
         req: FleetRequest,
         actor: &crate::auth::Actor,

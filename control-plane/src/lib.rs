@@ -29,6 +29,7 @@ pub mod roles;
 pub mod rotation;
 pub mod server;
 pub mod settings;
+pub mod telemetry;
 pub mod template;
 pub mod tokens;
 pub mod usage;

@@ -1,6 +1,8 @@
 //! The control plane's Prometheus endpoint (`metrics_listen`, off by default): plain
 //! HTTP/1 `GET /metrics` in the text exposition format. Labels stay bounded (no tenants,
-//! no users).
+//! no users). What the catalog and the ingest database hold (tenants, fleet runs, backup
+//! ages, the inbox) is read at each scrape, so every replica reports the same; job
+//! durations, the catalog pool and directory subscribers are this replica's.
 
 use crate::accounts::Accounts;
 use http_body_util::Full;
@@ -14,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct Sources {
     pub accounts: Accounts,
+    pub catalog: crate::catalog::Catalog,
+    pub jobs: crate::telemetry::Jobs,
+    pub directory: crate::directory::Directory,
     /// The message pipeline (inbox depth and lag, event consumers), read at each scrape.
     pub ingest: crate::ingest::Ingest,
     pub stuck_after_secs: u64,
@@ -27,6 +32,48 @@ impl Sources {
              # TYPE control_plane_password_hashes_total counter\n\
              control_plane_password_hashes_total {}\n",
             self.accounts.hashes_computed()
+        );
+        out.push_str(&self.jobs.render());
+        let pool = self.catalog.pool_status();
+        let _ = write!(
+            out,
+            "# HELP control_plane_catalog_pool_connections Catalog connections this replica holds.\n\
+             # TYPE control_plane_catalog_pool_connections gauge\n\
+             control_plane_catalog_pool_connections {}\n\
+             # HELP control_plane_catalog_pool_idle Of those, idle.\n\
+             # TYPE control_plane_catalog_pool_idle gauge\n\
+             control_plane_catalog_pool_idle {}\n\
+             # HELP control_plane_catalog_pool_waiting Requests waiting for a catalog connection.\n\
+             # TYPE control_plane_catalog_pool_waiting gauge\n\
+             control_plane_catalog_pool_waiting {}\n\
+             # HELP control_plane_catalog_pool_max Most catalog connections this replica opens.\n\
+             # TYPE control_plane_catalog_pool_max gauge\n\
+             control_plane_catalog_pool_max {}\n\
+             # HELP control_plane_directory_subscribers Routers watching this replica's directory for changes.\n\
+             # TYPE control_plane_directory_subscribers gauge\n\
+             control_plane_directory_subscribers {}\n",
+            pool.size,
+            pool.available,
+            pool.waiting,
+            pool.max_size,
+            self.directory.subscribers()
+        );
+        let catalog_up = match crate::catalog::fleet_state(&self.catalog).await {
+            Ok(state) => {
+                state.render(&mut out);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics cannot read the catalog");
+                false
+            }
+        };
+        let _ = write!(
+            out,
+            "# HELP control_plane_catalog_up Whether the catalog answered this scrape.\n\
+             # TYPE control_plane_catalog_up gauge\n\
+             control_plane_catalog_up {}\n",
+            u8::from(catalog_up)
         );
         let up = match self.ingest.status(self.stuck_after_secs).await {
             Ok(s) => {

@@ -27,6 +27,7 @@ use tokio_postgres::Client;
 pub struct Provisioner {
     catalog: Catalog,
     cfg: Provisioning,
+    jobs: crate::telemetry::Jobs,
 }
 
 /// A step that failed, with a client-safe reason.
@@ -37,8 +38,8 @@ struct StepError {
 
 impl Provisioner {
     /// A provisioner writing to `catalog`.
-    pub fn new(catalog: Catalog, cfg: Provisioning) -> Provisioner {
-        Provisioner { catalog, cfg }
+    pub fn new(catalog: Catalog, cfg: Provisioning, jobs: crate::telemetry::Jobs) -> Provisioner {
+        Provisioner { catalog, cfg, jobs }
     }
 
     fn timeout(&self) -> Duration {
@@ -47,6 +48,16 @@ impl Provisioner {
 
     /// Creates (or resumes creating) a tenant; returns it `active`.
     pub async fn create(
+        &self,
+        new: &NewTenant,
+        actor: &crate::auth::Actor,
+    ) -> Result<TenantRecord> {
+        self.jobs
+            .time("provision", self.create_job(new, actor))
+            .await
+    }
+
+    async fn create_job(
         &self,
         new: &NewTenant,
         actor: &crate::auth::Actor,

@@ -122,6 +122,9 @@ pub async fn run(
             .map_err(ServeError::Startup)?;
         let sources = crate::metrics::Sources {
             accounts: admin.accounts(),
+            catalog: catalog.clone(),
+            jobs: admin.jobs(),
+            directory: directory.clone(),
             ingest: admin.ingest(),
             stuck_after_secs: config.ingest.stuck_after_secs,
         };
@@ -139,9 +142,17 @@ pub async fn run(
     health_reporter
         .set_serving::<pb::tenant_directory_server::TenantDirectoryServer<DirectoryService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl and Postman speak v1, grpcio's Python client and
+    // Evans v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
+    let reflection = reflection()
         .build_v1()
         .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
 
@@ -164,6 +175,7 @@ pub async fn run(
     let served = builder
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(pb::tenant_admin_server::TenantAdminServer::with_interceptor(admin, operators))
         .add_service(proto::accounts::v1::auth_server::AuthServer::new(
             accounts.clone(),

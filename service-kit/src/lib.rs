@@ -42,14 +42,29 @@ pub fn load_config<T: DeserializeOwned>(
 }
 
 /// Structured logs on stderr (stdout is kept for the daemon's one `listening` line),
-/// filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
+/// filtered by `RUST_LOG` (default `info`); one JSON object per line when `LOG_FORMAT` is
+/// `json` (`text`, the default, otherwise). Any other `LOG_FORMAT` is refused by name.
+pub fn init_tracing() -> Result<(), String> {
+    let json = match std::env::var("LOG_FORMAT").as_deref() {
+        Err(_) | Ok("") | Ok("text") => false,
+        Ok("json") => true,
+        Ok(other) => {
+            return Err(format!(
+                "LOG_FORMAT must be \"text\" or \"json\", not {other:?}"
+            ))
+        }
+    };
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+        );
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    Ok(())
 }
 
 /// Completes on SIGTERM or Ctrl-C.

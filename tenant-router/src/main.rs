@@ -17,7 +17,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    service_kit::init_tracing();
+    service_kit::init_tracing().map_err(|e| anyhow::anyhow!(e))?;
     let config = tenant_router::Config::load(args.config.as_deref())?;
     let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
         .await

@@ -166,9 +166,17 @@ pub async fn run(
     health_reporter
         .set_serving::<pb::events_server::EventsServer<EventsService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl and Postman speak v1, grpcio's Python client and
+    // Evans v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
+    let reflection = reflection()
         .build_v1()
         .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
 
@@ -185,6 +193,7 @@ pub async fn run(
     let served = builder
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(pb::leads_server::LeadsServer::new(LeadsService(
             Arc::clone(&ctx),
         )))

@@ -52,11 +52,17 @@ pub struct Backups {
     replica: String,
     global: Arc<Semaphore>,
     per_server: Arc<Mutex<HashMap<i64, Arc<Semaphore>>>>,
+    jobs: crate::telemetry::Jobs,
 }
 
 impl Backups {
-    pub fn new(catalog: Catalog, config: &crate::Config) -> Result<Backups> {
+    pub fn new(
+        catalog: Catalog,
+        config: &crate::Config,
+        jobs: crate::telemetry::Jobs,
+    ) -> Result<Backups> {
         Ok(Backups {
+            jobs,
             store: Store::open(&config.backup.store)?,
             catalog,
             ca_file: config.database_tls.as_ref().map(|t| t.ca_file.clone()),
@@ -310,6 +316,16 @@ impl Backups {
         tenant: &TenantRecord,
         reason: &'static str,
     ) -> Result<BackupRecord> {
+        self.jobs
+            .time("backup", self.backup_tenant_job(tenant, reason))
+            .await
+    }
+
+    async fn backup_tenant_job(
+        &self,
+        tenant: &TenantRecord,
+        reason: &'static str,
+    ) -> Result<BackupRecord> {
         if !matches!(tenant.status, Status::Active | Status::Suspended) {
             return Err(Error::FailedPrecondition(format!(
                 "tenant {} is {}: only active or suspended tenants are backed up",
@@ -368,6 +384,12 @@ impl Backups {
     /// Backs up the catalog itself (every credential, sealed with the master key) to the
     /// same store; the finished (or failed) row.
     pub async fn backup_catalog(&self, reason: &'static str) -> Result<BackupRecord> {
+        self.jobs
+            .time("catalog_backup", self.backup_catalog_job(reason))
+            .await
+    }
+
+    async fn backup_catalog_job(&self, reason: &'static str) -> Result<BackupRecord> {
         let cfg = self.catalog.pg_config();
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),

@@ -27,6 +27,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 impl Backups {
     /// Restores `tenant` in place from backup `backup_id`; the tenant after the switch.
     pub async fn restore(&self, tenant: &TenantRecord, backup_id: i64) -> Result<TenantRecord> {
+        self.jobs
+            .time("restore", self.restore_job(tenant, backup_id))
+            .await
+    }
+
+    async fn restore_job(&self, tenant: &TenantRecord, backup_id: i64) -> Result<TenantRecord> {
         let backup = self.restorable(tenant, backup_id).await?;
         if !matches!(tenant.status, Status::Active | Status::Suspended) {
             return Err(Error::FailedPrecondition(format!(
@@ -83,6 +89,17 @@ impl Backups {
     /// server, no WhatsApp number); the new tenant, active. `source` is not touched. If
     /// anything fails, the new tenant's database, roles and row are removed.
     pub async fn restore_as(
+        &self,
+        source: &TenantRecord,
+        backup_id: i64,
+        slug: crate::model::Slug,
+    ) -> Result<TenantRecord> {
+        self.jobs
+            .time("restore_as", self.restore_as_job(source, backup_id, slug))
+            .await
+    }
+
+    async fn restore_as_job(
         &self,
         source: &TenantRecord,
         backup_id: i64,

@@ -98,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::debug!(bytes = n, "backup decrypted");
         return Ok(());
     }
-    service_kit::init_tracing();
+    service_kit::init_tracing().map_err(|e| anyhow::anyhow!(e))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

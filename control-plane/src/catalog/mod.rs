@@ -17,6 +17,7 @@ mod routers;
 mod runs;
 mod servers;
 mod settings;
+mod state;
 mod tenants;
 mod usage;
 mod users;
@@ -31,6 +32,7 @@ pub use restores::{RestoreJob, RetiredGeneration};
 pub use routers::RouterRecord;
 pub use runs::{RunCounts, RunTenantRow};
 pub use servers::{NewServer, ServerRecord, TemplateRecord};
+pub use state::{fleet_state, FleetState};
 pub use tenants::{NewPasswords, NewTenant, RoleModel, TenantFilter, TenantRecord};
 pub use usage::UsageRecord;
 pub use users::{NewUser, Refreshed, UserRecord};
@@ -147,6 +149,11 @@ impl Catalog {
     /// The secret box sealing stored credentials.
     pub fn secrets(&self) -> &SecretBox {
         &self.secrets
+    }
+
+    /// The pool's size, idle connections and waiters now.
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {

@@ -43,6 +43,7 @@ pub struct AdminService {
     pub(super) accounts: crate::accounts::Accounts,
     pub(super) ingest: crate::ingest::Ingest,
     pub(super) stuck_after_secs: u64,
+    jobs: crate::telemetry::Jobs,
 }
 
 impl AdminService {
@@ -56,23 +57,36 @@ impl AdminService {
         minter: Minter,
         ingest: crate::ingest::Ingest,
     ) -> Result<AdminService, Error> {
-        let backups = Backups::new(catalog.clone(), config)?;
+        let jobs = crate::telemetry::Jobs::new();
+        let backups = Backups::new(catalog.clone(), config, jobs.clone())?;
         Ok(AdminService {
             accounts: crate::accounts::Accounts::new(
                 catalog.clone(),
                 minter.clone(),
                 &config.accounts,
             )?,
-            deleter: Deleter::new(catalog.clone(), backups.clone(), ingest.clone(), config),
+            deleter: Deleter::new(
+                catalog.clone(),
+                backups.clone(),
+                ingest.clone(),
+                config,
+                jobs.clone(),
+            ),
             ingest: ingest.clone(),
             stuck_after_secs: config.ingest.stuck_after_secs,
             backups,
-            provisioner: Provisioner::new(catalog.clone(), config.provisioning.clone()),
+            provisioner: Provisioner::new(
+                catalog.clone(),
+                config.provisioning.clone(),
+                jobs.clone(),
+            ),
             fleet: Fleet::new(
                 catalog.clone(),
                 config.fleet.clone(),
                 config.provisioning.clone(),
+                jobs.clone(),
             ),
+            jobs,
             rotator: Rotator::new(catalog.clone(), config.provisioning.clone()),
             replayer: Replayer::new(
                 catalog.clone(),
@@ -86,6 +100,11 @@ impl AdminService {
             shutdown,
             minter,
         })
+    }
+
+    /// Durations and outcomes of the jobs this replica runs.
+    pub fn jobs(&self) -> crate::telemetry::Jobs {
+        self.jobs.clone()
     }
 
     /// Users and logins (served by the accounts services too).
