@@ -20,10 +20,22 @@ pub enum ConfigError {
 }
 
 /// Loads `path` (if given) and the `<prefix>__*` environment (nested keys joined by `__`).
-/// Unknown keys are rejected by the target type (`deny_unknown_fields`).
+/// A variable ending in `_FILE` names a file holding the value instead (container
+/// secrets): `CONTROL_PLANE__MASTER_KEY_FILE=/run/secrets/master_key` sets `master_key`
+/// to the file's content without its trailing newline. Unknown keys are rejected by the
+/// target type (`deny_unknown_fields`).
 pub fn load_config<T: DeserializeOwned>(
     prefix: &str,
     path: Option<&Path>,
+) -> Result<T, ConfigError> {
+    load_config_from(prefix, path, std::env::vars())
+}
+
+/// [`load_config`] with the environment given.
+pub fn load_config_from<T: DeserializeOwned>(
+    prefix: &str,
+    path: Option<&Path>,
+    vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ConfigError> {
     let mut builder = config::Config::builder();
     if let Some(path) = path {
@@ -34,11 +46,83 @@ pub fn load_config<T: DeserializeOwned>(
             config::Environment::with_prefix(prefix)
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(environment(prefix, vars)?)),
         )
         .build()?
         .try_deserialize()
         .map_err(ConfigError::from)
+}
+
+/// The `<prefix>__*` variables, `_FILE` ones replaced by their files' content.
+fn environment(
+    prefix: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<config::Map<String, String>, ConfigError> {
+    let ours = format!("{prefix}__");
+    let mut out = config::Map::new();
+    let mut from_files = Vec::new();
+    for (k, v) in vars {
+        if !k.starts_with(&ours) {
+            continue;
+        }
+        match k.strip_suffix("_FILE") {
+            Some(key) => from_files.push((key.to_string(), k.clone(), v)),
+            None => {
+                out.insert(k, v);
+            }
+        }
+    }
+    for (key, var, file) in from_files {
+        if out.contains_key(&key) {
+            return Err(ConfigError::Invalid(format!(
+                "set {key} or {var}, not both"
+            )));
+        }
+        let content = std::fs::read_to_string(&file)
+            .map_err(|e| ConfigError::Invalid(format!("{var}: cannot read {file}: {e}")))?;
+        out.insert(key, content.trim_end_matches(['\n', '\r']).to_string());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Cfg {
+        key: String,
+        #[serde(default)]
+        port: u16,
+    }
+
+    fn load(vars: &[(&str, &str)]) -> Result<Cfg, ConfigError> {
+        load_config_from(
+            "T",
+            None,
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn a_file_variable_reads_its_value_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("sk-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("key");
+        std::fs::write(&secret, "s3cr3t\n").unwrap();
+        let file = secret.display().to_string();
+        let c = load(&[("T__KEY_FILE", &file), ("T__PORT", "7"), ("OTHER", "x")]).unwrap();
+        assert_eq!((c.key.as_str(), c.port), ("s3cr3t", 7));
+        // Both ways at once, or a file that is not there: refused by name, no content shown.
+        let both = load(&[("T__KEY_FILE", &file), ("T__KEY", "b")]).unwrap_err();
+        assert!(both.to_string().contains("T__KEY or T__KEY_FILE"), "{both}");
+        let missing = load(&[("T__KEY_FILE", "/nonexistent/key")]).unwrap_err();
+        assert!(missing.to_string().contains("T__KEY_FILE"), "{missing}");
+        assert!(load(&[("T__KEY", "plain")]).unwrap().key == "plain");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 /// Structured logs on stderr (stdout is kept for the daemon's one `listening` line),
