@@ -20,8 +20,8 @@ pub enum ConfigError {
 }
 
 /// Loads `path` (if given) and the `<prefix>__*` environment (nested keys joined by `__`).
-/// A variable ending in `_FILE` names a file holding the value instead (container
-/// secrets): `CONTROL_PLANE__MASTER_KEY_FILE=/run/secrets/master_key` sets `master_key`
+/// A `<prefix>_FILE__*` variable names a file holding the value instead (container
+/// secrets): `CONTROL_PLANE_FILE__MASTER_KEY=/run/secrets/master_key` sets `master_key`
 /// to the file's content without its trailing newline. Unknown keys are rejected by the
 /// target type (`deny_unknown_fields`).
 pub fn load_config<T: DeserializeOwned>(
@@ -54,23 +54,20 @@ pub fn load_config_from<T: DeserializeOwned>(
         .map_err(ConfigError::from)
 }
 
-/// The `<prefix>__*` variables, `_FILE` ones replaced by their files' content.
+/// The `<prefix>__*` variables, with the `<prefix>_FILE__*` ones' files read in.
 fn environment(
     prefix: &str,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<config::Map<String, String>, ConfigError> {
     let ours = format!("{prefix}__");
+    let files = format!("{prefix}_FILE__");
     let mut out = config::Map::new();
     let mut from_files = Vec::new();
     for (k, v) in vars {
-        if !k.starts_with(&ours) {
-            continue;
-        }
-        match k.strip_suffix("_FILE") {
-            Some(key) => from_files.push((key.to_string(), k.clone(), v)),
-            None => {
-                out.insert(k, v);
-            }
+        if k.starts_with(&ours) {
+            out.insert(k, v);
+        } else if let Some(rest) = k.strip_prefix(&files) {
+            from_files.push((format!("{ours}{rest}"), k.clone(), v));
         }
     }
     for (key, var, file) in from_files {
@@ -113,13 +110,16 @@ mod tests {
         let secret = dir.join("key");
         std::fs::write(&secret, "s3cr3t\n").unwrap();
         let file = secret.display().to_string();
-        let c = load(&[("T__KEY_FILE", &file), ("T__PORT", "7"), ("OTHER", "x")]).unwrap();
+        let c = load(&[("T_FILE__KEY", &file), ("T__PORT", "7"), ("OTHER", "x")]).unwrap();
         assert_eq!((c.key.as_str(), c.port), ("s3cr3t", 7));
         // Both ways at once, or a file that is not there: refused by name, no content shown.
-        let both = load(&[("T__KEY_FILE", &file), ("T__KEY", "b")]).unwrap_err();
-        assert!(both.to_string().contains("T__KEY or T__KEY_FILE"), "{both}");
-        let missing = load(&[("T__KEY_FILE", "/nonexistent/key")]).unwrap_err();
-        assert!(missing.to_string().contains("T__KEY_FILE"), "{missing}");
+        let both = load(&[("T_FILE__KEY", &file), ("T__KEY", "b")]).unwrap_err();
+        assert!(both.to_string().contains("T__KEY or T_FILE__KEY"), "{both}");
+        let missing = load(&[("T_FILE__KEY", "/nonexistent/key")]).unwrap_err();
+        assert!(missing.to_string().contains("T_FILE__KEY"), "{missing}");
+        // A key that itself ends in _file is an ordinary key.
+        let plain = load(&[("T__KEY", "k"), ("T__KEY_FILE", "x")]).unwrap_err();
+        assert!(plain.to_string().contains("key_file"), "{plain}");
         assert!(load(&[("T__KEY", "plain")]).unwrap().key == "plain");
         std::fs::remove_dir_all(&dir).unwrap();
     }
