@@ -17,6 +17,10 @@ pub struct Config {
     /// Prometheus `/metrics` over plain HTTP on this address (off when unset).
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// The gRPC health service alone, in plaintext, on this address (off when unset): for
+    /// probes that cannot speak TLS, like Kubernetes' gRPC probes. It says nothing else.
+    #[serde(default)]
+    pub health_listen: Option<SocketAddr>,
     /// Catalog (control database) URL, `postgres://user:password@host:port/db`.
     pub catalog_url: String,
     /// Catalog connection pool size.

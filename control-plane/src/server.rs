@@ -136,6 +136,24 @@ pub async fn run(
     }
     let accounts = AccountsService::new(admin.accounts(), verifier);
     let (health_reporter, health) = tonic_health::server::health_reporter();
+    if let Some(listener) = service_kit::bind_health(config.health_listen)
+        .await
+        .map_err(ServeError::Startup)?
+    {
+        let (health, stop, bounds) = (health.clone(), cancel.clone(), config.grpc.bounds());
+        tasks.spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming_shutdown(
+                    service_kit::nodelay_incoming(listener, bounds),
+                    stop.cancelled_owned(),
+                )
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "health listener");
+            }
+        });
+    }
     health_reporter
         .set_serving::<pb::tenant_admin_server::TenantAdminServer<AdminService>>()
         .await;

@@ -173,6 +173,19 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Binds `addr` for the plaintext health service (`health_listen`), naming it on failure.
+pub async fn bind_health(
+    addr: Option<std::net::SocketAddr>,
+) -> Result<Option<tokio::net::TcpListener>, String> {
+    match addr {
+        None => Ok(None),
+        Some(a) => tokio::net::TcpListener::bind(a)
+            .await
+            .map(Some)
+            .map_err(|e| format!("cannot listen for health checks on {a}: {e}")),
+    }
+}
+
 /// Accepted connections for `serve_with_incoming*`, bounded (see [`incoming`]).
 pub fn nodelay_incoming(
     listener: tokio::net::TcpListener,

@@ -15,6 +15,10 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     /// HTTP listen address (`/metrics`, `/healthz`; webhooks later).
     pub http_listen: SocketAddr,
+    /// The gRPC health service alone, in plaintext, on this address (off when unset): for
+    /// probes that cannot speak TLS, like Kubernetes' gRPC probes. It says nothing else.
+    #[serde(default)]
+    pub health_listen: Option<std::net::SocketAddr>,
     /// The control plane's gRPC endpoint (`TenantDirectory`).
     pub control_plane_endpoint: String,
     /// This router's own directory credential (`tenantctl router add NAME` prints it).

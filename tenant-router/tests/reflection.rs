@@ -60,3 +60,39 @@ async fn grpcio_reflection_client_lists_and_resolves_every_service_of_both_daemo
         "{control:?}"
     );
 }
+
+/// Kubernetes' gRPC probes speak no TLS: `health_listen` serves the health service alone in
+/// plaintext, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plaintext_health_port_answers_probes_and_serves_nothing_else() {
+    let plane = Plane::start().await;
+    let port = pg_harness::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let _router = Router::start(&plane, &[("TENANT_ROUTER__HEALTH_LISTEN", &addr)]).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "tenancy.domain.v1.Leads".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let refused = proto::domain::v1::leads_client::LeadsClient::new(channel)
+        .get_lead(common::call(
+            proto::domain::v1::GetLeadRequest::default(),
+            "x",
+            "y",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+}
