@@ -83,48 +83,6 @@ fn environment(
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Cfg {
-        key: String,
-        #[serde(default)]
-        port: u16,
-    }
-
-    fn load(vars: &[(&str, &str)]) -> Result<Cfg, ConfigError> {
-        load_config_from(
-            "T",
-            None,
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-    }
-
-    #[test]
-    fn a_file_variable_reads_its_value_from_the_file() {
-        let dir = std::env::temp_dir().join(format!("sk-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let secret = dir.join("key");
-        std::fs::write(&secret, "s3cr3t\n").unwrap();
-        let file = secret.display().to_string();
-        let c = load(&[("T_FILE__KEY", &file), ("T__PORT", "7"), ("OTHER", "x")]).unwrap();
-        assert_eq!((c.key.as_str(), c.port), ("s3cr3t", 7));
-        // Both ways at once, or a file that is not there: refused by name, no content shown.
-        let both = load(&[("T_FILE__KEY", &file), ("T__KEY", "b")]).unwrap_err();
-        assert!(both.to_string().contains("T__KEY or T_FILE__KEY"), "{both}");
-        let missing = load(&[("T_FILE__KEY", "/nonexistent/key")]).unwrap_err();
-        assert!(missing.to_string().contains("T_FILE__KEY"), "{missing}");
-        // A key that itself ends in _file is an ordinary key.
-        let plain = load(&[("T__KEY", "k"), ("T__KEY_FILE", "x")]).unwrap_err();
-        assert!(plain.to_string().contains("key_file"), "{plain}");
-        assert!(load(&[("T__KEY", "plain")]).unwrap().key == "plain");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 /// Structured logs on stderr (stdout is kept for the daemon's one `listening` line),
 /// filtered by `RUST_LOG` (default `info`); one JSON object per line when `LOG_FORMAT` is
 /// `json` (`text`, the default, otherwise). Any other `LOG_FORMAT` is refused by name.
@@ -192,4 +150,46 @@ pub fn nodelay_incoming(
     bounds: incoming::Bounds,
 ) -> impl futures_util::Stream<Item = std::io::Result<incoming::Guarded>> {
     incoming::incoming(listener, bounds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Cfg {
+        key: String,
+        #[serde(default)]
+        port: u16,
+    }
+
+    fn load(vars: &[(&str, &str)]) -> Result<Cfg, ConfigError> {
+        load_config_from(
+            "T",
+            None,
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn a_file_variable_reads_its_value_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("sk-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("key");
+        std::fs::write(&secret, "s3cr3t\n").unwrap();
+        let file = secret.display().to_string();
+        let c = load(&[("T_FILE__KEY", &file), ("T__PORT", "7"), ("OTHER", "x")]).unwrap();
+        assert_eq!((c.key.as_str(), c.port), ("s3cr3t", 7));
+        // Both ways at once, or a file that is not there: refused by name, no content shown.
+        let both = load(&[("T_FILE__KEY", &file), ("T__KEY", "b")]).unwrap_err();
+        assert!(both.to_string().contains("T__KEY or T_FILE__KEY"), "{both}");
+        let missing = load(&[("T_FILE__KEY", "/nonexistent/key")]).unwrap_err();
+        assert!(missing.to_string().contains("T_FILE__KEY"), "{missing}");
+        // A key that itself ends in _file is an ordinary key.
+        let plain = load(&[("T__KEY", "k"), ("T__KEY_FILE", "x")]).unwrap_err();
+        assert!(plain.to_string().contains("key_file"), "{plain}");
+        assert!(load(&[("T__KEY", "plain")]).unwrap().key == "plain");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
