@@ -449,6 +449,10 @@ pub struct Fleet {
     /// `statement_timeout` for migration DDL, in milliseconds.
     #[serde(default = "defaults::statement_timeout_ms")]
     pub statement_timeout_ms: u64,
+    /// A run that has not said it is alive for this long (its replica died) is marked
+    /// interrupted by any replica; runs beat four times as often.
+    #[serde(default = "defaults::run_stale_after_secs")]
+    pub stale_after_secs: u64,
 }
 
 mod defaults {
@@ -614,6 +618,9 @@ mod defaults {
     pub fn statement_timeout_ms() -> u64 {
         300_000
     }
+    pub fn run_stale_after_secs() -> u64 {
+        60
+    }
 }
 
 impl Default for Provisioning {
@@ -642,6 +649,7 @@ impl Default for Fleet {
             max_concurrency: defaults::max_concurrency(),
             lock_timeout_ms: defaults::lock_timeout_ms(),
             statement_timeout_ms: defaults::statement_timeout_ms(),
+            stale_after_secs: defaults::run_stale_after_secs(),
         }
     }
 }
@@ -814,6 +822,11 @@ impl Config {
         if !prefix_ok || tenant_like {
             return Err(ConfigError::Invalid(
                 "provisioning.template_prefix must be 1-40 of [a-z0-9_], start with a letter and not look like a tenant database (emp_, <name_prefix>_<digit>)".into(),
+            ));
+        }
+        if self.fleet.stale_after_secs < 2 {
+            return Err(ConfigError::Invalid(
+                "fleet.stale_after_secs must be at least 2".into(),
             ));
         }
         if self.catalog_pool_size == 0

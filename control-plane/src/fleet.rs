@@ -153,6 +153,29 @@ impl Fleet {
         }
     }
 
+    /// Until `cancel`: marks runs whose replica died (no heartbeat for
+    /// `fleet.stale_after_secs`) interrupted, now and every half of that.
+    pub async fn sweep_loop(self, cancel: CancellationToken) {
+        let every = Duration::from_secs(self.cfg.stale_after_secs) / 2;
+        loop {
+            match self
+                .catalog
+                .interrupt_stale_runs(self.cfg.stale_after_secs)
+                .await
+            {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::warn!(runs = ?ids, "fleet runs of a replica that died marked interrupted; run them again")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot sweep fleet runs"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
     /// Plans and (unless `dry_run`) executes a run, streaming events to `events`.
     /// Stops launching tenants when `cancel` fires (in-flight ones finish).
     pub async fn run(
@@ -295,11 +318,27 @@ impl Fleet {
             skipped: already_current,
             ..RunCounts::default()
         };
-        wave(&shared, first.to_vec(), &mut counts).await;
-        if counts.failed > 0 {
-            shared.stop.store(true, Ordering::SeqCst);
+        let waves = async {
+            wave(&shared, first.to_vec(), &mut counts).await;
+            if counts.failed > 0 {
+                shared.stop.store(true, Ordering::SeqCst);
+            }
+            wave(&shared, rest.to_vec(), &mut counts).await;
+        };
+        // The run says it is alive while its waves go on (see `sweep_loop`).
+        let every = Duration::from_secs(self.cfg.stale_after_secs).div_f64(4.0);
+        let beat = async {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = self.catalog.beat_run(run_id).await {
+                    tracing::warn!(run = run_id, error = %e, "fleet run heartbeat failed");
+                }
+            }
+        };
+        tokio::select! {
+            () = waves => {}
+            () = beat => {}
         }
-        wave(&shared, rest.to_vec(), &mut counts).await;
         let aborted = shared.stop.load(Ordering::SeqCst) && counts.not_started > 0;
         self.catalog.finish_run(run_id, counts, aborted).await?;
         self.catalog

@@ -111,6 +111,7 @@ pub async fn run(
     tasks.spawn(admin.backups().sweep_loop(cancel.child_token()));
     tasks.spawn(admin.backups().schedule_loop(cancel.child_token()));
     tasks.spawn(admin.deleter().sweep_loop(cancel.child_token()));
+    tasks.spawn(admin.fleet().sweep_loop(cancel.child_token()));
     tasks.spawn(prune_dead_letters(
         catalog.clone(),
         config.dead_letters.clone(),

@@ -340,3 +340,100 @@ async fn templates_migrate_first_and_bad_requests_are_refused() {
         .get(0);
     assert_eq!(runs, 1, "refused requests record no run");
 }
+
+/// A control plane killed (SIGKILL) in the middle of a fleet run: after the restart the run
+/// is marked interrupted (no heartbeat), the tenant it was migrating is untouched (its
+/// transaction died with the connection), and running it again completes it.
+#[tokio::test]
+async fn a_fleet_run_whose_control_plane_dies_is_marked_interrupted_and_runs_again() {
+    let own = pg_harness::PgServer::start().unwrap();
+    let mut plane = Plane::start_with(&[
+        ("CONTROL_PLANE__FLEET__STALE_AFTER_SECS", "2"),
+        ("CONTROL_PLANE__FLEET__LOCK_TIMEOUT_MS", "60000"),
+    ])
+    .await;
+    plane.add_server("own", &own, 100);
+    let slugs = ["fk-a", "fk-b"];
+    create(&plane, &slugs, "varejo");
+    // Both tenants behind, and their `leads` held (shared) by a client of ours: the run's
+    // migration waits on the lock, mid-way.
+    let mut holders = Vec::new();
+    for slug in slugs {
+        age_to_v1(&plane, &own, slug).await;
+        let c = own.connect(&plane.database_of(slug).await).await.unwrap();
+        c.batch_execute("BEGIN; LOCK TABLE leads IN ACCESS SHARE MODE")
+            .await
+            .unwrap();
+        holders.push(c);
+    }
+    let mut run = plane
+        .tenantctl()
+        .args(["migrate", "--all", "--concurrency", "1", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waiting = || async {
+        own.connect("postgres")
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert!(
+        pg_harness::eventually(std::time::Duration::from_secs(20), || async {
+            waiting().await > 0
+        })
+        .await,
+        "the run never reached a tenant"
+    );
+    plane.crash_and_restart();
+    let _ = run.wait();
+    let status = || async {
+        plane
+            .catalog()
+            .await
+            .query_one(
+                "SELECT status FROM migration_runs ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    assert!(
+        pg_harness::eventually(std::time::Duration::from_secs(10), || async {
+            status().await == "interrupted"
+        })
+        .await,
+        "run left {}",
+        status().await
+    );
+    for slug in slugs {
+        assert!(
+            !has_tags_column(&plane, &own, slug).await,
+            "{slug}: nothing half applied"
+        );
+    }
+    // Our locks go (the dead replica's session waiting behind them ends too: its client is
+    // gone); only then, as `plane.ok` blocks this runtime, run again.
+    drop(holders);
+    assert!(
+        pg_harness::eventually(std::time::Duration::from_secs(10), || async {
+            waiting().await == 0
+        })
+        .await
+    );
+    let again = plane.ok(&["migrate", "--all", "--json"]).json();
+    assert_eq!(again["migrated"], 2, "{again}");
+    for slug in slugs {
+        assert!(has_tags_column(&plane, &own, slug).await, "{slug}");
+    }
+    let m = plane.ok(&["status", "--json"]).json();
+    assert_eq!(m["pending_migration"], 0, "{m}");
+}

@@ -19,7 +19,8 @@ pub struct Config {
     /// probes that cannot speak TLS, like Kubernetes' gRPC probes. It says nothing else.
     #[serde(default)]
     pub health_listen: Option<std::net::SocketAddr>,
-    /// The control plane's gRPC endpoint (`TenantDirectory`).
+    /// The control plane's gRPC endpoint (`TenantDirectory`); several replicas' endpoints
+    /// separated by commas (the router uses those that answer).
     pub control_plane_endpoint: String,
     /// This router's own directory credential (`tenantctl router add NAME` prints it).
     pub directory_token: String,
@@ -370,6 +371,15 @@ impl Default for Pools {
 }
 
 impl Config {
+    /// The control-plane replicas' endpoints (`control_plane_endpoint`, split at commas).
+    pub fn control_plane_endpoints(&self) -> Vec<&str> {
+        self.control_plane_endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect()
+    }
+
     /// Loads `path` (if given) and the `TENANT_ROUTER__*` environment, then validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let cfg: Config = service_kit::load_config("TENANT_ROUTER", path)?;
@@ -385,12 +395,20 @@ impl Config {
         if self.directory_token.len() < 16 {
             return invalid("directory_token must be at least 16 characters");
         }
-        if !(self.control_plane_endpoint.starts_with("http://")
-            || self.control_plane_endpoint.starts_with("https://"))
+        let endpoints = self.control_plane_endpoints();
+        if endpoints.is_empty()
+            || endpoints
+                .iter()
+                .any(|e| !(e.starts_with("http://") || e.starts_with("https://")))
         {
-            return invalid("control_plane_endpoint must be an http:// or https:// URL");
+            return invalid(
+                "control_plane_endpoint must be http:// or https:// URLs, separated by commas",
+            );
         }
-        if self.control_plane_endpoint.starts_with("https://") != self.control_plane_tls.is_some() {
+        if endpoints
+            .iter()
+            .any(|e| e.starts_with("https://") != self.control_plane_tls.is_some())
+        {
             return invalid(
                 "an https:// control_plane_endpoint needs control_plane_tls.ca_file (and http:// none)",
             );

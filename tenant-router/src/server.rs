@@ -35,15 +35,25 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::new());
     let startup = |e: service_kit::tls::TlsError| ServeError::Startup(e.to_string());
-    let mut endpoint =
-        tonic::transport::Endpoint::from_shared(config.control_plane_endpoint.clone())
-            .map_err(|_| ServeError::Startup("control_plane_endpoint is not a valid URL".into()))?
+    // One endpoint per control-plane replica; calls go to those that answer, so a replica
+    // that dies costs its streams one reconnect.
+    let mut endpoints = Vec::new();
+    for url in config.control_plane_endpoints() {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|_| {
+                ServeError::Startup(format!("control_plane_endpoint {url:?} is not a valid URL"))
+            })?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true);
-    if let Some(tls) = &config.control_plane_tls {
-        endpoint = endpoint.tls_config(tls.tonic().map_err(startup)?)?;
+        if let Some(tls) = &config.control_plane_tls {
+            endpoint = endpoint.tls_config(tls.tonic().map_err(startup)?)?;
+        }
+        endpoints.push(endpoint);
     }
-    let channel = endpoint.connect_lazy();
+    let channel = match endpoints.as_slice() {
+        [one] => one.connect_lazy(),
+        _ => tonic::transport::Channel::balance_list(endpoints.into_iter()),
+    };
     let routes = Arc::new(
         RouteCache::new(
             channel,

@@ -99,6 +99,32 @@ impl Catalog {
         Ok(())
     }
 
+    /// Says a run is still alive.
+    pub async fn beat_run(&self, run_id: i64) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE migration_runs SET batimento_em = now() WHERE id = $1 AND status = 'running'",
+                &[&run_id],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Marks `interrupted` the runs that have not said they are alive for `stale_secs` (their
+    /// replica died); their ids.
+    pub async fn interrupt_stale_runs(&self, stale_secs: u64) -> Result<Vec<i64>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "UPDATE migration_runs SET status = 'interrupted', terminado_em = now()                  WHERE status = 'running' AND batimento_em < now() - $1 * interval '1 second'                  RETURNING id",
+                &[&(stale_secs as f64)],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Closes a run record with its tallies.
     pub async fn finish_run(&self, run_id: i64, counts: RunCounts, aborted: bool) -> Result<()> {
         let status = if aborted { "aborted" } else { "finished" };

@@ -102,6 +102,11 @@ impl AdminService {
         })
     }
 
+    /// The fleet runner (its sweep of runs whose replica died).
+    pub fn fleet(&self) -> Fleet {
+        self.fleet.clone()
+    }
+
     /// Durations and outcomes of the jobs this replica runs.
     pub fn jobs(&self) -> crate::telemetry::Jobs {
         self.jobs.clone()

@@ -58,6 +58,8 @@ pub struct Plane {
     pub router_token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// Its settings' sequence number (replicas share it).
+    seq: u32,
 }
 
 impl Plane {
@@ -71,7 +73,29 @@ impl Plane {
         let catalog_db = pg.fresh_database("rt_catalog").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        Plane::start_on(catalog_db, listener, port, extra).await
+        Plane::start_on(catalog_db, listener, port, extra, None).await
+    }
+
+    /// Another control-plane replica on the same catalog and ingest database.
+    pub async fn replica(&self) -> Plane {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        Plane::start_on(
+            self.catalog_db.clone(),
+            listener,
+            port,
+            "",
+            Some((self.ingest_url.clone(), self.seq)),
+        )
+        .await
+    }
+
+    /// Stops the control plane at once, as a crash would: its connections just end.
+    pub fn kill(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
     }
 
     async fn start_on(
@@ -79,12 +103,20 @@ impl Plane {
         listener: tokio::net::TcpListener,
         port: u16,
         extra: &str,
+        replica_of: Option<(String, u32)>,
     ) -> Plane {
         let pg = pg_harness::shared();
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        // A replica shares the first one's settings (name prefixes) and ingest database.
+        let (ingest_url, n) = match replica_of {
+            Some((url, n)) => (Some(url), n),
+            None => (None, SEQ.fetch_add(1, Ordering::Relaxed)),
+        };
         let ca = pg_harness::test_ca().unwrap();
         let (cert, key) = ca.issue(&format!("rt-control-plane-{n}")).unwrap();
-        let ingest_url = pg_harness::fresh_ingest().await.unwrap();
+        let ingest_url = match ingest_url {
+            Some(u) => u,
+            None => pg_harness::fresh_ingest().await.unwrap(),
+        };
         let toml = format!(
             "listen = \"127.0.0.1:{port}\"\ncatalog_url = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n\
              token_signing_key = \"{SIGNING_KEY}\"\n\
@@ -127,6 +159,7 @@ impl Plane {
             ingest_url,
             stop: Some(stop),
             task: Some(task),
+            seq: n,
         };
         // Router tests measure the router; the plan-limit tests set their own.
         pg_harness::lift_plan_limits(pg, &plane.catalog_db)
@@ -136,7 +169,7 @@ impl Plane {
             .admin()
             .await
             .add_router(plane.admin_req(cp::AddRouterRequest {
-                name: format!("rt-router-{n}"),
+                name: format!("rt-router-{}", SEQ.fetch_add(1, Ordering::Relaxed)),
                 servers: Vec::new(),
                 all_servers: true,
                 ttl_secs: 0,
