@@ -516,3 +516,88 @@ async fn a_foreign_database_with_the_same_name_is_never_adopted() {
         );
     }
 }
+
+/// The control plane killed (SIGKILL) in the middle of provisioning: after the restart the
+/// tenant is not active without its database; `create` again finishes it, and nothing is
+/// left twice on the server.
+#[tokio::test]
+async fn a_control_plane_killed_mid_provisioning_leaves_a_tenant_create_resumes() {
+    let own = pg_harness::PgServer::start().unwrap();
+    let mut plane = Plane::start().await;
+    plane.add_server("own", &own, 100);
+    plane.ok(&[
+        "create", "kp-first", "--name", "Primeira", "--sector", "varejo",
+    ]);
+    let per_tenant = plane.tenant_objects_on(&own).await.len();
+    // Hold the sector template's lock (exclusive, as a template refresh would): the next
+    // tenant's clone step waits for it, after its row and roles were made.
+    let catalog = plane.catalog().await;
+    let server: i64 = catalog
+        .query_one("SELECT id FROM servidores WHERE nome = 'own'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let sector = tenant_model::Sector::ALL
+        .iter()
+        .position(|s| *s == tenant_model::Sector::Varejo)
+        .unwrap() as i32;
+    let holder = plane.catalog().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .query_one(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&(server as i32), &(0x7470_0000 + sector)],
+        )
+        .await
+        .unwrap();
+    let mut create = plane
+        .tenantctl()
+        .args([
+            "create",
+            "kp-second",
+            "--name",
+            "Segunda",
+            "--sector",
+            "varejo",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waiting = || async {
+        catalog
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert!(
+        pg_harness::eventually(std::time::Duration::from_secs(20), || async {
+            waiting().await > 0
+        })
+        .await,
+        "provisioning never reached the clone step"
+    );
+    plane.crash_and_restart();
+    let _ = create.wait();
+    holder.batch_execute("COMMIT").await.unwrap();
+    let shown = plane.ok(&["show", "kp-second", "--json"]).json();
+    assert_ne!(shown["status"], "active", "{shown}");
+    // Create again: it resumes and finishes; one tenant's worth of objects more, no more.
+    plane.ok(&[
+        "create",
+        "kp-second",
+        "--name",
+        "Segunda",
+        "--sector",
+        "varejo",
+    ]);
+    let shown = plane.ok(&["show", "kp-second", "--json"]).json();
+    assert_eq!(shown["status"], "active", "{shown}");
+    let db = plane.database_of("kp-second").await;
+    assert!(database_exists(&own, &db).await);
+    assert_eq!(plane.tenant_objects_on(&own).await.len(), 2 * per_tenant);
+}
