@@ -523,7 +523,9 @@ async fn a_foreign_database_with_the_same_name_is_never_adopted() {
 #[tokio::test]
 async fn a_control_plane_killed_mid_provisioning_leaves_a_tenant_create_resumes() {
     let own = pg_harness::PgServer::start().unwrap();
-    let mut plane = Plane::start().await;
+    // A provisioning row nobody advanced for 2 s is resumable.
+    let mut plane =
+        Plane::start_with(&[("CONTROL_PLANE__PROVISIONING__STALE_AFTER_SECS", "2")]).await;
     plane.add_server("own", &own, 100);
     plane.ok(&[
         "create", "kp-first", "--name", "Primeira", "--sector", "varejo",
@@ -586,15 +588,31 @@ async fn a_control_plane_killed_mid_provisioning_leaves_a_tenant_create_resumes(
     holder.batch_execute("COMMIT").await.unwrap();
     let shown = plane.ok(&["show", "kp-second", "--json"]).json();
     assert_ne!(shown["status"], "active", "{shown}");
-    // Create again: it resumes and finishes; one tenant's worth of objects more, no more.
-    plane.ok(&[
-        "create",
-        "kp-second",
-        "--name",
-        "Segunda",
-        "--sector",
-        "varejo",
-    ]);
+    // Create again: refused while the dead replica's attempt may still be running, then it
+    // resumes and finishes; one tenant's worth of objects more, no more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let again = plane.ctl(&[
+            "create",
+            "kp-second",
+            "--name",
+            "Segunda",
+            "--sector",
+            "varejo",
+        ]);
+        if again.code == 0 {
+            break;
+        }
+        assert!(
+            again.stderr.contains("being provisioned right now"),
+            "{again:?}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never resumable: {again:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     let shown = plane.ok(&["show", "kp-second", "--json"]).json();
     assert_eq!(shown["status"], "active", "{shown}");
     let db = plane.database_of("kp-second").await;
