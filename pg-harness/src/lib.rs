@@ -198,17 +198,25 @@ impl PgServer {
         } else {
             ""
         };
-        // The supervisor: start postgres, block until our stdin closes (the test process
-        // ended, however it ended), then stop postgres fast and remove the cluster.
+        // The supervisor: start postgres, then follow our stdin: `stop` stops postgres
+        // (fast) keeping the cluster, `start` starts it again; when stdin closes (the test
+        // process ended, however it ended) stop postgres fast and remove the cluster.
         let script = format!(
-            r#"{runner}"{postgres}" -D "{data}" -p {port} -k "{base}" -c listen_addresses=127.0.0.1 \
+            r#"run() {{
+  {runner}"{postgres}" -D "{data}" -p {port} -k "{base}" -c listen_addresses=127.0.0.1 \
   -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300 \
-  -c shared_buffers=32MB -c log_min_messages=fatal{extra} >"{base}/log" 2>&1 &
-pid=$!
+  -c shared_buffers=32MB -c log_min_messages=fatal{extra} >>"{base}/log" 2>&1 &
+  pid=$!
+}}
+run
 trap '' INT
-cat >/dev/null
-kill -INT $pid 2>/dev/null
-wait $pid
+while read -r cmd; do
+  case "$cmd" in
+    stop) [ -n "$pid" ] && {{ kill -INT $pid 2>/dev/null; wait $pid; pid=; }} ;;
+    start) [ -z "$pid" ] && run ;;
+  esac
+done
+[ -n "$pid" ] && {{ kill -INT $pid 2>/dev/null; wait $pid; }}
 rm -rf "{base}"
 "#,
             postgres = postgres.display(),
@@ -229,27 +237,67 @@ rm -rf "{base}"
             dir: base.to_path_buf(),
             supervisor: Mutex::new(Some((child, stdin))),
         };
-        // Ready when *our* postmaster says so in its pid file (line 4: port, line 8:
-        // status): another server answering on the same port must not pass for ours.
+        server.wait_ready(0)?;
+        Ok(server)
+    }
+
+    /// Waits until *our* postmaster says it is ready in its pid file (line 4: port, line
+    /// 8: status): another server answering on the same port must not pass for ours. Log
+    /// lines before byte `log_from` are an earlier run's.
+    fn wait_ready(&self, log_from: usize) -> Result<(), HarnessError> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let pidfile = data.join("postmaster.pid");
+        let pidfile = self.dir.join("data").join("postmaster.pid");
         loop {
             let ready = std::fs::read_to_string(&pidfile)
                 .map(|t| {
                     let lines: Vec<&str> = t.lines().collect();
-                    lines.get(3).map(|l| l.trim()) == Some(port.to_string().as_str())
+                    lines.get(3).map(|l| l.trim()) == Some(self.port.to_string().as_str())
                         && lines.get(7).map(|l| l.trim()) == Some("ready")
                 })
                 .unwrap_or(false);
             if ready {
-                return Ok(server);
+                return Ok(());
             }
-            let log = std::fs::read_to_string(base.join("log")).unwrap_or_default();
-            if log.contains("FATAL") || server.exited() || Instant::now() > deadline {
-                return Err(err(format!("postgres on port {port} did not start: {log}")));
+            let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+            let log = log.get(log_from..).unwrap_or_default();
+            if log.contains("FATAL") || self.exited() || Instant::now() > deadline {
+                return Err(err(format!(
+                    "postgres on port {} did not start: {log}",
+                    self.port
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Stops the server (fast shutdown: sessions end) keeping its cluster, as an operator
+    /// stopping a database server would; [`PgServer::restart`] brings it back.
+    pub fn halt(&self) -> Result<(), HarnessError> {
+        self.command("stop")?;
+        let pidfile = self.dir.join("data").join("postmaster.pid");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pidfile.exists() {
+            if Instant::now() > deadline {
+                return Err(err("postgres did not stop"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Starts a halted server again on the same port and cluster; waits until it is ready.
+    pub fn restart(&self) -> Result<(), HarnessError> {
+        let log_from = std::fs::metadata(self.dir.join("log")).map_or(0, |m| m.len() as usize);
+        self.command("start")?;
+        self.wait_ready(log_from)
+    }
+
+    fn command(&self, cmd: &str) -> Result<(), HarnessError> {
+        let mut guard = self.supervisor.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, stdin) = guard.as_mut().ok_or_else(|| err("server stopped"))?;
+        writeln!(stdin, "{cmd}")
+            .and_then(|_| stdin.flush())
+            .map_err(|e| err(format!("supervisor: {e}")))
     }
 
     fn exited(&self) -> bool {
