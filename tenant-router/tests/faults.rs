@@ -116,3 +116,77 @@ async fn a_tenant_server_stopped_and_started_under_load_hurts_only_its_tenants()
     );
     assert!(on_up.ok.load(Ordering::Relaxed) > 100);
 }
+
+/// The catalog's server restarted under load: routers keep serving known tenants from
+/// their caches meanwhile (no call fails), and the control plane reconnects by itself
+/// (a tenant created after the restart is routed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_restarted_under_load_fails_no_call_and_the_control_plane_reconnects() {
+    let catalog = pg_harness::PgServer::start().unwrap();
+    let plane = Plane::start_with_catalog_on(&catalog).await;
+    plane.add_server("main", pg_harness::shared(), 80).await;
+    plane.create("fc-known", "varejo", "main").await;
+    let token = plane.token(&["fc-known"], false).await;
+    let router = Router::start(&plane, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (known, task) = load(&router, "fc-known", token, Arc::clone(&stop));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            known.ok.load(Ordering::Relaxed) > 20
+        })
+        .await
+    );
+
+    let catalog = tokio::task::spawn_blocking(move || {
+        catalog.halt().unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        catalog.restart().unwrap();
+        catalog
+    })
+    .await
+    .unwrap();
+    let before = known.ok.load(Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            known.ok.load(Ordering::Relaxed) > before + 20
+        })
+        .await
+    );
+    // The control plane works again without a restart.
+    let created = eventually(Duration::from_secs(20), || async {
+        plane
+            .admin()
+            .await
+            .create_tenant(plane.admin_req(proto::control::v1::CreateTenantRequest {
+                slug: "fc-after".into(),
+                name: "Depois".into(),
+                sector: proto::control::v1::Sector::Varejo as i32,
+                server: "main".into(),
+                ..Default::default()
+            }))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(
+        created,
+        "the control plane did not recover from the catalog restart"
+    );
+    let after = plane.token(&["fc-after"], false).await;
+    dm::leads_client::LeadsClient::new(router.channel().await)
+        .upsert_lead(common::call(
+            common::upsert("5511955550000", "Bia"),
+            "fc-after",
+            &after,
+        ))
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    task.await.unwrap();
+    assert_eq!(
+        known.failed.load(Ordering::Relaxed),
+        0,
+        "a call to a known tenant failed while the catalog was down"
+    );
+    drop(catalog);
+}

@@ -73,7 +73,15 @@ impl Plane {
         let catalog_db = pg.fresh_database("rt_catalog").await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        Plane::start_on(catalog_db, listener, port, extra, None).await
+        Plane::start_on(pg, catalog_db, listener, port, extra, None).await
+    }
+
+    /// A control plane whose catalog lives on `pg` (a server the test may stop).
+    pub async fn start_with_catalog_on(pg: &pg_harness::PgServer) -> Plane {
+        let catalog_db = pg.fresh_database("rt_catalog").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        Plane::start_on(pg, catalog_db, listener, port, "", None).await
     }
 
     /// Another control-plane replica on the same catalog and ingest database.
@@ -81,6 +89,7 @@ impl Plane {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         Plane::start_on(
+            pg_harness::shared(),
             self.catalog_db.clone(),
             listener,
             port,
@@ -99,13 +108,13 @@ impl Plane {
     }
 
     async fn start_on(
+        pg: &pg_harness::PgServer,
         catalog_db: String,
         listener: tokio::net::TcpListener,
         port: u16,
         extra: &str,
         replica_of: Option<(String, u32)>,
     ) -> Plane {
-        let pg = pg_harness::shared();
         // A replica shares the first one's settings (name prefixes) and ingest database.
         let (ingest_url, n) = match replica_of {
             Some((url, n)) => (Some(url), n),
