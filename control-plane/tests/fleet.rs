@@ -366,25 +366,12 @@ async fn a_fleet_run_whose_control_plane_dies_is_marked_interrupted_and_runs_aga
             .unwrap();
         holders.push(c);
     }
-    let mut run = plane
-        .tenantctl()
-        .args(["migrate", "--all", "--concurrency", "1", "--json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let waiting = || async {
-        own.connect("postgres")
-            .await
-            .unwrap()
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
+    let mut run = common::spawn_ctl(
+        &plane,
+        &["migrate", "--all", "--concurrency", "1", "--json"],
+    );
+    let server = own.connect("postgres").await.unwrap();
+    let waiting = || common::lock_waiters(&server, false);
     assert!(
         pg_harness::eventually(std::time::Duration::from_secs(20), || async {
             waiting().await > 0

@@ -552,30 +552,18 @@ async fn a_control_plane_killed_mid_provisioning_leaves_a_tenant_create_resumes(
         )
         .await
         .unwrap();
-    let mut create = plane
-        .tenantctl()
-        .args([
+    let mut create = common::spawn_ctl(
+        &plane,
+        &[
             "create",
             "kp-second",
             "--name",
             "Segunda",
             "--sector",
             "varejo",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let waiting = || async {
-        catalog
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
+        ],
+    );
+    let waiting = || common::lock_waiters(&catalog, true);
     assert!(
         pg_harness::eventually(std::time::Duration::from_secs(20), || async {
             waiting().await > 0

@@ -567,3 +567,27 @@ pub async fn make_legacy(plane: &Plane, pg: &PgServer, slug: &str) -> String {
         .unwrap();
     legacy_db
 }
+
+/// Lock requests waiting right now on `c`'s server; only those in `c`'s database when
+/// `this_database` (a server other tests share).
+pub async fn lock_waiters(c: &tokio_postgres::Client, this_database: bool) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_locks l WHERE NOT l.granted AND (NOT $1 OR l.database = \
+           (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        &[&this_database],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Starts tenantctl with `args` in the background (its output dropped).
+pub fn spawn_ctl(plane: &Plane, args: &[&str]) -> Child {
+    plane
+        .tenantctl()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
