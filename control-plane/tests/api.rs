@@ -506,6 +506,21 @@ async fn bad_configuration_is_refused_with_a_message_naming_it() {
             "deletion.purge_every_secs must be above 0",
         ),
         (
+            Some(("CONTROL_PLANE__FLEET__STALE_AFTER_SECS", "1")),
+            None,
+            "fleet.stale_after_secs must be at least 2",
+        ),
+        (
+            Some(("LOG_FORMAT", "xml")),
+            None,
+            "LOG_FORMAT must be \"text\" or \"json\"",
+        ),
+        (
+            Some(("CONTROL_PLANE_FILE__INGEST__URL", "/nonexistent/ingest_url")),
+            None,
+            "CONTROL_PLANE_FILE__INGEST__URL: cannot read /nonexistent/ingest_url",
+        ),
+        (
             None,
             Some(
                 "listen = \"127.0.0.1:0\"\n[backup.store]\nlocation = \"s3://b\"\nregion = \"x\"\n",

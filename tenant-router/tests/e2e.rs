@@ -749,6 +749,42 @@ async fn bad_router_configuration_is_refused() {
             "https://127.0.0.1:1",
             "needs control_plane_tls.ca_file",
         ),
+        (
+            "TENANT_ROUTER__CONTROL_PLANE_ENDPOINT",
+            "http://127.0.0.1:1,ftp://x",
+            "http:// or https:// URLs, separated by commas",
+        ),
+        (
+            "TENANT_ROUTER__CONTROL_PLANE_ENDPOINT",
+            " , ",
+            "control_plane_endpoint",
+        ),
+        (
+            "TENANT_ROUTER__INBOX__RELAY_WINDOW_MS",
+            "0",
+            "relay_window_ms must be above 0",
+        ),
+        (
+            "TENANT_ROUTER__INBOX__COLD_WORKERS",
+            "99",
+            "inbox.cold_workers must be at most inbox.workers",
+        ),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT must be"),
+        (
+            "TENANT_ROUTER_FILE__WEBHOOK__APP_SECRET",
+            "/nonexistent/secret",
+            "TENANT_ROUTER_FILE__WEBHOOK__APP_SECRET: cannot read /nonexistent/secret",
+        ),
+        (
+            "TENANT_ROUTER_FILE__DIRECTORY_TOKEN",
+            "/nonexistent/token",
+            "set TENANT_ROUTER__DIRECTORY_TOKEN or TENANT_ROUTER_FILE__DIRECTORY_TOKEN, not both",
+        ),
+        (
+            "TENANT_ROUTER__HEALTH_LISTEN",
+            "not-an-address",
+            "health_listen",
+        ),
     ] {
         let stderr = refused(&[(k, v)]);
         assert!(stderr.contains(msg), "{k}: {stderr}");

@@ -292,6 +292,33 @@ async fn a_stolen_router_login_reaches_only_its_servers_inbox_rows() {
         c.query("SELECT * FROM escopos", &[]).await.is_err(),
         "scopes are not readable"
     );
+    // Relay marks: none of another server's may be written, read or deleted.
+    assert!(c
+        .execute(
+            "INSERT INTO relay_pendentes (empresa_id, servidor) VALUES ($1, 'main')",
+            &[&victim_id],
+        )
+        .await
+        .is_err());
+    common::ingest_client(&plane.ingest_url)
+        .await
+        .execute(
+            "INSERT INTO relay_pendentes (empresa_id, servidor) VALUES ($1, 'main')",
+            &[&victim_id],
+        )
+        .await
+        .unwrap();
+    let seen: i64 = c
+        .query_one("SELECT count(*) FROM relay_pendentes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 0, "another server's relay marks are invisible");
+    assert_eq!(
+        c.execute("DELETE FROM relay_pendentes", &[]).await.unwrap(),
+        0,
+        "and cannot be deleted"
+    );
     assert!(
         c.batch_execute("CREATE TABLE x (a int)").await.is_err(),
         "no DDL"
