@@ -137,23 +137,16 @@ pub async fn run(
     }
     let accounts = AccountsService::new(admin.accounts(), verifier);
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    if let Some(listener) = service_kit::bind_health(config.health_listen)
-        .await
-        .map_err(ServeError::Startup)?
+    if let Some(serve) = service_kit::grpc::plaintext_health(
+        config.health_listen,
+        health.clone(),
+        config.grpc.bounds(),
+        cancel.clone(),
+    )
+    .await
+    .map_err(ServeError::Startup)?
     {
-        let (health, stop, bounds) = (health.clone(), cancel.clone(), config.grpc.bounds());
-        tasks.spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_service(health)
-                .serve_with_incoming_shutdown(
-                    service_kit::nodelay_incoming(listener, bounds),
-                    stop.cancelled_owned(),
-                )
-                .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "health listener");
-            }
-        });
+        tasks.spawn(serve);
     }
     health_reporter
         .set_serving::<pb::tenant_admin_server::TenantAdminServer<AdminService>>()
@@ -161,19 +154,8 @@ pub async fn run(
     health_reporter
         .set_serving::<pb::tenant_directory_server::TenantDirectoryServer<DirectoryService>>()
         .await;
-    // Both reflection versions: grpcurl and Postman speak v1, grpcio's Python client and
-    // Evans v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
-    let reflection = reflection()
-        .build_v1()
-        .map_err(|e| ServeError::Startup(format!("reflection: {e}")))?;
+    let (reflection, reflection_v1alpha) =
+        service_kit::grpc::reflection(proto::FILE_DESCRIPTOR_SET).map_err(ServeError::Startup)?;
 
     let addr = listener
         .local_addr()

@@ -2,6 +2,7 @@
 //! overridden by `<PREFIX>__*` environment variables, logs on stderr, and shutdown on
 //! SIGTERM or Ctrl-C.
 
+pub mod grpc;
 pub mod incoming;
 pub mod tls;
 
@@ -128,19 +129,6 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
-    }
-}
-
-/// Binds `addr` for the plaintext health service (`health_listen`), naming it on failure.
-pub async fn bind_health(
-    addr: Option<std::net::SocketAddr>,
-) -> Result<Option<tokio::net::TcpListener>, String> {
-    match addr {
-        None => Ok(None),
-        Some(a) => tokio::net::TcpListener::bind(a)
-            .await
-            .map(Some)
-            .map_err(|e| format!("cannot listen for health checks on {a}: {e}")),
     }
 }
 
