@@ -65,6 +65,8 @@ async fn start_plane(
             prefix.into(),
         ),
         ("CONTROL_PLANE__FLEET__MAX_CONCURRENCY", "64".into()),
+        // No routers here: the run's per-server concurrency is not held to a jobs slice.
+        ("CONTROL_PLANE__LEASES__JOBS_CONNECTIONS", "0".into()),
         ("RUST_LOG", "warn".into()),
         ("CONTROL_PLANE__BACKUP__SCHEDULE_EVERY_SECS", "0".into()),
     ];

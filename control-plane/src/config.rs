@@ -71,6 +71,55 @@ pub struct Config {
     /// The ingest database: the durable inbox of webhook deliveries and the event log.
     #[serde(default)]
     pub ingest: Ingest,
+    /// How router replicas share each server's connection budget.
+    #[serde(default)]
+    pub leases: Leases,
+}
+
+/// Router leases: each router process holds a share of every server's connection budget,
+/// renewed every `renew_ms`; the control plane keeps `jobs_connections` of each budget for
+/// its own jobs (fleet migrations, backups) and divides the rest by the routers' demand.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Leases {
+    /// A lease not renewed for this long is dropped and its share returns to the other
+    /// routers, in milliseconds. A router that cannot renew within it stops opening
+    /// connections (a control plane outage longer than this stops new connections).
+    #[serde(default = "defaults::lease_ms")]
+    pub lease_ms: u32,
+    /// How often routers renew, in milliseconds (a tenth of it while shares are moving).
+    #[serde(default = "defaults::lease_renew_ms")]
+    pub renew_ms: u32,
+    /// Connections of each server kept for the control plane's jobs (never more than half
+    /// a server's budget). A fleet run uses at most this many, less the backups' share
+    /// (`backup.per_server`), per server; 0 leaves every connection to routers.
+    #[serde(default = "defaults::jobs_connections")]
+    pub jobs_connections: u32,
+    /// Router processes one registered router identity may run at once.
+    #[serde(default = "defaults::max_instances")]
+    pub max_instances: u32,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Leases {
+            lease_ms: defaults::lease_ms(),
+            renew_ms: defaults::lease_renew_ms(),
+            jobs_connections: defaults::jobs_connections(),
+            max_instances: defaults::max_instances(),
+        }
+    }
+}
+
+impl Leases {
+    /// The terms the catalog grants leases on.
+    pub fn terms(&self) -> crate::catalog::LeaseTerms {
+        crate::catalog::LeaseTerms {
+            ttl: std::time::Duration::from_millis(u64::from(self.lease_ms)),
+            jobs_connections: self.jobs_connections,
+            max_instances: self.max_instances,
+        }
+    }
 }
 
 /// Where the message pipeline's durable inbox lives and how long it keeps applied rows.
@@ -453,9 +502,25 @@ pub struct Fleet {
     /// interrupted by any replica; runs beat four times as often.
     #[serde(default = "defaults::run_stale_after_secs")]
     pub stale_after_secs: u64,
+    /// Most tenants a run migrates at once on one server: the jobs' slice of its budget
+    /// less the backups' share (set from `leases`; `None`: no cap).
+    #[serde(skip)]
+    pub per_server_cap: Option<u32>,
 }
 
 mod defaults {
+    pub fn lease_ms() -> u32 {
+        10_000
+    }
+    pub fn lease_renew_ms() -> u32 {
+        500
+    }
+    pub fn jobs_connections() -> u32 {
+        6
+    }
+    pub fn max_instances() -> u32 {
+        32
+    }
     pub fn ingest_pool_size() -> usize {
         4
     }
@@ -650,6 +715,7 @@ impl Default for Fleet {
             lock_timeout_ms: defaults::lock_timeout_ms(),
             statement_timeout_ms: defaults::statement_timeout_ms(),
             stale_after_secs: defaults::run_stale_after_secs(),
+            per_server_cap: None,
         }
     }
 }
@@ -657,8 +723,11 @@ impl Default for Fleet {
 impl Config {
     /// Loads `path` (if given) and the `CONTROL_PLANE__*` environment, then validates.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let cfg: Config = service_kit::load_config("CONTROL_PLANE", path)?;
+        let mut cfg: Config = service_kit::load_config("CONTROL_PLANE", path)?;
         cfg.validate()?;
+        cfg.fleet.per_server_cap = (cfg.leases.jobs_connections > 0).then(|| {
+            cfg.leases.jobs_connections - u32::try_from(cfg.backup.per_server).unwrap_or(0)
+        });
         Ok(cfg)
     }
 
@@ -822,6 +891,22 @@ impl Config {
         if !prefix_ok || tenant_like {
             return Err(ConfigError::Invalid(
                 "provisioning.template_prefix must be 1-40 of [a-z0-9_], start with a letter and not look like a tenant database (emp_, <name_prefix>_<digit>)".into(),
+            ));
+        }
+        let l = &self.leases;
+        if l.renew_ms < 50 || l.lease_ms < 3 * l.renew_ms || l.lease_ms > 300_000 {
+            return Err(ConfigError::Invalid(
+                "leases.renew_ms must be at least 50 and leases.lease_ms between 3 renewals and 300000".into(),
+            ));
+        }
+        if l.max_instances == 0 || l.max_instances > 10_000 {
+            return Err(ConfigError::Invalid(
+                "leases.max_instances must be 1-10000".into(),
+            ));
+        }
+        if l.jobs_connections != 0 && (l.jobs_connections as usize) <= self.backup.per_server {
+            return Err(ConfigError::Invalid(
+                "leases.jobs_connections must be 0 or more than backup.per_server (fleet runs need a connection too)".into(),
             ));
         }
         if self.fleet.stale_after_secs < 2 {

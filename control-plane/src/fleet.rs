@@ -209,7 +209,9 @@ impl Fleet {
             self.cfg.per_server_concurrency,
             self.cfg.max_concurrency,
             "per-server concurrency",
-        )?;
+        )?
+        // Within the jobs' slice of each server's budget (routers hold the rest).
+        .min(self.cfg.per_server_cap.unwrap_or(u32::MAX));
         let (eligible, planned) = self.plan(&req).await?;
         let already_current = u32::try_from(eligible.len() - planned.len()).unwrap_or(u32::MAX);
         let target_common = tenant_migrations::MigrationSet::Common.target();

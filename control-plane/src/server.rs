@@ -186,7 +186,7 @@ pub async fn run(
         ))
         .add_service(
             pb::tenant_directory_server::TenantDirectoryServer::with_interceptor(
-                DirectoryService::new(directory, cancel.clone(), tls),
+                DirectoryService::new(directory, cancel.clone(), tls, config.leases.clone()),
                 routers,
             ),
         )

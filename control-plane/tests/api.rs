@@ -511,6 +511,26 @@ async fn bad_configuration_is_refused_with_a_message_naming_it() {
             "fleet.stale_after_secs must be at least 2",
         ),
         (
+            Some(("CONTROL_PLANE__LEASES__RENEW_MS", "10")),
+            None,
+            "leases.renew_ms must be at least 50",
+        ),
+        (
+            Some(("CONTROL_PLANE__LEASES__LEASE_MS", "600")),
+            None,
+            "leases.lease_ms between 3 renewals",
+        ),
+        (
+            Some(("CONTROL_PLANE__LEASES__MAX_INSTANCES", "0")),
+            None,
+            "leases.max_instances must be 1-10000",
+        ),
+        (
+            Some(("CONTROL_PLANE__LEASES__JOBS_CONNECTIONS", "1")),
+            None,
+            "leases.jobs_connections must be 0 or more than backup.per_server",
+        ),
+        (
             Some(("LOG_FORMAT", "xml")),
             None,
             "LOG_FORMAT must be \"text\" or \"json\"",

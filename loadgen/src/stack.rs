@@ -75,6 +75,7 @@ impl Stack {
             "catalog_url = \"{catalog_url}\"\nmaster_key = \"{MASTER_KEY}\"\n\
              token_signing_key = \"{SIGNING_KEY}\"\n[ingest]\nurl = \"{ingest_url}\"\n\
              [provisioning]\nlogin_connection_limit = 1000\n\
+             [leases]\njobs_connections = 0\n\
              [backup]\nschedule_every_secs = 0\npg_bin_dir = \"{}\"\n\
              [backup.store]\nlocation = \"{}\"\n",
             pg_bin_dir.display(),

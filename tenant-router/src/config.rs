@@ -224,10 +224,6 @@ pub struct Pools {
     /// Connections one tenant's pool may hold.
     #[serde(default = "defaults::per_tenant")]
     pub max_per_tenant: usize,
-    /// Share of each server's connection budget this replica may use (1.0 for a single
-    /// replica, 0.5 for each of two, ...).
-    #[serde(default = "defaults::budget_share")]
-    pub budget_share: f64,
     /// Most connections all cached pools together may hold (the pool cache's weight).
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u64,
@@ -321,9 +317,6 @@ mod defaults {
     pub fn per_tenant() -> usize {
         4
     }
-    pub fn budget_share() -> f64 {
-        1.0
-    }
     pub fn max_connections() -> u64 {
         10_000
     }
@@ -359,7 +352,6 @@ impl Default for Pools {
     fn default() -> Self {
         Pools {
             max_per_tenant: defaults::per_tenant(),
-            budget_share: defaults::budget_share(),
             max_connections: defaults::max_connections(),
             idle_secs: defaults::idle_secs(),
             connect_timeout_ms: defaults::connect_timeout_ms(),
@@ -412,9 +404,6 @@ impl Config {
             return invalid(
                 "an https:// control_plane_endpoint needs control_plane_tls.ca_file (and http:// none)",
             );
-        }
-        if !(self.pools.budget_share > 0.0 && self.pools.budget_share <= 1.0) {
-            return invalid("pools.budget_share must be in (0, 1]");
         }
         let i = &self.inbox;
         if i.writers == 0

@@ -10,6 +10,7 @@ pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod inbox;
+pub mod lease;
 pub mod limits;
 pub mod metrics;
 pub mod path;

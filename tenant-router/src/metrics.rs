@@ -47,6 +47,8 @@ pub struct Metrics {
     pub event_subscribers: IntGauge,
     /// Events sent on event streams.
     pub events_streamed: IntCounter,
+    /// Lease renewals by outcome (ok, failed, expired: the lease ran out unrenewed).
+    pub lease_renewals: IntCounterVec,
 }
 
 fn must<T>(r: Result<T, prometheus::Error>) -> T {
@@ -155,8 +157,19 @@ impl Metrics {
             "events_streamed_total",
             "events sent on event streams",
         ));
+        let lease_renewals = must(IntCounterVec::new(
+            Opts::new(
+                "lease_renewals_total",
+                "renewals of this router's share of the servers' budgets, by outcome (ok, failed, expired)",
+            ),
+            &["outcome"],
+        ));
+        for outcome in ["ok", "failed", "expired"] {
+            lease_renewals.with_label_values(&[outcome]);
+        }
         for c in [
             Box::new(webhooks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(lease_renewals.clone()),
             Box::new(event_subscribers.clone()),
             Box::new(inbox_apply_seconds.clone()),
             Box::new(events_streamed.clone()),
@@ -199,6 +212,7 @@ impl Metrics {
             event_subscribers,
             events_streamed,
             inbox_apply_seconds,
+            lease_renewals,
         }
     }
 

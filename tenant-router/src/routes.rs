@@ -508,6 +508,19 @@ impl RouteCache {
         }
     }
 
+    /// Renews this router process's lease (its share of the servers' budgets).
+    pub async fn lease(
+        &self,
+        req: pb::LeaseRequest,
+        timeout: Duration,
+    ) -> Result<pb::LeaseReply, tonic::Status> {
+        let mut req = tonic::Request::new(req);
+        req.metadata_mut()
+            .insert("authorization", self.token.clone());
+        req.set_timeout(timeout);
+        Ok(self.directory.clone().lease(req).await?.into_inner())
+    }
+
     /// Routes cached (each counted once per key).
     pub fn entries(&self) -> u64 {
         self.routes.entry_count()

@@ -110,6 +110,17 @@ pub async fn run(
         tasks.clone(),
     ));
     tasks.spawn(Arc::clone(&pools).maintain(cancel.child_token()));
+    let instance = crate::lease::instance_id();
+    tracing::info!(%instance, "router instance");
+    tasks.spawn(
+        crate::lease::LeaseKeeper {
+            routes: Arc::clone(&routes),
+            pools: Arc::clone(&pools),
+            metrics: Arc::clone(&metrics),
+            instance,
+        }
+        .run(cancel.child_token()),
+    );
     let (inbox, inbox_rx) =
         crate::inbox::Inbox::new(Arc::clone(&routes), db_tls_for_inbox, config.inbox.clone());
     // Writers stop only after the HTTP side: deliveries under way still get their commit.

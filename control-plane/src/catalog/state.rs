@@ -23,7 +23,10 @@ const STATE: &str = "SELECT \
           AND NOT EXISTS (SELECT 1 FROM backups b WHERE b.empresa_id = e.id \
             AND b.tipo = 'tenant' AND b.estado = 'ok')), \
        (SELECT extract(epoch FROM now() - max(terminado_em))::float8 FROM backups \
-          WHERE tipo = 'catalog' AND estado = 'ok')";
+          WHERE tipo = 'catalog' AND estado = 'ok'), \
+       (SELECT coalesce(json_object_agg(servidor, json_build_array(n, c)), '{}')::text \
+          FROM (SELECT servidor, count(*) AS n, sum(reivindicado) AS c FROM concessoes \
+                WHERE expira_em > now() GROUP BY servidor) l)";
 
 /// Every tenant status, so each series exists even at zero.
 const STATUSES: [&str; 6] = [
@@ -47,6 +50,8 @@ pub struct FleetState {
     oldest_backup_age: f64,
     without_backup: i64,
     catalog_backup_age: Option<f64>,
+    /// Per server: `[live router leases, connections they claim]`.
+    leases: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Reads the fleet's state (one statement).
@@ -65,6 +70,7 @@ pub async fn fleet_state(catalog: &Catalog) -> Result<FleetState> {
         oldest_backup_age: row.get(5),
         without_backup: row.get(6),
         catalog_backup_age: row.get(7),
+        leases: map(8),
     })
 }
 
@@ -121,6 +127,30 @@ impl FleetState {
              control_plane_tenants_without_backup {}\n",
             self.backups_running, self.oldest_backup_age, self.without_backup
         );
+        let lease =
+            |v: &serde_json::Value, i: usize| v.get(i).and_then(|n| n.as_i64()).unwrap_or(0);
+        out.push_str(
+            "# HELP control_plane_router_leases Live router processes holding a share of the server's connection budget.\n\
+             # TYPE control_plane_router_leases gauge\n",
+        );
+        for (server, v) in &self.leases {
+            let _ = writeln!(
+                out,
+                "control_plane_router_leases{{server=\"{server}\"}} {}",
+                lease(v, 0)
+            );
+        }
+        out.push_str(
+            "# HELP control_plane_router_leased_connections Connections the routers' live leases on the server may hold (never above the budget less the jobs' slice).\n\
+             # TYPE control_plane_router_leased_connections gauge\n",
+        );
+        for (server, v) in &self.leases {
+            let _ = writeln!(
+                out,
+                "control_plane_router_leased_connections{{server=\"{server}\"}} {}",
+                lease(v, 1)
+            );
+        }
         if let Some(age) = self.catalog_backup_age {
             let _ = write!(
                 out,

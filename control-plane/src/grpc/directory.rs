@@ -21,15 +21,23 @@ pub struct DirectoryService {
     shutdown: CancellationToken,
     /// Whether the server speaks TLS; without it, credentials go to loopback callers only.
     tls: bool,
+    /// How routers share servers' connection budgets.
+    leases: crate::config::Leases,
 }
 
 impl DirectoryService {
     /// Serves `directory`; change streams end when `shutdown` fires.
-    pub fn new(directory: Directory, shutdown: CancellationToken, tls: bool) -> DirectoryService {
+    pub fn new(
+        directory: Directory,
+        shutdown: CancellationToken,
+        tls: bool,
+        leases: crate::config::Leases,
+    ) -> DirectoryService {
         DirectoryService {
             directory,
             shutdown,
             tls,
+            leases,
         }
     }
 
@@ -41,6 +49,60 @@ impl DirectoryService {
         }
         Ok(auth::router(self.directory.catalog(), request).await?)
     }
+}
+
+/// Servers one lease request may name.
+const MAX_LEASE_SERVERS: usize = 1000;
+
+/// A lease request's lines, checked: a well-formed instance id, each server named once,
+/// and only servers the router may serve.
+fn lease_demands(
+    router: &RouterRecord,
+    req: &pb::LeaseRequest,
+) -> Result<Vec<crate::catalog::LeaseDemand>, Status> {
+    let id_ok = (8..=64).contains(&req.instance.len())
+        && req
+            .instance
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !id_ok {
+        return Err(Status::invalid_argument(
+            "instance must be 8-64 of [A-Za-z0-9_-]",
+        ));
+    }
+    if req.servers.len() > MAX_LEASE_SERVERS {
+        return Err(Status::invalid_argument(format!(
+            "at most {MAX_LEASE_SERVERS} servers per lease request"
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut demands = Vec::with_capacity(req.servers.len());
+    for s in &req.servers {
+        if s.server.is_empty() || s.server.len() > 63 {
+            return Err(Status::invalid_argument(
+                "each server must be named (at most 63 bytes)",
+            ));
+        }
+        if !seen.insert(s.server.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "server {:?} named twice",
+                s.server
+            )));
+        }
+        if !router.serves(&s.server) {
+            return Err(Status::permission_denied(format!(
+                "this router may not serve server {:?}",
+                s.server
+            )));
+        }
+        demands.push(crate::catalog::LeaseDemand {
+            server: s.server.clone(),
+            demand: s.demand,
+            limit: s.limit,
+            held: s.held,
+        });
+    }
+    Ok(demands)
 }
 
 impl DirectoryService {
@@ -246,6 +308,46 @@ impl pb::tenant_directory_server::TenantDirectory for DirectoryService {
     ) -> Result<Response<pb::IngestRoute>, Status> {
         let (router, _) = self.router(&request).await?;
         Ok(Response::new(self.directory.ingest_route(&router).await?))
+    }
+
+    async fn lease(
+        &self,
+        request: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseReply>, Status> {
+        let (router, _) = self.router(&request).await?;
+        let req = request.into_inner();
+        let demands = lease_demands(&router, &req)?;
+        let seq = i64::try_from(req.seq)
+            .map_err(|_| Status::invalid_argument("seq must be below 2^63"))?;
+        let grants = self
+            .directory
+            .catalog()
+            .renew_lease(
+                &router.name,
+                &req.instance,
+                seq,
+                &demands,
+                req.release,
+                self.leases.terms(),
+            )
+            .await?;
+        let settling = grants.iter().any(|g| g.settling);
+        Ok(Response::new(pb::LeaseReply {
+            servers: grants
+                .into_iter()
+                .map(|g| pb::ServerGrant {
+                    server: g.server,
+                    limit: g.limit,
+                    capped: g.capped,
+                })
+                .collect(),
+            lease_ms: self.leases.lease_ms,
+            renew_ms: if settling {
+                (self.leases.renew_ms / 10).max(20)
+            } else {
+                self.leases.renew_ms
+            },
+        }))
     }
 
     type WatchRoutesStream = ChangeStream;

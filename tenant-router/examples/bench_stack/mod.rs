@@ -148,7 +148,7 @@ impl Stack {
             &path,
             format!(
                 "listen = \"{cp_addr}\"\ncatalog_url = \"{}\"\nmaster_key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n\
-                 token_signing_key = \"{SIGNING_KEY}\"\n[ingest]\nurl = \"{}\"\n",
+                 token_signing_key = \"{SIGNING_KEY}\"\n[ingest]\nurl = \"{}\"\n[leases]\njobs_connections = 0\n",
                 pg.url(&catalog),
                 pg_harness::fresh_ingest().await.unwrap()
             ),

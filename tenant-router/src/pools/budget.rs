@@ -9,12 +9,19 @@
 //! connection of the least-used tenant. A few permits are kept free ahead of need, a tenant
 //! that has a connection grows only into slack, and a call starved for a while takes the
 //! next connection any tenant returns.
+//!
+//! The budget itself is this router's lease on the server (see `crate::lease`): it starts
+//! at 0 and follows every grant. A lower grant takes free permits away at once, closes
+//! idle connections, and turns the permits of connections still in use into debt, paid by
+//! forgetting each permit as its connection goes (busy connections are closed when
+//! returned while debt remains).
 
 use super::manager::TenantManager;
 use crate::error::RouterError;
 use deadpool::managed::WeakPool;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Weak;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,9 +37,20 @@ const RELEASE_EXPECTED: Duration = Duration::from_millis(20);
 pub struct ServerBudget {
     /// Server name (a metrics label: bounded by the number of servers).
     pub name: String,
-    /// Connections this router may hold to the server.
-    pub budget: u32,
+    /// Connections this router may hold to the server now (its lease's grant).
+    limit: AtomicU32,
+    /// The permits of this budget: `limit + debt` of them exist.
     permits: Arc<Semaphore>,
+    /// Permits out that must be forgotten when they come back (the grant went down).
+    debt: Arc<Debt>,
+    /// Highest demand (connections open plus calls waiting) since the last lease renewal.
+    peak_demand: AtomicU32,
+    /// Serializes grant changes.
+    resizing: Mutex<()>,
+    /// Whether the grant was held to this router's demand with connections left there.
+    capped: std::sync::atomic::AtomicBool,
+    /// Wakes the lease keeper: calls are waiting and the grant could grow.
+    want_more: Arc<tokio::sync::Notify>,
     failures: AtomicU32,
     down_until: Mutex<Option<Instant>>,
     fail_fast_after: u32,
@@ -72,18 +90,23 @@ impl Drop for Waiting<'_> {
 }
 
 impl ServerBudget {
-    /// A budget of `budget` connections (at least 1).
+    /// A budget of `limit` connections (0 until the first lease grant).
     pub fn new(
         name: &str,
-        budget: u32,
+        limit: u32,
         fail_fast_after: u32,
         fail_fast_for: Duration,
+        want_more: Arc<tokio::sync::Notify>,
     ) -> ServerBudget {
-        let budget = budget.max(1);
         ServerBudget {
             name: name.to_string(),
-            budget,
-            permits: Arc::new(Semaphore::new(budget as usize)),
+            limit: AtomicU32::new(limit),
+            permits: Arc::new(Semaphore::new(limit as usize)),
+            debt: Arc::new(Debt::default()),
+            peak_demand: AtomicU32::new(0),
+            resizing: Mutex::new(()),
+            capped: std::sync::atomic::AtomicBool::new(false),
+            want_more,
             failures: AtomicU32::new(0),
             down_until: Mutex::new(None),
             fail_fast_after,
@@ -96,9 +119,86 @@ impl ServerBudget {
         }
     }
 
+    /// Connections this router may hold to the server now.
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
     /// Connections open (or being opened) now.
     pub fn open(&self) -> u32 {
-        self.budget - u32::try_from(self.permits.available_permits()).unwrap_or(self.budget)
+        let _resizing = self.resizing.lock().unwrap_or_else(|p| p.into_inner());
+        let total = self.limit() + self.debt.owed.load(Ordering::Relaxed);
+        total.saturating_sub(u32::try_from(self.permits.available_permits()).unwrap_or(total))
+    }
+
+    /// The highest demand (connections open plus calls waiting for one) since the last
+    /// call, and starts counting again from now.
+    pub fn take_demand(&self) -> u32 {
+        let now = self.open() + u32::try_from(self.waiting.load(Ordering::Relaxed)).unwrap_or(0);
+        self.peak_demand.swap(now, Ordering::Relaxed).max(now)
+    }
+
+    fn note_demand(&self) {
+        let now = self.open() + u32::try_from(self.waiting.load(Ordering::Relaxed)).unwrap_or(0);
+        self.peak_demand.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Follows a new grant, `capped` if the control plane held it to this router's demand
+    /// with connections left (see `set_limit`).
+    pub fn grant(&self, limit: u32, capped: bool) {
+        self.capped.store(capped, Ordering::Relaxed);
+        self.set_limit(limit);
+    }
+
+    /// Follows a new grant: more permits at once (paying debt first), or fewer: free
+    /// permits taken away now, idle connections closed, the rest owed until returned.
+    pub fn set_limit(&self, limit: u32) {
+        let to_close = {
+            let _resizing = self.resizing.lock().unwrap_or_else(|p| p.into_inner());
+            let old = self.limit.swap(limit, Ordering::Relaxed);
+            if limit > old {
+                let mut add = limit - old;
+                add -= self.debt.forgive(add);
+                self.permits.add_permits(add as usize);
+                0
+            } else {
+                let cut = old - limit;
+                let forgot =
+                    u32::try_from(self.permits.forget_permits(cut as usize)).unwrap_or(cut);
+                self.debt.owed.fetch_add(cut - forgot, Ordering::Relaxed);
+                self.debt.owed.load(Ordering::Relaxed)
+            }
+        };
+        if limit != 0 || to_close != 0 {
+            tracing::debug!(server = %self.name, limit, owed = to_close, "connection budget changed");
+        }
+        for _ in 0..to_close {
+            if !self.close_coldest_idle(-1) {
+                break;
+            }
+        }
+    }
+
+    /// Whether a connection being returned should be closed to pay the budget's debt;
+    /// counts it when it says yes.
+    pub fn close_for_debt(&self) -> bool {
+        let debt = self.debt.owed.load(Ordering::Relaxed);
+        self.debt
+            .closing
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                (c < debt).then_some(c + 1)
+            })
+            .is_ok()
+    }
+
+    /// Wraps a permit of this budget so that, while there is debt, it is forgotten rather
+    /// than given back.
+    fn owned(&self, permit: OwnedSemaphorePermit) -> BudgetPermit {
+        self.note_demand();
+        BudgetPermit {
+            permit: Some(permit),
+            debt: Arc::downgrade(&self.debt),
+        }
     }
 
     pub(crate) fn register(&self, tenant: i64, pool: WeakPool<TenantManager>) {
@@ -146,25 +246,26 @@ impl ServerBudget {
     /// permit, it also keeps a few permits free for the next cold tenant (closing idle
     /// connections now rather than making that call wait for a backend to exit). The caller
     /// bounds the wait by its deadline.
-    pub async fn acquire(&self, tenant: i64) -> OwnedSemaphorePermit {
+    pub async fn acquire(&self, tenant: i64) -> BudgetPermit {
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => self.acquire_slow(tenant).await,
         };
         self.keep_reserve(tenant);
-        permit
+        self.owned(permit)
     }
 
     /// A permit only if the budget has slack now: nobody waiting, and more free permits
     /// than the reserve kept for cold tenants. Closes nothing: growing one tenant's pool is
     /// not worth another tenant's connection.
-    pub fn try_acquire(&self) -> Option<OwnedSemaphorePermit> {
+    pub fn try_acquire(&self) -> Option<BudgetPermit> {
         if self.waiting.load(Ordering::Relaxed) > 0
             || self.permits.available_permits() <= self.reserve()
         {
             return None;
         }
-        Arc::clone(&self.permits).try_acquire_owned().ok()
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        Some(self.owned(permit))
     }
 
     /// Whether a connection about to be reused should be closed instead, for a call that
@@ -185,7 +286,7 @@ impl ServerBudget {
 
     /// Permits kept free ahead of need.
     fn reserve(&self) -> usize {
-        (self.budget / 16).max(1) as usize
+        (self.limit() / 16).max(1) as usize
     }
 
     fn keep_reserve(&self, tenant: i64) {
@@ -201,6 +302,10 @@ impl ServerBudget {
         let acquire = Arc::clone(&self.permits).acquire_owned();
         tokio::pin!(acquire);
         let _waiting = Waiting::enter(self);
+        self.note_demand();
+        if self.capped.load(Ordering::Relaxed) {
+            self.want_more.notify_one();
+        }
         loop {
             // One connection closing per waiting call is enough; more would only churn.
             if self.releasing() < self.waiting.load(Ordering::Relaxed) {
@@ -305,5 +410,60 @@ impl ServerBudget {
         }
         self.note_closing();
         true
+    }
+}
+
+/// Permits a budget owes: out now, to be forgotten as they come back.
+#[derive(Default)]
+struct Debt {
+    owed: AtomicU32,
+    /// Busy connections asked to close when returned, to pay it.
+    closing: AtomicU32,
+}
+
+impl Debt {
+    /// Takes one returning permit as payment; whether it was owed.
+    fn pay_one(&self) -> bool {
+        let paid = self
+            .owed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if paid {
+            let _ = self
+                .closing
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1));
+        }
+        paid
+    }
+
+    /// Cancels up to `n` of it (the grant went up again); how much.
+    fn forgive(&self, n: u32) -> u32 {
+        let before = self
+            .owed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d - d.min(n)))
+            .unwrap_or(0);
+        let left = before - before.min(n);
+        let _ = self
+            .closing
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.min(left)));
+        before.min(n)
+    }
+}
+
+/// A permit of a server's budget, held by one connection until its backend has exited.
+/// While the budget owes permits (its grant went down), a returning permit is forgotten.
+pub struct BudgetPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    debt: Weak<Debt>,
+}
+
+impl Drop for BudgetPermit {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        if self.debt.upgrade().is_some_and(|d| d.pay_one()) {
+            permit.forget();
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! gone: after we close our side, PostgreSQL's backend leaves its process array and then
 //! exits, which closes the socket, so the permit is released when the socket reads EOF.
 
-use super::budget::ServerBudget;
+use super::budget::{BudgetPermit, ServerBudget};
 use crate::error::RouterError;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_postgres::{CancelToken, Client, NoTls, Statement};
 
 /// Longest wait for a closed connection's backend to exit before its permit is given back
@@ -140,7 +139,7 @@ pub struct TenantManager {
 /// `pg_stat_activity` and `max_connections` no longer count it); then the permit is freed.
 struct Socket {
     inner: Option<TcpStream>,
-    permit: Option<(OwnedSemaphorePermit, Live)>,
+    permit: Option<(BudgetPermit, Live)>,
 }
 
 /// Counts a tenant's connections (open or opening) while it lives.
@@ -326,6 +325,11 @@ impl deadpool::managed::Manager for TenantManager {
         if conn.client.is_closed() {
             return Err(deadpool::managed::RecycleError::message(
                 "connection closed",
+            ));
+        }
+        if self.server.close_for_debt() {
+            return Err(deadpool::managed::RecycleError::message(
+                "connection closed: this router's share of the server went down",
             ));
         }
         if self.server.should_yield() {

@@ -6,7 +6,7 @@
 mod budget;
 mod manager;
 
-pub use budget::ServerBudget;
+pub use budget::{BudgetPermit, ServerBudget};
 pub use manager::{Canceller, ConnectError, PgConn, TenantManager};
 
 use crate::config;
@@ -34,6 +34,9 @@ pub struct TenantPool {
 pub struct Pools {
     cache: moka::future::Cache<i64, Arc<TenantPool>>,
     servers: Mutex<HashMap<String, Arc<ServerBudget>>>,
+    /// Wakes the lease keeper: a server seen for the first time, or calls waiting where
+    /// the grant could grow.
+    lease_wake: Arc<tokio::sync::Notify>,
     cfg: config::Pools,
     metrics: Arc<Metrics>,
     /// TLS to tenant databases, verified against the configured CA (`None`: plaintext).
@@ -64,25 +67,46 @@ impl Pools {
         Pools {
             cache,
             servers: Mutex::new(HashMap::new()),
+            lease_wake: Arc::new(tokio::sync::Notify::new()),
             cfg,
             metrics,
             tls,
         }
     }
 
+    /// The server's budget; a server seen for the first time starts with none, and the
+    /// lease keeper is woken to ask for a share of it.
     fn server(&self, route: &pb::Route) -> Arc<ServerBudget> {
         let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
-        let budget = ((f64::from(route.server_connection_budget) * self.cfg.budget_share).floor()
-            as u32)
-            .max(1);
-        Arc::clone(servers.entry(route.server.clone()).or_insert_with(|| {
-            Arc::new(ServerBudget::new(
-                &route.server,
-                budget,
-                self.cfg.fail_fast_after,
-                Duration::from_millis(self.cfg.fail_fast_ms),
-            ))
-        }))
+        if let Some(s) = servers.get(&route.server) {
+            return Arc::clone(s);
+        }
+        let server = Arc::new(ServerBudget::new(
+            &route.server,
+            0,
+            self.cfg.fail_fast_after,
+            Duration::from_millis(self.cfg.fail_fast_ms),
+            Arc::clone(&self.lease_wake),
+        ));
+        servers.insert(route.server.clone(), Arc::clone(&server));
+        self.lease_wake.notify_one();
+        server
+    }
+
+    /// Every server's budget (for the lease keeper).
+    pub fn servers(&self) -> Vec<Arc<ServerBudget>> {
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Fires when a server is seen for the first time, or calls wait for a connection
+    /// where this router's grant could grow: renew the lease now.
+    pub fn lease_wake(&self) -> &tokio::sync::Notify {
+        &self.lease_wake
     }
 
     /// The tenant's pool for this route version (building it if needed).
@@ -138,7 +162,7 @@ impl Pools {
             .cfg
             .max_per_tenant
             .min(plan)
-            .min(server.budget as usize)
+            .min(route.server_connection_budget as usize)
             .max(1);
         let pool = Pool::builder(manager)
             .max_size(size)
@@ -216,14 +240,7 @@ impl Pools {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {
                     self.cache.run_pending_tasks().await;
-                    let servers: Vec<_> = self
-                        .servers
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .values()
-                        .cloned()
-                        .collect();
-                    for server in servers {
+                    for server in self.servers() {
                         server.decay_uses();
                     }
                 }
@@ -251,7 +268,7 @@ impl Pools {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .map(|s| (s.name.clone(), s.open(), s.budget))
+            .map(|s| (s.name.clone(), s.open(), s.limit()))
             .collect()
     }
 }

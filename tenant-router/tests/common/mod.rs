@@ -126,13 +126,19 @@ impl Plane {
             Some(u) => u,
             None => pg_harness::fresh_ingest().await.unwrap(),
         };
+        // Router tests give routers the whole budget (no jobs slice) unless they say.
+        let leases = if extra.contains("[leases]") {
+            ""
+        } else {
+            "[leases]\njobs_connections = 0\nrenew_ms = 200\n"
+        };
         let toml = format!(
             "listen = \"127.0.0.1:{port}\"\ncatalog_url = \"{}\"\nmaster_key = \"{MASTER_KEY}\"\n\
              token_signing_key = \"{SIGNING_KEY}\"\n\
              [accounts]\nargon2_memory_kib = 8\nargon2_iterations = 1\n\
              [provisioning]\ntemplate_prefix = \"rtpl_{}_{n}\"\nname_prefix = \"rt{}_{n}\"\nrotation_grace_secs = 2\n\
              [ingest]\nurl = \"{}\"\n\
-             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[database_tls]\nca_file = \"{}\"\n{extra}",
+             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[database_tls]\nca_file = \"{}\"\n{leases}{extra}",
             pg.url(&catalog_db),
             std::process::id(),
             std::process::id() % 100_000,
