@@ -112,6 +112,9 @@ pub async fn run(
     tasks.spawn(Arc::clone(&pools).maintain(cancel.child_token()));
     let instance = crate::lease::instance_id();
     tracing::info!(%instance, "router instance");
+    // The lease outlives the drain: calls finishing during it may still need connections;
+    // it is given back once the pools are closed.
+    let lease_stop = CancellationToken::new();
     tasks.spawn(
         crate::lease::LeaseKeeper {
             routes: Arc::clone(&routes),
@@ -119,7 +122,7 @@ pub async fn run(
             metrics: Arc::clone(&metrics),
             instance,
         }
-        .run(cancel.child_token()),
+        .run(lease_stop.clone()),
     );
     let (inbox, inbox_rx) =
         crate::inbox::Inbox::new(Arc::clone(&routes), db_tls_for_inbox, config.inbox.clone());
@@ -253,6 +256,7 @@ pub async fn run(
     cancel.cancel();
     writers_stop.cancel();
     pools.close_all();
+    lease_stop.cancel();
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
         .await

@@ -179,6 +179,17 @@ impl ServerBudget {
         }
     }
 
+    /// Closes idle connections while the budget owes permits (called every second: idle
+    /// connections of tenants with no calls would otherwise keep the debt for good).
+    pub fn pay_debt(&self) {
+        let owed = self.debt.owed.load(Ordering::Relaxed) as usize;
+        while owed > self.releasing() + self.debt.closing.load(Ordering::Relaxed) as usize {
+            if !self.close_coldest_idle(-1) {
+                break;
+            }
+        }
+    }
+
     /// Whether a connection being returned should be closed to pay the budget's debt;
     /// counts it when it says yes.
     pub fn close_for_debt(&self) -> bool {

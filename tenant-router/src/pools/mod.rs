@@ -242,6 +242,7 @@ impl Pools {
                     self.cache.run_pending_tasks().await;
                     for server in self.servers() {
                         server.decay_uses();
+                        server.pay_debt();
                     }
                 }
             }

@@ -99,6 +99,26 @@ impl Plane {
         .await
     }
 
+    /// Stops this replica gracefully and starts it again on the same address (a rolling
+    /// restart: routers configured with its endpoint find it there again).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let port: u16 = self.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let again = Plane::start_on(
+            pg_harness::shared(),
+            self.catalog_db.clone(),
+            listener,
+            port,
+            "",
+            Some((self.ingest_url.clone(), self.seq)),
+        )
+        .await;
+        *self = again;
+    }
+
     /// Stops the control plane at once, as a crash would: its connections just end.
     pub fn kill(&mut self) {
         self.stop.take();
@@ -546,6 +566,15 @@ impl Router {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Asks it to stop (SIGTERM): it stops accepting, drains its calls and exits.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
