@@ -6,6 +6,7 @@
 
 mod measure;
 mod ops;
+mod pgbench;
 mod report;
 mod scenarios;
 mod stack;

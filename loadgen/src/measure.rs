@@ -17,6 +17,10 @@ pub struct Measured {
     pub p99_ms: f64,
     /// The first error seen, to say why when there are any.
     pub first_error: Option<String>,
+    /// Measured calls per tenant (by fixture index): the run's trace, for the best
+    /// possible connection hit ratio.
+    #[serde(skip)]
+    pub tenant_calls: Vec<u64>,
 }
 
 /// Which tenant and conversation each call goes to.
@@ -68,25 +72,38 @@ pub async fn run_while<B: std::future::Future>(
         tasks.spawn(async move {
             let mut rng = SplitMix(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1));
             let (mut lat, mut errors, mut first_error, mut k) = (Vec::new(), 0, None, i);
+            let mut calls: Vec<u64> = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let f = match &*workload {
                     Workload::Hot(f) => f,
                     Workload::Zipf { tenants, zipf } => &tenants[zipf.sample(&mut rng)],
                 };
-                let conversation = f.conversations[i % f.conversations.len()];
                 let op = Op::nth(k);
+                // Appends go to another conversation than the one listed: a closed loop
+                // appends thousands of messages a second, and a listed conversation growing
+                // that fast defeats the plans of unnamed statements (PgBouncer's) on data
+                // whose statistics say 25 rows; see docs/BENCHMARKS.md.
+                let len = f.conversations.len();
+                let conversation = match op {
+                    Op::AppendMessage => f.conversations[(i + len / 2) % len],
+                    _ => f.conversations[i % len],
+                };
                 k += 1;
                 let t0 = Instant::now();
                 let result = target.call(i, op, f, conversation).await;
                 if t0 >= measure_from && !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    if calls.len() <= f.index {
+                        calls.resize(f.index + 1, 0);
+                    }
+                    calls[f.index] += 1;
                     if let Err(e) = result {
                         errors += 1;
                         first_error.get_or_insert_with(|| format!("{e:#}"));
                     }
                 }
             }
-            (lat, errors, first_error)
+            (lat, errors, first_error, calls)
         });
     }
     tokio::time::sleep_until(measure_from.into()).await;
@@ -94,10 +111,17 @@ pub async fn run_while<B: std::future::Future>(
     let seconds = measure_from.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut all, mut errors, mut first_error) = (Vec::new(), 0, None);
-    while let Some(Ok((l, e, fe))) = tasks.join_next().await {
+    let mut tenant_calls: Vec<u64> = Vec::new();
+    while let Some(Ok((l, e, fe, calls))) = tasks.join_next().await {
         all.extend(l);
         errors += e;
         first_error = first_error.or(fe);
+        if tenant_calls.len() < calls.len() {
+            tenant_calls.resize(calls.len(), 0);
+        }
+        for (t, c) in calls.into_iter().enumerate() {
+            tenant_calls[t] += c;
+        }
     }
     all.sort_by(|a, b| a.total_cmp(b));
     let measured = Measured {
@@ -110,6 +134,7 @@ pub async fn run_while<B: std::future::Future>(
         p95_ms: pct(&all, 0.95),
         p99_ms: pct(&all, 0.99),
         first_error,
+        tenant_calls,
     };
     (measured, output)
 }
@@ -222,9 +247,42 @@ impl ConnectionSampler {
     }
 }
 
+/// The share of calls that would find an open connection if each server kept its `k` most
+/// called tenants connected (one connection each) for the whole run: the best any fixed
+/// choice does on this trace. `server_of[t]` is tenant `t`'s server.
+pub fn best_hit_ratio(calls: &[u64], server_of: &[usize], k: usize) -> f64 {
+    let total: u64 = calls.iter().sum();
+    if total == 0 {
+        return f64::NAN;
+    }
+    let servers = server_of.iter().copied().max().map_or(0, |m| m + 1);
+    let mut hits = 0u64;
+    for s in 0..servers {
+        let mut on: Vec<u64> = calls
+            .iter()
+            .enumerate()
+            .filter(|(t, _)| server_of.get(*t) == Some(&s))
+            .map(|(_, &c)| c)
+            .collect();
+        on.sort_unstable_by(|a, b| b.cmp(a));
+        hits += on.iter().take(k).sum::<u64>();
+    }
+    hits as f64 / total as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn best_hit_ratio_keeps_each_servers_most_called() {
+        // Server 0: 10, 5, 1; server 1: 8, 1. Two kept per server: 10 + 5 + 8 + 1 of 25.
+        let calls = [10, 5, 1, 8, 1];
+        let server_of = [0, 0, 0, 1, 1];
+        assert!((best_hit_ratio(&calls, &server_of, 2) - 24.0 / 25.0).abs() < 1e-12);
+        assert!((best_hit_ratio(&calls, &server_of, 1) - 18.0 / 25.0).abs() < 1e-12);
+        assert!(best_hit_ratio(&[], &[], 3).is_nan());
+    }
 
     #[test]
     fn zipf_draws_follow_the_weights() {

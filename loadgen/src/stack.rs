@@ -470,6 +470,15 @@ pub struct Bouncer {
 impl Bouncer {
     /// Starts PgBouncer for `routes` with `pool_size` server connections per database.
     pub fn start(routes: &[cp::Route], pool_size: usize) -> Result<Bouncer> {
+        Bouncer::start_with(routes, pool_size, &[])
+    }
+
+    /// Also for `extra` databases `(name, port)` of the servers' superuser (pgbench's).
+    pub fn start_with(
+        routes: &[cp::Route],
+        pool_size: usize,
+        extra: &[(&str, u16)],
+    ) -> Result<Bouncer> {
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -485,6 +494,16 @@ impl Bouncer {
                 r.database, r.port, r.database
             ));
             users.push_str(&format!("\"{}\" \"{}\"\n", r.role, r.password));
+        }
+        for (db, port) in extra {
+            dbs.push_str(&format!("{db} = host=127.0.0.1 port={port} dbname={db}\n"));
+        }
+        if !extra.is_empty() {
+            users.push_str(&format!(
+                "\"{}\" \"{}\"\n",
+                pg_harness::SUPERUSER,
+                pg_harness::SUPERUSER_PASSWORD
+            ));
         }
         std::fs::write(dir.join("userlist.txt"), users)?;
         std::fs::write(

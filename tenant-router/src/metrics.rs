@@ -19,6 +19,9 @@ pub struct Metrics {
     pub route_changes: IntCounter,
     /// Pool cache lookups by result (hit, miss).
     pub pool_cache: IntCounterVec,
+    /// Connections handed to calls, by whether one was open already (reused) or had to be
+    /// opened (opened): the connection hit ratio.
+    pub connections_handed: IntCounterVec,
     /// Time spent waiting for a tenant connection.
     pub connection_wait: Histogram,
     /// Tenant pools open.
@@ -78,6 +81,16 @@ impl Metrics {
             "route_changes_total",
             "route changes applied from the directory",
         ));
+        let connections_handed = must(IntCounterVec::new(
+            Opts::new(
+                "connections_handed_total",
+                "tenant connections handed to calls, by whether one was already open (reused) or was opened for the call (opened)",
+            ),
+            &["result"],
+        ));
+        for r in ["reused", "opened"] {
+            connections_handed.with_label_values(&[r]);
+        }
         let pool_cache = must(IntCounterVec::new(
             Opts::new("pool_cache_total", "pool cache lookups"),
             &["result"],
@@ -183,6 +196,7 @@ impl Metrics {
             Box::new(route_cache.clone()),
             Box::new(route_changes.clone()),
             Box::new(pool_cache.clone()),
+            Box::new(connections_handed.clone()),
             Box::new(connection_wait.clone()),
             Box::new(pools_open.clone()),
             Box::new(routes_cached.clone()),
@@ -198,6 +212,7 @@ impl Metrics {
             route_cache,
             route_changes,
             pool_cache,
+            connections_handed,
             connection_wait,
             pools_open,
             routes_cached,

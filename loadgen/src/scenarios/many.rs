@@ -1,7 +1,7 @@
 //! Many tenants over two servers, Zipf traffic, the router held to each server's budget.
 
 use super::{seed_all, touch_all, Settings};
-use crate::measure::{run, ConnectionSampler, Measured, Workload, Zipf};
+use crate::measure::{best_hit_ratio, run, ConnectionSampler, Measured, Workload, Zipf};
 use crate::ops::{ConnPool, Fixture, RouterClients, Target};
 use crate::report::Report;
 use crate::stack::{Bouncer, Stack, BUDGET};
@@ -26,6 +26,11 @@ pub struct Cell {
     pub connections_opened_per_sec: f64,
     /// Pool cache hit ratio during the measured window (router only).
     pub pool_hit_ratio: Option<f64>,
+    /// Calls that found an open connection, during the measured window (router only).
+    pub connection_hit_ratio: Option<f64>,
+    /// The best hit ratio a fixed choice could have had on this mode's own trace: each
+    /// server's budget spent on its most called tenants, one connection each.
+    pub best_hit_ratio: f64,
     /// Seconds to touch every tenant once before measuring.
     pub warm_secs: f64,
     pub warm_failures: usize,
@@ -46,6 +51,17 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
         zipf,
     });
     let token = stack.token()?;
+    // Each tenant's server (by position in the stack), for the best hit ratio.
+    let server_of: Vec<usize> = routes
+        .iter()
+        .map(|r| {
+            stack
+                .servers
+                .iter()
+                .position(|p| u32::from(p.port) == r.port)
+                .unwrap_or(0)
+        })
+        .collect();
     let warmup = Duration::from_secs(1);
     let callers = s.many_callers;
     let mut cells = Vec::new();
@@ -82,7 +98,7 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
         let warm_failures = touch_all(&target, &tenants, 8).await;
         let warm_secs = t0.elapsed().as_secs_f64();
         let before = match &router {
-            Some(r) => Some(pool_counts(r).await?),
+            Some(r) => Some((pool_counts(r).await?, handed_counts(r).await?)),
             None => None,
         };
         let sampler = ConnectionSampler::start(&stack.servers, app).await?;
@@ -98,13 +114,18 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
         let max_connections: Vec<i64> = sampled.iter().map(|s| s.0).collect();
         let connections_opened_per_sec =
             sampled.iter().map(|s| s.1).sum::<i64>() as f64 / (s.seconds + warmup.as_secs_f64());
-        let pool_hit_ratio = match (&router, before) {
-            (Some(r), Some((h0, m0))) => {
+        let (pool_hit_ratio, connection_hit_ratio) = match (&router, before) {
+            (Some(r), Some(((h0, m0), (r0, o0)))) => {
                 let (h1, m1) = pool_counts(r).await?;
-                Some((h1 - h0) / ((h1 - h0) + (m1 - m0)).max(1.0))
+                let (r1, o1) = handed_counts(r).await?;
+                (
+                    Some((h1 - h0) / ((h1 - h0) + (m1 - m0)).max(1.0)),
+                    Some((r1 - r0) / ((r1 - r0) + (o1 - o0)).max(1.0)),
+                )
             }
-            _ => None,
+            _ => (None, None),
         };
+        let best_hit_ratio = best_hit_ratio(&measured.tenant_calls, &server_of, BUDGET as usize);
         eprintln!(
             "many tenants: {mode}: {:.0} ops/s, {} errors, max connections {max_connections:?}",
             measured.ops_per_sec, measured.errors
@@ -114,6 +135,8 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
             max_connections,
             connections_opened_per_sec,
             pool_hit_ratio,
+            connection_hit_ratio,
+            best_hit_ratio,
             warm_secs,
             warm_failures,
         });
@@ -139,7 +162,13 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
     let rows: Vec<Measured> = cells.iter().map(|c| c.measured.clone()).collect();
     report.modes_table(
         &rows,
-        &["max conns per server", "new conns/s", "pool hit ratio"],
+        &[
+            "max conns per server",
+            "new conns/s",
+            "pool hit ratio",
+            "conn hit ratio",
+            "best fixed (trace)",
+        ],
         |m| {
             let c = cells.iter().find(|c| c.measured.mode == m.mode);
             vec![
@@ -150,11 +179,44 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
                 c.and_then(|c| c.pool_hit_ratio)
                     .map(|h| format!("{:.2}%", h * 100.0))
                     .unwrap_or_default(),
+                c.and_then(|c| c.connection_hit_ratio)
+                    .map(|h| format!("{:.2}%", h * 100.0))
+                    .unwrap_or_default(),
+                c.map(|c| format!("{:.2}%", c.best_hit_ratio * 100.0))
+                    .unwrap_or_default(),
             ]
         },
     );
+    if let Some(r) = cells.iter().find(|c| c.measured.mode == "router") {
+        if let Some(hit) = r.connection_hit_ratio {
+            let gap = (r.best_hit_ratio - hit) * 100.0;
+            report.line(&format!(
+                "Connection hit ratio (calls that found their tenant's connection open): router \
+                 {:.2}%; the best fixed choice on the router's own trace (each server's {BUDGET} \
+                 connections kept for its {BUDGET} most called tenants) {:.2}%: {gap:.1} points \
+                 {} (target: within 5).\n",
+                hit * 100.0,
+                r.best_hit_ratio * 100.0,
+                if gap <= 5.0 {
+                    "behind, met"
+                } else {
+                    "behind, MISSED"
+                }
+            ));
+        }
+    }
     report.put("many_tenants", &cells);
     Ok(tenants.to_vec())
+}
+
+/// Connections the router handed to calls so far: (reused, opened).
+async fn handed_counts(r: &crate::stack::Router) -> Result<(f64, f64)> {
+    Ok((
+        r.metric("tenant_router_connections_handed_total", "\"reused\"")
+            .await?,
+        r.metric("tenant_router_connections_handed_total", "\"opened\"")
+            .await?,
+    ))
 }
 
 /// The router's pool cache (hits, misses) so far.

@@ -205,7 +205,14 @@ impl Pools {
             .connection_wait
             .observe(started.elapsed().as_secs_f64());
         match got {
-            Ok(Ok(conn)) => Ok(conn),
+            Ok(Ok(conn)) => {
+                let opened = Object::metrics(&conn).recycle_count == 0;
+                self.metrics
+                    .connections_handed
+                    .with_label_values(&[if opened { "opened" } else { "reused" }])
+                    .inc();
+                Ok(conn)
+            }
             Ok(Err(PoolError::Backend(ConnectError::Auth))) => Err(GetError::Auth),
             Ok(Err(PoolError::Backend(e))) => Err(GetError::Other(e.into())),
             Ok(Err(PoolError::Closed)) => Err(GetError::Other(RouterError::Unavailable(
