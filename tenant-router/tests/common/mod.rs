@@ -87,16 +87,7 @@ impl Plane {
     /// Another control-plane replica on the same catalog and ingest database.
     pub async fn replica(&self) -> Plane {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        Plane::start_on(
-            pg_harness::shared(),
-            self.catalog_db.clone(),
-            listener,
-            port,
-            "",
-            Some((self.ingest_url.clone(), self.seq)),
-        )
-        .await
+        self.replica_on(listener).await
     }
 
     /// Stops this replica gracefully and starts it again on the same address (a rolling
@@ -107,7 +98,12 @@ impl Plane {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
-        let again = Plane::start_on(
+        *self = self.replica_on(listener).await;
+    }
+
+    async fn replica_on(&self, listener: tokio::net::TcpListener) -> Plane {
+        let port = listener.local_addr().unwrap().port();
+        Plane::start_on(
             pg_harness::shared(),
             self.catalog_db.clone(),
             listener,
@@ -115,8 +111,7 @@ impl Plane {
             "",
             Some((self.ingest_url.clone(), self.seq)),
         )
-        .await;
-        *self = again;
+        .await
     }
 
     /// Stops the control plane at once, as a crash would: its connections just end.
