@@ -242,6 +242,14 @@ pub struct Pools {
     /// How long a server fails fast, in milliseconds.
     #[serde(default = "defaults::fail_fast_ms")]
     pub fail_fast_ms: u64,
+    /// Single-statement calls pipelined on one connection before another is taken (when
+    /// the budget allows); 0 turns pipelining off (every call takes a connection of its own).
+    #[serde(default = "defaults::pipeline_depth")]
+    pub pipeline_depth: usize,
+    /// A shared connection on which no call finished for this long, in milliseconds, takes
+    /// no new calls while others can be had (its head statement is slow).
+    #[serde(default = "defaults::stuck_after_ms")]
+    pub stuck_after_ms: u64,
 }
 
 mod defaults {
@@ -314,6 +322,12 @@ mod defaults {
     pub fn negative_ttl_ms() -> u64 {
         2_000
     }
+    pub fn stuck_after_ms() -> u64 {
+        20
+    }
+    pub fn pipeline_depth() -> usize {
+        8
+    }
     pub fn per_tenant() -> usize {
         4
     }
@@ -358,6 +372,8 @@ impl Default for Pools {
             default_deadline_ms: defaults::default_deadline_ms(),
             fail_fast_after: defaults::fail_fast_after(),
             fail_fast_ms: defaults::fail_fast_ms(),
+            pipeline_depth: defaults::pipeline_depth(),
+            stuck_after_ms: defaults::stuck_after_ms(),
         }
     }
 }
@@ -433,6 +449,12 @@ impl Config {
             || self.routes.capacity == 0
         {
             return invalid("pools.max_per_tenant, pools.max_connections and routes.capacity must be at least 1");
+        }
+        if self.pools.pipeline_depth > 1024 {
+            return invalid("pools.pipeline_depth must be at most 1024 (0 turns pipelining off)");
+        }
+        if self.pools.stuck_after_ms == 0 || self.pools.stuck_after_ms > 60_000 {
+            return invalid("pools.stuck_after_ms must be between 1 and 60000");
         }
         if let Err(e) = self.grpc.validate() {
             return invalid(&e);

@@ -17,6 +17,7 @@ pub mod path;
 pub mod pools;
 pub mod revocations;
 pub mod routes;
+pub mod tokens;
 pub mod server;
 pub mod usage;
 pub mod webhook;

@@ -1,12 +1,15 @@
 //! The one path from a tenant to a statement in its database, shared by gRPC calls and both
 //! webhook sources: the route by a typed key (cache), the tenant's status, a pooled
 //! connection (after an authentication failure: the route refetched, the pool rebuilt, one
-//! retry), and the statement bounded by the deadline and cancelled on the server when the
-//! deadline passes or the caller goes away first.
+//! retry), and the statement bounded by the deadline and stopped on the server when the
+//! deadline passes or the caller goes away first: single-statement calls share connections
+//! (pipelined) and are bounded by `statement_timeout`; transactions take a connection of
+//! their own and are cancelled.
 
 use crate::error::RouterError;
-use crate::pools::{Canceller, Conn, GetError, PgConn, Pools};
+use crate::pools::{limit_for, Canceller, Conn, Db, GetError, PgConn, Pools, Shared};
 use crate::routes::{CachedRoute, RouteCache, RouteKey};
+use proto::control::v1 as pb;
 use std::sync::Arc;
 use std::time::Instant;
 use tenant_model::{Sector, TenantStatus};
@@ -34,10 +37,49 @@ impl TenantPath {
         self.routes.get(key).await
     }
 
-    /// Runs `op` on a connection to the route's tenant, whose status must allow `access`,
-    /// before `deadline` (`DEADLINE_EXCEEDED` past it). If this future is dropped or the
-    /// deadline passes while `op` runs, its statement is cancelled on the server.
+    /// Runs `op`, whose statements are each their own transaction, for the route's tenant,
+    /// whose status must allow `access`, before `deadline` (`DEADLINE_EXCEEDED` past it), on
+    /// a connection shared with other such calls (pipelined: see `pools::lanes`). Each
+    /// statement runs under a `statement_timeout` no longer than the time the call had left
+    /// when it was sent, so an abandoned call's statement stops on the server without a
+    /// cancel request (which would stop whatever the shared backend runs at that moment).
     pub async fn run<R>(
+        &self,
+        cached: Arc<CachedRoute>,
+        access: Access,
+        deadline: Instant,
+        op: impl AsyncFnOnce(&Db<'_>, Sector) -> Result<R, RouterError>,
+    ) -> Result<R, RouterError> {
+        if !self.pools.pipelining() {
+            return self
+                .run_exclusive(cached, access, deadline, async |conn, sector| {
+                    op(&Db::new(conn, limit_for(left(deadline))), sector).await
+                })
+                .await;
+        }
+        check_status(cached.status, access)?;
+        let (cached, Got::Shared(mut lane)) = self.connect(cached, access, deadline, true).await?
+        else {
+            return Err(RouterError::Internal("expected a shared connection".into()));
+        };
+        let db = Db::new(lane.conn(), limit_for(left(deadline)));
+        let result = tokio::time::timeout(left(deadline), op(&db, cached.sector)).await;
+        match result {
+            Ok(result) => {
+                lane.finished();
+                result
+            }
+            Err(_) => Err(RouterError::DeadlineExceeded),
+        }
+    }
+
+    /// Runs `op` on a connection of the route's tenant used by nothing else meanwhile (for
+    /// transactions), whose status must allow `access`, before `deadline`
+    /// (`DEADLINE_EXCEEDED` past it). If this future is dropped or the deadline passes while
+    /// `op` runs, its statement is cancelled on the server, and the connection goes back to
+    /// the pool only after the cancel request was handled (else it could stop the next
+    /// user's statement); its statements are also bounded by `statement_timeout`.
+    pub async fn run_exclusive<R>(
         &self,
         cached: Arc<CachedRoute>,
         access: Access,
@@ -45,30 +87,55 @@ impl TenantPath {
         op: impl AsyncFnOnce(&mut PgConn, Sector) -> Result<R, RouterError>,
     ) -> Result<R, RouterError> {
         check_status(cached.status, access)?;
-        let (cached, mut conn) = self.connect(cached, access, deadline).await?;
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let (cached, Got::Own(conn)) = self.connect(cached, access, deadline, false).await? else {
+            return Err(RouterError::Internal(
+                "expected a connection of its own".into(),
+            ));
+        };
+        let remaining = left(deadline);
         let mut guard = CancelOnDrop {
-            cancel: Some(conn.canceller()),
+            conn: Some(*conn),
             tasks: self.tasks.clone(),
         };
-        match tokio::time::timeout(remaining, op(&mut conn, cached.sector)).await {
+        let Some(conn) = guard.conn.as_mut() else {
+            return Err(RouterError::Internal("connection lost".into()));
+        };
+        let work = async {
+            Db::new(conn, limit_for(remaining))
+                .apply_limit()
+                .await
+                .map_err(|e| RouterError::from_db(&e))?;
+            op(conn, cached.sector).await
+        };
+        let result = tokio::time::timeout(remaining, work).await;
+        match result {
             Ok(result) => {
-                guard.cancel = None;
+                guard.disarm();
                 result
             }
             Err(_) => Err(RouterError::DeadlineExceeded),
         }
     }
 
-    /// A connection to the route's tenant; after an authentication failure (credentials
-    /// rotated, tenant restored or moved) the route is refetched and the pool rebuilt, once.
+    /// A connection (or a place on one) for the route's tenant; after an authentication
+    /// failure (credentials rotated, tenant restored or moved) the route is refetched and
+    /// the pool rebuilt, once.
     async fn connect(
         &self,
         cached: Arc<CachedRoute>,
         access: Access,
         deadline: Instant,
-    ) -> Result<(Arc<CachedRoute>, Conn), RouterError> {
-        match self.pools.get(&cached.route, deadline).await {
+        shared: bool,
+    ) -> Result<(Arc<CachedRoute>, Got), RouterError> {
+        let get = async |route: &pb::Route| match shared {
+            true => self.pools.shared(route, deadline).await.map(Got::Shared),
+            false => self
+                .pools
+                .get(route, deadline)
+                .await
+                .map(|c| Got::Own(Box::new(c))),
+        };
+        match get(&cached.route).await {
             Ok(c) => return Ok((cached, c)),
             Err(GetError::Other(e)) => return Err(e),
             Err(GetError::Auth) => {}
@@ -83,7 +150,7 @@ impl TenantPath {
             .refetch(&RouteKey::id(cached.route.tenant_id)?)
             .await?;
         check_status(fresh.status, access)?;
-        match self.pools.get(&fresh.route, deadline).await {
+        match get(&fresh.route).await {
             Ok(c) => Ok((fresh, c)),
             Err(GetError::Auth) => Err(RouterError::Unavailable(
                 "tenant database refused the stored credentials".into(),
@@ -91,6 +158,17 @@ impl TenantPath {
             Err(GetError::Other(e)) => Err(e),
         }
     }
+}
+
+/// A place on a shared connection, or a connection of the call's own.
+enum Got {
+    Shared(Shared),
+    Own(Box<Conn>),
+}
+
+/// Time left until `deadline`.
+fn left(deadline: Instant) -> std::time::Duration {
+    deadline.saturating_duration_since(Instant::now())
 }
 
 /// What a call does to the tenant's database.
@@ -162,18 +240,34 @@ pub fn check_status(status: TenantStatus, access: Access) -> Result<(), RouterEr
     }
 }
 
-/// Sends a cancel request for the connection's running statement when dropped while armed.
+/// Holds an exclusively used connection; dropped while armed (the call abandoned), it
+/// sends a cancel request for the connection's running statement and returns the
+/// connection to the pool only once the server has handled it.
 struct CancelOnDrop {
-    cancel: Option<Canceller>,
+    conn: Option<Conn>,
     tasks: TaskTracker,
+}
+
+impl CancelOnDrop {
+    /// The call finished: the connection goes back to the pool as is.
+    fn disarm(&mut self) {
+        self.conn.take();
+    }
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let Some(cancel) = self.cancel.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                self.tasks.spawn(cancel.cancel());
-            }
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let cancel: Canceller = conn.canceller();
+            self.tasks.spawn(async move {
+                cancel.cancel().await;
+                // A backend reading its next command ignores a late cancel, so the next
+                // user of the connection is safe from here on.
+                drop(conn);
+            });
         }
     }
 }

@@ -162,7 +162,7 @@ pub async fn run(
 
     let ctx = Arc::new(CallContext {
         path: Arc::clone(&path),
-        tokens: verifier,
+        tokens: crate::tokens::Tokens::new(verifier),
         metrics,
         default_deadline: Duration::from_millis(config.pools.default_deadline_ms),
         limits: crate::limits::RateLimits::new(config.limits.rate_share),

@@ -636,6 +636,126 @@ async fn deadlines_cancel_queries_and_a_dead_server_is_unavailable() {
     );
 }
 
+/// Router backends of the tenant's login role running a statement now.
+async fn active_statements(pg: &pg_harness::PgServer) -> i64 {
+    let c = pg.connect("postgres").await.unwrap();
+    c.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_login\\_%' AND state = 'active'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Single-statement calls share a connection (pipelined); a caller's deadline stops its own
+/// statement on the server and no other caller's, and a stuck connection takes no new calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_calls_keep_their_own_deadlines() {
+    let pg = pg_harness::PgServer::start().unwrap();
+    let plane = Plane::start().await;
+    plane.add_server("shared", &pg, 20).await;
+    plane.create("rt-pipe", "servicos", "shared").await;
+    // A connection is stuck after 500 ms without progress here (20 ms by default), so the
+    // first two calls surely share one.
+    let router = Router::start(&plane, &[("TENANT_ROUTER__POOLS__STUCK_AFTER_MS", "500")]).await;
+    let token = plane_token_all();
+    let ch = router.channel().await;
+    let mut leads = LeadsClient::new(ch.clone());
+    leads
+        .upsert_lead(call(upsert("5511900000001", "warm"), "rt-pipe", &token))
+        .await
+        .unwrap();
+
+    let blocker = pg
+        .connect(&plane.database_of("rt-pipe").await)
+        .await
+        .unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE leads IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let write = |phone: &'static str, ms: u64| {
+        let mut leads = LeadsClient::new(ch.clone());
+        let token = token.clone();
+        tokio::spawn(async move {
+            let mut req = call(upsert(phone, "w"), "rt-pipe", &token);
+            req.set_timeout(Duration::from_millis(ms));
+            let started = std::time::Instant::now();
+            let r = leads.upsert_lead(req).await;
+            (r.map(|_| ()), started.elapsed())
+        })
+    };
+    let a = write("5511900000002", 300);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let b = write("5511900000003", 8_000);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        active_statements(&pg).await,
+        1,
+        "two writes in flight, one backend: pipelined on one connection"
+    );
+    let (a, a_took) = a.await.unwrap();
+    let err = a.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    assert!(a_took < Duration::from_millis(1_000), "{a_took:?}");
+
+    // The first connection is stuck (no call finished for 500 ms since a's statement
+    // stopped): a new write goes to another connection, and a read of another table, sent
+    // once both are stuck, to a third, answered while the lock is still held.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let c = write("5511900000004", 8_000);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut conv = ConversationsClient::new(ch.clone());
+    let started = std::time::Instant::now();
+    let mut req = call(dm::ListConversationsRequest::default(), "rt-pipe", &token);
+    req.set_timeout(Duration::from_secs(3));
+    conv.list_conversations(req)
+        .await
+        .expect("a read is not stalled behind stuck statements");
+    assert!(
+        started.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        active_statements(&pg).await,
+        2,
+        "the two waiting writes, each on its own connection"
+    );
+
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    for (name, w) in [("b", b), ("c", c)] {
+        let (r, took) = w.await.unwrap();
+        assert!(r.is_ok(), "{name} was not cancelled by a's deadline: {r:?}");
+        assert!(
+            took > Duration::from_millis(500),
+            "{name} waited for the lock"
+        );
+    }
+    let get = |phone: &str| {
+        call(
+            dm::GetLeadRequest {
+                key: Some(dm::get_lead_request::Key::Phone(phone.into())),
+            },
+            "rt-pipe",
+            &token,
+        )
+    };
+    let err = leads.get_lead(get("5511900000002")).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::NotFound,
+        "a's statement stopped on the server, not only abandoned"
+    );
+    for phone in ["5511900000003", "5511900000004"] {
+        leads.get_lead(get(phone)).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoints_and_graceful_shutdown() {
     let plane = Plane::start().await;
@@ -732,6 +852,16 @@ async fn bad_router_configuration_is_refused() {
             "token verifying key must be 32 bytes",
         ),
         ("TENANT_ROUTER__POOLS__BUDGET_SHARE", "2", "budget_share"),
+        (
+            "TENANT_ROUTER__POOLS__PIPELINE_DEPTH",
+            "5000",
+            "pools.pipeline_depth must be at most 1024",
+        ),
+        (
+            "TENANT_ROUTER__POOLS__STUCK_AFTER_MS",
+            "0",
+            "pools.stuck_after_ms must be between 1 and 60000",
+        ),
         (
             "TENANT_ROUTER__INBOX__WORKERS",
             "0",

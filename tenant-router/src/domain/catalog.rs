@@ -2,7 +2,7 @@
 
 use super::{after_id, next_token, page_size, text};
 use crate::error::RouterError;
-use crate::pools::PgConn;
+use crate::pools::{Db, PgConn};
 use proto::domain::v1 as pb;
 use tenant_model::Sector;
 use tokio_postgres::types::ToSql;
@@ -141,7 +141,7 @@ fn db(e: tokio_postgres::Error) -> RouterError {
 
 /// Full-text search with price filters, by id.
 pub async fn search(
-    c: &mut PgConn,
+    c: &Db<'_>,
     sector: Sector,
     req: pb::SearchItemsRequest,
 ) -> Result<pb::SearchItemsResponse, RouterError> {
@@ -156,7 +156,6 @@ pub async fn search(
     let after = after_id(&req.page_token)?;
     let stmt = c.prepare(SEARCH[idx(a)]).await.map_err(db)?;
     let rows = c
-        .client
         .query(
             &stmt,
             &[
@@ -185,7 +184,7 @@ pub async fn search(
 
 /// One item by id or SKU.
 pub async fn get(
-    c: &mut PgConn,
+    c: &Db<'_>,
     sector: Sector,
     req: pb::GetItemRequest,
 ) -> Result<pb::CatalogItem, RouterError> {
@@ -194,11 +193,11 @@ pub async fn get(
         Some(pb::get_item_request::Key::Id(i)) => {
             let i = super::id(i, "id")?;
             let stmt = c.prepare(BY_ID[idx(a)]).await.map_err(db)?;
-            c.client.query_opt(&stmt, &[&i]).await.map_err(db)?
+            c.query_opt(&stmt, &[&i]).await.map_err(db)?
         }
         Some(pb::get_item_request::Key::Sku(s)) => {
             let stmt = c.prepare(BY_SKU[idx(a)]).await.map_err(db)?;
-            c.client.query_opt(&stmt, &[&s]).await.map_err(db)?
+            c.query_opt(&stmt, &[&s]).await.map_err(db)?
         }
         None => return Err(RouterError::InvalidArgument("give an id or a sku".into())),
     };

@@ -2,7 +2,7 @@
 
 use super::{after_id, filter, id, ms, next_token, page_size, required, text, wire};
 use crate::error::RouterError;
-use crate::pools::PgConn;
+use crate::pools::Db;
 use proto::domain::v1 as pb;
 use tenant_model::{ConversationStatus, MessageDirection, MessageStatus};
 use tokio_postgres::Row;
@@ -59,7 +59,7 @@ fn db(e: tokio_postgres::Error) -> RouterError {
 
 /// The lead's open conversation, opened if it has none (at most one, even when racing).
 pub async fn open(
-    c: &mut PgConn,
+    c: &Db<'_>,
     req: pb::OpenConversationRequest,
 ) -> Result<pb::Conversation, RouterError> {
     let lead = id(req.lead_id, "lead_id")?;
@@ -71,8 +71,7 @@ pub async fn open(
         .await
         .map_err(db)?;
     if let Some(row) =
-        c.client
-            .query_opt(&insert, &[&lead])
+        c.query_opt(&insert, &[&lead])
             .await
             .map_err(|e| match RouterError::from_db(&e) {
                 RouterError::NotFound(_) => RouterError::NotFound("lead not found".into()),
@@ -89,13 +88,13 @@ pub async fn open(
         ))
         .await
         .map_err(db)?;
-    let row = c.client.query_one(&select, &[&lead]).await.map_err(db)?;
+    let row = c.query_one(&select, &[&lead]).await.map_err(db)?;
     Ok(conversation(&row))
 }
 
 /// A page of conversations, optionally of one lead and one status.
 pub async fn list(
-    c: &mut PgConn,
+    c: &Db<'_>,
     req: pb::ListConversationsRequest,
 ) -> Result<pb::ListConversationsResponse, RouterError> {
     let limit = page_size(req.page_size)?;
@@ -117,7 +116,6 @@ pub async fn list(
         .await
         .map_err(db)?;
     let rows = c
-        .client
         .query(&stmt, &[&lead, &status, &after, &(limit + 1)])
         .await
         .map_err(db)?;
@@ -131,10 +129,7 @@ pub async fn list(
 }
 
 /// Appends a message; a repeated `wamid` returns the stored message unchanged.
-pub async fn append(
-    c: &mut PgConn,
-    req: pb::AppendMessageRequest,
-) -> Result<pb::Message, RouterError> {
+pub async fn append(c: &Db<'_>, req: pb::AppendMessageRequest) -> Result<pb::Message, RouterError> {
     let conv = id(req.conversation_id, "conversation_id")?;
     let direction = required::<MessageDirection>(req.direction, "direction")?.as_str();
     let body = text(&req.body, "body", 65_536)?;
@@ -163,7 +158,6 @@ pub async fn append(
         .await
         .map_err(db)?;
     let inserted = c
-        .client
         .query_opt(&stmt, &[&conv, &wamid, &direction, &kind, &body])
         .await
         .map_err(|e| match RouterError::from_db(&e) {
@@ -181,13 +175,13 @@ pub async fn append(
         ))
         .await
         .map_err(db)?;
-    let row = c.client.query_one(&existing, &[&wamid]).await.map_err(db)?;
+    let row = c.query_one(&existing, &[&wamid]).await.map_err(db)?;
     Ok(message(&row))
 }
 
 /// A page of a conversation's messages, oldest first.
 pub async fn list_messages(
-    c: &mut PgConn,
+    c: &Db<'_>,
     req: pb::ListMessagesRequest,
 ) -> Result<pb::ListMessagesResponse, RouterError> {
     let conv = id(req.conversation_id, "conversation_id")?;
@@ -202,7 +196,6 @@ pub async fn list_messages(
         .await
         .map_err(db)?;
     let rows = c
-        .client
         .query(&stmt, &[&conv, &after, &(limit + 1)])
         .await
         .map_err(db)?;
@@ -217,7 +210,7 @@ pub async fn list_messages(
 
 /// Marks a conversation's inbound messages read.
 pub async fn mark_read(
-    c: &mut PgConn,
+    c: &Db<'_>,
     req: pb::MarkReadRequest,
 ) -> Result<pb::Conversation, RouterError> {
     let conv = id(req.conversation_id, "conversation_id")?;
@@ -230,7 +223,7 @@ pub async fn mark_read(
         ))
         .await
         .map_err(db)?;
-    let row = c.client.query_opt(&stmt, &[&conv]).await.map_err(db)?;
+    let row = c.query_opt(&stmt, &[&conv]).await.map_err(db)?;
     row.map(|r| conversation(&r))
         .ok_or_else(|| RouterError::NotFound("conversation not found".into()))
 }

@@ -2,7 +2,7 @@
 
 use super::{after_id, filter, id, ms, next_token, page_size, required, text, wire};
 use crate::error::RouterError;
-use crate::pools::PgConn;
+use crate::pools::Db;
 use proto::domain::v1 as pb;
 use tenant_model::LeadStatus;
 use tokio_postgres::Row;
@@ -38,7 +38,7 @@ fn db(e: tokio_postgres::Error) -> RouterError {
 }
 
 /// Creates or updates the lead with this phone's canonical WhatsApp id.
-pub async fn upsert(c: &mut PgConn, req: pb::UpsertLeadRequest) -> Result<pb::Lead, RouterError> {
+pub async fn upsert(c: &Db<'_>, req: pb::UpsertLeadRequest) -> Result<pb::Lead, RouterError> {
     let wa_id = canonical_wa_id(&req.phone).ok_or_else(|| {
         RouterError::InvalidArgument(format!(
             "invalid phone {:?}: expected 8 to 15 digits",
@@ -70,7 +70,6 @@ pub async fn upsert(c: &mut PgConn, req: pb::UpsertLeadRequest) -> Result<pb::Le
         .await
         .map_err(db)?;
     let row = c
-        .client
         .query_one(&stmt, &[&wa_id, &raw, &name, &source, &req.tags])
         .await
         .map_err(db)?;
@@ -78,7 +77,7 @@ pub async fn upsert(c: &mut PgConn, req: pb::UpsertLeadRequest) -> Result<pb::Le
 }
 
 /// One lead by id or phone.
-pub async fn get(c: &mut PgConn, req: pb::GetLeadRequest) -> Result<pb::Lead, RouterError> {
+pub async fn get(c: &Db<'_>, req: pb::GetLeadRequest) -> Result<pb::Lead, RouterError> {
     let row = match req.key {
         Some(pb::get_lead_request::Key::Id(i)) => {
             let i = id(i, "id")?;
@@ -90,7 +89,7 @@ pub async fn get(c: &mut PgConn, req: pb::GetLeadRequest) -> Result<pb::Lead, Ro
                 ))
                 .await
                 .map_err(db)?;
-            c.client.query_opt(&stmt, &[&i]).await.map_err(db)?
+            c.query_opt(&stmt, &[&i]).await.map_err(db)?
         }
         Some(pb::get_lead_request::Key::Phone(p)) => {
             let wa_id = canonical_wa_id(&p)
@@ -103,7 +102,7 @@ pub async fn get(c: &mut PgConn, req: pb::GetLeadRequest) -> Result<pb::Lead, Ro
                 ))
                 .await
                 .map_err(db)?;
-            c.client.query_opt(&stmt, &[&wa_id]).await.map_err(db)?
+            c.query_opt(&stmt, &[&wa_id]).await.map_err(db)?
         }
         None => return Err(RouterError::InvalidArgument("give an id or a phone".into())),
     };
@@ -113,7 +112,7 @@ pub async fn get(c: &mut PgConn, req: pb::GetLeadRequest) -> Result<pb::Lead, Ro
 
 /// A page of leads, by id, optionally of one status.
 pub async fn list(
-    c: &mut PgConn,
+    c: &Db<'_>,
     req: pb::ListLeadsRequest,
 ) -> Result<pb::ListLeadsResponse, RouterError> {
     let limit = page_size(req.page_size)?;
@@ -128,7 +127,6 @@ pub async fn list(
         .await
         .map_err(db)?;
     let rows = c
-        .client
         .query(&stmt, &[&st, &after, &(limit + 1)])
         .await
         .map_err(db)?;
@@ -143,7 +141,7 @@ pub async fn list(
 
 /// Sets a lead's status.
 pub async fn update_status(
-    c: &mut PgConn,
+    c: &Db<'_>,
     req: pb::UpdateLeadStatusRequest,
 ) -> Result<pb::Lead, RouterError> {
     let i = id(req.id, "id")?;
@@ -155,7 +153,7 @@ pub async fn update_status(
         ))
         .await
         .map_err(db)?;
-    let row = c.client.query_opt(&stmt, &[&i, &st]).await.map_err(db)?;
+    let row = c.query_opt(&stmt, &[&i, &st]).await.map_err(db)?;
     row.map(|r| lead(&r))
         .ok_or_else(|| RouterError::NotFound("lead not found".into()))
 }

@@ -17,10 +17,10 @@ pub use settings::{settings_cache, SettingsCache, SettingsService};
 use crate::error::RouterError;
 use crate::metrics::Metrics;
 use crate::path::{Permission, TenantPath};
-use crate::pools::PgConn;
+use crate::pools::{Db, PgConn};
 use crate::routes::CachedRoute;
 use crate::routes::RouteKey;
-use caller_auth::{Claims, Kind, Verifier};
+use caller_auth::{Claims, Kind};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +33,7 @@ pub struct CallContext {
     /// Routes, status, pools: the way to a tenant's database.
     pub path: Arc<TenantPath>,
     /// Verifies callers' tokens (public key only).
-    pub tokens: Verifier,
+    pub tokens: crate::tokens::Tokens,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Deadline of calls that carry none.
@@ -44,10 +44,21 @@ pub struct CallContext {
     pub inbox: Arc<crate::inbox::Inbox>,
 }
 
-/// A tenant-scoped operation on one connection: `(connection, tenant sector, request)`.
-pub type Op<T, R> = Box<
-    dyn for<'c> FnOnce(&'c mut PgConn, Sector, T) -> BoxFuture<'c, Result<R, RouterError>> + Send,
->;
+/// A tenant-scoped operation: `(connection, tenant sector, request)`.
+pub enum Op<T, R> {
+    /// Single statements, each its own transaction: on a shared (pipelined) connection.
+    Statements(StatementsOp<T, R>),
+    /// A transaction: on a connection of its own.
+    Transaction(TransactionOp<T, R>),
+}
+
+/// What an operation returns.
+type Done<'c, R> = BoxFuture<'c, Result<R, RouterError>>;
+/// Single statements on a call's view of a shared connection.
+pub type StatementsOp<T, R> = Box<dyn for<'c> FnOnce(&'c Db<'c>, Sector, T) -> Done<'c, R> + Send>;
+/// A transaction on a connection of the call's own.
+pub type TransactionOp<T, R> =
+    Box<dyn for<'c> FnOnce(&'c mut PgConn, Sector, T) -> Done<'c, R> + Send>;
 
 impl CallContext {
     /// Runs `op` for the tenant the call names, with every check of the pipeline.
@@ -112,15 +123,23 @@ impl CallContext {
                 .before_write(tenant_id, &cached.route.server)
                 .await;
         }
-        let result = self
-            .path
-            .run(
-                cached,
-                permission.access(),
-                deadline,
-                async move |conn, sector| op(conn, sector, message).await,
-            )
-            .await;
+        let access = permission.access();
+        let result = match op {
+            Op::Statements(op) => {
+                self.path
+                    .run(cached, access, deadline, async move |db, sector| {
+                        op(db, sector, message).await
+                    })
+                    .await
+            }
+            Op::Transaction(op) => {
+                self.path
+                    .run_exclusive(cached, access, deadline, async move |conn, sector| {
+                        op(conn, sector, message).await
+                    })
+                    .await
+            }
+        };
         if permission == Permission::Write && result.is_ok() {
             // Its events (messages, statuses, leads) go to the event log.
             self.inbox.wake(tenant_id);

@@ -1,7 +1,8 @@
 //! The domain services: each method is one tenant-scoped operation run through
-//! [`CallContext::run`].
+//! [`CallContext::run`]: single statements on a shared (pipelined) connection, transactions
+//! on one of their own.
 
-use super::CallContext;
+use super::{CallContext, Op};
 use crate::domain::{catalog, conversations, leads};
 use crate::path::Permission;
 use proto::domain::v1 as pb;
@@ -14,7 +15,7 @@ macro_rules! op {
             $method,
             Permission::$access,
             $req,
-            Box::new(|c, _sector, m| Box::pin($f(c, m))),
+            Op::Statements(Box::new(|c, _sector, m| Box::pin($f(c, m)))),
         )
         .await
     };
@@ -23,7 +24,16 @@ macro_rules! op {
             $method,
             Permission::$access,
             $req,
-            Box::new(|c, sector, m| Box::pin($f(c, sector, m))),
+            Op::Statements(Box::new(|c, sector, m| Box::pin($f(c, sector, m)))),
+        )
+        .await
+    };
+    ($ctx:expr, $method:literal, $access:ident, $req:expr, transaction sector $f:path) => {
+        $ctx.run(
+            $method,
+            Permission::$access,
+            $req,
+            Op::Transaction(Box::new(|c, sector, m| Box::pin($f(c, sector, m)))),
         )
         .await
     };
@@ -119,6 +129,6 @@ impl pb::catalog_server::Catalog for CatalogService {
         &self,
         r: Request<pb::UpsertItemRequest>,
     ) -> Result<Response<pb::CatalogItem>, Status> {
-        op!(self.0, "UpsertItem", WriteCatalog, r, sector catalog::upsert)
+        op!(self.0, "UpsertItem", WriteCatalog, r, transaction sector catalog::upsert)
     }
 }

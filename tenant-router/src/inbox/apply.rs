@@ -552,7 +552,7 @@ impl Workers {
         };
         let (stored, events) = self
             .path
-            .run(
+            .run_exclusive(
                 Arc::clone(route),
                 Access::Deliver,
                 deadline,

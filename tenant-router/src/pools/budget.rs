@@ -295,6 +295,12 @@ impl ServerBudget {
         true
     }
 
+    /// Whether calls wait for this budget or it owes permits: connections held by busy
+    /// tenants should pass through the pool's checks (see `lanes`).
+    pub fn pressed(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0 || self.debt.owed.load(Ordering::Relaxed) > 0
+    }
+
     /// Permits kept free ahead of need.
     fn reserve(&self) -> usize {
         (self.limit() / 16).max(1) as usize

@@ -8,7 +8,7 @@ use crate::error::RouterError;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -23,7 +23,10 @@ const BACKEND_EXIT_WAIT: Duration = Duration::from_secs(2);
 pub struct PgConn {
     /// The connection.
     pub client: Client,
-    statements: HashMap<&'static str, Statement>,
+    statements: Mutex<HashMap<&'static str, Statement>>,
+    /// The session's `statement_timeout` in milliseconds as last set (`None`: not known);
+    /// its lock is held while a statement and its limit are queued (see `session`).
+    session: Mutex<Option<u32>>,
     server_addr: Arc<(String, u16)>,
 }
 
@@ -54,14 +57,24 @@ impl PgConn {
         }
     }
 
-    /// A prepared statement for `sql`, prepared once per connection.
-    pub async fn prepare(&mut self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(s) = self.statements.get(sql) {
+    /// A prepared statement for `sql`, prepared once per connection (calls sharing the
+    /// connection may both prepare it the first time; either statement works).
+    pub async fn prepare(&self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements().get(sql) {
             return Ok(s.clone());
         }
         let s = self.client.prepare(sql).await?;
-        self.statements.insert(sql, s.clone());
+        self.statements().insert(sql, s.clone());
         Ok(s)
+    }
+
+    fn statements(&self) -> MutexGuard<'_, HashMap<&'static str, Statement>> {
+        self.statements.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session's statement time limit as last set; held while queueing a statement.
+    pub(crate) fn session_limit(&self) -> MutexGuard<'_, Option<u32>> {
+        self.session.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -312,7 +325,8 @@ impl deadpool::managed::Manager for TenantManager {
         tokio::spawn(connection);
         Ok(PgConn {
             client,
-            statements: HashMap::new(),
+            statements: Mutex::new(HashMap::new()),
+            session: Mutex::new(None),
             server_addr: Arc::clone(&self.server_addr),
         })
     }

@@ -4,10 +4,14 @@
 //! ones when their calls return them, so in-flight calls finish.
 
 mod budget;
+mod lanes;
 mod manager;
+mod session;
 
 pub use budget::{BudgetPermit, ServerBudget};
+pub use lanes::Shared;
 pub use manager::{Canceller, ConnectError, PgConn, TenantManager};
+pub use session::{limit_for, Db};
 
 use crate::config;
 use crate::error::RouterError;
@@ -15,6 +19,7 @@ use crate::metrics::Metrics;
 use deadpool::managed::{Object, Pool, PoolError};
 use proto::control::v1 as pb;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +33,8 @@ pub struct TenantPool {
     pub pool: Pool<TenantManager>,
     pub version: i64,
     pub server: Arc<ServerBudget>,
+    /// Connections shared by pipelined calls now (see `lanes`).
+    lanes: lanes::Lanes,
 }
 
 /// Every tenant pool of this router and the servers' budgets.
@@ -176,16 +183,20 @@ impl Pools {
             pool,
             version: route.version,
             server,
+            lanes: lanes::Lanes::default(),
         }))
     }
 
-    /// A connection to the tenant's database, waiting at most until `deadline`.
+    /// Whether single-statement calls share connections (`pools.pipeline_depth` above 0).
+    pub fn pipelining(&self) -> bool {
+        self.cfg.pipeline_depth > 0
+    }
+
+    /// A connection of the tenant's own, waiting at most until `deadline` (for calls that
+    /// need a transaction).
     pub async fn get(&self, route: &pb::Route, deadline: Instant) -> Result<Conn, GetError> {
         let pool = self.pool(route).await.map_err(GetError::Other)?;
-        pool.pool
-            .manager()
-            .uses
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        pool.pool.manager().uses.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let mut pause = SATURATED_PAUSE_MIN;
         let got = loop {
@@ -198,30 +209,96 @@ impl Pools {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(SATURATED_PAUSE_MAX);
                 }
-                other => break other,
+                Ok(got) => break got,
+                Err(_) => return Err(self.gave_up(started)),
             }
         };
+        self.handed(started, got)
+    }
+
+    /// A place for a single-statement call on one of the tenant's connections, shared
+    /// with other such calls (see `lanes`), waiting at most until `deadline`.
+    pub async fn shared(&self, route: &pb::Route, deadline: Instant) -> Result<Shared, GetError> {
+        let pool = self.pool(route).await.map_err(GetError::Other)?;
+        pool.pool.manager().uses.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let depth = self.cfg.pipeline_depth;
+        let stuck = Duration::from_millis(self.cfg.stuck_after_ms);
+        let now = deadpool::managed::Timeouts {
+            wait: Some(Duration::ZERO),
+            ..Default::default()
+        };
+        let mut pause = SATURATED_PAUSE_MIN;
+        loop {
+            if let lanes::Pick::Joined(s) = pool.pick(depth, stuck, false) {
+                self.observe_handed(started, false);
+                return Ok(s);
+            }
+            // An idle connection, a new one within the budget's slack, or (for a tenant
+            // with none) one the budget frees for it.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, pool.pool.timeout_get(&now)).await {
+                Ok(Err(PoolError::Backend(ConnectError::Saturated) | PoolError::Timeout(_))) => {
+                    if let lanes::Pick::Joined(s) = pool.pick(depth, stuck, true) {
+                        self.observe_handed(started, false);
+                        return Ok(s);
+                    }
+                    // Every lane is stuck and no connection is to be had: look again soon.
+                    if Instant::now() + pause >= deadline {
+                        return Err(self.gave_up(started));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(SATURATED_PAUSE_MAX);
+                }
+                Ok(got) => return Ok(pool.open_lane(self.handed(started, got)?)),
+                Err(_) => return Err(self.gave_up(started)),
+            }
+        }
+    }
+
+    fn observe_handed(&self, started: Instant, opened: bool) {
         self.metrics
             .connection_wait
             .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .connections_handed
+            .with_label_values(&[if opened { "opened" } else { "reused" }])
+            .inc();
+    }
+
+    fn gave_up(&self, started: Instant) -> GetError {
+        self.metrics
+            .connection_wait
+            .observe(started.elapsed().as_secs_f64());
+        GetError::Other(RouterError::ResourceExhausted(
+            "no connection to the tenant database became free before the deadline".into(),
+        ))
+    }
+
+    /// What the pool gave, counted in the metrics.
+    fn handed(
+        &self,
+        started: Instant,
+        got: Result<Conn, PoolError<ConnectError>>,
+    ) -> Result<Conn, GetError> {
         match got {
-            Ok(Ok(conn)) => {
-                let opened = Object::metrics(&conn).recycle_count == 0;
-                self.metrics
-                    .connections_handed
-                    .with_label_values(&[if opened { "opened" } else { "reused" }])
-                    .inc();
+            Ok(conn) => {
+                self.observe_handed(started, Object::metrics(&conn).recycle_count == 0);
                 Ok(conn)
             }
-            Ok(Err(PoolError::Backend(ConnectError::Auth))) => Err(GetError::Auth),
-            Ok(Err(PoolError::Backend(e))) => Err(GetError::Other(e.into())),
-            Ok(Err(PoolError::Closed)) => Err(GetError::Other(RouterError::Unavailable(
-                "tenant pool closed; retry".into(),
-            ))),
-            Ok(Err(e)) => Err(GetError::Other(RouterError::Internal(format!("pool: {e}")))),
-            Err(_) => Err(GetError::Other(RouterError::ResourceExhausted(
-                "no connection to the tenant database became free before the deadline".into(),
-            ))),
+            Err(e) => {
+                self.metrics
+                    .connection_wait
+                    .observe(started.elapsed().as_secs_f64());
+                Err(match e {
+                    PoolError::Backend(ConnectError::Auth) => GetError::Auth,
+                    PoolError::Backend(e) => GetError::Other(e.into()),
+                    PoolError::Closed => GetError::Other(RouterError::Unavailable(
+                        "tenant pool closed; retry".into(),
+                    )),
+                    e => GetError::Other(RouterError::Internal(format!("pool: {e}"))),
+                })
+            }
         }
     }
 
