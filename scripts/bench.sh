@@ -6,7 +6,7 @@
 # everything up itself (two PostgreSQL servers, control plane, routers, PgBouncer), tears it
 # down, writes target/bench/results.json and the router section of docs/BENCHMARKS.md.
 #
-#   scripts/bench.sh [--quick] [--seconds N] [--callers 1,8,32] [--tenants N] [--cold N]
+#   scripts/bench.sh [--quick] [--seconds N] [--many-seconds N] [--callers 1,8,32] [--tenants N] [--cold N]
 #                    [--routes N] [--warm-pools N] [--only hot,many,cold,memory]
 #   scripts/bench.sh --only backup [--backup-tenants 1000] [--backup-traffic 100]
 #     (router traffic while the whole fleet is backed up, against plain pg_dump; asked for

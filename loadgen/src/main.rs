@@ -47,6 +47,9 @@ fn args() -> Result<Args> {
         };
         match flag.as_str() {
             "--seconds" => settings.seconds = value.parse().context("--seconds: not a number")?,
+            "--many-seconds" => {
+                settings.many_seconds = value.parse().context("--many-seconds: not a number")?
+            }
             "--callers" => {
                 settings.callers = value
                     .split(',')
@@ -70,7 +73,7 @@ fn args() -> Result<Args> {
             "--out" => out = value.into(),
             "--machine" => machine = value.clone(),
             _ => bail!(
-                "unknown flag {flag}; flags: --quick --seconds N --callers 1,8,32 --tenants N \
+                "unknown flag {flag}; flags: --quick --seconds N --many-seconds N --callers 1,8,32 --tenants N \
                  --cold N --routes N --warm-pools N --backup-tenants N --backup-traffic N --only hot,many,cold,memory,backup \
                  --out FILE --machine TEXT"
             ),
@@ -79,9 +82,10 @@ fn args() -> Result<Args> {
     if settings.many_tenants < 2
         || settings.backup_tenants < 2
         || settings.seconds <= 0.0
+        || settings.many_seconds <= 0.0
         || settings.callers.is_empty()
     {
-        bail!("--tenants and --backup-tenants must be at least 2, --seconds positive, --callers not empty");
+        bail!("--tenants and --backup-tenants must be at least 2, --seconds and --many-seconds positive, --callers not empty");
     }
     Ok(Args {
         settings,

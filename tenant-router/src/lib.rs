@@ -17,8 +17,8 @@ pub mod path;
 pub mod pools;
 pub mod revocations;
 pub mod routes;
-pub mod tokens;
 pub mod server;
+pub mod tokens;
 pub mod usage;
 pub mod webhook;
 

@@ -76,7 +76,10 @@ mod tests {
         };
         let token = signer.sign(&claims(now_secs() + 600)).unwrap();
         for _ in 0..2 {
-            assert_eq!(tokens.verify_any(&token, &[Kind::Caller]).unwrap().jti, "t1");
+            assert_eq!(
+                tokens.verify_any(&token, &[Kind::Caller]).unwrap().jti,
+                "t1"
+            );
             // Remembered, and still refused where another kind is asked for.
             assert!(matches!(
                 tokens.verify_any(&token, &[Kind::User]),

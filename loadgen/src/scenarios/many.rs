@@ -1,7 +1,9 @@
 //! Many tenants over two servers, Zipf traffic, the router held to each server's budget.
 
 use super::{seed_all, touch_all, Settings};
-use crate::measure::{best_hit_ratio, run, ConnectionSampler, Measured, Workload, Zipf};
+use crate::measure::{
+    best_hit_ratio, expected_best_hit_ratio, run, ConnectionSampler, Measured, Workload, Zipf,
+};
 use crate::ops::{ConnPool, Fixture, RouterClients, Target};
 use crate::report::Report;
 use crate::stack::{Bouncer, Stack, BUDGET};
@@ -46,11 +48,6 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
     eprintln!("many tenants: {n} created in {created:.1} s, seeded");
     let zipf = Zipf::new(n, S);
     let (top10, top160) = (zipf.mass(10), zipf.mass(160));
-    let workload = Arc::new(Workload::Zipf {
-        tenants: tenants.to_vec(),
-        zipf,
-    });
-    let token = stack.token()?;
     // Each tenant's server (by position in the stack), for the best hit ratio.
     let server_of: Vec<usize> = routes
         .iter()
@@ -62,6 +59,12 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
                 .unwrap_or(0)
         })
         .collect();
+    let expected = expected_best_hit_ratio(&zipf, &server_of, BUDGET as usize);
+    let workload = Arc::new(Workload::Zipf {
+        tenants: tenants.to_vec(),
+        zipf,
+    });
+    let token = stack.token()?;
     let warmup = Duration::from_secs(1);
     let callers = s.many_callers;
     let mut cells = Vec::new();
@@ -107,13 +110,13 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
             Arc::clone(&workload),
             callers,
             warmup,
-            s.seconds,
+            s.many_seconds,
         )
         .await;
         let sampled = sampler.finish().await?;
         let max_connections: Vec<i64> = sampled.iter().map(|s| s.0).collect();
-        let connections_opened_per_sec =
-            sampled.iter().map(|s| s.1).sum::<i64>() as f64 / (s.seconds + warmup.as_secs_f64());
+        let connections_opened_per_sec = sampled.iter().map(|s| s.1).sum::<i64>() as f64
+            / (s.many_seconds + warmup.as_secs_f64());
         let (pool_hit_ratio, connection_hit_ratio) = match (&router, before) {
             (Some(r), Some(((h0, m0), (r0, o0)))) => {
                 let (h1, m1) = pool_counts(r).await?;
@@ -157,7 +160,7 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
          `CreateTenant` (4 at a time) took {created:.0} s.\n",
         top10 * 100.0,
         top160 * 100.0,
-        s.seconds,
+        s.many_seconds,
     ));
     let rows: Vec<Measured> = cells.iter().map(|c| c.measured.clone()).collect();
     report.modes_table(
@@ -194,14 +197,19 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
                 "Connection hit ratio (calls that found their tenant's connection open): router \
                  {:.2}%; the best fixed choice on the router's own trace (each server's {BUDGET} \
                  connections kept for its {BUDGET} most called tenants) {:.2}%: {gap:.1} points \
-                 {} (target: within 5).\n",
+                 {} (target: within 5). Knowing the distribution instead of the trace, the \
+                 best fixed choice gets {:.2}% ({:.1} points from the router): a short trace \
+                 flatters the trace-based figure, which keeps exactly the rarely called tenants \
+                 that happened to be called.\n",
                 hit * 100.0,
                 r.best_hit_ratio * 100.0,
                 if gap <= 5.0 {
                     "behind, met"
                 } else {
                     "behind, MISSED"
-                }
+                },
+                expected * 100.0,
+                (expected - hit) * 100.0,
             ));
         }
     }

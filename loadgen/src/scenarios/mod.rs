@@ -21,6 +21,9 @@ pub struct Settings {
     pub many_tenants: usize,
     /// Callers of the many-tenant scenario.
     pub many_callers: usize,
+    /// Measured seconds per cell of the many-tenant scenario: long enough that which
+    /// tenants are rarely called can be told (a short trace flatters the best fixed choice).
+    pub many_seconds: f64,
     /// Fresh tenants per mode in the cold-start scenario.
     pub cold_tenants: usize,
     /// Routes the memory scenario caches.
@@ -40,6 +43,7 @@ impl Settings {
             callers: vec![1, 8, 32],
             many_tenants: 2000,
             many_callers: 32,
+            many_seconds: 60.0,
             cold_tenants: 40,
             routes: 10_000,
             warm_pools: 1000,
@@ -52,6 +56,7 @@ impl Settings {
         Settings {
             seconds: 2.0,
             many_tenants: 200,
+            many_seconds: 3.0,
             cold_tenants: 10,
             warm_pools: 200,
             backup_tenants: 100,

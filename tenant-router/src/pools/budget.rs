@@ -303,7 +303,7 @@ impl ServerBudget {
 
     /// Permits kept free ahead of need.
     fn reserve(&self) -> usize {
-        (self.limit() / 16).max(1) as usize
+        (self.limit() / 32).max(1) as usize
     }
 
     fn keep_reserve(&self, tenant: i64) {
@@ -339,13 +339,12 @@ impl ServerBudget {
         }
     }
 
-    /// Halves every pool's use count (called every second): recent use weighs most.
+    /// Decays every pool's use count (called every second): recent use weighs most.
     pub fn decay_uses(&self) {
         let mut map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, w| w.upgrade().is_some());
         for pool in map.values().filter_map(|w| w.upgrade()) {
-            let uses = &pool.manager().uses;
-            uses.store(uses.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
+            pool.manager().decay_uses();
         }
     }
 
@@ -390,7 +389,7 @@ impl ServerBudget {
         let used = |m: &deadpool::managed::Metrics| m.recycled.unwrap_or(m.created);
         // A pool's surplus first (least recently used): a tenant keeping one connection
         // saves a new one later. Else the sole connection of the tenant used least lately
-        // (uses decay by half every second), so a stream of rarely seen tenants takes
+        // (uses decay by a 32nd every second), so a stream of rarely seen tenants takes
         // connections from each other rather than from the regulars.
         let mut surplus: Option<(Instant, usize)> = None;
         let mut coldest: Option<(u64, Instant, usize)> = None;

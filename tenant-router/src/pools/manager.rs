@@ -130,6 +130,9 @@ where
     })
 }
 
+/// What one call adds to a tenant's use count (so that decay keeps fractions of a call).
+const USE_WEIGHT: u64 = 256;
+
 /// Opens connections for one tenant.
 pub struct TenantManager {
     pub(crate) pg: tokio_postgres::Config,
@@ -140,7 +143,9 @@ pub struct TenantManager {
     pub(crate) server_addr: Arc<(String, u16)>,
     /// The tenant's connections, open or opening.
     pub(crate) live: Arc<AtomicUsize>,
-    /// Calls for the tenant lately (halved every second; see `ServerBudget::decay_uses`).
+    /// Calls for the tenant lately, [`USE_WEIGHT`] each, a 32nd forgotten every second (see
+    /// `ServerBudget::decay_uses`): calls of the last 22 seconds weigh half. Rarely called
+    /// tenants are told apart only over a long window.
     pub(crate) uses: AtomicU64,
     /// TLS to the server, verified against the configured CA (`None`: plaintext).
     pub(crate) tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
@@ -240,6 +245,20 @@ impl Drop for Socket {
             .await;
             drop(permit);
         });
+    }
+}
+
+impl TenantManager {
+    /// Counts a call for the tenant.
+    pub(crate) fn note_use(&self) {
+        self.uses.fetch_add(USE_WEIGHT, Ordering::Relaxed);
+    }
+
+    /// Forgets a 32nd of the tenant's use count (called every second).
+    pub(crate) fn decay_uses(&self) {
+        let _ = self
+            .uses
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| Some(u - u / 32));
     }
 }
 

@@ -19,7 +19,6 @@ use crate::metrics::Metrics;
 use deadpool::managed::{Object, Pool, PoolError};
 use proto::control::v1 as pb;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -196,7 +195,7 @@ impl Pools {
     /// need a transaction).
     pub async fn get(&self, route: &pb::Route, deadline: Instant) -> Result<Conn, GetError> {
         let pool = self.pool(route).await.map_err(GetError::Other)?;
-        pool.pool.manager().uses.fetch_add(1, Ordering::Relaxed);
+        pool.pool.manager().note_use();
         let started = Instant::now();
         let mut pause = SATURATED_PAUSE_MIN;
         let got = loop {
@@ -220,7 +219,7 @@ impl Pools {
     /// with other such calls (see `lanes`), waiting at most until `deadline`.
     pub async fn shared(&self, route: &pb::Route, deadline: Instant) -> Result<Shared, GetError> {
         let pool = self.pool(route).await.map_err(GetError::Other)?;
-        pool.pool.manager().uses.fetch_add(1, Ordering::Relaxed);
+        pool.pool.manager().note_use();
         let started = Instant::now();
         let depth = self.cfg.pipeline_depth;
         let stuck = Duration::from_millis(self.cfg.stuck_after_ms);
