@@ -756,6 +756,76 @@ async fn pipelined_calls_keep_their_own_deadlines() {
     }
 }
 
+/// A transaction needs a connection of its own: on a tenant whose one connection is kept
+/// busy by pipelined calls, it still gets it well before its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_is_not_starved_by_pipelined_calls() {
+    let pg = pg_harness::PgServer::start().unwrap();
+    let plane = Plane::start().await;
+    plane.add_server("busy", &pg, 20).await;
+    plane.create("rt-busy", "servicos", "busy").await;
+    let router = Router::start(&plane, &[("TENANT_ROUTER__POOLS__MAX_PER_TENANT", "1")]).await;
+    let token = plane_token_all();
+    let ch = router.channel().await;
+    LeadsClient::new(ch.clone())
+        .upsert_lead(call(upsert("5511900000010", "busy"), "rt-busy", &token))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..32 {
+        let (mut leads, token, stop) = (LeadsClient::new(ch.clone()), token.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut done = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let req = dm::GetLeadRequest {
+                    key: Some(dm::get_lead_request::Key::Phone("5511900000010".into())),
+                };
+                leads.get_lead(call(req, "rt-busy", &token)).await.unwrap();
+                done += 1;
+            }
+            done
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut catalog = CatalogClient::new(ch.clone());
+    for i in 0..3 {
+        let mut req = call(
+            dm::UpsertItemRequest {
+                item: Some(dm::CatalogItem {
+                    sku: format!("SVC-{i}"),
+                    name: "Instalação".into(),
+                    price_cents: 10_000,
+                    active: true,
+                    ..Default::default()
+                }),
+            },
+            "rt-busy",
+            &token,
+        );
+        req.set_timeout(Duration::from_secs(2));
+        let started = std::time::Instant::now();
+        catalog
+            .upsert_item(req)
+            .await
+            .expect("the transaction got the tenant's connection");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.unwrap() > 10, "the reads kept going");
+    }
+    assert_eq!(
+        tenant_connections(&pg).await,
+        1,
+        "one connection served them all"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoints_and_graceful_shutdown() {
     let plane = Plane::start().await;

@@ -11,7 +11,8 @@
 //! the budget's rules (closing for others, debt) apply as for any returned connection; a
 //! lane on a server where calls wait for the budget (or the grant went down) is retired
 //! after [`RETIRE_AFTER`] so that its connection goes through them too. Calls that need a
-//! transaction check out a connection of their own (`Pools::get`).
+//! transaction check out a connection of their own (`Pools::get`); while one waits for it,
+//! the tenant's lanes are retired and pipelined calls open none, so one comes back.
 
 use super::{Conn, PgConn, TenantPool};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -96,6 +97,31 @@ impl TenantPool {
     /// Lanes open now.
     pub fn lanes(&self) -> usize {
         lock(&self.lanes.0).len()
+    }
+
+    /// No lane takes new calls: they drain and their connections go back to the pool.
+    pub(crate) fn retire_lanes(&self) {
+        lock(&self.lanes.0).clear();
+    }
+
+    /// Counts a call waiting for a connection of its own while the guard lives.
+    pub(crate) fn exclusive_waiting(self: &Arc<Self>) -> ExclusiveWaiting {
+        self.exclusive.fetch_add(1, Ordering::Relaxed);
+        ExclusiveWaiting(Arc::clone(self))
+    }
+
+    /// Whether a call waits for a connection of its own.
+    pub(crate) fn exclusive_waits(&self) -> bool {
+        self.exclusive.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// A call waiting for a connection of its own (see `TenantPool::exclusive_waiting`).
+pub struct ExclusiveWaiting(Arc<TenantPool>);
+
+impl Drop for ExclusiveWaiting {
+    fn drop(&mut self) {
+        self.0.exclusive.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

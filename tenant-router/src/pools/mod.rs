@@ -26,6 +26,12 @@ use std::time::{Duration, Instant};
 /// `ConnectError::Saturated`).
 const SATURATED_PAUSE_MIN: Duration = Duration::from_micros(500);
 const SATURATED_PAUSE_MAX: Duration = Duration::from_millis(4);
+/// Take a pool slot only if one is free now (the callers wait in their own loops).
+const NO_WAIT: deadpool::managed::Timeouts = deadpool::managed::Timeouts {
+    wait: Some(Duration::ZERO),
+    create: None,
+    recycle: None,
+};
 
 /// A tenant's pool and the route version it was built from.
 pub struct TenantPool {
@@ -34,6 +40,8 @@ pub struct TenantPool {
     pub server: Arc<ServerBudget>,
     /// Connections shared by pipelined calls now (see `lanes`).
     lanes: lanes::Lanes,
+    /// Calls waiting for a connection of their own (a transaction).
+    exclusive: std::sync::atomic::AtomicUsize,
 }
 
 /// Every tenant pool of this router and the servers' budgets.
@@ -183,6 +191,7 @@ impl Pools {
             version: route.version,
             server,
             lanes: lanes::Lanes::default(),
+            exclusive: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
@@ -192,19 +201,26 @@ impl Pools {
     }
 
     /// A connection of the tenant's own, waiting at most until `deadline` (for calls that
-    /// need a transaction).
+    /// need a transaction). While it waits, the tenant's pipelined calls take no new
+    /// connection and its lanes take no new calls, so a busy tenant's shared connections
+    /// drain and one comes back for it.
     pub async fn get(&self, route: &pb::Route, deadline: Instant) -> Result<Conn, GetError> {
         let pool = self.pool(route).await.map_err(GetError::Other)?;
         pool.pool.manager().note_use();
         let started = Instant::now();
         let mut pause = SATURATED_PAUSE_MIN;
+        let mut waiting = None;
         let got = loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, pool.pool.get()).await {
-                // No budget to grow: one of the tenant's own connections will come back.
-                Ok(Err(PoolError::Backend(ConnectError::Saturated)))
-                    if Instant::now() + pause < deadline =>
-                {
+            match tokio::time::timeout(remaining, pool.pool.timeout_get(&NO_WAIT)).await {
+                // Every connection busy and no budget to grow: one of the tenant's own
+                // connections will come back.
+                Ok(Err(PoolError::Backend(ConnectError::Saturated) | PoolError::Timeout(_))) => {
+                    if Instant::now() + pause >= deadline {
+                        return Err(self.gave_up(started));
+                    }
+                    waiting.get_or_insert_with(|| pool.exclusive_waiting());
+                    pool.retire_lanes();
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(SATURATED_PAUSE_MAX);
                 }
@@ -223,20 +239,25 @@ impl Pools {
         let started = Instant::now();
         let depth = self.cfg.pipeline_depth;
         let stuck = Duration::from_millis(self.cfg.stuck_after_ms);
-        let now = deadpool::managed::Timeouts {
-            wait: Some(Duration::ZERO),
-            ..Default::default()
-        };
         let mut pause = SATURATED_PAUSE_MIN;
         loop {
             if let lanes::Pick::Joined(s) = pool.pick(depth, stuck, false) {
                 self.observe_handed(started, false);
                 return Ok(s);
             }
+            if pool.exclusive_waits() {
+                // A transaction waits for one of the tenant's connections: leave them to it.
+                if Instant::now() + pause >= deadline {
+                    return Err(self.gave_up(started));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(SATURATED_PAUSE_MAX);
+                continue;
+            }
             // An idle connection, a new one within the budget's slack, or (for a tenant
             // with none) one the budget frees for it.
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, pool.pool.timeout_get(&now)).await {
+            match tokio::time::timeout(remaining, pool.pool.timeout_get(&NO_WAIT)).await {
                 Ok(Err(PoolError::Backend(ConnectError::Saturated) | PoolError::Timeout(_))) => {
                     if let lanes::Pick::Joined(s) = pool.pick(depth, stuck, true) {
                         self.observe_handed(started, false);
