@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{call, eventually, tenant_connections, upsert, Plane, Router};
+use common::{
+    active_statements, call, eventually, lock_leads, tenant_connections, upsert, Plane, Router,
+};
 use proto::domain::v1 as dm;
 use proto::domain::v1::catalog_client::CatalogClient;
 use proto::domain::v1::conversations_client::ConversationsClient;
@@ -574,14 +576,7 @@ async fn deadlines_cancel_queries_and_a_dead_server_is_unavailable() {
         .unwrap();
 
     // A lock held elsewhere makes the write wait; the caller's deadline cancels it.
-    let blocker = pg
-        .connect(&plane.database_of("rt-echo").await)
-        .await
-        .unwrap();
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE leads IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let blocker = lock_leads(&pg, &plane, "rt-echo").await;
     let mut req = call(upsert("5511933334444", "late"), "rt-echo", &token);
     req.set_timeout(Duration::from_millis(300));
     let err = leads.upsert_lead(req).await.unwrap_err();
@@ -590,13 +585,7 @@ async fn deadlines_cancel_queries_and_a_dead_server_is_unavailable() {
         "{err:?}"
     );
     let cancelled = eventually(Duration::from_secs(3), || async {
-        let c = pg.connect("postgres").await.unwrap();
-        let waiting: i64 = c
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_login\\_%' AND state = 'active'", &[])
-            .await
-            .unwrap()
-            .get(0);
-        waiting == 0
+        active_statements(&pg).await == 0
     })
     .await;
     assert!(cancelled, "the query was cancelled on the server");
@@ -636,18 +625,6 @@ async fn deadlines_cancel_queries_and_a_dead_server_is_unavailable() {
     );
 }
 
-/// Router backends of the tenant's login role running a statement now.
-async fn active_statements(pg: &pg_harness::PgServer) -> i64 {
-    let c = pg.connect("postgres").await.unwrap();
-    c.query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_login\\_%' AND state = 'active'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
 /// Single-statement calls share a connection (pipelined); a caller's deadline stops its own
 /// statement on the server and no other caller's, and a stuck connection takes no new calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,14 +644,7 @@ async fn pipelined_calls_keep_their_own_deadlines() {
         .await
         .unwrap();
 
-    let blocker = pg
-        .connect(&plane.database_of("rt-pipe").await)
-        .await
-        .unwrap();
-    blocker
-        .batch_execute("BEGIN; LOCK TABLE leads IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let blocker = lock_leads(&pg, &plane, "rt-pipe").await;
     let write = |phone: &'static str, ms: u64| {
         let mut leads = LeadsClient::new(ch.clone());
         let token = token.clone();

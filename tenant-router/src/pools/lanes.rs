@@ -43,18 +43,15 @@ impl Lane {
 #[derive(Default)]
 pub struct Lanes(Mutex<Vec<Arc<Lane>>>);
 
-/// What looking at a tenant's lanes found.
-pub enum Pick {
-    /// Joined a lane.
-    Joined(Shared),
-    /// No lane may take the call now (each full or stuck, or none at all).
-    Busy,
-}
-
 impl TenantPool {
     /// Joins the least loaded lane that is not stuck (see `stuck`), if it holds fewer than
-    /// `depth` calls (any number when `force`).
-    pub(crate) fn pick(self: &Arc<Self>, depth: usize, stuck_after: Duration, force: bool) -> Pick {
+    /// `depth` calls (any number when `force`); `None` when no lane may take the call now.
+    pub(crate) fn pick(
+        self: &Arc<Self>,
+        depth: usize,
+        stuck_after: Duration,
+        force: bool,
+    ) -> Option<Shared> {
         let now = Instant::now();
         let pressed = self.server.pressed();
         let mut lanes = lock(&self.lanes.0);
@@ -68,13 +65,13 @@ impl TenantPool {
         match best {
             Some(l) if force || l.calls.load(Ordering::Relaxed) < depth => {
                 l.calls.fetch_add(1, Ordering::Relaxed);
-                Pick::Joined(Shared {
+                Some(Shared {
                     pool: Arc::clone(self),
                     lane: Arc::clone(l),
                     finished: false,
                 })
             }
-            _ => Pick::Busy,
+            _ => None,
         }
     }
 

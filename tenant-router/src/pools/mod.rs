@@ -241,7 +241,7 @@ impl Pools {
         let stuck = Duration::from_millis(self.cfg.stuck_after_ms);
         let mut pause = SATURATED_PAUSE_MIN;
         loop {
-            if let lanes::Pick::Joined(s) = pool.pick(depth, stuck, false) {
+            if let Some(s) = pool.pick(depth, stuck, false) {
                 self.observe_handed(started, false);
                 return Ok(s);
             }
@@ -259,7 +259,7 @@ impl Pools {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(remaining, pool.pool.timeout_get(&NO_WAIT)).await {
                 Ok(Err(PoolError::Backend(ConnectError::Saturated) | PoolError::Timeout(_))) => {
-                    if let lanes::Pick::Joined(s) = pool.pick(depth, stuck, true) {
+                    if let Some(s) = pool.pick(depth, stuck, true) {
                         self.observe_handed(started, false);
                         return Ok(s);
                     }

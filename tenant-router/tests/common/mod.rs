@@ -629,14 +629,35 @@ pub fn upsert(phone: &str, name: &str) -> dm::UpsertLeadRequest {
 
 /// Connections tenant roles hold to a server right now.
 pub async fn tenant_connections(pg: &pg_harness::PgServer) -> i64 {
+    login_backends(pg, "true").await
+}
+
+/// Backends of tenants' login roles running a statement now.
+pub async fn active_statements(pg: &pg_harness::PgServer) -> i64 {
+    login_backends(pg, "state = 'active'").await
+}
+
+async fn login_backends(pg: &pg_harness::PgServer, and: &str) -> i64 {
     let c = pg.connect("postgres").await.unwrap();
-    c.query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_login\\_%'",
-        &[],
-    )
-    .await
-    .unwrap()
-    .get(0)
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE '%\\_login\\_%' AND {and}"
+    );
+    c.query_one(&sql, &[]).await.unwrap().get(0)
+}
+
+/// Holds `LOCK TABLE leads` in the tenant's database (until the returned session ends it),
+/// so the router's writes to leads wait.
+pub async fn lock_leads(
+    pg: &pg_harness::PgServer,
+    plane: &Plane,
+    slug: &str,
+) -> tokio_postgres::Client {
+    let blocker = pg.connect(&plane.database_of(slug).await).await.unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE leads IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    blocker
 }
 
 pub use pg_harness::eventually;
