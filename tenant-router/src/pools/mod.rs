@@ -205,7 +205,7 @@ impl Pools {
     /// connection and its lanes take no new calls, so a busy tenant's shared connections
     /// drain and one comes back for it.
     pub async fn get(&self, route: &pb::Route, deadline: Instant) -> Result<Conn, GetError> {
-        let pool = self.pool(route).await.map_err(GetError::Other)?;
+        let mut pool = self.pool(route).await.map_err(GetError::Other)?;
         pool.pool.manager().note_use();
         let started = Instant::now();
         let mut pause = SATURATED_PAUSE_MIN;
@@ -224,6 +224,10 @@ impl Pools {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(SATURATED_PAUSE_MAX);
                 }
+                // The route changed meanwhile (its pool was closed): the current pool.
+                Ok(Err(PoolError::Closed)) if Instant::now() < deadline => {
+                    pool = self.pool(route).await.map_err(GetError::Other)?;
+                }
                 Ok(got) => break got,
                 Err(_) => return Err(self.gave_up(started)),
             }
@@ -234,7 +238,7 @@ impl Pools {
     /// A place for a single-statement call on one of the tenant's connections, shared
     /// with other such calls (see `lanes`), waiting at most until `deadline`.
     pub async fn shared(&self, route: &pb::Route, deadline: Instant) -> Result<Shared, GetError> {
-        let pool = self.pool(route).await.map_err(GetError::Other)?;
+        let mut pool = self.pool(route).await.map_err(GetError::Other)?;
         pool.pool.manager().note_use();
         let started = Instant::now();
         let depth = self.cfg.pipeline_depth;
@@ -269,6 +273,10 @@ impl Pools {
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(SATURATED_PAUSE_MAX);
+                }
+                // The route changed meanwhile (its pool was closed): the current pool.
+                Ok(Err(PoolError::Closed)) if Instant::now() < deadline => {
+                    pool = self.pool(route).await.map_err(GetError::Other)?;
                 }
                 Ok(got) => return Ok(pool.open_lane(self.handed(started, got)?)),
                 Err(_) => return Err(self.gave_up(started)),
