@@ -132,8 +132,9 @@ impl EventLog {
             *e = (*e).max(*c);
         }
         let conn = self.inbox.connection(|c| &c.reader).await?;
+        let ack = conn.prepare_cached(ACK).await.map_err(unavailable)?;
         for c in newest.values() {
-            conn.execute(ACK, &[&group, &c.partition, &c.xid.to_string(), &c.id])
+            conn.execute(&ack, &[&group, &c.partition, &c.xid.to_string(), &c.id])
                 .await
                 .map_err(unavailable)?;
         }
@@ -300,8 +301,9 @@ impl EventLog {
         let parts: Vec<i16> = positions.keys().copied().collect();
         let xids: Vec<String> = parts.iter().map(|p| positions[p].xid.to_string()).collect();
         let ids: Vec<i64> = parts.iter().map(|p| positions[p].id).collect();
+        let read = conn.prepare_cached(READ).await.map_err(unavailable)?;
         let rows = conn
-            .query(READ, &[&parts, &xids, &ids, &READ_BATCH])
+            .query(&read, &[&parts, &xids, &ids, &READ_BATCH])
             .await
             .map_err(unavailable)?;
         let mut out = Vec::with_capacity(rows.len());

@@ -239,9 +239,11 @@ impl Held {
     async fn release(self, key: i64, tenant_id: i64, marks_before: f64) -> Result<(), RouterError> {
         let relay: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tenant_id, &marks_before];
         let unlock: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        let c = self.get();
+        let (relayed, unlock_stmt) = (cached(c, RELAYED).await?, cached(c, UNLOCK).await?);
         let (relayed, unlocked) = futures_util::join!(
-            self.get().execute(RELAYED, &relay),
-            self.get().query_one(UNLOCK, &unlock)
+            c.execute(&relayed, &relay),
+            c.query_one(&unlock_stmt, &unlock)
         );
         relayed.map_err(ingest)?;
         unlocked.map_err(ingest)?;
@@ -319,7 +321,7 @@ impl Workers {
         let stale = self.stale_ms();
         let conn = self.inbox.connection(|c| &c.worker).await?;
         let rows = conn
-            .query(super::relay::STALE, &[&stale])
+            .query(&cached(&conn, super::relay::STALE).await?, &[&stale])
             .await
             .map_err(ingest)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -333,7 +335,10 @@ impl Workers {
     /// Tenants with pending rows this router may apply.
     async fn pending(&self) -> Result<Vec<i64>, RouterError> {
         let conn = self.inbox.connection(|c| &c.worker).await?;
-        let rows = conn.query(PENDING, &[]).await.map_err(ingest)?;
+        let rows = conn
+            .query(&cached(&conn, PENDING).await?, &[])
+            .await
+            .map_err(ingest)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -366,7 +371,7 @@ impl Workers {
         let limit = self.inbox.cfg.apply_rows;
         let conn = self.inbox.connection(|c| &c.worker).await?;
         let claimed = conn
-            .query(CLAIM, &[&key, &tenant_id, &limit])
+            .query(&cached(&conn, CLAIM).await?, &[&key, &tenant_id, &limit])
             .await
             .map_err(ingest)?;
         if !claimed.first().is_some_and(|r| r.get::<_, bool>(0)) {
@@ -441,9 +446,11 @@ impl Workers {
         ];
         let unlock: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
         // One round trip: the commit of the marks and events, then the unlock.
+        let c = conn.get();
+        let (finish, unlock_stmt) = (cached(c, FINISH).await?, cached(c, UNLOCK).await?);
         let (finished, unlocked) = futures_util::join!(
-            conn.get().query_one(FINISH, &params),
-            conn.get().query_one(UNLOCK, &unlock)
+            c.query_one(&finish, &params),
+            c.query_one(&unlock_stmt, &unlock)
         );
         finished.map_err(ingest)?;
         unlocked.map_err(ingest)?;
@@ -567,21 +574,29 @@ impl Workers {
                         }
                         None => None,
                     };
-                    let read = async |c: &tokio_postgres::Client| match c
-                        .query(OUTBOX, &[&OUTBOX_BATCH, &forget])
-                        .await
-                    {
-                        Ok(rows) => Ok(rows
-                            .iter()
-                            .map(|r| OutboxEvent {
-                                id: r.get(0),
-                                kind: r.get(1),
-                                data: r.get(2),
-                                at_ms: r.get(3),
-                            })
-                            .collect()),
-                        Err(e) if no_outbox(&e) => Ok(Vec::new()),
-                        Err(e) => Err(tenant_db(e)),
+                    // Prepared before the store (cached per connection), so the store and
+                    // the read still go out together; a database without an outbox yet
+                    // refuses the preparation.
+                    let outbox = match conn.prepare(OUTBOX).await {
+                        Ok(s) => Some(s),
+                        Err(e) if no_outbox(&e) => None,
+                        Err(e) => return Err(tenant_db(e)),
+                    };
+                    let read = async |c: &tokio_postgres::Client| match &outbox {
+                        None => Ok(Vec::new()),
+                        Some(outbox) => match c.query(outbox, &[&OUTBOX_BATCH, &forget]).await {
+                            Ok(rows) => Ok(rows
+                                .iter()
+                                .map(|r| OutboxEvent {
+                                    id: r.get(0),
+                                    kind: r.get(1),
+                                    data: r.get(2),
+                                    at_ms: r.get(3),
+                                })
+                                .collect()),
+                            Err(e) if no_outbox(&e) => Ok(Vec::new()),
+                            Err(e) => Err(tenant_db(e)),
+                        },
                     };
                     match (batch, stmts) {
                         // Messages only: the store and the outbox read in one round trip
@@ -702,6 +717,15 @@ fn permanent(e: &RouterError) -> bool {
         e,
         RouterError::InvalidArgument(_) | RouterError::AlreadyExists(_) | RouterError::NotFound(_)
     )
+}
+
+/// `sql` prepared on the ingest connection, once per connection (the statements of an
+/// apply run hundreds of times a second: no parse and plan each time).
+async fn cached(
+    conn: &deadpool_postgres::Object,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, RouterError> {
+    conn.prepare_cached(sql).await.map_err(ingest)
 }
 
 fn tenant_db(e: tokio_postgres::Error) -> RouterError {

@@ -74,7 +74,11 @@ impl Inbox {
         };
         let record = async {
             let conn = self.connection(|c| &c.worker).await?;
-            conn.execute(MARK, &[&tenant_id, &server])
+            let mark = conn
+                .prepare_cached(MARK)
+                .await
+                .map_err(|e| crate::error::RouterError::from_db(&e))?;
+            conn.execute(&mark, &[&tenant_id, &server])
                 .await
                 .map_err(|e| crate::error::RouterError::from_db(&e))
         };
