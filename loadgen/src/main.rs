@@ -25,6 +25,11 @@ const SCENARIOS: [&str; 5] = ["hot", "many", "cold", "memory", "backup"];
 /// What a run without `--only` measures (the fleet backup is asked for by name).
 const DEFAULT: [&str; 4] = ["hot", "many", "cold", "memory"];
 
+/// The flags `loadgen` takes.
+const USAGE: &str = "flags: --quick --seconds N --many-seconds N --callers 1,8,32 --tenants N \
+                 --cold N --routes N --warm-pools N --backup-tenants N --backup-traffic N --only hot,many,cold,memory,backup \
+                 --out FILE --machine TEXT";
+
 fn args() -> Result<Args> {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let mut settings = if raw.iter().any(|a| a == "--quick") {
@@ -38,6 +43,10 @@ fn args() -> Result<Args> {
     while let Some(flag) = it.next() {
         if flag == "--quick" {
             continue;
+        }
+        if flag == "--help" || flag == "-h" {
+            println!("loadgen {USAGE}");
+            std::process::exit(0);
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         let number = || {
@@ -72,11 +81,7 @@ fn args() -> Result<Args> {
             }
             "--out" => out = value.into(),
             "--machine" => machine = value.clone(),
-            _ => bail!(
-                "unknown flag {flag}; flags: --quick --seconds N --many-seconds N --callers 1,8,32 --tenants N \
-                 --cold N --routes N --warm-pools N --backup-tenants N --backup-traffic N --only hot,many,cold,memory,backup \
-                 --out FILE --machine TEXT"
-            ),
+            _ => bail!("unknown flag {flag}; {USAGE}"),
         }
     }
     if settings.many_tenants < 2

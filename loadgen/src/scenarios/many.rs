@@ -2,7 +2,7 @@
 
 use super::{seed_all, touch_all, Settings};
 use crate::measure::{
-    best_hit_ratio, expected_best_hit_ratio, run, ConnectionSampler, Measured, Workload, Zipf,
+    best_hit_ratio, expected_best_hit_ratio, run_while, ConnectionSampler, Measured, Workload, Zipf,
 };
 use crate::ops::{ConnPool, Fixture, RouterClients, Target};
 use crate::report::Report;
@@ -100,32 +100,38 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
         let t0 = Instant::now();
         let warm_failures = touch_all(&target, &tenants, 8).await;
         let warm_secs = t0.elapsed().as_secs_f64();
-        let before = match &router {
-            Some(r) => Some((pool_counts(r).await?, handed_counts(r).await?)),
-            None => None,
-        };
         let sampler = ConnectionSampler::start(&stack.servers, app).await?;
-        let measured = run(
+        // The router's counters are read when the measured window starts and ends, so its
+        // hit ratio covers the same calls as the trace the best fixed choice is computed on.
+        let counts = || async {
+            match &router {
+                Some(r) => {
+                    Ok::<_, anyhow::Error>(Some((pool_counts(r).await?, handed_counts(r).await?)))
+                }
+                None => Ok(None),
+            }
+        };
+        let (measured, window) = run_while(
             Arc::clone(&target),
             Arc::clone(&workload),
             callers,
             warmup,
-            s.many_seconds,
+            async {
+                let before = counts().await;
+                tokio::time::sleep(Duration::from_secs_f64(s.many_seconds)).await;
+                (before, counts().await)
+            },
         )
         .await;
         let sampled = sampler.finish().await?;
         let max_connections: Vec<i64> = sampled.iter().map(|s| s.0).collect();
         let connections_opened_per_sec = sampled.iter().map(|s| s.1).sum::<i64>() as f64
             / (s.many_seconds + warmup.as_secs_f64());
-        let (pool_hit_ratio, connection_hit_ratio) = match (&router, before) {
-            (Some(r), Some(((h0, m0), (r0, o0)))) => {
-                let (h1, m1) = pool_counts(r).await?;
-                let (r1, o1) = handed_counts(r).await?;
-                (
-                    Some((h1 - h0) / ((h1 - h0) + (m1 - m0)).max(1.0)),
-                    Some((r1 - r0) / ((r1 - r0) + (o1 - o0)).max(1.0)),
-                )
-            }
+        let (pool_hit_ratio, connection_hit_ratio) = match (window.0?, window.1?) {
+            (Some(((h0, m0), (r0, o0))), Some(((h1, m1), (r1, o1)))) => (
+                Some((h1 - h0) / ((h1 - h0) + (m1 - m0)).max(1.0)),
+                Some((r1 - r0) / ((r1 - r0) + (o1 - o0)).max(1.0)),
+            ),
             _ => (None, None),
         };
         let best_hit_ratio = best_hit_ratio(&measured.tenant_calls, &server_of, BUDGET as usize);
