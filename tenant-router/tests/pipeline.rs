@@ -178,6 +178,58 @@ async fn messages_of_a_conversation_are_stored_in_arrival_order() {
     assert_eq!(stored, sent);
 }
 
+/// A tenant whose database predates the outbox (its fleet migration is pending) still gets
+/// its deliveries stored: the outbox read is prepared per connection, and a database
+/// refusing that preparation is read as having no events, not as failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_to_a_tenant_without_an_outbox_yet_are_stored() {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 80).await;
+    tenant(&plane, "pl-antigo", "910000012").await;
+    let db = plane.database_of("pl-antigo").await;
+    pg.connect(&db)
+        .await
+        .unwrap()
+        .batch_execute(
+            "DROP TRIGGER eventos_mensagens_novas ON mensagens; \
+             DROP TRIGGER eventos_mensagens_status ON mensagens; \
+             DROP TRIGGER eventos_leads_novos ON leads; \
+             DROP TABLE eventos_saida",
+        )
+        .await
+        .unwrap();
+    let router = webhook_router(&plane).await;
+    for i in 0..3 {
+        let body = delivery(
+            "910000012",
+            json!([text_msg(
+                &format!("wamid.antigo.{i}"),
+                "5511977770001",
+                "oi"
+            )]),
+            json!([]),
+        );
+        assert_eq!(post_signed(&router.http, &body).await, 200);
+        // One apply per delivery: the second and third reuse the connection whose
+        // preparation failed.
+        plane.drained(Duration::from_secs(10)).await;
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM mensagens WHERE wamid LIKE 'wamid.antigo.%'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM leads").await,
+        1,
+        "one lead for the sender"
+    );
+}
+
 /// A directory client presenting `token`.
 async fn get_ingest(plane: &Plane, token: &str) -> Result<cp::IngestRoute, tonic::Status> {
     let mut dir = proto::control::v1::tenant_directory_client::TenantDirectoryClient::new(
