@@ -224,8 +224,10 @@ impl Pools {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(SATURATED_PAUSE_MAX);
                 }
-                // The route changed meanwhile (its pool was closed): the current pool.
+                // The route changed meanwhile (its pool was closed): the current pool,
+                // after a pause so a pool not yet replaced is not fetched in a busy loop.
                 Ok(Err(PoolError::Closed)) if Instant::now() < deadline => {
+                    tokio::time::sleep(SATURATED_PAUSE_MIN).await;
                     pool = self.pool(route).await.map_err(GetError::Other)?;
                 }
                 Ok(got) => break got,
@@ -274,8 +276,10 @@ impl Pools {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(SATURATED_PAUSE_MAX);
                 }
-                // The route changed meanwhile (its pool was closed): the current pool.
+                // The route changed meanwhile (its pool was closed): the current pool,
+                // after a pause so a pool not yet replaced is not fetched in a busy loop.
                 Ok(Err(PoolError::Closed)) if Instant::now() < deadline => {
+                    tokio::time::sleep(SATURATED_PAUSE_MIN).await;
                     pool = self.pool(route).await.map_err(GetError::Other)?;
                 }
                 Ok(got) => return Ok(pool.open_lane(self.handed(started, got)?)),
