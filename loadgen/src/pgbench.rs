@@ -1,8 +1,12 @@
-//! pgbench beside the load generator: select-only (`-S`), simple and extended protocol,
-//! direct and through the same PgBouncer, so a broken baseline shows itself. The load
-//! generator's PgBouncer row is checked against pgbench's ratio to direct.
+//! pgbench beside the load generator, direct and through the same PgBouncer, so a broken
+//! baseline shows itself: select-only (`-S`) on a pgbench database, and the load
+//! generator's own statement mix on the hot tenant's database (as the tenant). The load
+//! generator's PgBouncer row is checked against pgbench's ratio to direct on the same mix.
 
+use crate::ops::{Fixture, APPEND, GET_LEAD, LIST};
 use anyhow::{anyhow, Context, Result};
+use proto::control::v1::Route;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The pgbench database (`pgbench -i -s 1`) on one server.
@@ -11,9 +15,118 @@ pub struct PgbenchDb {
     pub database: String,
 }
 
+/// What pgbench runs, on which database, as whom.
+pub struct Job {
+    /// `select-only` (pgbench's `-S`) or `our mix` (names rows and connections).
+    pub script: &'static str,
+    database: String,
+    user: String,
+    password: String,
+    /// pgbench's script arguments.
+    args: Vec<String>,
+}
+
+impl PgbenchDb {
+    /// `pgbench -S` on this database, as the server's superuser.
+    pub fn select_only(&self) -> Job {
+        Job {
+            script: "select-only",
+            database: self.database.clone(),
+            user: pg_harness::SUPERUSER.into(),
+            password: pg_harness::SUPERUSER_PASSWORD.into(),
+            args: vec!["-S".into()],
+        }
+    }
+}
+
+/// The load generator's hot-tenant mix as pgbench scripts (removed when dropped): GetLead,
+/// AppendMessage and ListMessages in equal parts (by weight, where ours take turns), the
+/// same statements on the tenant's database as the tenant, client `k` listing its own
+/// conversation and appending to another, as caller `k` does (`measure.rs`).
+pub struct Mix {
+    dir: PathBuf,
+    route: Route,
+}
+
+impl Mix {
+    /// Writes the scripts for `fixture` (the hot tenant's, at `route`).
+    pub fn write(route: &Route, fixture: &Fixture) -> Result<Mix> {
+        let dir = std::env::temp_dir().join(format!("loadgen-pgbench-mix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mix = Mix {
+            dir,
+            route: route.clone(),
+        };
+        for (file, text) in mix_scripts(fixture)? {
+            std::fs::write(mix.dir.join(file), text)?;
+        }
+        Ok(mix)
+    }
+
+    /// pgbench running the mix.
+    pub fn job(&self) -> Job {
+        let args = MIX_FILES
+            .iter()
+            .flat_map(|f| ["-f".to_string(), format!("{}@1", self.dir.join(f).display())])
+            .collect();
+        Job {
+            script: "our mix",
+            database: self.route.database.clone(),
+            user: self.route.role.clone(),
+            password: self.route.password.clone(),
+            args,
+        }
+    }
+}
+
+impl Drop for Mix {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const MIX_FILES: [&str; 3] = ["get_lead.sql", "append.sql", "list.sql"];
+
+/// The mix's script files (name, text): the load generator's statements with pgbench
+/// variables for their parameters.
+fn mix_scripts(f: &Fixture) -> Result<[(&'static str, String); 3]> {
+    let n = f.conversations.len() as i64;
+    let first = *f.conversations.first().context("the fixture has no conversations")?;
+    if f.conversations.iter().zip(first..).any(|(c, want)| *c != want) {
+        return Err(anyhow!("the fixture's conversation ids are not consecutive"));
+    }
+    let half = n / 2;
+    Ok([
+        (
+            MIX_FILES[0],
+            format!("\\set lead {}\n{};\n", f.lead, GET_LEAD.replace("$1", ":lead")),
+        ),
+        (
+            MIX_FILES[1],
+            format!(
+                "\\set conv {first} + (:client_id + {half}) % {n}\n{};\n",
+                APPEND
+                    .replace("$1", ":conv")
+                    .replace("$2", "'mensagem de carga'")
+            ),
+        ),
+        (
+            MIX_FILES[2],
+            format!(
+                "\\set conv {first} + :client_id % {n}\n{};\n",
+                LIST.replace("$1", ":conv")
+                    .replace("$2", "0")
+                    .replace("$3", "21")
+            ),
+        ),
+    ])
+}
+
 /// One pgbench run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PgbenchRow {
+    /// `select-only` or `our mix`.
+    pub script: &'static str,
     /// `direct` or `pgbouncer`.
     pub target: &'static str,
     /// `simple`, `extended` or `prepared` (pgbench's `-M`).
@@ -54,11 +167,11 @@ pub async fn init(pg: &pg_harness::PgServer) -> Result<PgbenchDb> {
     })
 }
 
-/// Runs `pgbench -S -M protocol -c clients` for `seconds` against `port` (the server's or
+/// Runs `job` with `-M protocol -c clients` for `seconds` against `port` (the server's or
 /// PgBouncer's), sampling the server's connections to the database every 20 ms.
 pub async fn run(
     pg: &pg_harness::PgServer,
-    db: &PgbenchDb,
+    job: &Job,
     target: &'static str,
     port: u16,
     protocol: &'static str,
@@ -67,10 +180,13 @@ pub async fn run(
 ) -> Result<PgbenchRow> {
     let sampler = pg.connect("postgres").await?;
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let database = db.database.clone();
+    let database = job.database.clone();
     // PgBouncer names its server connections after the client (and keeps them between
     // runs): each run counts only its own.
-    let app = format!("pgbench-{target}-{protocol}-{clients}");
+    let app = format!(
+        "pgbench-{}-{target}-{protocol}-{clients}",
+        job.script.replace(' ', "-")
+    );
     let sampled_app = app.clone();
     let sampling = tokio::spawn(async move {
         let mut max = 0i64;
@@ -92,7 +208,9 @@ pub async fn run(
         }
     });
     let out = tokio::process::Command::new(pgbench_bin()?)
-        .args(["-n", "-S", "-M", protocol, "-h", "127.0.0.1", "-p"])
+        .args(["-n", "-M", protocol])
+        .args(&job.args)
+        .args(["-h", "127.0.0.1", "-p"])
         .arg(port.to_string())
         .arg("-c")
         .arg(clients.to_string())
@@ -100,8 +218,8 @@ pub async fn run(
         .arg(clients.min(2).to_string())
         .arg("-T")
         .arg((seconds.ceil() as u64).max(1).to_string())
-        .args(["-U", pg_harness::SUPERUSER, &db.database])
-        .env("PGPASSWORD", pg_harness::SUPERUSER_PASSWORD)
+        .args(["-U", &job.user, &job.database])
+        .env("PGPASSWORD", &job.password)
         .env("PGAPPNAME", &app)
         .output()
         .await
@@ -111,12 +229,14 @@ pub async fn run(
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         return Err(anyhow!(
-            "pgbench ({target}, {protocol}, {clients} clients) failed: {}{}",
+            "pgbench ({}, {target}, {protocol}, {clients} clients) failed: {}{}",
+            job.script,
             text,
             String::from_utf8_lossy(&out.stderr)
         ));
     }
     Ok(PgbenchRow {
+        script: job.script,
         target,
         protocol,
         clients,
@@ -152,6 +272,31 @@ mod tests {
         assert_eq!(field(out, "tps = ").unwrap(), 12345.678901);
         assert_eq!(field(out, "latency average = ").unwrap(), 0.081);
         assert!(field("nothing", "tps = ").is_err());
+    }
+
+    #[test]
+    fn the_mix_scripts_run_our_statements_with_pgbench_variables() {
+        let f = Fixture {
+            index: 0,
+            slug: "hot".into(),
+            lead: 7,
+            conversations: (11..75).collect(),
+        };
+        let [(_, get), (_, append), (_, list)] = mix_scripts(&f).unwrap();
+        assert_eq!(get, format!("\\set lead 7\n{};\n", GET_LEAD.replace("$1", ":lead")));
+        assert!(append.starts_with("\\set conv 11 + (:client_id + 32) % 64\n"), "{append}");
+        assert!(append.contains("VALUES (:conv, NULL, 'saida', 'text', 'mensagem de carga'"));
+        assert!(append.contains("WHERE id = :conv AND"), "{append}");
+        assert!(list.starts_with("\\set conv 11 + :client_id % 64\n"), "{list}");
+        assert!(list.contains("conversa_id = :conv AND id > 0 ORDER BY id LIMIT 21;"));
+        for s in [&get, &append, &list] {
+            assert!(!s.contains('$'), "a parameter left: {s}");
+        }
+        let gap = Fixture {
+            conversations: vec![11, 13],
+            ..f
+        };
+        assert!(mix_scripts(&gap).is_err());
     }
 
     #[test]

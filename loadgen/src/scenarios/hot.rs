@@ -24,6 +24,10 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
         .find(|p| u32::from(p.port) == routes[0].port)
         .context("the hot tenant's server")?;
     let bench_db = pgbench::init(server).await?;
+    let select_only = bench_db.select_only();
+    // pgbench running our own statements on the hot tenant's database, as the tenant.
+    let mix = pgbench::Mix::write(&routes[0], &fixture)?;
+    let our_mix = mix.job();
     let bouncer = Bouncer::start_with(&routes, POOL, &[(&bench_db.database, bench_db.port)])?;
     let router = stack.router(&[("POOLS__MAX_PER_TENANT", &POOL.to_string())])?;
     let token = stack.token()?;
@@ -57,20 +61,28 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
             conns.push((n, m.mode, used));
             cells.push(m);
         }
-        for (target, port, protocols) in [
+        let server_port = bench_db.port;
+        for (job, target, port, protocols) in [
             (
+                &select_only,
                 "direct",
-                bench_db.port,
+                server_port,
                 &["simple", "extended", "prepared"][..],
             ),
-            ("pgbouncer", bouncer.port, &["simple", "extended"][..]),
+            (
+                &select_only,
+                "pgbouncer",
+                bouncer.port,
+                &["simple", "extended"][..],
+            ),
+            (&our_mix, "direct", server_port, &["extended", "prepared"][..]),
+            (&our_mix, "pgbouncer", bouncer.port, &["extended"][..]),
         ] {
             for &protocol in protocols {
-                let row =
-                    pgbench::run(server, &bench_db, target, port, protocol, n, s.seconds).await?;
+                let row = pgbench::run(server, job, target, port, protocol, n, s.seconds).await?;
                 eprintln!(
-                    "hot tenant: pgbench -S -M {protocol} {target} {n} clients: {:.0} tps",
-                    row.tps
+                    "hot tenant: pgbench ({}) -M {protocol} {target} {n} clients: {:.0} tps",
+                    job.script, row.tps
                 );
                 bench_rows.push(row);
             }
@@ -105,9 +117,14 @@ pub struct BaselineCheck {
     pub callers: usize,
     /// Our PgBouncer row over our direct row.
     pub ours: f64,
-    /// pgbench through PgBouncer (extended protocol, unnamed statements, as ours) over
-    /// pgbench direct with prepared statements (as ours).
-    pub pgbench: f64,
+    /// pgbench running our statements through PgBouncer (extended protocol, unnamed
+    /// statements, as ours) over the same direct with prepared statements (as ours): the
+    /// ratio ours is checked against.
+    pub pgbench_mix: f64,
+    /// The same ratio for `pgbench -S` (one primary-key select), for comparison.
+    pub pgbench_select_only: f64,
+    /// Our direct and PgBouncer rows over pgbench's on the same statements and protocol.
+    pub ours_over_pgbench: (f64, f64),
     pub passed: bool,
 }
 
@@ -123,21 +140,34 @@ fn baseline_checks(cells: &[Measured], bench: &[PgbenchRow]) -> Vec<BaselineChec
                     .find(|c| c.callers == n && c.mode == mode)
                     .map(|c| c.ops_per_sec)
             };
-            let tps = |target: &str, protocol: &str| {
-                bench
-                    .iter()
-                    .find(|r| r.clients == n && r.target == target && r.protocol == protocol)
-                    .map(|r| r.tps)
-            };
             // Like for like: our direct row prepares its statements, our PgBouncer row sends
             // unnamed ones (transaction mode keeps no prepared statements).
+            let tps = |script: &str, target: &str, protocol: &str| {
+                bench
+                    .iter()
+                    .find(|r| {
+                        r.clients == n
+                            && r.script == script
+                            && r.target == target
+                            && r.protocol == protocol
+                    })
+                    .map(|r| r.tps)
+            };
+            let ratio = |script: &str| {
+                Some(tps(script, "pgbouncer", "extended")? / tps(script, "direct", "prepared")?)
+            };
             let ours = ops("pgbouncer")? / ops("direct")?;
-            let pgbench = tps("pgbouncer", "extended")? / tps("direct", "prepared")?;
+            let pgbench_mix = ratio("our mix")?;
             Some(BaselineCheck {
                 callers: n,
                 ours,
-                pgbench,
-                passed: pgbench::within_check(ours, pgbench),
+                pgbench_mix,
+                pgbench_select_only: ratio("select-only")?,
+                ours_over_pgbench: (
+                    ops("direct")? / tps("our mix", "direct", "prepared")?,
+                    ops("pgbouncer")? / tps("our mix", "pgbouncer", "extended")?,
+                ),
+                passed: pgbench::within_check(ours, pgbench_mix),
             })
         })
         .collect()
@@ -145,41 +175,55 @@ fn baseline_checks(cells: &[Measured], bench: &[PgbenchRow]) -> Vec<BaselineChec
 
 fn report_pgbench(report: &mut Report, rows: &[PgbenchRow], checks: &[BaselineCheck], pool: usize) {
     report.line(&format!(
-        "pgbench beside it (`pgbench -S`, the built-in select-only script on a scale-1 \
-         database on the same server, `-j` up to 2), direct and through the same PgBouncer \
-         (transaction mode, pool of {pool}):\n"
+        "pgbench beside it, direct and through the same PgBouncer (transaction mode, pool of \
+         {pool}), `-j` up to 2: `select-only` is `pgbench -S` (the built-in primary-key select on \
+         a scale-1 database on the same server, as the superuser); `our mix` is our three \
+         statements as pgbench scripts in equal parts, on the hot tenant's database as the \
+         tenant, each client listing its own conversation and appending to another (as ours):\n"
     ));
-    report.line("| clients | target | protocol | tps | latency avg | server conns | /direct |");
-    report.line("|---|---|---|---|---|---|---|");
+    report.line("| clients | script | target | protocol | tps | latency avg | server conns | /direct prepared |");
+    report.line("|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let direct = rows
+        let prepared = rows
             .iter()
-            .find(|d| d.clients == r.clients && d.protocol == r.protocol && d.target == "direct")
+            .find(|d| {
+                d.clients == r.clients
+                    && d.script == r.script
+                    && d.target == "direct"
+                    && d.protocol == "prepared"
+            })
             .map(|d| d.tps);
-        // pgbench's direct sessions are counted by application name below; PgBouncer keeps
-        // its own server connections open between runs.
-        let ratio = match (r.target, direct) {
-            ("pgbouncer", Some(d)) if d > 0.0 => format!("{:.2}x", r.tps / d),
+        let ratio = match prepared {
+            Some(d) if d > 0.0 && !(r.target == "direct" && r.protocol == "prepared") => {
+                format!("{:.2}x", r.tps / d)
+            }
             _ => String::new(),
         };
+        // pgbench's sessions are counted by application name; PgBouncer keeps its own
+        // server connections open between runs.
         report.line(&format!(
-            "| {} | {} | {} | {:.0} | {:.3} ms | {} | {ratio} |",
-            r.clients, r.target, r.protocol, r.tps, r.latency_ms, r.server_connections
+            "| {} | {} | {} | {} | {:.0} | {:.3} ms | {} | {ratio} |",
+            r.clients, r.script, r.target, r.protocol, r.tps, r.latency_ms, r.server_connections
         ));
     }
     report.line("");
     for c in checks {
         report.line(&format!(
-            "Baseline check, {} callers: our PgBouncer row is {:.2}x our direct row, pgbench's is \
-             {:.2}x ({}).",
+            "Baseline check, {} callers: our PgBouncer row is {:.2}x our direct row; pgbench on \
+             the same statements, PgBouncer (extended) over direct (prepared), is {:.2}x ({}). \
+             With `pgbench -S` the same ratio is {:.2}x. Our rows over pgbench's on the same \
+             statements: direct {:.2}x, PgBouncer {:.2}x.",
             c.callers,
             c.ours,
-            c.pgbench,
+            c.pgbench_mix,
             if c.passed {
                 "within 15%: passed"
             } else {
                 "more than 15% apart: this run FAILED its baseline check"
-            }
+            },
+            c.pgbench_select_only,
+            c.ours_over_pgbench.0,
+            c.ours_over_pgbench.1,
         ));
     }
     report.line("");
