@@ -67,7 +67,12 @@ impl Mix {
     pub fn job(&self) -> Job {
         let args = MIX_FILES
             .iter()
-            .flat_map(|f| ["-f".to_string(), format!("{}@1", self.dir.join(f).display())])
+            .flat_map(|f| {
+                [
+                    "-f".to_string(),
+                    format!("{}@1", self.dir.join(f).display()),
+                ]
+            })
             .collect();
         Job {
             script: "our mix",
@@ -91,15 +96,28 @@ const MIX_FILES: [&str; 3] = ["get_lead.sql", "append.sql", "list.sql"];
 /// variables for their parameters.
 fn mix_scripts(f: &Fixture) -> Result<[(&'static str, String); 3]> {
     let n = f.conversations.len() as i64;
-    let first = *f.conversations.first().context("the fixture has no conversations")?;
-    if f.conversations.iter().zip(first..).any(|(c, want)| *c != want) {
-        return Err(anyhow!("the fixture's conversation ids are not consecutive"));
+    let first = *f
+        .conversations
+        .first()
+        .context("the fixture has no conversations")?;
+    if f.conversations
+        .iter()
+        .zip(first..)
+        .any(|(c, want)| *c != want)
+    {
+        return Err(anyhow!(
+            "the fixture's conversation ids are not consecutive"
+        ));
     }
     let half = n / 2;
     Ok([
         (
             MIX_FILES[0],
-            format!("\\set lead {}\n{};\n", f.lead, GET_LEAD.replace("$1", ":lead")),
+            format!(
+                "\\set lead {}\n{};\n",
+                f.lead,
+                GET_LEAD.replace("$1", ":lead")
+            ),
         ),
         (
             MIX_FILES[1],
@@ -283,11 +301,20 @@ mod tests {
             conversations: (11..75).collect(),
         };
         let [(_, get), (_, append), (_, list)] = mix_scripts(&f).unwrap();
-        assert_eq!(get, format!("\\set lead 7\n{};\n", GET_LEAD.replace("$1", ":lead")));
-        assert!(append.starts_with("\\set conv 11 + (:client_id + 32) % 64\n"), "{append}");
+        assert_eq!(
+            get,
+            format!("\\set lead 7\n{};\n", GET_LEAD.replace("$1", ":lead"))
+        );
+        assert!(
+            append.starts_with("\\set conv 11 + (:client_id + 32) % 64\n"),
+            "{append}"
+        );
         assert!(append.contains("VALUES (:conv, NULL, 'saida', 'text', 'mensagem de carga'"));
         assert!(append.contains("WHERE id = :conv AND"), "{append}");
-        assert!(list.starts_with("\\set conv 11 + :client_id % 64\n"), "{list}");
+        assert!(
+            list.starts_with("\\set conv 11 + :client_id % 64\n"),
+            "{list}"
+        );
         assert!(list.contains("conversa_id = :conv AND id > 0 ORDER BY id LIMIT 21;"));
         for s in [&get, &append, &list] {
             assert!(!s.contains('$'), "a parameter left: {s}");

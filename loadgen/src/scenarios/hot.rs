@@ -75,7 +75,12 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
                 bouncer.port,
                 &["simple", "extended"][..],
             ),
-            (&our_mix, "direct", server_port, &["extended", "prepared"][..]),
+            (
+                &our_mix,
+                "direct",
+                server_port,
+                &["extended", "prepared"][..],
+            ),
             (&our_mix, "pgbouncer", bouncer.port, &["extended"][..]),
         ] {
             for &protocol in protocols {
