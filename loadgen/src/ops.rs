@@ -34,6 +34,11 @@ pub const APPEND: &str = "WITH m AS (INSERT INTO mensagens (conversa_id, wamid, 
 pub const LIST: &str = "SELECT id, conversa_id, coalesce(wamid, ''), direcao, tipo, coalesce(conteudo, ''), status, \
      (extract(epoch FROM enviada_em) * 1000)::int8 FROM mensagens WHERE conversa_id = $1 AND id > $2 ORDER BY id LIMIT $3";
 
+/// The text every AppendMessage writes.
+pub const APPEND_TEXT: &str = "mensagem de carga";
+/// ListMessages reads from the start of the conversation, this many rows.
+pub const LIST_LIMIT: i64 = 21;
+
 /// One tenant's data: leads with a conversation of 25 messages each.
 #[derive(Debug, Clone)]
 pub struct Fixture {
@@ -166,13 +171,13 @@ async fn pg_call(c: &PgClient, op: Op, lead: i64, conversation: i64) -> Result<(
         }
         (Op::AppendMessage, Some(s)) => {
             client
-                .query_one(&s[1], &[&conversation, &"mensagem de carga"])
+                .query_one(&s[1], &[&conversation, &APPEND_TEXT])
                 .await?;
         }
         (Op::ListMessages, Some(s)) => {
             ensure_rows(
                 client
-                    .query(&s[2], &[&conversation, &0i64, &21i64])
+                    .query(&s[2], &[&conversation, &0i64, &LIST_LIMIT])
                     .await?
                     .len(),
             )?;
@@ -185,10 +190,7 @@ async fn pg_call(c: &PgClient, op: Op, lead: i64, conversation: i64) -> Result<(
                 client
                     .query_typed(
                         APPEND,
-                        &[
-                            (&conversation, Type::INT8),
-                            (&"mensagem de carga", Type::TEXT),
-                        ],
+                        &[(&conversation, Type::INT8), (&APPEND_TEXT, Type::TEXT)],
                     )
                     .await?,
             )?;
@@ -200,7 +202,7 @@ async fn pg_call(c: &PgClient, op: Op, lead: i64, conversation: i64) -> Result<(
                     &[
                         (&conversation, Type::INT8),
                         (&0i64, Type::INT8),
-                        (&21i64, Type::INT8),
+                        (&LIST_LIMIT, Type::INT8),
                     ],
                 )
                 .await?;
@@ -274,7 +276,7 @@ impl RouterClients {
                 let m = dm::AppendMessageRequest {
                     conversation_id: conversation,
                     direction: proto::domain::v1::MessageDirection::Saida as i32,
-                    body: "mensagem de carga".into(),
+                    body: APPEND_TEXT.into(),
                     ..Default::default()
                 };
                 conv.append_message(self.request(m, tenant)?).await?;

@@ -3,7 +3,7 @@
 //! generator's own statement mix on the hot tenant's database (as the tenant). The load
 //! generator's PgBouncer row is checked against pgbench's ratio to direct on the same mix.
 
-use crate::ops::{Fixture, APPEND, GET_LEAD, LIST};
+use crate::ops::{Fixture, APPEND, APPEND_TEXT, GET_LEAD, LIST, LIST_LIMIT};
 use anyhow::{anyhow, Context, Result};
 use proto::control::v1::Route;
 use std::path::PathBuf;
@@ -125,7 +125,7 @@ fn mix_scripts(f: &Fixture) -> Result<[(&'static str, String); 3]> {
                 "\\set conv {first} + (:client_id + {half}) % {n}\n{};\n",
                 APPEND
                     .replace("$1", ":conv")
-                    .replace("$2", "'mensagem de carga'")
+                    .replace("$2", &format!("'{APPEND_TEXT}'"))
             ),
         ),
         (
@@ -134,7 +134,7 @@ fn mix_scripts(f: &Fixture) -> Result<[(&'static str, String); 3]> {
                 "\\set conv {first} + :client_id % {n}\n{};\n",
                 LIST.replace("$1", ":conv")
                     .replace("$2", "0")
-                    .replace("$3", "21")
+                    .replace("$3", &LIST_LIMIT.to_string())
             ),
         ),
     ])
