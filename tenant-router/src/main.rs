@@ -3,11 +3,6 @@
 use clap::Parser;
 use std::path::PathBuf;
 
-/// mimalloc instead of glibc's malloc: allocation and freeing were ~8% of the router's CPU
-/// under the hot-tenant benchmark (docs/BENCHMARKS.md, issue #15).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     version,
