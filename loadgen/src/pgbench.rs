@@ -7,7 +7,6 @@ use crate::ops::{Fixture, APPEND, APPEND_TEXT, GET_LEAD, LIST, LIST_LIMIT};
 use anyhow::{anyhow, Context, Result};
 use proto::control::v1::Route;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// The pgbench database (`pgbench -i -s 1`) on one server.
 pub struct PgbenchDb {
@@ -186,7 +185,8 @@ pub async fn init(pg: &pg_harness::PgServer) -> Result<PgbenchDb> {
 }
 
 /// Runs `job` with `-M protocol -c clients` for `seconds` against `port` (the server's or
-/// PgBouncer's), sampling the server's connections to the database every 20 ms.
+/// PgBouncer's), sampling the server's connections to the database every
+/// [`crate::measure::SAMPLE_EVERY`].
 pub async fn run(
     pg: &pg_harness::PgServer,
     job: &Job,
@@ -207,21 +207,24 @@ pub async fn run(
     );
     let sampled_app = app.clone();
     let sampling = tokio::spawn(async move {
+        // Prepared once, as the scenarios' sampler (`measure.rs`).
+        let count = sampler
+            .prepare(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND datname = $1 \
+                 AND application_name = $2",
+            )
+            .await?;
         let mut max = 0i64;
         loop {
             let n: i64 = sampler
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE backend_type = 'client backend' AND datname = $1 \
-                     AND application_name = $2",
-                    &[&database, &sampled_app],
-                )
+                .query_one(&count, &[&database, &sampled_app])
                 .await?
                 .get(0);
             max = max.max(n);
             tokio::select! {
                 _ = stopped.changed() => return Ok::<_, anyhow::Error>(max),
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = tokio::time::sleep(crate::measure::SAMPLE_EVERY) => {}
             }
         }
     });

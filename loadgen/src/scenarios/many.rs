@@ -2,7 +2,8 @@
 
 use super::{seed_all, touch_all, Settings};
 use crate::measure::{
-    best_hit_ratio, expected_best_hit_ratio, run_while, ConnectionSampler, Measured, Workload, Zipf,
+    best_hit_ratio, expected_best_hit_ratio, run_while, ConnectionSampler, Measured, Workload,
+    Zipf, SAMPLE_EVERY,
 };
 use crate::ops::{ConnPool, Fixture, RouterClients, Target};
 use crate::report::Report;
@@ -162,11 +163,12 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
          connections per server, {PER_TENANT} per tenant. PgBouncer: {PER_TENANT} per database \
          (it has no per-server limit). Direct: connections kept per tenant, no limit. \"max \
          conns\" is the most client connections to tenant databases each server had \
-         (`pg_stat_activity`, sampled every 20 ms). Creating the {n} tenants through \
+         (`pg_stat_activity`, sampled every {} ms). Creating the {n} tenants through \
          `CreateTenant` (4 at a time) took {created:.0} s.\n",
         top10 * 100.0,
         top160 * 100.0,
         s.many_seconds,
+        SAMPLE_EVERY.as_millis(),
     ));
     let rows: Vec<Measured> = cells.iter().map(|c| c.measured.clone()).collect();
     report.modes_table(
