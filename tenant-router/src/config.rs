@@ -111,6 +111,10 @@ pub struct Inbox {
     /// any router (the one that wrote it died before relaying).
     #[serde(default = "defaults::inbox_relay_window_ms")]
     pub relay_window_ms: u64,
+    /// Most relays of a tenant's domain-write events one apply start per this many
+    /// milliseconds: writes within it share one relay (0: a relay right after each write).
+    #[serde(default = "defaults::inbox_relay_every_ms")]
+    pub relay_every_ms: u64,
 }
 
 impl Default for Inbox {
@@ -128,6 +132,7 @@ impl Default for Inbox {
             apply_timeout_ms: defaults::inbox_apply_timeout_ms(),
             max_backoff_ms: defaults::inbox_max_backoff_ms(),
             relay_window_ms: defaults::inbox_relay_window_ms(),
+            relay_every_ms: defaults::inbox_relay_every_ms(),
         }
     }
 }
@@ -286,6 +291,9 @@ mod defaults {
     pub fn inbox_relay_window_ms() -> u64 {
         60_000
     }
+    pub fn inbox_relay_every_ms() -> u64 {
+        25
+    }
     pub fn usage_report_every_secs() -> u64 {
         30
     }
@@ -434,6 +442,9 @@ impl Config {
             || i.relay_window_ms == 0
         {
             return invalid("inbox.writers, readers, events_poll_ms, group_rows, queue, workers, apply_rows, poll_ms, apply_timeout_ms and relay_window_ms must be above 0");
+        }
+        if i.relay_every_ms >= i.relay_window_ms {
+            return invalid("inbox.relay_every_ms must be below inbox.relay_window_ms");
         }
         if i.cold_workers > i.workers {
             return invalid("inbox.cold_workers must be at most inbox.workers");

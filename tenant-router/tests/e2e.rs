@@ -935,6 +935,11 @@ async fn bad_router_configuration_is_refused() {
             "relay_window_ms must be above 0",
         ),
         (
+            "TENANT_ROUTER__INBOX__RELAY_EVERY_MS",
+            "60000",
+            "inbox.relay_every_ms must be below inbox.relay_window_ms",
+        ),
+        (
             "TENANT_ROUTER__INBOX__COLD_WORKERS",
             "99",
             "inbox.cold_workers must be at most inbox.workers",

@@ -142,7 +142,7 @@ impl CallContext {
         };
         if permission == Permission::Write && result.is_ok() {
             // Its events (messages, statuses, leads) go to the event log.
-            self.inbox.wake(tenant_id);
+            self.inbox.wake(tenant_id, crate::inbox::Wake::Events);
         }
         result
     }

@@ -1,8 +1,10 @@
 //! Workers: drain the inbox per tenant into its database.
 //!
-//! A tenant is ready when this router committed rows for it (woken at once) or a poll of
-//! the inbox finds it pending (rows written by other routers, or left by a failed apply
-//! once its backoff is over). Ready tenants are served round robin, at most
+//! A tenant is ready when this router committed rows for it (woken at once), a domain
+//! write through this router left events in its outbox (ready on its relay turn: at most
+//! one apply start per `inbox.relay_every_ms`, so a busy tenant's writes share relays) or
+//! a poll of the inbox finds it pending (rows written by other routers, or left by a
+//! failed apply once its backoff is over). Ready tenants are served round robin, at most
 //! `inbox.workers` at once and each by one worker at a time; an apply takes up to
 //! `inbox.apply_rows` of the tenant's oldest rows, so a busy tenant cannot hold the
 //! workers. Across routers, a transaction-scoped advisory lock on the tenant keeps one
@@ -19,12 +21,13 @@
 //! tenant's database refuses for good are tried one by one and the refused ones become
 //! dead letters. A tenant being restored is paused.
 
-use super::{is_data_error, Inbox};
+use super::{is_data_error, Inbox, Wake};
 use crate::error::RouterError;
 use crate::metrics::Metrics;
 use crate::path::{check_status, Access, TenantPath};
 use crate::routes::{CachedRoute, RouteKey, Unroutable};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tenant_model::{DeadLetterKind, WebhookSource};
@@ -135,8 +138,17 @@ struct Ready {
     running: HashSet<i64>,
     /// Running applies that had to open a connection.
     cold_running: HashSet<i64>,
-    /// Woken while running: ready again once its apply ends.
-    again: HashSet<i64>,
+    /// Woken while running: ready again once its apply ends (`true`: for inbox rows, at
+    /// once; `false`: for events only, on its relay turn).
+    again: HashMap<i64, bool>,
+    /// When each tenant's last apply started (recent ones only): a relay of domain-write
+    /// events waits until `relay_every` after it.
+    started: HashMap<i64, Instant>,
+    /// Tenants waiting for their relay turn, and when it comes (the heap may hold entries
+    /// of tenants no longer waiting: they were woken for rows meanwhile).
+    deferred: HashMap<i64, Instant>,
+    turns: BinaryHeap<Reverse<(Instant, i64)>>,
+    relay_every: Duration,
     /// Tenants whose database failed: failures in a row and when to try again. Wakes
     /// before then are ignored, so a tenant whose database is down costs one attempt
     /// per backoff, not one per delivery.
@@ -155,10 +167,55 @@ impl Ready {
                 return;
             }
         }
+        self.deferred.remove(&id);
         if self.running.contains(&id) {
-            self.again.insert(id);
+            self.again.insert(id, true);
         } else if self.queued.insert(id) {
             self.order.push_back(id);
+        }
+    }
+
+    /// Wakes a tenant for events of domain writes: ready at once unless an apply of it
+    /// started less than `relay_every` ago; then on its turn, so that one relay carries
+    /// the events of every write meanwhile.
+    fn push_events(&mut self, id: i64, now: Instant) {
+        if self.queued.contains(&id) || self.deferred.contains_key(&id) {
+            return;
+        }
+        if self.running.contains(&id) {
+            self.again.entry(id).or_insert(false);
+            return;
+        }
+        match self.started.get(&id).map(|at| *at + self.relay_every) {
+            Some(turn) if turn > now => {
+                self.deferred.insert(id, turn);
+                self.turns.push(Reverse((turn, id)));
+            }
+            _ => self.push(id),
+        }
+    }
+
+    /// When the next relay turn comes, if any tenant waits for one.
+    fn next_turn(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, id))) = self.turns.peek().copied() {
+            if self.deferred.get(&id) == Some(&at) {
+                return Some(at);
+            }
+            self.turns.pop();
+        }
+        None
+    }
+
+    /// Makes the tenants whose relay turn has come ready.
+    fn turns_due(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.turns.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.turns.pop();
+            if self.deferred.get(&id) == Some(&at) {
+                self.push(id);
+            }
         }
     }
 
@@ -191,6 +248,12 @@ impl Ready {
         }
         self.queued.remove(&id);
         self.running.insert(id);
+        let now = Instant::now();
+        if self.started.len() >= 4096 {
+            let every = self.relay_every;
+            self.started.retain(|_, at| now.duration_since(*at) < every);
+        }
+        self.started.insert(id, now);
         Some(id)
     }
 
@@ -208,8 +271,10 @@ impl Ready {
             return;
         }
         self.backoff.remove(&id);
-        if outcome == Outcome::More || (woken && outcome == Outcome::Done) {
-            self.push(id);
+        match (outcome, woken) {
+            (Outcome::More, _) | (Outcome::Done, Some(true)) => self.push(id),
+            (Outcome::Done, Some(false)) => self.push_events(id, Instant::now()),
+            _ => {}
         }
     }
 }
@@ -268,13 +333,14 @@ impl Drop for Held {
 
 impl Workers {
     /// Applies pending rows until `cancel` fires; applies under way are finished.
-    pub async fn run(self, mut wake: mpsc::Receiver<i64>, cancel: CancellationToken) {
+    pub async fn run(self, mut wake: mpsc::Receiver<(i64, Wake)>, cancel: CancellationToken) {
         let me = Arc::new(self);
         let mut queue = Ready {
             backoff_range: (
                 Duration::from_millis(FIRST_BACKOFF_MS as u64),
                 Duration::from_millis(me.inbox.cfg.max_backoff_ms),
             ),
+            relay_every: Duration::from_millis(me.inbox.cfg.relay_every_ms),
             ..Ready::default()
         };
         let mut applies: JoinSet<(i64, Outcome)> = JoinSet::new();
@@ -284,9 +350,16 @@ impl Workers {
         let mut sweep = tokio::time::interval(Duration::from_millis(window));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let turn = queue.next_turn();
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                Some(id) = wake.recv() => queue.push(id),
+                Some((id, why)) = wake.recv() => match why {
+                    Wake::Rows => queue.push(id),
+                    Wake::Events => queue.push_events(id, Instant::now()),
+                },
+                _ = tokio::time::sleep_until(turn.unwrap_or_else(Instant::now).into()), if turn.is_some() => {
+                    queue.turns_due(Instant::now());
+                }
                 _ = poll.tick() => match me.pending().await {
                     Ok(ids) => ids.into_iter().for_each(|id| queue.push(id)),
                     Err(e) => tracing::debug!(error = %e, "inbox poll failed"),
@@ -772,5 +845,49 @@ mod tests {
             None,
             "1 ended Later: back only when woken or polled"
         );
+    }
+
+    #[test]
+    fn events_of_writes_wait_for_their_relay_turn_and_rows_do_not() {
+        let every = Duration::from_millis(25);
+        let mut q = Ready {
+            relay_every: every,
+            ..Ready::default()
+        };
+        let warm = |_| true;
+        // Never applied: a write's events are relayed at once.
+        q.push_events(1, Instant::now());
+        assert_eq!(q.next(warm, 1), Some(1));
+        // Writes during the relay: one more relay, on its turn (not at once).
+        q.push_events(1, Instant::now());
+        q.push_events(1, Instant::now());
+        q.finished(1, Outcome::Done);
+        assert_eq!(q.next(warm, 1), None, "waits for its turn");
+        let turn = q.next_turn().expect("a turn is set");
+        let started = q.started[&1];
+        assert_eq!(turn, started + every);
+        q.turns_due(turn - Duration::from_millis(1));
+        assert_eq!(q.next(warm, 1), None, "not before its turn");
+        q.turns_due(turn);
+        assert_eq!(q.next(warm, 1), Some(1), "on its turn");
+        assert_eq!(q.next_turn(), None);
+        q.finished(1, Outcome::Done);
+        // Rows do not wait: they take the tenant out of its turn.
+        q.push_events(1, Instant::now());
+        assert!(q.next_turn().is_some());
+        q.push(1);
+        assert_eq!(q.next_turn(), None, "the stale turn is dropped");
+        assert_eq!(q.next(warm, 1), Some(1));
+        q.finished(1, Outcome::Done);
+        assert_eq!(
+            q.next(warm, 1),
+            None,
+            "applied once, not again on the old turn"
+        );
+        // A full batch goes on at once even within the turn.
+        q.push_events(2, Instant::now());
+        assert_eq!(q.next(warm, 1), Some(2));
+        q.finished(2, Outcome::More);
+        assert_eq!(q.next(warm, 1), Some(2));
     }
 }

@@ -77,8 +77,8 @@ pub struct Inbox {
     connections: RwLock<Option<Arc<Connections>>>,
     connecting: Mutex<()>,
     queue: mpsc::Sender<Submission>,
-    /// Tenants with freshly committed rows, for this router's workers.
-    wake: mpsc::Sender<i64>,
+    /// Tenants with freshly committed rows or events, for this router's workers.
+    wake: mpsc::Sender<(i64, Wake)>,
     /// Bumped whenever this router's workers recorded events (streams read at once).
     events: tokio::sync::watch::Sender<u64>,
     /// Tenants recorded before domain writes ([`relay`]).
@@ -88,7 +88,17 @@ pub struct Inbox {
 /// The receiving ends [`Inbox::new`] hands to the writer and the workers.
 pub struct Receivers {
     pub(crate) queue: mpsc::Receiver<Submission>,
-    pub(crate) wake: mpsc::Receiver<i64>,
+    pub(crate) wake: mpsc::Receiver<(i64, Wake)>,
+}
+
+/// Why the workers are woken for a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Inbox rows were committed: apply them now.
+    Rows,
+    /// A domain write left events in the tenant's outbox: relay them within
+    /// `inbox.relay_every_ms` (one relay carries every write's events meanwhile).
+    Events,
 }
 
 impl Inbox {
@@ -224,9 +234,10 @@ impl Inbox {
     }
 
     /// Tells this router's workers a tenant has fresh rows or events to relay (dropped
-    /// when they are busy: their poll finds pending rows anyway).
-    pub fn wake(&self, tenant_id: i64) {
-        let _ = self.wake.try_send(tenant_id);
+    /// when they are busy: their poll finds pending rows anyway, and a dropped relay goes
+    /// out with the tenant's next write or with the stale-mark sweep).
+    pub fn wake(&self, tenant_id: i64, why: Wake) {
+        let _ = self.wake.try_send((tenant_id, why));
     }
 }
 

@@ -2,7 +2,9 @@
 //! made the write dies before relaying them.
 //!
 //! A domain write's events land in the tenant's outbox in the write's own transaction;
-//! the router relays them to the event log right after the write (it wakes its workers).
+//! the router relays them to the event log soon after the write (it wakes its workers,
+//! which relay a tenant at most once per `inbox.relay_every_ms`: one relay carries the
+//! events of every write meanwhile).
 //! Before the write, the router records the tenant in the ingest database
 //! (`relay_pendentes`, at most once per half `inbox.relay_window_ms` per tenant, waiting
 //! for that commit). A record not renewed for three windows is stale: every write it

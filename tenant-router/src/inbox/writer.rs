@@ -78,7 +78,7 @@ fn finish(inbox: &Inbox, group: Vec<Submission>, result: Result<(), InboxError>)
     for s in group {
         if result.is_ok() {
             for r in &s.rows {
-                inbox.wake(r.tenant_id);
+                inbox.wake(r.tenant_id, super::Wake::Rows);
             }
         }
         let _ = s.done.send(result.clone());
