@@ -98,7 +98,9 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
          closed loop, {} s per cell after a 0.5 s warm-up; each caller on its own conversation. \
          Direct: one connection per caller with prepared statements. PgBouncer: transaction \
          mode, pool of {POOL}, unnamed statements. Router: pool of {POOL} for the tenant, one \
-         HTTP/2 connection per eight callers.\n",
+         HTTP/2 connection per eight callers; its AppendMessage calls also relay their events \
+         to the event log (the message pipeline: at most one relay of the tenant every 25 ms), \
+         which direct and PgBouncer do not do.\n",
         s.seconds
     ));
     report.modes_table(&cells, &["server conns"], |m| {
