@@ -111,7 +111,7 @@ pub struct Inbox {
     /// any router (the one that wrote it died before relaying).
     #[serde(default = "defaults::inbox_relay_window_ms")]
     pub relay_window_ms: u64,
-    /// Most relays of a tenant's domain-write events one apply start per this many
+    /// At most one relay of a tenant's domain-write events starts per this many
     /// milliseconds: writes within it share one relay (0: a relay right after each write).
     #[serde(default = "defaults::inbox_relay_every_ms")]
     pub relay_every_ms: u64,

@@ -195,27 +195,30 @@ impl Ready {
         }
     }
 
-    /// When the next relay turn comes, if any tenant waits for one.
-    fn next_turn(&mut self) -> Option<Instant> {
+    /// The earliest relay turn of a tenant still waiting for it (dropping stale ones).
+    fn first_turn(&mut self) -> Option<(Instant, i64)> {
         while let Some(Reverse((at, id))) = self.turns.peek().copied() {
             if self.deferred.get(&id) == Some(&at) {
-                return Some(at);
+                return Some((at, id));
             }
             self.turns.pop();
         }
         None
     }
 
+    /// When the next relay turn comes, if any tenant waits for one.
+    fn next_turn(&mut self) -> Option<Instant> {
+        self.first_turn().map(|(at, _)| at)
+    }
+
     /// Makes the tenants whose relay turn has come ready.
     fn turns_due(&mut self, now: Instant) {
-        while let Some(Reverse((at, id))) = self.turns.peek().copied() {
+        while let Some((at, id)) = self.first_turn() {
             if at > now {
                 break;
             }
             self.turns.pop();
-            if self.deferred.get(&id) == Some(&at) {
-                self.push(id);
-            }
+            self.push(id);
         }
     }
 
