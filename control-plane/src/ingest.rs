@@ -33,7 +33,7 @@ const MIGRATION_LOCK: i64 = 0x0069_6e67_5f6d_6967;
 const ROUTER_GRANTS: &str = "GRANT SELECT, INSERT ON inbox TO {r}; \
      GRANT UPDATE (aplicado_em, erro) ON inbox TO {r}; \
      GRANT SELECT, INSERT, UPDATE, DELETE ON inbox_atrasos TO {r}; \
-     GRANT EXECUTE ON FUNCTION serve_servidor(text) TO {r}; \
+     GRANT EXECUTE ON FUNCTION servidores_servidos() TO {r}; \
      GRANT SELECT, INSERT ON eventos TO {r}; \
      GRANT SELECT, INSERT, UPDATE ON cursores TO {r}; \
      GRANT SELECT, INSERT, UPDATE, DELETE ON membros TO {r}; \

@@ -371,6 +371,33 @@ async fn a_stolen_router_login_reaches_only_its_servers_inbox_rows() {
         0,
         "and cannot be deleted"
     );
+    // Events: the victim's (its delivery's message and lead) are invisible, and none can
+    // be written under its server; under its own server the login may write (the policy
+    // is not one that refuses everything).
+    let victims_events: i64 = common::ingest_client(&plane.ingest_url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM eventos WHERE empresa_id = $1",
+            &[&victim_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(victims_events >= 2, "the victim's events were recorded");
+    let seen: i64 = c
+        .query_one("SELECT count(*) FROM eventos", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 0, "another server's events are invisible");
+    let event = |server: &'static str| {
+        format!(
+            "INSERT INTO eventos (empresa_id, servidor, banco, origem_id, particao, tipo, dados, criado_em) \
+             VALUES ($1, '{server}', 'forjado', 1, 0, 'message.received', '{{}}', now())"
+        )
+    };
+    assert!(c.execute(&event("main"), &[&victim_id]).await.is_err());
+    c.execute(&event("other"), &[&-1_i64]).await.unwrap();
     assert!(
         c.batch_execute("CREATE TABLE x (a int)").await.is_err(),
         "no DDL"
