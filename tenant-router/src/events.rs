@@ -8,10 +8,13 @@
 //! their cursors, in `(xid, id)` order and only rows of transactions older than every one
 //! still running, so a row committed late can never fall behind a cursor. Delivery is at
 //! least once: what was sent but not acknowledged is sent again after a reconnect, and
-//! while the members of a group change, two of them may briefly share a partition.
+//! while the members of a group change, two of them may briefly share a partition. Only
+//! events relayed under their tenant's own server are delivered (see
+//! `EventLog::deliverable`).
 
 use crate::error::RouterError;
 use crate::inbox::Inbox;
+use crate::routes::RouteKey;
 use proto::domain::v1 as dm;
 use proto::model::ToWire;
 use std::collections::{HashMap, HashSet};
@@ -44,7 +47,7 @@ const START: &str = "INSERT INTO cursores (grupo, particao, xid, evento) \
 const CURSORS: &str = "SELECT particao, xid::text, evento FROM cursores \
      WHERE grupo = $1 AND particao = ANY($2)";
 const READ: &str = "SELECT e.particao, e.xid::text, e.id, e.empresa_id, e.tipo, e.dados, \
-       (extract(epoch FROM e.criado_em) * 1000)::int8 \
+       (extract(epoch FROM e.criado_em) * 1000)::int8, e.servidor \
      FROM unnest($1::int2[], $2::text[], $3::int8[]) AS c(p, x, i) \
      CROSS JOIN LATERAL (SELECT * FROM eventos e WHERE e.particao = c.p \
        AND (e.xid, e.id) > (c.x::xid8, c.i) \
@@ -114,6 +117,18 @@ pub struct Subscription {
     pub token_ids: Vec<String>,
 }
 
+/// One event as read from the log.
+struct LoggedEvent {
+    cursor: Cursor,
+    tenant_id: i64,
+    /// `None`: a kind this router does not know.
+    kind: Option<EventKind>,
+    data: String,
+    at_ms: i64,
+    /// The server it was relayed under.
+    server: String,
+}
+
 /// Reads the event log for subscribers and records their acknowledgements.
 pub struct EventLog {
     pub inbox: Arc<Inbox>,
@@ -181,27 +196,30 @@ impl EventLog {
                 match self.read(&positions).await {
                     Ok(events) => {
                         full = events.len() as i64 >= READ_BATCH;
-                        for (cursor, tenant_id, kind, data, at_ms) in events {
-                            positions.insert(cursor.partition, cursor);
-                            // A kind this router does not know yet (a newer one wrote it).
-                            let Some(kind) = kind else { continue };
-                            let wanted =
-                                sub.tenants.as_ref().is_none_or(|t| t.contains(&tenant_id))
-                                    && sub.kinds.as_ref().is_none_or(|k| k.contains(&kind));
-                            if !wanted {
-                                continue;
+                        for e in events {
+                            match self.deliverable(&sub, &e).await {
+                                Ok(Some(kind)) => {
+                                    let event = dm::Event {
+                                        cursor: e.cursor.token(),
+                                        tenant_id: e.tenant_id,
+                                        kind: kind.to_wire(),
+                                        data_json: e.data,
+                                        occurred_at_ms: e.at_ms,
+                                    };
+                                    if tx.send(Ok(event)).await.is_err() {
+                                        break;
+                                    }
+                                    self.metrics.events_streamed.inc();
+                                }
+                                Ok(None) => {}
+                                // Not passed over: read again after a pause.
+                                Err(err) => {
+                                    tracing::debug!(tenant = e.tenant_id, error = %err, "event stream cannot check an event's origin");
+                                    full = false;
+                                    break;
+                                }
                             }
-                            let event = dm::Event {
-                                cursor: cursor.token(),
-                                tenant_id,
-                                kind: kind.to_wire(),
-                                data_json: data,
-                                occurred_at_ms: at_ms,
-                            };
-                            if tx.send(Ok(event)).await.is_err() {
-                                break;
-                            }
-                            self.metrics.events_streamed.inc();
+                            positions.insert(e.cursor.partition, e.cursor);
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "event stream cannot read the log"),
@@ -291,12 +309,47 @@ impl EventLog {
         Ok(Some(moved))
     }
 
+    /// The event's kind if the subscription gets it: one of its tenants and kinds, a kind
+    /// this router knows (a newer one may have written it), and relayed under the server
+    /// its tenant lives on. Row-level security lets a router's login write events only under
+    /// the servers it serves, but for any tenant: a stolen login of a router for another
+    /// server could file forged events for a tenant it cannot reach. Those are passed over,
+    /// as the inbox passes over rows filed under another server. `Err` when the tenant's
+    /// route cannot be had now.
+    async fn deliverable(
+        &self,
+        sub: &Subscription,
+        e: &LoggedEvent,
+    ) -> Result<Option<EventKind>, RouterError> {
+        let Some(kind) = e.kind else { return Ok(None) };
+        let wanted = sub
+            .tenants
+            .as_ref()
+            .is_none_or(|t| t.contains(&e.tenant_id))
+            && sub.kinds.as_ref().is_none_or(|k| k.contains(&kind));
+        if !wanted {
+            return Ok(None);
+        }
+        let Ok(key) = RouteKey::id(e.tenant_id) else {
+            return Ok(None);
+        };
+        let home = match self.routes.get(&key).await {
+            Ok(route) => route,
+            Err(RouterError::TenantNotFound) => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        if home.route.server != e.server {
+            tracing::warn!(tenant = e.tenant_id, server = %e.server, "event filed under a server that is not the tenant's; not delivered");
+            return Ok(None);
+        }
+        Ok(Some(kind))
+    }
+
     /// The next events of the stream's partitions.
-    #[allow(clippy::type_complexity)]
     async fn read(
         &self,
         positions: &HashMap<i16, Cursor>,
-    ) -> Result<Vec<(Cursor, i64, Option<EventKind>, String, i64)>, RouterError> {
+    ) -> Result<Vec<LoggedEvent>, RouterError> {
         let conn = self.inbox.connection(|c| &c.reader).await?;
         let parts: Vec<i16> = positions.keys().copied().collect();
         let xids: Vec<String> = parts.iter().map(|p| positions[p].xid.to_string()).collect();
@@ -313,8 +366,14 @@ impl EventLog {
                 xid: r.get::<_, &str>(1).parse().unwrap_or(0),
                 id: r.get(2),
             };
-            let kind = EventKind::parse(r.get::<_, &str>(4)).ok();
-            out.push((cursor, r.get(3), kind, r.get(5), r.get(6)));
+            out.push(LoggedEvent {
+                cursor,
+                tenant_id: r.get(3),
+                kind: EventKind::parse(r.get::<_, &str>(4)).ok(),
+                data: r.get(5),
+                at_ms: r.get(6),
+                server: r.get(7),
+            });
         }
         Ok(out)
     }

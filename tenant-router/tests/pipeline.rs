@@ -254,7 +254,7 @@ async fn login(route: &cp::IngestRoute) -> Result<tokio_postgres::Client, tokio_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stolen_router_login_reaches_only_its_servers_inbox_rows() {
+async fn a_stolen_router_login_reaches_only_its_servers_rows_and_forges_no_event() {
     let pg = pg_harness::shared();
     let plane = Plane::start().await;
     plane.add_server("main", pg, 80).await;
@@ -393,11 +393,43 @@ async fn a_stolen_router_login_reaches_only_its_servers_inbox_rows() {
     let event = |server: &'static str| {
         format!(
             "INSERT INTO eventos (empresa_id, servidor, banco, origem_id, particao, tipo, dados, criado_em) \
-             VALUES ($1, '{server}', 'forjado', 1, 0, 'message.received', '{{}}', now())"
+             VALUES ($1, '{server}', 'forjado', $2, $3, 'message.received', '{{\"body\": \"pague aqui\"}}', now())"
         )
     };
-    assert!(c.execute(&event("main"), &[&victim_id]).await.is_err());
-    c.execute(&event("other"), &[&-1_i64]).await.unwrap();
+    let partition = tenant_router::events::partition(victim_id);
+    assert!(c
+        .execute(&event("main"), &[&victim_id, &1_i64, &partition])
+        .await
+        .is_err());
+    // Under its own server it may write events, for any tenant id: the victim's consumers
+    // never get those (nor does a bad tenant id stall their stream).
+    c.execute(&event("other"), &[&victim_id, &2_i64, &partition])
+        .await
+        .unwrap();
+    c.execute(&event("other"), &[&-1_i64, &3_i64, &partition])
+        .await
+        .unwrap();
+    let token = plane.token(&["pl-vitima"], false).await;
+    let bot = subscribe(&router, &token, "bot", &[]).await;
+    let later = delivery(
+        "910000021",
+        json!([text_msg("wamid.V2", "5511966660000", "depois")]),
+        json!([]),
+    );
+    assert_eq!(post_signed(&router.http, &later).await, 200);
+    // The delivery after the forgery arrived: the stream went past the forged event.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            bot.kinds_of(victim_id)
+                .iter()
+                .any(|(_, data)| data.contains("wamid.V2"))
+        })
+        .await,
+        "the victim's later message reached its consumer"
+    );
+    let got = bot.kinds_of(victim_id);
+    assert_eq!(got.len(), 3, "its lead and two messages: {got:?}");
+    assert!(got.iter().all(|(_, data)| !data.contains("pague aqui")));
     assert!(
         c.batch_execute("CREATE TABLE x (a int)").await.is_err(),
         "no DDL"
