@@ -15,18 +15,10 @@ CREATE FUNCTION servidores_servidos() RETURNS text[]
     AS $$ SELECT CASE WHEN EXISTS (SELECT 1 FROM public.escopos e WHERE e.papel = session_user)
                  THEN (SELECT e.servidores FROM public.escopos e WHERE e.papel = session_user)
                  ELSE '{}'::text[] END $$;
-REVOKE ALL ON FUNCTION servidores_servidos() FROM PUBLIC;
-
--- Router logins made before this migration: the control plane grants the function to new
--- ones (and again to these whenever it hands them their ingest route).
-DO $$
-DECLARE
-    login text;
-BEGIN
-    FOR login IN SELECT e.papel FROM escopos e JOIN pg_roles r ON r.rolname = e.papel LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION servidores_servidos() TO %I', login);
-    END LOOP;
-END $$;
+-- EXECUTE stays with PUBLIC (the default): the function tells a session only its own
+-- login's scope, and only router logins and the control plane may connect to this
+-- database. So a router login made during a rolling upgrade by a control plane of the
+-- previous version (which grants serve_servidor only) works too.
 
 -- A NULL list (every server) becomes the row's own server, which the row then matches.
 DROP POLICY roteador ON inbox;
@@ -42,4 +34,5 @@ DROP POLICY roteador ON relay_pendentes;
 CREATE POLICY roteador ON relay_pendentes
     USING (servidor = ANY (coalesce((SELECT servidores_servidos()), ARRAY[servidor])));
 
-DROP FUNCTION serve_servidor(text);
+-- serve_servidor stays, unused, while control planes of the previous version may still be
+-- running: they grant it to the router logins they hand out. A later migration drops it.
