@@ -403,7 +403,11 @@ impl Ingest {
     }
 
     /// Deletes applied inbox rows older than `applied_hours`, events older than
-    /// `event_hours` and group members gone for an hour; rows deleted.
+    /// `event_hours`, group members gone for an hour and the cursors of groups without a
+    /// member that have not moved for `event_hours` (forgotten, as a log's consumer offsets
+    /// are: such a group started again begins at the end of the log, or at its oldest event
+    /// kept); inbox rows and events deleted. Times in the future (only a router login
+    /// writing by hand makes them) count as old.
     pub async fn prune(&self, applied_hours: u32, event_hours: u32) -> Result<u64> {
         let client = self.client().await?;
         let inbox = client
@@ -420,8 +424,17 @@ impl Ingest {
             .await?;
         client
             .execute(
-                "DELETE FROM membros WHERE visto_em < now() - interval '1 hour'",
+                "DELETE FROM membros WHERE visto_em < now() - interval '1 hour' \
+                 OR visto_em > now() + interval '1 day'",
                 &[],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM cursores c WHERE (c.atualizado_em < now() - make_interval(hours => $1) \
+                   OR c.atualizado_em > now() + interval '1 day') \
+                 AND NOT EXISTS (SELECT 1 FROM membros m WHERE m.grupo = c.grupo)",
+                &[&(event_hours as i32)],
             )
             .await?;
         Ok(inbox + events)

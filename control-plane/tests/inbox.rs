@@ -126,3 +126,64 @@ async fn an_ingest_server_without_fsync_is_refused_at_start() {
         .get(0);
     assert_eq!(tables, 0, "nothing made in the refused database");
 }
+
+/// Retention: applied inbox rows and events past their hours go, pending rows never; group
+/// members gone for an hour go, and so do the cursors of groups with no member that have
+/// not moved for the events' retention. Times in the future (which a stolen router login could
+/// write to keep a group it took) count as old.
+#[tokio::test]
+async fn retention_prunes_old_applied_rows_events_members_and_forgotten_groups_only() {
+    let plane = Plane::start_with(&[("CONTROL_PLANE__INGEST__PRUNE_EVERY_SECS", "1")]).await;
+    let ingest = plane.ingest().await;
+    ingest
+        .batch_execute(
+            "INSERT INTO inbox (empresa_id, servidor, fonte, lote, mensagens, recebido_em, aplicado_em) VALUES \
+               (1, 'main', 'meta', 'old applied', 1, now() - interval '9 days', now() - interval '8 days'), \
+               (1, 'main', 'meta', 'new applied', 1, now() - interval '1 hour', now() - interval '1 hour'), \
+               (1, 'main', 'meta', 'old pending', 1, now() - interval '9 days', NULL); \
+             INSERT INTO eventos (empresa_id, servidor, banco, origem_id, particao, tipo, dados, criado_em, registrado_em) VALUES \
+               (1, 'main', 'b', 1, 1, 'lead.created', 'old', now(), now() - interval '8 days'), \
+               (1, 'main', 'b', 2, 1, 'lead.created', 'new', now(), now() - interval '1 day'); \
+             INSERT INTO membros (grupo, membro, visto_em, escopo) VALUES \
+               ('live', 'm1', now(), '*'), ('gone', 'm2', now() - interval '2 hours', '*'), \
+               ('forged', 'm3', now() + interval '30 days', '*'); \
+             INSERT INTO cursores (grupo, particao, xid, evento, atualizado_em, escopo) VALUES \
+               ('live', 1, '1', 1, now() - interval '30 days', '*'), \
+               ('gone', 1, '1', 1, now() - interval '30 days', '*'), \
+               ('recent', 1, '1', 1, now() - interval '1 day', '*'), \
+               ('forged', 1, '1', 1, now() + interval '30 days', '*');",
+        )
+        .await
+        .unwrap();
+    let left = || async {
+        let c = plane.ingest().await;
+        let list = |sql: &'static str| {
+            let c = &c;
+            async move {
+                c.query(sql, &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>()
+            }
+        };
+        (
+            list("SELECT lote FROM inbox ORDER BY lote").await,
+            list("SELECT dados FROM eventos ORDER BY dados").await,
+            list("SELECT grupo FROM membros ORDER BY grupo").await,
+            list("SELECT grupo FROM cursores ORDER BY grupo").await,
+        )
+    };
+    // Cursors are the pass's last statement.
+    let pruned = pg_harness::eventually(std::time::Duration::from_secs(10), || async {
+        left().await.3.len() == 2
+    })
+    .await;
+    assert!(pruned, "nothing was pruned: {:?}", left().await);
+    let (inbox, events, members, cursors) = left().await;
+    assert_eq!(inbox, ["new applied", "old pending"]);
+    assert_eq!(events, ["new"]);
+    assert_eq!(members, ["live"]);
+    assert_eq!(cursors, ["live", "recent"]);
+}

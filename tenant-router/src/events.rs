@@ -10,7 +10,9 @@
 //! least once: what was sent but not acknowledged is sent again after a reconnect, and
 //! while the members of a group change, two of them may briefly share a partition. Only
 //! events relayed under their tenant's own server are delivered (see
-//! `EventLog::deliverable`).
+//! `EventLog::deliverable`). A group's cursors and members belong to the scope (the servers
+//! served) of the routers that started it: row-level security hides them from routers of
+//! any other scope, which are told the group is kept elsewhere.
 
 use crate::error::RouterError;
 use crate::inbox::Inbox;
@@ -34,6 +36,9 @@ const MEMBER_TTL_MS: f64 = 10_000.0;
 const COALESCE: Duration = Duration::from_millis(10);
 /// Most events read per query.
 const READ_BATCH: i64 = 500;
+/// Why a group cannot be kept here: its rows belong to routers of another scope.
+const GROUP_ELSEWHERE: &str = "this consumer group is kept by routers that serve other \
+     database servers: subscribe through one of them, or name another group";
 
 const JOIN: &str = "INSERT INTO membros (grupo, membro) VALUES ($1, $2) \
      ON CONFLICT (grupo, membro) DO UPDATE SET visto_em = now()";
@@ -151,7 +156,7 @@ impl EventLog {
         for c in newest.values() {
             conn.execute(&ack, &[&group, &c.partition, &c.xid.to_string(), &c.id])
                 .await
-                .map_err(unavailable)?;
+                .map_err(group_error)?;
         }
         Ok(())
     }
@@ -164,12 +169,9 @@ impl EventLog {
         tx: mpsc::Sender<Result<dm::Event, tonic::Status>>,
         cancel: CancellationToken,
     ) {
-        let member = format!(
-            "{:x}-{:x}-{:x}",
-            std::process::id(),
-            caller_auth::now_secs(),
+        let member = member_id(
             self.members
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         );
         let mut watch = self.inbox.events_watch();
         let poll = Duration::from_millis(self.inbox.cfg.events_poll_ms);
@@ -185,6 +187,10 @@ impl EventLog {
                 match self.membership(&sub, &member, &positions).await {
                     Ok(Some(moved)) => positions = moved,
                     Ok(None) => {}
+                    Err(e @ RouterError::FailedPrecondition(_)) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        break;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "event stream cannot renew its membership")
                     }
@@ -270,7 +276,7 @@ impl EventLog {
         let conn = self.inbox.connection(|c| &c.reader).await?;
         conn.execute(JOIN, &[&sub.group, &member])
             .await
-            .map_err(unavailable)?;
+            .map_err(group_error)?;
         let members: Vec<String> = conn
             .query(MEMBERS, &[&sub.group, &MEMBER_TTL_MS])
             .await
@@ -292,6 +298,11 @@ impl EventLog {
             .query(CURSORS, &[&sub.group, &mine])
             .await
             .map_err(unavailable)?;
+        // Row-level security hides cursors kept under another scope; starting them did
+        // nothing.
+        if rows.len() < mine.len() {
+            return Err(RouterError::FailedPrecondition(GROUP_ELSEWHERE.into()));
+        }
         let mut moved = HashMap::with_capacity(mine.len());
         for r in &rows {
             let partition: i16 = r.get(0);
@@ -376,6 +387,25 @@ impl EventLog {
             });
         }
         Ok(out)
+    }
+}
+
+/// A member id no other router can guess (and so take first): the process, a counter and
+/// 64 bits from the standard library's randomly keyed hasher.
+fn member_id(n: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    format!("{:x}-{n:x}-{:016x}", std::process::id(), h.finish())
+}
+
+/// Writing a group's rows: refused by row-level security when another scope keeps them.
+fn group_error(e: tokio_postgres::Error) -> RouterError {
+    match e.code() {
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            RouterError::FailedPrecondition(GROUP_ELSEWHERE.into())
+        }
+        _ => unavailable(e),
     }
 }
 

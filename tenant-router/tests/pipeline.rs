@@ -272,19 +272,7 @@ async fn a_stolen_router_login_reaches_only_its_servers_rows_and_forges_no_event
     plane.drained(Duration::from_secs(10)).await;
 
     // The attacker holds a router credential scoped to server "other".
-    let scoped = plane
-        .admin()
-        .await
-        .add_router(plane.admin_req(cp::AddRouterRequest {
-            name: "pl-scoped".into(),
-            servers: vec!["other".into()],
-            all_servers: false,
-            ttl_secs: 0,
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let scoped = scoped_router_token(&plane, "pl-scoped", "other").await;
     assert_eq!(
         get_ingest(&plane, "not-a-token").await.unwrap_err().code(),
         tonic::Code::Unauthenticated
@@ -477,6 +465,183 @@ async fn a_stolen_router_login_reaches_only_its_servers_rows_and_forges_no_event
         .unwrap();
     assert!(c.query_one("SELECT 1", &[]).await.is_err(), "session ended");
     assert!(login(&route).await.is_err(), "login disabled");
+}
+
+/// The token of a router registered under `name` for one server.
+async fn scoped_router_token(plane: &Plane, name: &str, server: &str) -> String {
+    plane
+        .admin()
+        .await
+        .add_router(plane.admin_req(cp::AddRouterRequest {
+            name: name.into(),
+            servers: vec![server.into()],
+            all_servers: false,
+            ttl_secs: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+/// How a stream ended, waiting up to `within`.
+async fn ending(stream: &mut Collected, within: Duration) -> Option<tonic::Status> {
+    tokio::time::timeout(within, &mut stream.task)
+        .await
+        .expect("the stream did not end")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_belongs_to_its_routers_scope_and_a_stolen_login_cannot_move_join_or_take_it(
+) {
+    let pg = pg_harness::shared();
+    let plane = Plane::start().await;
+    plane.add_server("main", pg, 80).await;
+    plane
+        .add_server("other", pg_harness::shared_second(), 80)
+        .await;
+    tenant(&plane, "pl-grupo", "910000031").await;
+    let id = tenant_id(&plane, "pl-grupo").await;
+    let router = webhook_router(&plane).await;
+    let token = plane.token(&["pl-grupo"], false).await;
+    let message = |n: u32| {
+        delivery(
+            "910000031",
+            json!([text_msg(&format!("wamid.G{n}"), "5511955550000", "oi")]),
+            json!([]),
+        )
+    };
+    let got = |bot: &Collected, n: u32| {
+        bot.kinds_of(id)
+            .iter()
+            .any(|(_, data)| data.contains(&format!("wamid.G{n}")))
+    };
+    let bot = subscribe(&router, &token, "bot", &[]).await;
+    assert_eq!(post_signed(&router.http, &message(1)).await, 200);
+    assert!(eventually(Duration::from_secs(10), || async { got(&bot, 1) }).await);
+    let group = "caller:tests/bot";
+    let owner = common::ingest_client(&plane.ingest_url).await;
+    let kept: i64 = owner
+        .query_one("SELECT count(*) FROM cursores WHERE grupo = $1", &[&group])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 16, "the group's cursors are kept");
+
+    // A thief holds the ingest login of a router for server "other".
+    let thief = scoped_router_token(&plane, "pl-ladrao", "other").await;
+    let c = login(&get_ingest(&plane, &thief).await.unwrap())
+        .await
+        .unwrap();
+    for table in ["cursores", "membros"] {
+        let seen: i64 = c
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(seen, 0, "another scope's {table} are invisible");
+    }
+    // Its cursors cannot be moved past events (or back before them)...
+    assert_eq!(
+        c.execute("UPDATE cursores SET evento = 1 << 60", &[])
+            .await
+            .unwrap(),
+        0
+    );
+    let partition = tenant_router::events::partition(id);
+    let skip = "INSERT INTO cursores (grupo, particao, xid, evento) VALUES ($1, $2, '999999999', 1 << 60) \
+         ON CONFLICT (grupo, particao) DO UPDATE SET xid = EXCLUDED.xid, evento = EXCLUDED.evento";
+    assert!(c.execute(skip, &[&group, &partition]).await.is_err());
+    assert!(c
+        .execute(
+            "INSERT INTO cursores (grupo, particao, xid, evento, escopo) VALUES ('x', 1, '1', 1, '*')",
+            &[]
+        )
+        .await
+        .is_err());
+    // ...and ghost members that would take every partition from the bot count for nothing.
+    for n in 0..16 {
+        c.execute(
+            "INSERT INTO membros (grupo, membro) VALUES ($1, $2)",
+            &[&group, &format!("0-ghost-{n:02}")],
+        )
+        .await
+        .unwrap();
+    }
+    // The bot's membership is renewed (every 2 s) with the ghosts present.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(post_signed(&router.http, &message(2)).await, 200);
+    assert!(
+        eventually(Duration::from_secs(10), || async { got(&bot, 2) }).await,
+        "the bot kept its partitions"
+    );
+    let cursor: i64 = owner
+        .query_one(
+            "SELECT evento FROM cursores WHERE grupo = $1 AND particao = $2",
+            &[&group, &partition],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cursor < 1 << 60, "the cursor did not move");
+
+    // A group not started yet, taken by the thief first: the real routers say so instead
+    // of streaming nothing.
+    for p in 0..16_i16 {
+        c.execute(
+            "INSERT INTO cursores (grupo, particao, xid, evento) VALUES ('caller:tests/bot2', $1, '999999999', 1 << 60)",
+            &[&p],
+        )
+        .await
+        .unwrap();
+    }
+    let mut taken = subscribe(&router, &token, "bot2", &[]).await;
+    let status = ending(&mut taken, Duration::from_secs(10))
+        .await
+        .expect("an error");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status
+        .message()
+        .contains("kept by routers that serve other"));
+
+    // A router scoped to "main" keeps groups of its own; the all-server routers' group is
+    // not one of them (its cursors would pass events that router cannot see).
+    let scoped = scoped_router_token(&plane, "pl-main-only", "main").await;
+    let narrow = Router::start(
+        &plane,
+        &[("TENANT_ROUTER__DIRECTORY_TOKEN", scoped.as_str())],
+    )
+    .await;
+    let mut wrong = subscribe(&narrow, &token, "bot", &[]).await;
+    let status = ending(&mut wrong, Duration::from_secs(10))
+        .await
+        .expect("an error");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    let refused = ack(&narrow, &token, "bot", bot.cursors())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused
+        .message()
+        .contains("kept by routers that serve other"));
+    let own = subscribe(&narrow, &token, "bot-main", &[]).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            got(&own, 1) && got(&own, 2)
+        })
+        .await,
+        "the scoped router's own group streams its server's events"
+    );
+    let theirs: i64 = owner
+        .query_one(
+            "SELECT count(*) FROM cursores WHERE grupo = 'caller:tests/bot-main' AND escopo = 'main'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(theirs, 16);
 }
 
 /// An event stream's events, collected in the background.
