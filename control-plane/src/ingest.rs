@@ -79,7 +79,28 @@ pub struct InboxStatus {
     pub servers: Vec<(String, i64, f64)>,
     /// Tenants behind by more than `stuck_after_secs`, or failing.
     pub stuck: Vec<Lagging>,
+    /// Event consumer groups, the most behind first.
+    pub groups: Vec<ConsumerGroup>,
 }
+
+/// An event consumer group's position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerGroup {
+    pub group: String,
+    /// The servers of the routers that keep it (`*`: all).
+    pub scope: String,
+    /// Live subscribers.
+    pub members: i64,
+    /// Age of its oldest event not acknowledged (0: none waiting).
+    pub oldest_unacked_age_secs: f64,
+    /// Since its cursors last moved.
+    pub idle_secs: f64,
+}
+
+/// Groups listed by [`Ingest::status`].
+const GROUPS_LISTED: i64 = 100;
+/// A member seen this recently is a live subscriber.
+const LIVE_MEMBER: &str = "interval '10 seconds'";
 
 impl Ingest {
     /// Connects (creating the default database beside the catalog when it is missing),
@@ -367,7 +388,69 @@ impl Ingest {
                 last_error: r.get(5),
             })
             .collect();
+        // Per group (and scope: a group's partitions taken under two scopes show twice),
+        // the oldest event after any of its cursors that its routers can see.
+        let groups = client
+            .query(
+                &format!(
+                    "SELECT c.grupo, c.escopo, \
+                       (SELECT count(*) FROM membros m WHERE m.grupo = c.grupo AND m.escopo = c.escopo \
+                          AND m.visto_em > now() - {LIVE_MEMBER}), \
+                       coalesce(extract(epoch FROM now() - min(w.registrado_em)), 0)::float8, \
+                       extract(epoch FROM now() - max(c.atualizado_em))::float8 \
+                     FROM cursores c \
+                     LEFT JOIN LATERAL (SELECT e.registrado_em FROM eventos e \
+                       WHERE e.particao = c.particao AND (e.xid, e.id) > (c.xid, c.evento) \
+                         AND (c.escopo = '*' OR e.servidor = ANY (string_to_array(c.escopo, ','))) \
+                       ORDER BY e.xid, e.id LIMIT 1) w ON true \
+                     GROUP BY c.grupo, c.escopo ORDER BY 4 DESC, 1, 2 LIMIT $1"
+                ),
+                &[&GROUPS_LISTED],
+            )
+            .await?;
+        status.groups = groups
+            .iter()
+            .map(|r| ConsumerGroup {
+                group: r.get(0),
+                scope: r.get(1),
+                members: r.get(2),
+                oldest_unacked_age_secs: r.get(3),
+                idle_secs: r.get(4),
+            })
+            .collect();
         Ok(status)
+    }
+
+    /// Deletes a consumer group's cursors and members; how many cursors. Refused while it
+    /// has live subscribers.
+    pub async fn forget_group(&self, group: &str) -> Result<i64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let live: i64 = tx
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM membros WHERE grupo = $1 AND visto_em > now() - {LIVE_MEMBER}"
+                ),
+                &[&group],
+            )
+            .await?
+            .get(0);
+        if live > 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "consumer group {group:?} has {live} live subscribers: stop them (or revoke the router that keeps them) first"
+            )));
+        }
+        let cursors = tx
+            .execute("DELETE FROM cursores WHERE grupo = $1", &[&group])
+            .await?;
+        let members = tx
+            .execute("DELETE FROM membros WHERE grupo = $1", &[&group])
+            .await?;
+        if cursors == 0 && members == 0 {
+            return Err(Error::NotFound(format!("no consumer group {group:?}")));
+        }
+        tx.commit().await?;
+        Ok(cursors as i64)
     }
 
     /// Consumer groups with a live subscriber, and live subscribers.
@@ -376,8 +459,10 @@ impl Ingest {
             .client()
             .await?
             .query_one(
-                "SELECT count(DISTINCT grupo), count(*) FROM membros \
-                 WHERE visto_em > now() - interval '10 seconds'",
+                &format!(
+                    "SELECT count(DISTINCT grupo), count(*) FROM membros \
+                     WHERE visto_em > now() - {LIVE_MEMBER}"
+                ),
                 &[],
             )
             .await?;

@@ -187,3 +187,92 @@ async fn retention_prunes_old_applied_rows_events_members_and_forgotten_groups_o
     assert_eq!(members, ["live"]);
     assert_eq!(cursors, ["live", "recent"]);
 }
+
+/// Event consumer groups in `inbox status`: each with its scope, subscribers and lag (the
+/// oldest event its routers can see that it has not acknowledged); `inbox forget-group`
+/// drops an idle one (audited), refuses one with live subscribers, and names bad input.
+#[tokio::test]
+async fn inbox_status_lists_consumer_groups_and_forget_group_drops_only_an_idle_one() {
+    let plane = Plane::start().await;
+    plane
+        .ingest()
+        .await
+        .batch_execute(
+            "INSERT INTO eventos (empresa_id, servidor, banco, origem_id, particao, tipo, dados, criado_em, registrado_em) VALUES \
+               (1, 'main', 'b', 1, 1, 'lead.created', '{}', now(), now() - interval '60 seconds'); \
+             INSERT INTO cursores (grupo, particao, xid, evento, atualizado_em, escopo) VALUES \
+               ('caller:bot/behind', 1, '0', 0, now() - interval '120 seconds', '*'), \
+               ('caller:bot/elsewhere', 1, '0', 0, now(), 'other'), \
+               ('caller:bot/live', 1, '0', 0, now(), '*'); \
+             INSERT INTO membros (grupo, membro, escopo) VALUES ('caller:bot/live', 'm1', '*');",
+        )
+        .await
+        .unwrap();
+    let s = plane.ok(&["inbox", "status", "--json"]).json();
+    let groups = s["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 3, "{s}");
+    let group = |name: &str| {
+        groups
+            .iter()
+            .find(|g| g["group"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {s}"))
+    };
+    let behind = group("caller:bot/behind");
+    assert_eq!(behind["scope"], "*");
+    assert_eq!(behind["members"], 0);
+    let lag = behind["oldest_unacked_age_secs"].as_f64().unwrap();
+    assert!((59.0..120.0).contains(&lag), "{behind}");
+    assert!(behind["idle_secs"].as_f64().unwrap() >= 119.0, "{behind}");
+    // Its routers serve only "other": the event on "main" is not one it waits for.
+    let elsewhere = group("caller:bot/elsewhere");
+    assert_eq!(elsewhere["scope"], "other");
+    assert_eq!(elsewhere["oldest_unacked_age_secs"], 0.0);
+    assert_eq!(group("caller:bot/live")["members"], 1);
+    assert_eq!(
+        groups[2]["group"], "caller:bot/elsewhere",
+        "the most behind first"
+    );
+    let text = plane.ok(&["inbox", "status"]).stdout;
+    assert!(
+        text.contains("event consumer groups:") && text.contains("caller:bot/elsewhere"),
+        "{text}"
+    );
+
+    let gone = plane
+        .ok(&["inbox", "forget-group", "caller:bot/behind", "--json"])
+        .json();
+    assert_eq!(gone["cursors"], 1);
+    let audited: i64 = plane
+        .catalog()
+        .await
+        .query_one(
+            "SELECT count(*) FROM auditoria WHERE acao = 'inbox.forget_group'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audited, 1);
+    let again = plane.ctl(&["inbox", "forget-group", "caller:bot/behind"]);
+    assert_eq!(again.code, 3, "{again:?}");
+    let live = plane.ctl(&["inbox", "forget-group", "caller:bot/live"]);
+    assert_eq!(live.code, 4, "{live:?}");
+    assert!(live.stderr.contains("live subscribers"), "{live:?}");
+    for bad in ["", "caller:bot/\u{7}"] {
+        let out = plane.ctl(&["inbox", "forget-group", bad]);
+        assert_eq!(out.code, 2, "{bad:?}: {out:?}");
+    }
+    let viewer = plane
+        .ok(&["operator", "add", "vic", "--role", "viewer"])
+        .stdout
+        .trim()
+        .to_string();
+    let denied = plane.ctl_env(
+        &["inbox", "forget-group", "caller:bot/elsewhere"],
+        &[("TENANTCTL_TOKEN", viewer.as_str())],
+        None,
+    );
+    assert_eq!(denied.code, 8, "{denied:?}");
+    let left = plane.ok(&["inbox", "status", "--json"]).json();
+    assert_eq!(left["groups"].as_array().unwrap().len(), 2, "{left}");
+}

@@ -604,6 +604,23 @@ async fn a_consumer_group_belongs_to_its_routers_scope_and_a_stolen_login_cannot
     assert!(status
         .message()
         .contains("kept by routers that serve other"));
+    // The operator forgets the taken group; then it starts as any new group.
+    plane
+        .admin()
+        .await
+        .forget_consumer_group(plane.admin_req(cp::ForgetConsumerGroupRequest {
+            group: "caller:tests/bot2".into(),
+        }))
+        .await
+        .unwrap();
+    let freed = subscribe(&router, &token, "bot2", &[]).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            got(&freed, 1) && got(&freed, 2)
+        })
+        .await,
+        "the forgotten group streams again"
+    );
 
     // A router scoped to "main" keeps groups of its own; the all-server routers' group is
     // not one of them (its cursors would pass events that router cannot see).

@@ -10,6 +10,12 @@ pub(super) enum InboxCommand {
     Status,
     /// Try a tenant's pending deliveries now (clears its backoff).
     Retry { tenant: String },
+    /// Forget an event consumer group (its cursors and members) that has no live
+    /// subscriber: started again, it begins at the end of the log.
+    ForgetGroup {
+        /// The group's full name, as `inbox status` lists it (`caller:SUBJECT/NAME`).
+        group: String,
+    },
 }
 
 pub(super) async fn inbox(
@@ -34,6 +40,11 @@ pub(super) async fn inbox(
                         "tenant_id": t.tenant_id, "slug": t.slug, "server": t.server,
                         "pending": t.pending, "oldest_age_secs": t.oldest_age_secs,
                         "attempts": t.attempts, "last_error": t.last_error,
+                    })).collect::<Vec<_>>(),
+                    "groups": s.groups.iter().map(|g| serde_json::json!({
+                        "group": g.group, "scope": g.scope, "members": g.members,
+                        "oldest_unacked_age_secs": g.oldest_unacked_age_secs,
+                        "idle_secs": g.idle_secs,
                     })).collect::<Vec<_>>(),
                 }));
                 return Ok(());
@@ -83,6 +94,39 @@ pub(super) async fn inbox(
                     ],
                     &stuck,
                 );
+            }
+            let groups: Vec<_> = s
+                .groups
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.group.clone(),
+                        g.scope.clone(),
+                        g.members.to_string(),
+                        format!("{:.1}s", g.oldest_unacked_age_secs),
+                        format!("{:.0}s", g.idle_secs),
+                    ]
+                })
+                .collect();
+            if !groups.is_empty() {
+                output::line("event consumer groups:");
+                output::table(&["GROUP", "SCOPE", "SUBSCRIBERS", "LAG", "IDLE"], &groups);
+            }
+        }
+        InboxCommand::ForgetGroup { group } => {
+            let r = client
+                .forget_consumer_group(pb::ForgetConsumerGroupRequest {
+                    group: group.clone(),
+                })
+                .await?
+                .into_inner();
+            if json {
+                output::json(&serde_json::json!({"group": group, "cursors": r.cursors}));
+            } else {
+                output::line(&format!(
+                    "{group}: forgotten ({} partition cursors)",
+                    r.cursors
+                ));
             }
         }
         InboxCommand::Retry { tenant } => {

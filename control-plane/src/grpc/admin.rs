@@ -1269,6 +1269,13 @@ impl pb::tenant_admin_server::TenantAdmin for AdminService {
         self.do_retry_inbox(request).await
     }
 
+    async fn forget_consumer_group(
+        &self,
+        request: Request<pb::ForgetConsumerGroupRequest>,
+    ) -> Result<Response<pb::ForgetConsumerGroupResponse>, GrpcStatus> {
+        self.do_forget_consumer_group(request).await
+    }
+
     async fn replay_dead_letters(
         &self,
         request: Request<pb::ReplayDeadLettersRequest>,

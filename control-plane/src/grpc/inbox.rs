@@ -41,7 +41,47 @@ impl AdminService {
                 })
                 .collect(),
             stuck,
+            groups: status
+                .groups
+                .into_iter()
+                .map(|g| pb::ConsumerGroup {
+                    group: g.group,
+                    scope: g.scope,
+                    members: g.members,
+                    oldest_unacked_age_secs: g.oldest_unacked_age_secs,
+                    idle_secs: g.idle_secs,
+                })
+                .collect(),
         }))
+    }
+
+    pub(super) async fn do_forget_consumer_group(
+        &self,
+        request: Request<pb::ForgetConsumerGroupRequest>,
+    ) -> Result<Response<pb::ForgetConsumerGroupResponse>, GrpcStatus> {
+        let actor = self
+            .actor(&request, Role::Operator, "inbox.forget_group")
+            .await?;
+        let group = request.into_inner().group;
+        // Names are "caller:SUBJECT/NAME" or "user:ID/NAME"; the lookup decides the rest.
+        if group.is_empty() || group.len() > 300 || group.chars().any(char::is_control) {
+            return Err(crate::Error::InvalidArgument(
+                "group must be a consumer group's full name as `tenantctl inbox status` lists it"
+                    .into(),
+            )
+            .into());
+        }
+        let cursors = self.ingest.forget_group(&group).await?;
+        self.catalog
+            .audit(
+                &actor,
+                "inbox.forget_group",
+                None,
+                &group,
+                serde_json::json!({"cursors": cursors}),
+            )
+            .await?;
+        Ok(Response::new(pb::ForgetConsumerGroupResponse { cursors }))
     }
 
     pub(super) async fn do_retry_inbox(
