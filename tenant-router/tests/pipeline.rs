@@ -253,16 +253,22 @@ async fn login(route: &cp::IngestRoute) -> Result<tokio_postgres::Client, tokio_
     Ok(client)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stolen_router_login_reaches_only_its_servers_rows_and_forges_no_event() {
-    let pg = pg_harness::shared();
+/// A control plane with servers "main" and "other", a tenant on "main" and a router for
+/// every server.
+async fn two_servers_and_a_tenant_on_main(slug: &str, phone: &str) -> (Plane, Router) {
     let plane = Plane::start().await;
-    plane.add_server("main", pg, 80).await;
+    plane.add_server("main", pg_harness::shared(), 80).await;
     plane
         .add_server("other", pg_harness::shared_second(), 80)
         .await;
-    tenant(&plane, "pl-vitima", "910000021").await;
+    tenant(&plane, slug, phone).await;
     let router = webhook_router(&plane).await;
+    (plane, router)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_router_login_reaches_only_its_servers_rows_and_forges_no_event() {
+    let (plane, router) = two_servers_and_a_tenant_on_main("pl-vitima", "910000021").await;
     let body = delivery(
         "910000021",
         json!([text_msg("wamid.V1", "5511966660000", "segredo")]),
@@ -495,15 +501,8 @@ async fn ending(stream: &mut Collected, within: Duration) -> Option<tonic::Statu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_belongs_to_its_routers_scope_and_a_stolen_login_cannot_move_join_or_take_it(
 ) {
-    let pg = pg_harness::shared();
-    let plane = Plane::start().await;
-    plane.add_server("main", pg, 80).await;
-    plane
-        .add_server("other", pg_harness::shared_second(), 80)
-        .await;
-    tenant(&plane, "pl-grupo", "910000031").await;
+    let (plane, router) = two_servers_and_a_tenant_on_main("pl-grupo", "910000031").await;
     let id = tenant_id(&plane, "pl-grupo").await;
-    let router = webhook_router(&plane).await;
     let token = plane.token(&["pl-grupo"], false).await;
     let message = |n: u32| {
         delivery(
