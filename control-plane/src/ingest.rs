@@ -99,6 +99,10 @@ pub struct ConsumerGroup {
 
 /// Groups listed by [`Ingest::status`].
 const GROUPS_LISTED: i64 = 100;
+/// The events after cursor `c` that the routers keeping its group can see.
+const WAITING: &str = "SELECT e.registrado_em FROM eventos e \
+     WHERE e.particao = c.particao AND (e.xid, e.id) > (c.xid, c.evento) \
+       AND (c.escopo = '*' OR e.servidor = ANY (string_to_array(c.escopo, ',')))";
 /// A member seen this recently is a live subscriber.
 const LIVE_MEMBER: &str = "interval '10 seconds'";
 
@@ -399,10 +403,7 @@ impl Ingest {
                        coalesce(extract(epoch FROM now() - min(w.registrado_em)), 0)::float8, \
                        extract(epoch FROM now() - max(c.atualizado_em))::float8 \
                      FROM cursores c \
-                     LEFT JOIN LATERAL (SELECT e.registrado_em FROM eventos e \
-                       WHERE e.particao = c.particao AND (e.xid, e.id) > (c.xid, c.evento) \
-                         AND (c.escopo = '*' OR e.servidor = ANY (string_to_array(c.escopo, ','))) \
-                       ORDER BY e.xid, e.id LIMIT 1) w ON true \
+                     LEFT JOIN LATERAL ({WAITING} ORDER BY e.xid, e.id LIMIT 1) w ON true \
                      GROUP BY c.grupo, c.escopo ORDER BY 4 DESC, 1, 2 LIMIT $1"
                 ),
                 &[&GROUPS_LISTED],
@@ -488,11 +489,11 @@ impl Ingest {
     }
 
     /// Deletes applied inbox rows older than `applied_hours`, events older than
-    /// `event_hours`, group members gone for an hour and the cursors of groups without a
-    /// member that have not moved for `event_hours` (forgotten, as a log's consumer offsets
-    /// are: such a group started again begins at the end of the log, or at its oldest event
-    /// kept); inbox rows and events deleted. Times in the future (only a router login
-    /// writing by hand makes them) count as old.
+    /// `event_hours`, group members gone for an hour, and the cursors of groups that have
+    /// no member, have not moved for `event_hours` and have no event waiting (forgetting
+    /// them loses nothing: started again, such a group begins at the end of the log);
+    /// inbox rows and events deleted. Times in the future (only a router login writing by
+    /// hand makes them) count as old.
     pub async fn prune(&self, applied_hours: u32, event_hours: u32) -> Result<u64> {
         let client = self.client().await?;
         let inbox = client
@@ -516,9 +517,14 @@ impl Ingest {
             .await?;
         client
             .execute(
-                "DELETE FROM cursores c WHERE (c.atualizado_em < now() - make_interval(hours => $1) \
-                   OR c.atualizado_em > now() + interval '1 day') \
-                 AND NOT EXISTS (SELECT 1 FROM membros m WHERE m.grupo = c.grupo)",
+                &format!(
+                    "DELETE FROM cursores WHERE grupo IN ( \
+                       SELECT c.grupo FROM cursores c GROUP BY c.grupo \
+                       HAVING bool_and(c.atualizado_em < now() - make_interval(hours => $1) \
+                                       OR c.atualizado_em > now() + interval '1 day') \
+                          AND NOT bool_or(EXISTS ({WAITING})) \
+                          AND NOT EXISTS (SELECT 1 FROM membros m WHERE m.grupo = c.grupo))"
+                ),
                 &[&(event_hours as i32)],
             )
             .await?;
