@@ -178,7 +178,7 @@ impl EventLog {
         let mut positions: HashMap<i16, Cursor> = HashMap::new();
         let mut next_beat = Instant::now();
         self.metrics.event_subscribers.inc();
-        loop {
+        'stream: loop {
             if let Some(end) = self.token_over(&sub) {
                 let _ = tx.send(Err(end)).await;
                 break;
@@ -212,8 +212,10 @@ impl EventLog {
                                         data_json: e.data,
                                         occurred_at_ms: e.at_ms,
                                     };
+                                    // The subscriber is gone: so is the stream (a
+                                    // full batch must not read again for no one).
                                     if tx.send(Ok(event)).await.is_err() {
-                                        break;
+                                        break 'stream;
                                     }
                                     self.metrics.events_streamed.inc();
                                 }
