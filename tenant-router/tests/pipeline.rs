@@ -1188,3 +1188,74 @@ async fn events_of_a_write_whose_router_died_before_relaying_them_are_relayed_by
     let leads: Vec<i32> = bot.kinds_of(id).iter().map(|k| k.0).collect();
     assert_eq!(leads, vec![LEAD, LEAD], "each write's event once");
 }
+
+/// An apply's last statement finds its inbox rows by key whatever size the inbox had when
+/// PostgreSQL settled on the statement's plan. Routers prepare it once per connection and
+/// PostgreSQL keeps the generic plan it picks after five runs until the table's statistics
+/// change: picked on a fresh inbox of a few rows, that plan was a scan of the whole inbox,
+/// and every apply paid it as the inbox grew (docs/BENCHMARKS.md, issue #13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_finds_its_inbox_rows_by_key_whatever_size_the_inbox_had_when_it_was_planned() {
+    let plane = Plane::start().await;
+    plane.add_server("main", pg_harness::shared(), 80).await;
+    let admin = common::ingest_client(&plane.ingest_url).await;
+    // No autovacuum: its statistics would make PostgreSQL plan the statement again.
+    admin
+        .batch_execute(
+            "ALTER TABLE inbox SET (autovacuum_enabled = false); \
+             INSERT INTO inbox (empresa_id, servidor, fonte, lote, mensagens) \
+               SELECT 1, 'main', 'meta', '{}', 1 FROM generate_series(1, 3)",
+        )
+        .await
+        .unwrap();
+    let route = get_ingest(
+        &plane,
+        &scoped_router_token(&plane, "pl-plano", "main").await,
+    )
+    .await
+    .unwrap();
+    let c = login(&route).await.unwrap();
+    c.batch_execute(&format!(
+        "PREPARE finish(int8[], text[], int8, bool, text, text, int2, int8[], text[], text[], \
+           int8[], float8) AS {}",
+        tenant_router::inbox::apply::FINISH
+    ))
+    .await
+    .unwrap();
+    let ids: String = admin
+        .query_one("SELECT array_agg(id)::text FROM inbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let run = format!(
+        "finish('{ids}', '{{NULL,NULL,NULL}}', 1, false, 'main', 'tenant_x', 0, '{{}}', '{{}}', \
+           '{{}}', '{{}}', 0)"
+    );
+    // Planned and run on three rows, as on a fresh inbox...
+    for _ in 0..8 {
+        c.batch_execute(&format!("EXECUTE {run}")).await.unwrap();
+    }
+    // ...then run on a grown one.
+    admin
+        .batch_execute(
+            "INSERT INTO inbox (empresa_id, servidor, fonte, lote, mensagens) \
+               SELECT 1 + n % 50, 'main', 'meta', '{}', 1 FROM generate_series(1, 20000) n",
+        )
+        .await
+        .unwrap();
+    let plan: Vec<String> = c
+        .simple_query(&format!("EXPLAIN EXECUTE {run}"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("inbox_pkey") && !plan.contains("Seq Scan on inbox"),
+        "{plan}"
+    );
+}

@@ -55,9 +55,11 @@ const CLAIM: &str = "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($1) AS 
 const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
 /// Marks rows applied, clears the tenant's backoff and its stale relay mark (when `$4`:
 /// the visit succeeded; `$12` is [`RELAYED`]'s cutoff) and relays events: one statement,
-/// one transaction.
-const FINISH: &str = "WITH m AS (UPDATE inbox SET aplicado_em = now(), erro = e.erro \
-       FROM unnest($1::int8[], $2::text[]) AS e(id, erro) WHERE inbox.id = e.id RETURNING 1), \
+/// one transaction. The rows are also looked up by `id = ANY($1)`, so whichever join the
+/// plan picks, it reads them through the primary key (never a scan of the whole inbox).
+pub const FINISH: &str = "WITH m AS (UPDATE inbox SET aplicado_em = now(), erro = e.erro \
+       FROM unnest($1::int8[], $2::text[]) AS e(id, erro) \
+       WHERE inbox.id = e.id AND inbox.id = ANY($1::int8[]) RETURNING 1), \
      b AS (DELETE FROM inbox_atrasos WHERE empresa_id = $3 AND $4 RETURNING 1), \
      v AS (INSERT INTO eventos (empresa_id, servidor, banco, origem_id, particao, tipo, dados, criado_em) \
        SELECT $3, $5, $6, o, $7, t, d, to_timestamp(ms / 1000.0) \
