@@ -1,7 +1,7 @@
 //! The message pipeline against the real router binaries, the real control plane and real
 //! PostgreSQL (the inbox on a server with `fsync=on`): crashes under traffic from a sender
-//! that retries like Meta, arrival order, and what a stolen router credential reaches in
-//! the ingest database.
+//! that retries like Meta, arrival order, what a stolen router credential reaches in the
+//! ingest database, and how an apply's last statement finds its rows in a growing inbox.
 #![allow(clippy::unwrap_used)]
 
 mod common;
