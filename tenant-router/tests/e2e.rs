@@ -1287,7 +1287,7 @@ async fn stalled_grpc_handshakes_are_bounded_and_dropped() {
         &plane,
         &[
             ("TENANT_ROUTER__GRPC__MAX_CONNECTIONS", "200"),
-            ("TENANT_ROUTER__GRPC__HANDSHAKE_TIMEOUT_MS", "1000"),
+            ("TENANT_ROUTER__GRPC__HANDSHAKE_TIMEOUT_MS", "3000"),
         ],
     )
     .await;
@@ -1297,8 +1297,9 @@ async fn stalled_grpc_handshakes_are_bounded_and_dropped() {
     for _ in 0..250 {
         stalled.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
-    // Past the cap a connection is closed at once; every stalled one once the handshake
-    // timeout passes. A read sees the close (0 bytes or a reset).
+    // Past the cap a connection is closed at once (well before the 3 s handshake timeout,
+    // with room for a loaded machine to accept the 250); every stalled one once the
+    // handshake timeout passes. A read sees the close (0 bytes or a reset).
     let closed = |mut c: tokio::net::TcpStream, within: Duration| async move {
         let mut buf = [0u8; 16];
         matches!(
@@ -1308,12 +1309,12 @@ async fn stalled_grpc_handshakes_are_bounded_and_dropped() {
     };
     let last = stalled.pop().unwrap();
     assert!(
-        closed(last, Duration::from_millis(500)).await,
+        closed(last, Duration::from_millis(2000)).await,
         "over the cap: closed at once"
     );
     let first = stalled.remove(0);
     assert!(
-        closed(first, Duration::from_secs(5)).await,
+        closed(first, Duration::from_secs(8)).await,
         "a silent client is dropped"
     );
     drop(stalled);
