@@ -260,7 +260,7 @@ rm -rf "{base}"
             }
             let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
             let log = log.get(log_from..).unwrap_or_default();
-            if log.contains("FATAL") || self.exited() || Instant::now() > deadline {
+            if startup_failed(log) || self.exited() || Instant::now() > deadline {
                 return Err(err(format!(
                     "postgres on port {} did not start: {log}",
                     self.port
@@ -468,4 +468,33 @@ pub async fn lift_plan_limits(pg: &PgServer, catalog_db: &str) -> Result<(), Str
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Whether postgres's log says the server itself failed to start. A client that connects
+/// while the server starts (a service reconnecting to a restarted server) is turned away
+/// with a FATAL of its own ("the database system is starting up"): that is not a failure.
+fn startup_failed(log: &str) -> bool {
+    log.lines()
+        .any(|l| l.contains("FATAL") && !l.contains("the database system is "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::startup_failed;
+
+    #[test]
+    fn a_client_turned_away_during_startup_is_not_a_failed_start() {
+        let log = "2026-12-06 04:44:43.957 UTC [4825] FATAL:  the database system is starting up\n";
+        assert!(!startup_failed(log));
+        let log = "2026-12-06 04:44:43.957 UTC [4825] FATAL:  the database system is not yet accepting connections\n";
+        assert!(!startup_failed(log));
+    }
+
+    #[test]
+    fn the_server_failing_to_start_is_a_failed_start() {
+        let log = "2026-12-06 04:44:43.957 UTC [4825] FATAL:  the database system is starting up\n\
+                   2026-12-06 04:44:44.001 UTC [4801] FATAL:  could not create any TCP/IP sockets\n";
+        assert!(startup_failed(log));
+        assert!(!startup_failed(""));
+    }
 }
