@@ -144,13 +144,19 @@ impl Stack {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let cp_addr = listener.local_addr().unwrap();
         let path = std::env::temp_dir().join(format!("bench-cp-{}.toml", std::process::id()));
+        // No scheduled backups: a fleet backup 300 s in would land in a long run's later
+        // phases (and its files in the working directory).
+        let backup_store =
+            std::env::temp_dir().join(format!("bench-backups-{}", std::process::id()));
         std::fs::write(
             &path,
             format!(
                 "listen = \"{cp_addr}\"\ncatalog_url = \"{}\"\nmaster_key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n\
-                 token_signing_key = \"{SIGNING_KEY}\"\n[ingest]\nurl = \"{}\"\n[leases]\njobs_connections = 0\n",
+                 token_signing_key = \"{SIGNING_KEY}\"\n[ingest]\nurl = \"{}\"\n[leases]\njobs_connections = 0\n\
+                 [backup]\nschedule_every_secs = 0\n[backup.store]\nlocation = \"{}\"\n",
                 pg.url(&catalog),
-                pg_harness::fresh_ingest().await.unwrap()
+                pg_harness::fresh_ingest().await.unwrap(),
+                backup_store.display()
             ),
         )
         .unwrap();
