@@ -19,7 +19,7 @@
 use super::manager::TenantManager;
 use crate::error::RouterError;
 use deadpool::managed::WeakPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Weak;
 use std::sync::{Arc, Mutex};
@@ -217,6 +217,16 @@ impl ServerBudget {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(tenant, pool);
+    }
+
+    /// Adds the tenants of this server holding at least one open connection now.
+    pub(crate) fn connected_into(&self, tenants: &mut HashSet<i64>) {
+        let map = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        tenants.extend(
+            map.iter()
+                .filter(|(_, w)| w.upgrade().is_some_and(|p| p.status().size > 0))
+                .map(|(t, _)| *t),
+        );
     }
 
     pub(crate) fn unregister(&self, tenant: i64) {

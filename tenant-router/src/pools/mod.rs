@@ -365,13 +365,14 @@ impl Pools {
         }
     }
 
-    /// The tenants holding at least one open connection now.
+    /// The tenants holding at least one open connection now (from the servers' lists of
+    /// pools: walking the cache itself visits every bucket of its table).
     pub fn connected(&self) -> HashSet<i64> {
-        self.cache
-            .iter()
-            .filter(|(_, p)| p.pool.status().size > 0)
-            .map(|(t, _)| *t)
-            .collect()
+        let mut tenants = HashSet::new();
+        for server in self.servers() {
+            server.connected_into(&mut tenants);
+        }
+        tenants
     }
 
     /// Pools cached now.
