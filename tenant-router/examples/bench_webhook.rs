@@ -139,6 +139,16 @@ async fn main() {
 
     let baseline = baseline(senders, Duration::from_secs(seconds)).await;
 
+    // Tenant sessions opened during each phase (pg_stat_database counts every login).
+    let su = stack.pg.connect("postgres").await.unwrap();
+    let sessions_now = async || -> i64 {
+        su.query_one("SELECT sum(sessions)::int8 FROM pg_stat_database", &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let mut opened = Vec::new();
+    let at = sessions_now().await;
     let most = send(
         &http,
         senders,
@@ -149,8 +159,10 @@ async fn main() {
         0,
     )
     .await;
+    opened.push(per_sec(sessions_now().await - at, &most));
     let most_lag = wait_seen(&seen, &most, |_| true, Duration::from_secs(60)).await;
     let offset = most.acked.len() * 2 + senders;
+    let at = sessions_now().await;
     let steady = send(
         &http,
         senders,
@@ -161,9 +173,11 @@ async fn main() {
         rate,
     )
     .await;
+    opened.push(per_sec(sessions_now().await - at, &steady));
     let steady_lag = wait_seen(&seen, &steady, |_| true, Duration::from_secs(60)).await;
     // The control for the outage phase: the same traffic for as long, right before it.
     let offset = offset + steady.acked.len() * 2 + senders;
+    let at = sessions_now().await;
     let control = send(
         &http,
         senders,
@@ -174,11 +188,11 @@ async fn main() {
         rate,
     )
     .await;
+    opened.push(per_sec(sessions_now().await - at, &control));
     let control_lag = wait_seen(&seen, &control, |t| t != 0, Duration::from_secs(60)).await;
 
     // One tenant's database stops for `outage` seconds under the same traffic.
     let stopped = 0usize;
-    let su = stack.pg.connect("postgres").await.unwrap();
     let db = &databases[&stopped];
     su.batch_execute(&format!(
         "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false; \
@@ -186,6 +200,7 @@ async fn main() {
     ))
     .await
     .unwrap();
+    let at = sessions_now().await;
     let during = send(
         &http,
         senders,
@@ -196,6 +211,7 @@ async fn main() {
         rate,
     )
     .await;
+    opened.push(per_sec(sessions_now().await - at, &during));
     let others_lag = wait_seen(&seen, &during, |t| t != stopped, Duration::from_secs(60)).await;
     su.batch_execute(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))
         .await
@@ -211,10 +227,10 @@ async fn main() {
     } else {
         "as fast as they go".into()
     };
-    println!("| run | senders | tenants | budget | messages/s | ack p50 | ack p99 | errors | ack→event p50 | ack→event p99 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| run | senders | tenants | budget | messages/s | ack p50 | ack p99 | errors | ack→event p50 | ack→event p99 | tenant sessions/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| baseline: one commit per delivery, same durable server | {senders} | - | - | {:.0} | {:.1} ms | {:.1} ms | {} | - | - |",
+        "| baseline: one commit per delivery, same durable server | {senders} | - | - | {:.0} | {:.1} ms | {:.1} ms | {} | - | - | - |",
         baseline.0, baseline.1, baseline.2, baseline.3
     );
     row(
@@ -226,6 +242,7 @@ async fn main() {
         &most,
         |_| true,
         &most_lag,
+        Some(opened[0]),
     );
     row(
         &format!("pipeline, steady ({offered})"),
@@ -236,6 +253,7 @@ async fn main() {
         &steady,
         |_| true,
         &steady_lag,
+        Some(opened[1]),
     );
     row(
         &format!("pipeline ({offered}), {outage} s right before the outage: tenants but the first"),
@@ -246,6 +264,7 @@ async fn main() {
         &control,
         |t| t != stopped,
         &control_lag,
+        Some(opened[2]),
     );
     row(
         &format!("pipeline ({offered}), one database stopped {outage} s: the others"),
@@ -256,6 +275,7 @@ async fn main() {
         &during,
         |t| t != stopped,
         &others_lag,
+        Some(opened[3]),
     );
     row(
         &format!("pipeline ({offered}), one database stopped {outage} s: that tenant"),
@@ -266,7 +286,20 @@ async fn main() {
         &during,
         |t| t == stopped,
         &stopped_lag,
+        None,
     );
+    // More busy tenants than connections: the ones without a connection take turns to
+    // open one (closing another's), so each waits about (how many wait) / (sessions/s).
+    let reserve = (budget / 32).max(1) as usize;
+    let waiting = tenants.saturating_sub(budget as usize - reserve);
+    if waiting > 0 {
+        let rate = opened[2];
+        println!(
+            "\nTenants without a tenant connection at any moment: about {waiting} ({tenants} tenants, budget {budget}, {reserve} kept free). \
+             At the control phase's {rate:.1} sessions/s each waits about {:.2} s for one: the floor under ack→event p99.",
+            waiting as f64 / rate.max(0.1)
+        );
+    }
     match recovery {
         Some(r) => println!(
             "\nThe stopped tenant's {} acknowledged messages were all on the event stream {:.2} s after its database came back.",
@@ -348,6 +381,11 @@ async fn main() {
     }
 }
 
+/// Sessions opened per second of a phase.
+fn per_sec(sessions: i64, p: &Phase) -> f64 {
+    sessions as f64 / p.seconds
+}
+
 fn throughput(p: &Phase, per: usize) -> f64 {
     (p.acked.len() * per) as f64 / p.seconds
 }
@@ -362,6 +400,7 @@ fn row(
     p: &Phase,
     which: impl Fn(usize) -> bool,
     lag: &Option<Vec<f64>>,
+    sessions: Option<f64>,
 ) {
     let mut ms: Vec<f64> = p
         .acked
@@ -379,11 +418,12 @@ fn row(
         _ => ("missing".into(), "missing".into()),
     };
     println!(
-        "| {name} | {senders} | {tenants} | {budget} | {:.0} | {:.1} ms | {:.1} ms | {} | {l50} | {l99} |",
+        "| {name} | {senders} | {tenants} | {budget} | {:.0} | {:.1} ms | {:.1} ms | {} | {l50} | {l99} | {} |",
         (n * per) as f64 / p.seconds,
         pct(&ms, 0.5),
         pct(&ms, 0.99),
-        p.errors
+        p.errors,
+        sessions.map_or("-".into(), |s| format!("{s:.1}"))
     );
 }
 

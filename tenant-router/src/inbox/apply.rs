@@ -642,20 +642,30 @@ impl Workers {
                 Access::Deliver,
                 deadline,
                 async |conn, _sector| {
-                    let stmts = match batch {
-                        Some(_) => {
-                            let [ingest, status] = store::Statements::SQL;
-                            Some(store::Statements {
-                                ingest: conn.prepare(ingest).await.map_err(tenant_db)?,
-                                status: conn.prepare(status).await.map_err(tenant_db)?,
-                            })
-                        }
-                        None => None,
-                    };
                     // Prepared before the store (cached per connection), so the store and
-                    // the read still go out together; a database without an outbox yet
-                    // refuses the preparation.
-                    let outbox = match conn.prepare(OUTBOX).await {
+                    // the read still go out together; on a new connection all at once (one
+                    // round trip), and the status statement only for a batch with statuses.
+                    // A database without an outbox yet refuses the outbox's preparation.
+                    let [ingest_sql, status_sql] = store::Statements::SQL;
+                    let statuses = batch.is_some_and(|b| !b.statuses.is_empty());
+                    let (ingest, status, outbox) = futures_util::join!(
+                        async {
+                            match batch {
+                                Some(_) => conn.prepare(ingest_sql).await.map(Some),
+                                None => Ok(None),
+                            }
+                        },
+                        async {
+                            if statuses {
+                                conn.prepare(status_sql).await.map(Some)
+                            } else {
+                                Ok(None)
+                            }
+                        },
+                        conn.prepare(OUTBOX)
+                    );
+                    let (ingest, status) = (ingest.map_err(tenant_db)?, status.map_err(tenant_db)?);
+                    let outbox = match outbox {
                         Ok(s) => Some(s),
                         Err(e) if no_outbox(&e) => None,
                         Err(e) => return Err(tenant_db(e)),
@@ -676,18 +686,19 @@ impl Workers {
                             Err(e) => Err(tenant_db(e)),
                         },
                     };
-                    match (batch, stmts) {
+                    match (batch, ingest, status) {
                         // Messages only: the store and the outbox read in one round trip
                         // (pipelined; each its own transaction, the read after the store).
-                        (Some(b), Some(st)) if b.statuses.is_empty() => {
+                        (Some(b), Some(ingest), None) => {
                             let c = &conn.client;
                             let (stored, events) = futures_util::join!(
-                                store::store_messages(c, &st.ingest, b),
+                                store::store_messages(c, &ingest, b),
                                 read(c)
                             );
                             Ok((Some(stored.map_err(tenant_db)?), events?))
                         }
-                        (Some(b), Some(st)) => {
+                        (Some(b), Some(ingest), Some(status)) => {
+                            let st = store::Statements { ingest, status };
                             let stored = store::store(&mut conn.client, &st, b)
                                 .await
                                 .map_err(tenant_db)?;
