@@ -726,6 +726,68 @@ async fn pipelined_calls_keep_their_own_deadlines() {
     }
 }
 
+/// A tenant's new connection starts with the statement limit its connections last set (in
+/// its startup packet, without a `SET`), and that limit holds on the server: a pipelined
+/// write past its deadline stops there (no cancel request is sent for pipelined
+/// statements, so only the session's limit can stop it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_starts_with_the_tenants_last_limit_and_it_holds() {
+    let pg = pg_harness::PgServer::start().unwrap();
+    let plane = Plane::start().await;
+    plane.add_server("fresh", &pg, 20).await;
+    plane.create("rt-fresh", "servicos", "fresh").await;
+    let router = Router::start(&plane, &[]).await;
+    let token = plane_token_all();
+    let mut leads = LeadsClient::new(router.channel().await);
+    // 1 s deadlines: every call below gets the 600 ms rung of the limit ladder.
+    let write = |phone: &str| {
+        let mut req = call(upsert(phone, "w"), "rt-fresh", &token);
+        req.set_timeout(Duration::from_millis(1_000));
+        req
+    };
+    leads.upsert_lead(write("5511900000011")).await.unwrap();
+
+    // Every connection of the router to the tenant goes away.
+    let su = pg.connect("postgres").await.unwrap();
+    let db = plane.database_of("rt-fresh").await;
+    su.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND usename <> current_user",
+        &[&db],
+    )
+    .await
+    .unwrap();
+    let gone = eventually(Duration::from_secs(3), || async {
+        tenant_connections(&pg).await == 0
+    })
+    .await;
+    assert!(gone, "the router's connections were closed");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let blocker = lock_leads(&pg, &plane, "rt-fresh").await;
+    let err = leads.upsert_lead(write("5511900000012")).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    let stopped = eventually(Duration::from_secs(3), || async {
+        active_statements(&pg).await == 0
+    })
+    .await;
+    assert!(stopped, "the write stopped on the server");
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let err = leads
+        .get_lead(call(
+            dm::GetLeadRequest {
+                key: Some(dm::get_lead_request::Key::Phone("5511900000012".into())),
+            },
+            "rt-fresh",
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "the stopped write did not land");
+}
+
 /// A transaction needs a connection of its own: on a tenant whose one connection is kept
 /// busy by pipelined calls, it still gets it well before its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

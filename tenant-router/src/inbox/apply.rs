@@ -691,10 +691,8 @@ impl Workers {
                         // (pipelined; each its own transaction, the read after the store).
                         (Some(b), Some(ingest), None) => {
                             let c = &conn.client;
-                            let (stored, events) = futures_util::join!(
-                                store::store_messages(c, &ingest, b),
-                                read(c)
-                            );
+                            let (stored, events) =
+                                futures_util::join!(store::store_messages(c, &ingest, b), read(c));
                             Ok((Some(stored.map_err(tenant_db)?), events?))
                         }
                         (Some(b), Some(ingest), Some(status)) => {

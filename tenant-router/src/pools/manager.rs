@@ -7,7 +7,7 @@ use super::budget::{BudgetPermit, ServerBudget};
 use crate::error::RouterError;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,6 +27,8 @@ pub struct PgConn {
     /// The session's `statement_timeout` in milliseconds as last set (`None`: not known);
     /// its lock is held while a statement and its limit are queued (see `session`).
     session: Mutex<Option<u32>>,
+    /// The limit the tenant's connections last set: a new one starts with it.
+    last_limit: Arc<AtomicU32>,
     server_addr: Arc<(String, u16)>,
 }
 
@@ -75,6 +77,13 @@ impl PgConn {
     /// The session's statement time limit as last set; held while queueing a statement.
     pub(crate) fn session_limit(&self) -> MutexGuard<'_, Option<u32>> {
         self.session.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a limit just set on the session (under its lock), for the tenant's next
+    /// connection to start with.
+    pub(crate) fn limit_set(&self, session: &mut Option<u32>, ms: u32) {
+        *session = Some(ms);
+        self.last_limit.store(ms, Ordering::Relaxed);
     }
 }
 
@@ -147,6 +156,10 @@ pub struct TenantManager {
     /// `ServerBudget::decay_uses`): calls of the last 22 seconds weigh half. Rarely called
     /// tenants are told apart only over a long window.
     pub(crate) uses: AtomicU64,
+    /// The statement limit the tenant's connections last set (0: none yet). A new
+    /// connection gets it in its startup packet, which saves a `SET` round trip on the
+    /// first statement of a tenant whose calls keep one limit (the inbox's applies do).
+    pub(crate) last_limit: Arc<AtomicU32>,
     /// TLS to the server, verified against the configured CA (`None`: plaintext).
     pub(crate) tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
@@ -277,6 +290,16 @@ impl deadpool::managed::Manager for TenantManager {
             self.server.acquire(self.tenant).await
         };
         let permit = (permit, Live::new(&self.live));
+        let first_limit = self.last_limit.load(Ordering::Relaxed);
+        let pg = match first_limit {
+            0 => std::borrow::Cow::Borrowed(&self.pg),
+            ms => {
+                let mut pg = self.pg.clone();
+                // Built from a number only.
+                pg.options(format!("-c statement_timeout={ms}"));
+                std::borrow::Cow::Owned(pg)
+            }
+        };
         let connected = tokio::time::timeout(self.connect_timeout, async {
             let stream = TcpStream::connect((self.server_addr.0.as_str(), self.server_addr.1))
                 .await
@@ -287,8 +310,7 @@ impl deadpool::managed::Manager for TenantManager {
                 permit: Some(permit),
             };
             match &self.tls {
-                None => self
-                    .pg
+                None => pg
                     .connect_raw(socket, NoTls)
                     .await
                     .map(|(client, conn)| (client, drive(conn)))
@@ -300,8 +322,7 @@ impl deadpool::managed::Manager for TenantManager {
                         Socket,
                     >>::make_tls_connect(&mut tls.clone(), host)
                     .map_err(|e| ConnectError::Connect(format!("tls: {e}")))?;
-                    self.pg
-                        .connect_raw(socket, connector)
+                    pg.connect_raw(socket, connector)
                         .await
                         .map(|(client, conn)| (client, drive(conn)))
                         .map_err(ConnectError::Postgres)
@@ -345,7 +366,8 @@ impl deadpool::managed::Manager for TenantManager {
         Ok(PgConn {
             client,
             statements: Mutex::new(HashMap::new()),
-            session: Mutex::new(None),
+            session: Mutex::new((first_limit > 0).then_some(first_limit)),
+            last_limit: Arc::clone(&self.last_limit),
             server_addr: Arc::clone(&self.server_addr),
         })
     }

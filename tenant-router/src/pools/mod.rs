@@ -165,6 +165,7 @@ impl Pools {
             server_addr: Arc::new((route.host.clone(), port)),
             live: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             uses: std::sync::atomic::AtomicU64::new(0),
+            last_limit: Arc::default(),
             tls: self.tls.clone(),
         };
         // The plan's pool size (0 from an older control plane: no plan limit).

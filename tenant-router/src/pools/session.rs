@@ -100,7 +100,7 @@ impl<'a> Db<'a> {
     ) {
         let mut session = self.conn.session_limit();
         let set = (*session != Some(self.limit_ms)).then(|| {
-            *session = Some(self.limit_ms);
+            self.conn.limit_set(&mut session, self.limit_ms);
             start(set_limit(&self.conn.client, self.limit_ms))
         });
         let q = start(statement(&self.conn.client));
@@ -118,7 +118,7 @@ impl<'a> Db<'a> {
             if *session == Some(self.limit_ms) {
                 return Ok(());
             }
-            *session = Some(self.limit_ms);
+            self.conn.limit_set(&mut session, self.limit_ms);
             start(set_limit(&self.conn.client, self.limit_ms))
         };
         let r = set.finish().await;
