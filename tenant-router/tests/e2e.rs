@@ -579,25 +579,7 @@ async fn deadlines_cancel_queries_and_a_dead_server_is_unavailable() {
     let blocker = lock_leads(&pg, &plane, "rt-echo").await;
     let mut req = call(upsert("5511933334444", "late"), "rt-echo", &token);
     req.set_timeout(Duration::from_millis(300));
-    let err = leads.upsert_lead(req).await.unwrap_err();
-    assert!(
-        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
-        "{err:?}"
-    );
-    let cancelled = eventually(Duration::from_secs(3), || async {
-        active_statements(&pg).await == 0
-    })
-    .await;
-    assert!(cancelled, "the query was cancelled on the server");
-    blocker.batch_execute("ROLLBACK").await.unwrap();
-    let lead = leads
-        .get_lead(call(
-            dm::GetLeadRequest {
-                key: Some(dm::get_lead_request::Key::Phone("5511933334444".into())),
-            },
-            "rt-echo",
-            &token,
-        ))
+    let lead = stopped_on_the_server(&pg, &mut leads, req, blocker, ("rt-echo", &token))
         .await
         .unwrap()
         .into_inner();
@@ -726,12 +708,13 @@ async fn pipelined_calls_keep_their_own_deadlines() {
     }
 }
 
-/// A tenant's new connection starts with the statement limit its connections last set (in
-/// its startup packet, without a `SET`), and that limit holds on the server: a pipelined
-/// write past its deadline stops there (no cancel request is sent for pipelined
-/// statements, so only the session's limit can stop it).
+/// On a tenant's new connection, a pipelined write waiting for a lock past its deadline
+/// stops on the server, its statement's preparation included: no cancel request is sent
+/// for pipelined statements, so only the session's limit can stop them, and parsing takes
+/// the table's lock too. The connection starts with the limit the tenant's connections last
+/// set, here a longer one, so the call's own limit must be set before the preparation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_connection_starts_with_the_tenants_last_limit_and_it_holds() {
+async fn a_deadline_stops_a_first_statement_and_its_preparation_on_a_new_connection() {
     let pg = pg_harness::PgServer::start().unwrap();
     let plane = Plane::start().await;
     plane.add_server("fresh", &pg, 20).await;
@@ -739,13 +722,17 @@ async fn a_new_connection_starts_with_the_tenants_last_limit_and_it_holds() {
     let router = Router::start(&plane, &[]).await;
     let token = plane_token_all();
     let mut leads = LeadsClient::new(router.channel().await);
-    // 1 s deadlines: every call below gets the 600 ms rung of the limit ladder.
-    let write = |phone: &str| {
+    let write = |phone: &str, ms: u64| {
         let mut req = call(upsert(phone, "w"), "rt-fresh", &token);
-        req.set_timeout(Duration::from_millis(1_000));
+        req.set_timeout(Duration::from_millis(ms));
         req
     };
-    leads.upsert_lead(write("5511900000011")).await.unwrap();
+    // A long limit set last (30 s deadline: its 15 s rung; or the inbox workers' 4 s), so
+    // the new connection starts with a limit far from the 1 s call's below.
+    leads
+        .upsert_lead(write("5511900000011", 30_000))
+        .await
+        .unwrap();
 
     // Every connection of the router to the tenant goes away.
     let su = pg.connect("postgres").await.unwrap();
@@ -764,28 +751,44 @@ async fn a_new_connection_starts_with_the_tenants_last_limit_and_it_holds() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let blocker = lock_leads(&pg, &plane, "rt-fresh").await;
-    let err = leads.upsert_lead(write("5511900000012")).await.unwrap_err();
+    let err = stopped_on_the_server(
+        &pg,
+        &mut leads,
+        write("5511900000012", 1_000),
+        blocker,
+        ("rt-fresh", &token),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "the stopped write did not land");
+}
+
+/// Sends `req`, an upsert that waits for `blocker`'s lock on `leads`, and checks that its
+/// deadline ended it and that its statement stopped on the server; then releases the lock
+/// and looks the lead up (in the same tenant, by the same phone).
+async fn stopped_on_the_server(
+    pg: &pg_harness::PgServer,
+    leads: &mut LeadsClient<tonic::transport::Channel>,
+    req: tonic::Request<dm::UpsertLeadRequest>,
+    blocker: tokio_postgres::Client,
+    (tenant, token): (&str, &str),
+) -> Result<tonic::Response<dm::Lead>, tonic::Status> {
+    let phone = req.get_ref().phone.clone();
+    let err = leads.upsert_lead(req).await.unwrap_err();
     assert!(
         matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{err:?}"
     );
-    let stopped = eventually(Duration::from_secs(3), || async {
-        active_statements(&pg).await == 0
+    let stopped = eventually(Duration::from_secs(2), || async {
+        active_statements(pg).await == 0
     })
     .await;
     assert!(stopped, "the write stopped on the server");
     blocker.batch_execute("ROLLBACK").await.unwrap();
-    let err = leads
-        .get_lead(call(
-            dm::GetLeadRequest {
-                key: Some(dm::get_lead_request::Key::Phone("5511900000012".into())),
-            },
-            "rt-fresh",
-            &token,
-        ))
+    let key = Some(dm::get_lead_request::Key::Phone(phone));
+    leads
+        .get_lead(call(dm::GetLeadRequest { key }, tenant, token))
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "the stopped write did not land");
 }
 
 /// A transaction needs a connection of its own: on a tenant whose one connection is kept

@@ -62,12 +62,22 @@ impl PgConn {
     /// A prepared statement for `sql`, prepared once per connection (calls sharing the
     /// connection may both prepare it the first time; either statement works).
     pub async fn prepare(&self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(s) = self.statements().get(sql) {
-            return Ok(s.clone());
+        if let Some(s) = self.prepared(sql) {
+            return Ok(s);
         }
         let s = self.client.prepare(sql).await?;
-        self.statements().insert(sql, s.clone());
+        self.keep_prepared(sql, &s);
         Ok(s)
+    }
+
+    /// The statement for `sql` if this connection has prepared it.
+    pub(crate) fn prepared(&self, sql: &'static str) -> Option<Statement> {
+        self.statements().get(sql).cloned()
+    }
+
+    /// Remembers a statement prepared on this connection.
+    pub(crate) fn keep_prepared(&self, sql: &'static str, s: &Statement) {
+        self.statements().insert(sql, s.clone());
     }
 
     fn statements(&self) -> MutexGuard<'_, HashMap<&'static str, Statement>> {

@@ -53,9 +53,18 @@ impl<'a> Db<'a> {
         Db { conn, limit_ms }
     }
 
-    /// A prepared statement for `sql` (prepared once per connection).
+    /// A prepared statement for `sql` (prepared once per connection). Preparing takes the
+    /// statement's locks (parse analysis opens its tables), so it runs under the call's
+    /// limit too: a call past its deadline must not leave a preparation waiting on the
+    /// server, nor one that waits under another call's limit.
     pub async fn prepare(&self, sql: &'static str) -> Result<Statement, Error> {
-        self.conn.prepare(sql).await
+        if let Some(s) = self.conn.prepared(sql) {
+            return Ok(s);
+        }
+        let (set, q) = self.enqueue(|c| c.prepare(sql));
+        let s = finish(set, q).await?;
+        self.conn.keep_prepared(sql, &s);
+        Ok(s)
     }
 
     /// Rows of a prepared statement.
