@@ -2,12 +2,13 @@
 # Router benchmark: the same operations direct to PostgreSQL, through PgBouncer (transaction
 # mode, installed from the OS packages when missing) and through the router, in four
 # scenarios: one hot tenant at 1/8/32 callers, 2,000 tenants over two servers with Zipf
-# traffic, cold start, router memory with 10,000 routes and 1,000 warm pools. Brings
+# traffic, cold start, router memory with 10,000 routes and 1,000 warm pools; then the hot
+# tenant again with PostgreSQL on half the CPUs and everything else on the other half. Brings
 # everything up itself (two PostgreSQL servers, control plane, routers, PgBouncer), tears it
 # down, writes target/bench/results.json and the router section of docs/BENCHMARKS.md.
 #
 #   scripts/bench.sh [--quick] [--seconds N] [--many-seconds N] [--callers 1,8,32] [--tenants N] [--cold N]
-#                    [--routes N] [--warm-pools N] [--only hot,many,cold,memory]
+#                    [--routes N] [--warm-pools N] [--only hot,many,cold,memory] [--pin-postgres]
 #   scripts/bench.sh --only backup [--backup-tenants 1000] [--backup-traffic 100]
 #     (router traffic while the whole fleet is backed up, against plain pg_dump; asked for
 #     by name only)
@@ -32,6 +33,16 @@ echo "machine: $machine" >&2
 out="$(mktemp)"
 started=$(date +%s)
 target/release/loadgen --machine "$machine" "$@" | tee "$out"
+# A full run measures the hot tenant once more with PostgreSQL on CPUs of its own (as
+# deployed, where the router and its callers run on other hosts than the database).
+case " $* " in
+  *" --quick "*|*" --only "*|*" --pin-postgres "*) ;;
+  *)
+    if [ "$(nproc)" -ge 2 ]; then
+      target/release/loadgen --machine "$machine" "$@" --only hot --pin-postgres \
+        --out target/bench/results-pinned.json | tee -a "$out"
+    fi ;;
+esac
 echo "bench: $(( $(date +%s) - started )) s" >&2
 case " $* " in
   *" --quick "*|*" --only "*)

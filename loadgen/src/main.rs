@@ -7,6 +7,7 @@
 mod measure;
 mod ops;
 mod pgbench;
+mod pin;
 mod report;
 mod scenarios;
 mod stack;
@@ -26,7 +27,7 @@ const SCENARIOS: [&str; 5] = ["hot", "many", "cold", "memory", "backup"];
 const DEFAULT: [&str; 4] = ["hot", "many", "cold", "memory"];
 
 /// The flags `loadgen` takes.
-const USAGE: &str = "flags: --quick --seconds N --many-seconds N --callers 1,8,32 --tenants N \
+const USAGE: &str = "flags: --quick --pin-postgres --seconds N --many-seconds N --callers 1,8,32 --tenants N \
                  --cold N --routes N --warm-pools N --backup-tenants N --backup-traffic N --only hot,many,cold,memory,backup \
                  --out FILE --machine TEXT";
 
@@ -42,6 +43,10 @@ fn args() -> Result<Args> {
     let mut it = raw.iter();
     while let Some(flag) = it.next() {
         if flag == "--quick" {
+            continue;
+        }
+        if flag == "--pin-postgres" {
+            settings.pin = Some(pin::Cpus::halves()?);
             continue;
         }
         if flag == "--help" || flag == "-h" {
@@ -110,7 +115,16 @@ async fn main() -> Result<()> {
     let s = &a.settings;
     // Room for the baselines' unbounded connections: one or more per tenant.
     let max_connections = u32::try_from(s.many_tenants.max(2 * s.warm_pools) + 300)?;
+    if let Some(cpus) = &s.pin {
+        // Before anything starts: what this process starts inherits its CPUs.
+        pin::this_process(cpus)?;
+    }
     let stack = stack::Stack::start(2, max_connections).await?;
+    if let Some(cpus) = &s.pin {
+        for dir in stack.postgres_dirs() {
+            pin::server(cpus, dir)?;
+        }
+    }
     let mut report = report::Report::default();
     report.put("machine", &a.machine);
     report.put("settings", s);

@@ -43,6 +43,16 @@ pub fn admin_req<T>(m: T, token: &str) -> tonic::Request<T> {
 }
 
 impl Stack {
+    /// The cluster directories of every PostgreSQL server of the run: the tenants' servers
+    /// and the durable ingest server.
+    pub fn postgres_dirs(&self) -> Vec<&std::path::Path> {
+        self.servers
+            .iter()
+            .chain(std::iter::once(pg_harness::shared_durable()))
+            .map(|p| p.dir.as_path())
+            .collect()
+    }
+
     /// `servers` PostgreSQL servers (catalog on the first), each registered with a router
     /// budget of [`BUDGET`] and room for `max_connections` backends (the direct and
     /// PgBouncer baselines have no budget and may open one connection per tenant).

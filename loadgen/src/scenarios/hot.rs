@@ -93,14 +93,27 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
             }
         }
     }
+    let (title, cpus) = match &s.pin {
+        Some(c) => (
+            ", PostgreSQL on CPUs of its own",
+            format!(
+                " Every PostgreSQL server (the tenant's and the ingest server) on CPU {}; the load \
+                 generator, the control plane, the router, PgBouncer and pgbench on CPU {} \
+                 (`--pin-postgres`): the database's CPU is its own, as where the router and its \
+                 callers run on other hosts than PostgreSQL.",
+                c.postgres, c.rest
+            ),
+        ),
+        None => ("", String::new()),
+    };
     report.line(&format!(
-        "### One hot tenant\n\nGetLead, AppendMessage and ListMessages (20 rows) in equal parts, \
+        "### One hot tenant{title}\n\nGetLead, AppendMessage and ListMessages (20 rows) in equal parts, \
          closed loop, {} s per cell after a 0.5 s warm-up; each caller on its own conversation. \
          Direct: one connection per caller with prepared statements. PgBouncer: transaction \
          mode, pool of {POOL}, unnamed statements. Router: pool of {POOL} for the tenant, one \
          HTTP/2 connection per eight callers; its AppendMessage calls also relay their events \
          to the event log (the message pipeline: at most one relay of the tenant every 25 ms), \
-         which direct and PgBouncer do not do.\n",
+         which direct and PgBouncer do not do.{cpus}\n",
         s.seconds
     ));
     report.modes_table(&cells, &["server conns"], |m| {

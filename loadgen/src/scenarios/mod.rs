@@ -34,6 +34,8 @@ pub struct Settings {
     pub backup_tenants: usize,
     /// Of those, how many get traffic meanwhile.
     pub backup_traffic_tenants: usize,
+    /// PostgreSQL on CPUs of its own, everything else on the others (`--pin-postgres`).
+    pub pin: Option<crate::pin::Cpus>,
 }
 
 impl Settings {
@@ -49,6 +51,7 @@ impl Settings {
             warm_pools: 1000,
             backup_tenants: 1000,
             backup_traffic_tenants: 100,
+            pin: None,
         }
     }
 
