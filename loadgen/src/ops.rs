@@ -92,6 +92,19 @@ pub async fn seed(index: usize, route: &Route, leads: i64) -> Result<Fixture> {
     })
 }
 
+/// Deletes every row of the tenant's event outbox (as the superuser: `TRUNCATE`).
+pub async fn empty_outbox(route: &Route) -> Result<()> {
+    let port = u16::try_from(route.port)?;
+    let mut cfg = pg_config(route, port, "loadgen-outbox");
+    cfg.user(pg_harness::SUPERUSER)
+        .password(pg_harness::SUPERUSER_PASSWORD);
+    let c = connect(&cfg)
+        .await
+        .with_context(|| format!("emptying the outbox of {}", route.slug))?;
+    c.batch_execute("TRUNCATE eventos_saida").await?;
+    Ok(())
+}
+
 struct PgClient {
     client: tokio_postgres::Client,
     /// Prepared once per connection (direct mode only).

@@ -1,6 +1,6 @@
 //! One hot tenant at several concurrencies, the three ways.
 
-use super::{seed_all, three_targets, Settings};
+use super::{empty_outboxes, seed_all, three_targets, Settings};
 use crate::measure::{run, ConnectionSampler, Measured, Workload};
 use crate::pgbench::{self, PgbenchRow};
 use crate::report::Report;
@@ -44,6 +44,9 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
                 "pgbouncer" => "loadgen-bouncer",
                 _ => "tenant-router",
             };
+            if app == "tenant-router" {
+                empty_outboxes(&routes, 1).await?;
+            }
             let sampler = ConnectionSampler::start(&stack.servers, app).await?;
             let m = run(
                 Arc::new(target),
@@ -113,7 +116,8 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
          mode, pool of {POOL}, unnamed statements. Router: pool of {POOL} for the tenant, one \
          HTTP/2 connection per eight callers; its AppendMessage calls also relay their events \
          to the event log (the message pipeline: at most one relay of the tenant every 25 ms), \
-         which direct and PgBouncer do not do.{cpus}\n",
+         which direct and PgBouncer do not do (their events stay in the tenant's outbox, emptied \
+         before each router cell so the router relays only its own).{cpus}\n",
         s.seconds
     ));
     report.modes_table(&cells, &["server conns"], |m| {

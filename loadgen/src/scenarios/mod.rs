@@ -107,21 +107,54 @@ pub async fn seed_all(
     leads: i64,
     parallel: usize,
 ) -> anyhow::Result<Vec<Fixture>> {
+    each_route(routes, parallel, move |i, route| async move {
+        crate::ops::seed(i, &route, leads).await
+    })
+    .await
+}
+
+/// Empties the tenants' event outboxes (before a router cell). Every mode's writes leave
+/// their events in the tenant's outbox (the schema's triggers), but only the router relays
+/// them: left there, the baselines' events would be relayed during the router's cell, work
+/// that is not the router's calls'.
+pub async fn empty_outboxes(
+    routes: &[proto::control::v1::Route],
+    parallel: usize,
+) -> anyhow::Result<()> {
+    each_route(routes, parallel, |_, route| async move {
+        crate::ops::empty_outbox(&route).await
+    })
+    .await?;
+    Ok(())
+}
+
+/// `f` on every route, `parallel` at a time; the results in the routes' order.
+async fn each_route<T, F, Fut>(
+    routes: &[proto::control::v1::Route],
+    parallel: usize,
+    f: F,
+) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize, proto::control::v1::Route) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>> + Send + 'static,
+{
     let gate = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, route) in routes.iter().cloned().enumerate() {
         let gate = Arc::clone(&gate);
+        let work = f(i, route);
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await?;
-            crate::ops::seed(i, &route, leads).await
+            Ok::<_, anyhow::Error>((i, work.await?))
         });
     }
     let mut out = Vec::with_capacity(routes.len());
     while let Some(done) = tasks.join_next().await {
         out.push(done??);
     }
-    out.sort_by_key(|f| f.index);
-    Ok(out)
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, t)| t).collect())
 }
 
 /// The three ways to the same tenants: direct (prepared statements if `prepared`), through
