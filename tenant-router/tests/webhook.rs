@@ -993,9 +993,10 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 async fn near_limit_bodies_stay_within_the_buffer_bound() {
     const BOUND: u64 = 4 << 20;
     /// What is not a body: each of the 100 connections' 64 KiB read-ahead buffer, plus
-    /// 4 MiB for tasks, parsing and allocator slack. (Without the bound the same burst grows
-    /// the router by about 25 MB.)
-    const MARGIN: u64 = 100 * (64 << 10) + (4 << 20);
+    /// 6 MiB for tasks, parsing and allocator slack (glibc's per-thread arenas vary from run
+    /// to run: a clean-clone CI run peaked 24 KB over a 4 MiB slack). Without the bound the
+    /// same burst grows the router by about 25 MB, well over this.
+    const MARGIN: u64 = 100 * (64 << 10) + (6 << 20);
     let pg = pg_harness::shared();
     let bound = BOUND.to_string();
     let s = setup_with(
