@@ -163,12 +163,11 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
          tenants get {:.0}% of the calls, the top 160 {:.0}%), the same operation mix, {} s \
          after every tenant was called once and a 1 s warm-up. Router: budget {BUDGET} \
          connections per server, {PER_TENANT} per tenant. PgBouncer: {PER_TENANT} per database \
-         (it has no per-server limit). Direct: connections kept per tenant, no limit. The tenants' event outboxes are \
-         emptied before the router's cell (the baselines' and the seeds' events are not its \
-         to relay). \"max \
-         conns\" is the most client connections to tenant databases each server had \
-         (`pg_stat_activity`, sampled every {} ms). Creating the {n} tenants through \
-         `CreateTenant` (4 at a time) took {created:.0} s.\n",
+         (it has no per-server limit). Direct: connections kept per tenant, no limit. The \
+         tenants' event outboxes are emptied before the router's cell (the baselines' and the \
+         seeds' events are not its to relay). \"max conns\" is the most client connections to \
+         tenant databases each server had (`pg_stat_activity`, sampled every {} ms). Creating \
+         the {n} tenants through `CreateTenant` (4 at a time) took {created:.0} s.\n",
         top10 * 100.0,
         top160 * 100.0,
         s.many_seconds,
