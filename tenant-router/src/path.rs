@@ -131,7 +131,7 @@ impl TenantPath {
             true => self.pools.shared(route, deadline).await.map(Got::Shared),
             false => self
                 .pools
-                .get(route, deadline)
+                .get(route, deadline, access == Access::Deliver)
                 .await
                 .map(|c| Got::Own(Box::new(c))),
         };

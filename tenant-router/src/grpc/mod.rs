@@ -141,7 +141,12 @@ impl CallContext {
             }
         };
         if permission == Permission::Write && result.is_ok() {
-            // Its events (messages, statuses, leads) go to the event log.
+            // Its events (messages, statuses, leads) go to the event log, relayed on the
+            // connection the write leaves open (not one reopened for the relay).
+            self.path
+                .pools
+                .expect_visit(tenant_id, self.inbox.relay_within())
+                .await;
             self.inbox.wake(tenant_id, crate::inbox::Wake::Events);
         }
         result

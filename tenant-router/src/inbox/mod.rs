@@ -60,6 +60,9 @@ pub(crate) struct Submission {
     done: oneshot::Sender<Result<(), InboxError>>,
 }
 
+/// Time for a woken tenant's relay to get a worker, on top of its relay turn.
+const RELAY_QUEUEING: Duration = Duration::from_millis(250);
+
 /// Connections to the ingest database: the writers' and the workers' (apart, so slow
 /// tenant databases holding workers never delay acknowledgements).
 pub(crate) struct Connections {
@@ -231,6 +234,12 @@ impl Inbox {
     /// Notified whenever this router records events.
     pub(crate) fn events_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.events.subscribe()
+    }
+
+    /// How soon the workers usually visit a tenant after a domain write (its relay turn and
+    /// some queueing): its connection is kept that long for them (see `Pools::expect_visit`).
+    pub fn relay_within(&self) -> Duration {
+        Duration::from_millis(self.cfg.relay_every_ms) + RELAY_QUEUEING
     }
 
     /// Tells this router's workers a tenant has fresh rows or events to relay (dropped

@@ -294,21 +294,29 @@ impl ServerBudget {
     /// otherwise keep their connections forever); counts the closing when it says yes.
     pub fn should_yield(&self) -> bool {
         let waiting = self.waiting.load(Ordering::Relaxed);
-        if waiting == 0 || self.releasing() >= waiting {
-            return false;
-        }
-        let since = *self.queue_since.lock().unwrap_or_else(|p| p.into_inner());
-        if since.is_none_or(|t| t.elapsed() <= STARVING_AFTER) {
+        if waiting == 0 || self.releasing() >= waiting || !self.starving() {
             return false;
         }
         self.note_closing();
         true
     }
 
-    /// Whether calls wait for this budget or it owes permits: connections held by busy
-    /// tenants should pass through the pool's checks (see `lanes`).
+    /// Whether a call has starved for this budget (see `should_yield`) or it owes permits:
+    /// connections held by busy tenants should pass through the pool's checks (see
+    /// `lanes`). Calls waiting less long are served by idle connections closing, and
+    /// retiring busy tenants' lanes for them would only make those tenants open more.
     pub fn pressed(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) > 0 || self.debt.owed.load(Ordering::Relaxed) > 0
+        self.debt.owed.load(Ordering::Relaxed) > 0 || self.starving()
+    }
+
+    /// Calls have waited for a permit without a break for longer than [`STARVING_AFTER`].
+    fn starving(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+            && self
+                .queue_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| t.elapsed() > STARVING_AFTER)
     }
 
     /// Permits kept free ahead of need.
@@ -400,11 +408,17 @@ impl ServerBudget {
         // A pool's surplus first (least recently used): a tenant keeping one connection
         // saves a new one later. Else the sole connection of the tenant used least lately
         // (uses decay by a 32nd every second), so a stream of rarely seen tenants takes
-        // connections from each other rather than from the regulars.
+        // connections from each other rather than from the regulars; a tenant the inbox
+        // is about to visit (to relay a write's events) last, so that the visit does not
+        // reopen the connection its write just left.
         let mut surplus: Option<(Instant, usize)> = None;
-        let mut coldest: Option<(u64, Instant, usize)> = None;
+        let mut coldest: Option<((bool, u64), Instant, usize)> = None;
         for (i, pool) in pools.iter().enumerate() {
-            let uses = pool.manager().uses.load(Ordering::Relaxed);
+            let manager = pool.manager();
+            let uses = (
+                manager.visit_pending(),
+                manager.uses.load(Ordering::Relaxed),
+            );
             let several = pool.status().size >= 2;
             // Looks at each idle connection, keeping all.
             let _ = pool.retain(|_, m| {

@@ -9,8 +9,8 @@
 //! idle or the budget has slack, and else joins the least loaded lane that is not stuck (or
 //! waits for one). When a lane's last call ends, its connection goes back to the pool, where
 //! the budget's rules (closing for others, debt) apply as for any returned connection; a
-//! lane on a server where calls wait for the budget (or the grant went down) is retired
-//! after [`RETIRE_AFTER`] so that its connection goes through them too. Calls that need a
+//! lane on a server where a call has starved for the budget (or the grant went down) is
+//! retired after [`RETIRE_AFTER`] so that its connection goes through them too. Calls that need a
 //! transaction check out a connection of their own (`Pools::get`); while one waits for it,
 //! the tenant's lanes are retired and pipelined calls open none, so one comes back.
 

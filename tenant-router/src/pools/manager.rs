@@ -166,6 +166,10 @@ pub struct TenantManager {
     /// `ServerBudget::decay_uses`): calls of the last 22 seconds weigh half. Rarely called
     /// tenants are told apart only over a long window.
     pub(crate) uses: AtomicU64,
+    /// Until when the inbox is expected to visit the tenant (after a write through this
+    /// router: the relay of its events): its last connection is not closed for another
+    /// tenant meanwhile unless no other can be (see `ServerBudget::close_coldest_idle`).
+    pub(crate) visit_expected: Mutex<Option<std::time::Instant>>,
     /// The statement limit the tenant's connections last set (0: none yet). A new
     /// connection gets it in its startup packet, which saves a `SET` round trip on the
     /// first statement of a tenant whose calls keep one limit (the inbox's applies do).
@@ -275,6 +279,30 @@ impl TenantManager {
     /// Counts a call for the tenant.
     pub(crate) fn note_use(&self) {
         self.uses.fetch_add(USE_WEIGHT, Ordering::Relaxed);
+    }
+
+    /// Keeps the tenant's last connection for the inbox's visit expected within `within`.
+    pub(crate) fn expect_visit(&self, within: Duration) {
+        *self
+            .visit_expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now() + within);
+    }
+
+    /// The expected visit came (or will not be waited for any more).
+    pub(crate) fn visited(&self) {
+        *self
+            .visit_expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Whether a visit of the inbox is expected now.
+    pub(crate) fn visit_pending(&self) -> bool {
+        self.visit_expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| std::time::Instant::now() < t)
     }
 
     /// Forgets a 32nd of the tenant's use count (called every second).

@@ -165,6 +165,7 @@ impl Pools {
             server_addr: Arc::new((route.host.clone(), port)),
             live: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             uses: std::sync::atomic::AtomicU64::new(0),
+            visit_expected: Mutex::new(None),
             last_limit: Arc::default(),
             tls: self.tls.clone(),
         };
@@ -201,13 +202,30 @@ impl Pools {
         self.cfg.pipeline_depth > 0
     }
 
+    /// Keeps the tenant's connection open for the inbox's visit expected `within` (after a
+    /// domain write, to relay its events): it is the last of the server's idle connections
+    /// closed for other tenants meanwhile. A tenant without a pool has nothing to keep.
+    pub async fn expect_visit(&self, tenant: i64, within: Duration) {
+        if let Some(p) = self.cache.get(&tenant).await {
+            p.pool.manager().expect_visit(within);
+        }
+    }
+
     /// A connection of the tenant's own, waiting at most until `deadline` (for calls that
-    /// need a transaction). While it waits, the tenant's pipelined calls take no new
-    /// connection and its lanes take no new calls, so a busy tenant's shared connections
-    /// drain and one comes back for it.
-    pub async fn get(&self, route: &pb::Route, deadline: Instant) -> Result<Conn, GetError> {
+    /// need a transaction, and the inbox's `visit`s). While it waits, the tenant's
+    /// pipelined calls take no new connection and its lanes take no new calls, so a busy
+    /// tenant's shared connections drain and one comes back for it. A visit is not counted
+    /// as a use of the tenant (its writes were), and ends the wait for it.
+    pub async fn get(
+        &self,
+        route: &pb::Route,
+        deadline: Instant,
+        visit: bool,
+    ) -> Result<Conn, GetError> {
         let mut pool = self.pool(route).await.map_err(GetError::Other)?;
-        pool.pool.manager().note_use();
+        if !visit {
+            pool.pool.manager().note_use();
+        }
         let started = Instant::now();
         let mut pause = SATURATED_PAUSE_MIN;
         let mut waiting = None;
@@ -235,7 +253,10 @@ impl Pools {
                 Err(_) => return Err(self.gave_up(started)),
             }
         };
-        self.handed(started, got)
+        if visit {
+            pool.pool.manager().visited();
+        }
+        self.handed(started, got, false)
     }
 
     /// A place for a single-statement call on one of the tenant's connections, shared
@@ -249,7 +270,7 @@ impl Pools {
         let mut pause = SATURATED_PAUSE_MIN;
         loop {
             if let Some(s) = pool.pick(depth, stuck, false) {
-                self.observe_handed(started, false);
+                self.observe_handed(started, false, true);
                 return Ok(s);
             }
             if pool.exclusive_waits() {
@@ -267,7 +288,7 @@ impl Pools {
             match tokio::time::timeout(remaining, pool.pool.timeout_get(&NO_WAIT)).await {
                 Ok(Err(PoolError::Backend(ConnectError::Saturated) | PoolError::Timeout(_))) => {
                     if let Some(s) = pool.pick(depth, stuck, true) {
-                        self.observe_handed(started, false);
+                        self.observe_handed(started, false, true);
                         return Ok(s);
                     }
                     // Every lane is stuck and no connection is to be had: look again soon.
@@ -283,19 +304,24 @@ impl Pools {
                     tokio::time::sleep(SATURATED_PAUSE_MIN).await;
                     pool = self.pool(route).await.map_err(GetError::Other)?;
                 }
-                Ok(got) => return Ok(pool.open_lane(self.handed(started, got)?)),
+                Ok(got) => return Ok(pool.open_lane(self.handed(started, got, true)?)),
                 Err(_) => return Err(self.gave_up(started)),
             }
         }
     }
 
-    fn observe_handed(&self, started: Instant, opened: bool) {
+    /// Counts a connection (or a place on one) handed to a call: `opened` for it, `shared`
+    /// with other calls.
+    fn observe_handed(&self, started: Instant, opened: bool, shared: bool) {
         self.metrics
             .connection_wait
             .observe(started.elapsed().as_secs_f64());
         self.metrics
             .connections_handed
-            .with_label_values(&[if opened { "opened" } else { "reused" }])
+            .with_label_values(&[
+                if opened { "opened" } else { "reused" },
+                if shared { "shared" } else { "exclusive" },
+            ])
             .inc();
     }
 
@@ -313,10 +339,11 @@ impl Pools {
         &self,
         started: Instant,
         got: Result<Conn, PoolError<ConnectError>>,
+        shared: bool,
     ) -> Result<Conn, GetError> {
         match got {
             Ok(conn) => {
-                self.observe_handed(started, Object::metrics(&conn).recycle_count == 0);
+                self.observe_handed(started, Object::metrics(&conn).recycle_count == 0, shared);
                 Ok(conn)
             }
             Err(e) => {
