@@ -436,9 +436,9 @@ impl Router {
             .context("VmRSS missing")
     }
 
-    /// The sum of the samples of metric `name` whose labels contain `label` (all if empty),
+    /// The sum of the samples of metric `name` whose labels contain every one of `labels`,
     /// read from `/metrics`.
-    pub async fn metric(&self, name: &str, label: &str) -> Result<f64> {
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> Result<f64> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(&self.http).await?;
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await?;
@@ -448,7 +448,7 @@ impl Router {
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-            .filter(|l| label.is_empty() || l.contains(label))
+            .filter(|l| labels.iter().all(|label| l.contains(label)))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum())
     }

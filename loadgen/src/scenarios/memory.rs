@@ -67,7 +67,7 @@ pub async fn scenario(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_routes_kib = router.rss_kib()?;
-    let routes_cached = router.metric("tenant_router_routes_cached", "").await?;
+    let routes_cached = router.metric("tenant_router_routes_cached", &[]).await?;
     let target = Arc::new(Target::Router(
         RouterClients::new(&router, 8, &stack.token()?).await?,
     ));
@@ -77,9 +77,9 @@ pub async fn scenario(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_pools_kib = router.rss_kib()?;
-    let warm_pools = router.metric("tenant_router_pools_open", "").await?;
+    let warm_pools = router.metric("tenant_router_pools_open", &[]).await?;
     let connections = router
-        .metric("tenant_router_server_connections", "")
+        .metric("tenant_router_server_connections", &[])
         .await?;
     let m = Memory {
         routes_cached,
