@@ -1174,6 +1174,73 @@ async fn a_burst_on_cold_tenants_does_not_starve_a_hot_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_keeps_its_connection_for_the_relay_of_its_events() {
+    // Budget 4 (one permit kept free): three idle connections at most.
+    let pg = pg_harness::PgServer::start().unwrap();
+    let plane = Plane::start().await;
+    plane.add_server("tight", &pg, 4).await;
+    plane.create("rt-writer", "servicos", "tight").await;
+    let readers: Vec<String> = (0..6).map(|i| format!("rt-reader-{i}")).collect();
+    for s in &readers {
+        plane.create(s, "servicos", "tight").await;
+    }
+    // A tenant's events are relayed at most every 3 s, so the second write's relay waits.
+    let router = Router::start(&plane, &[("TENANT_ROUTER__INBOX__RELAY_EVERY_MS", "3000")]).await;
+    let token = plane_token_all();
+    let mut leads = LeadsClient::new(router.channel().await);
+    let visits = async || {
+        let (_, metrics) = router.http_get("/metrics").await;
+        let handed = |result: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("tenant_router_connections_handed_total{"))
+                .filter(|l| l.contains(&format!("\"{result}\"")) && l.contains("\"exclusive\""))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+                .sum()
+        };
+        (handed("reused"), handed("opened"))
+    };
+    let write = async |leads: &mut LeadsClient<_>, phone: &str| {
+        leads
+            .upsert_lead(call(upsert(phone, "w"), "rt-writer", &token))
+            .await
+            .unwrap();
+    };
+    // The first write's events are relayed at once, on the connection the write left.
+    write(&mut leads, "5511960000001").await;
+    assert!(
+        eventually(Duration::from_secs(5), || async { visits().await.0 >= 1.0 }).await,
+        "the first write's events were relayed"
+    );
+    // The second write's relay waits for its turn, while every reader's first call needs a
+    // connection the budget can only give by closing an idle one. The writer has the
+    // fewest uses (two calls against three each), so it would be the first closed.
+    write(&mut leads, "5511960000002").await;
+    for r in &readers {
+        for _ in 0..3 {
+            leads
+                .list_leads(call(dm::ListLeadsRequest::default(), r, &token))
+                .await
+                .unwrap();
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            let (reused, opened) = visits().await;
+            reused + opened >= 2.0
+        })
+        .await,
+        "the second write's events were relayed"
+    );
+    assert_eq!(
+        visits().await,
+        (2.0, 0.0),
+        "both relays used the connection their write left"
+    );
+    assert!(tenant_connections(&pg).await <= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_and_ungranted_tenants_look_alike_and_revoked_tokens_stop_everywhere() {
     let pg = pg_harness::shared();
     let plane = Plane::start().await;
