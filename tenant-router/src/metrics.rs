@@ -20,7 +20,7 @@ pub struct Metrics {
     /// Pool cache lookups by result (hit, miss).
     pub pool_cache: IntCounterVec,
     /// Connections handed to calls, by whether one was open already (reused) or had to be
-    /// opened (opened): the connection hit ratio; and by use (shared or exclusive).
+    /// opened (opened): the connection hit ratio; and by whom (a call or the inbox).
     pub connections_handed: IntCounterVec,
     /// Time spent waiting for a tenant connection.
     pub connection_wait: Histogram,
@@ -84,12 +84,12 @@ impl Metrics {
         let connections_handed = must(IntCounterVec::new(
             Opts::new(
                 "connections_handed_total",
-                "tenant connections handed to calls, by whether one was already open (reused) or was opened for the call (opened), and whether the call shares it (shared: single statements, pipelined) or holds it alone (exclusive: transactions and the inbox's visits)",
+                "tenant connections handed to calls, by whether one was already open (reused) or was opened for the call (opened), and whether it went to a call (call) or to the inbox's visit of the tenant (inbox: applying deliveries, relaying the writes' events)",
             ),
             &["result", "use"],
         ));
         for r in ["reused", "opened"] {
-            for u in ["shared", "exclusive"] {
+            for u in ["call", "inbox"] {
                 connections_handed.with_label_values(&[r, u]);
             }
         }

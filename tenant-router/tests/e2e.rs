@@ -1194,7 +1194,7 @@ async fn a_write_keeps_its_connection_for_the_relay_of_its_events() {
             metrics
                 .lines()
                 .filter(|l| l.starts_with("tenant_router_connections_handed_total{"))
-                .filter(|l| l.contains(&format!("\"{result}\"")) && l.contains("\"exclusive\""))
+                .filter(|l| l.contains(&format!("\"{result}\"")) && l.contains("\"inbox\""))
                 .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
                 .sum()
         };

@@ -29,11 +29,9 @@ pub struct Cell {
     pub connections_opened_per_sec: f64,
     /// Pool cache hit ratio during the measured window (router only).
     pub pool_hit_ratio: Option<f64>,
-    /// Calls that found an open connection, during the measured window (router only; the
-    /// scenario's calls are single statements, handed a place on a shared connection).
+    /// Calls that found an open connection, during the measured window (router only).
     pub connection_hit_ratio: Option<f64>,
-    /// The inbox's visits to relay the writes' events (connections handed exclusively),
-    /// per second, and the share of them that found the connection open (router only).
+    /// The inbox's visits to relay the writes' events, per second, and the share of them that found the connection open (router only).
     pub visits: Option<(f64, f64)>,
     /// The best hit ratio a fixed choice could have had on this mode's own trace: each
     /// server's budget spent on its most called tenants, one connection each.
@@ -245,12 +243,12 @@ pub async fn scenario(stack: &Stack, s: &Settings, report: &mut Report) -> Resul
     Ok(tenants.to_vec())
 }
 
-/// Connections the router handed so far, by use: `[shared, exclusive]`, each (reused,
-/// opened).
+/// Connections the router handed so far: `[to calls, to the inbox's visits]`, each
+/// (reused, opened).
 async fn handed_counts(r: &crate::stack::Router) -> Result<[(f64, f64); 2]> {
     const NAME: &str = "tenant_router_connections_handed_total";
     let mut out = [(0.0, 0.0); 2];
-    for (i, u) in ["\"shared\"", "\"exclusive\""].into_iter().enumerate() {
+    for (i, u) in ["\"call\"", "\"inbox\""].into_iter().enumerate() {
         out[i] = (
             r.metric(NAME, &["\"reused\"", u]).await?,
             r.metric(NAME, &["\"opened\"", u]).await?,

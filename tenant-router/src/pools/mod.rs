@@ -256,21 +256,31 @@ impl Pools {
         if visit {
             pool.pool.manager().visited();
         }
-        self.handed(started, got, false)
+        self.handed(started, got, visit)
     }
 
     /// A place for a single-statement call on one of the tenant's connections, shared
-    /// with other such calls (see `lanes`), waiting at most until `deadline`.
-    pub async fn shared(&self, route: &pb::Route, deadline: Instant) -> Result<Shared, GetError> {
+    /// with other such calls (see `lanes`), waiting at most until `deadline`. A `visit` of
+    /// the inbox is not counted as a use (see `get`).
+    pub async fn shared(
+        &self,
+        route: &pb::Route,
+        deadline: Instant,
+        visit: bool,
+    ) -> Result<Shared, GetError> {
         let mut pool = self.pool(route).await.map_err(GetError::Other)?;
-        pool.pool.manager().note_use();
+        if visit {
+            pool.pool.manager().visited();
+        } else {
+            pool.pool.manager().note_use();
+        }
         let started = Instant::now();
         let depth = self.cfg.pipeline_depth;
         let stuck = Duration::from_millis(self.cfg.stuck_after_ms);
         let mut pause = SATURATED_PAUSE_MIN;
         loop {
             if let Some(s) = pool.pick(depth, stuck, false) {
-                self.observe_handed(started, false, true);
+                self.observe_handed(started, false, visit);
                 return Ok(s);
             }
             if pool.exclusive_waits() {
@@ -288,7 +298,7 @@ impl Pools {
             match tokio::time::timeout(remaining, pool.pool.timeout_get(&NO_WAIT)).await {
                 Ok(Err(PoolError::Backend(ConnectError::Saturated) | PoolError::Timeout(_))) => {
                     if let Some(s) = pool.pick(depth, stuck, true) {
-                        self.observe_handed(started, false, true);
+                        self.observe_handed(started, false, visit);
                         return Ok(s);
                     }
                     // Every lane is stuck and no connection is to be had: look again soon.
@@ -304,15 +314,15 @@ impl Pools {
                     tokio::time::sleep(SATURATED_PAUSE_MIN).await;
                     pool = self.pool(route).await.map_err(GetError::Other)?;
                 }
-                Ok(got) => return Ok(pool.open_lane(self.handed(started, got, true)?)),
+                Ok(got) => return Ok(pool.open_lane(self.handed(started, got, visit)?)),
                 Err(_) => return Err(self.gave_up(started)),
             }
         }
     }
 
-    /// Counts a connection (or a place on one) handed to a call: `opened` for it, `shared`
-    /// with other calls.
-    fn observe_handed(&self, started: Instant, opened: bool, shared: bool) {
+    /// Counts a connection (or a place on one) handed to a call or a `visit` of the inbox:
+    /// `opened` for it or not.
+    fn observe_handed(&self, started: Instant, opened: bool, visit: bool) {
         self.metrics
             .connection_wait
             .observe(started.elapsed().as_secs_f64());
@@ -320,7 +330,7 @@ impl Pools {
             .connections_handed
             .with_label_values(&[
                 if opened { "opened" } else { "reused" },
-                if shared { "shared" } else { "exclusive" },
+                if visit { "inbox" } else { "call" },
             ])
             .inc();
     }
@@ -339,11 +349,11 @@ impl Pools {
         &self,
         started: Instant,
         got: Result<Conn, PoolError<ConnectError>>,
-        shared: bool,
+        visit: bool,
     ) -> Result<Conn, GetError> {
         match got {
             Ok(conn) => {
-                self.observe_handed(started, Object::metrics(&conn).recycle_count == 0, shared);
+                self.observe_handed(started, Object::metrics(&conn).recycle_count == 0, visit);
                 Ok(conn)
             }
             Err(e) => {
