@@ -128,11 +128,7 @@ impl TenantPath {
         shared: bool,
     ) -> Result<(Arc<CachedRoute>, Got), RouterError> {
         let get = async |route: &pb::Route| match shared {
-            true => self
-                .pools
-                .shared(route, deadline, access == Access::Deliver)
-                .await
-                .map(Got::Shared),
+            true => self.pools.shared(route, deadline).await.map(Got::Shared),
             false => self
                 .pools
                 .get(route, deadline, access == Access::Deliver)

@@ -1114,16 +1114,28 @@ async fn idle_pools_close_and_rotated_credentials_are_refetched() {
     assert_eq!(lead.name, "F");
 }
 
+/// A control plane with one server, "tight", of budget 4 on `pg`, a tenant `one` and `n`
+/// tenants `{prefix}-{i}` on it; returns the plane and the `n` tenants' slugs.
+async fn tight_server(
+    pg: &pg_harness::PgServer,
+    one: &str,
+    prefix: &str,
+    n: usize,
+) -> (Plane, Vec<String>) {
+    let plane = Plane::start().await;
+    plane.add_server("tight", pg, 4).await;
+    plane.create(one, "servicos", "tight").await;
+    let others: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    for s in &others {
+        plane.create(s, "servicos", "tight").await;
+    }
+    (plane, others)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_on_cold_tenants_does_not_starve_a_hot_one() {
     let pg = pg_harness::PgServer::start().unwrap();
-    let plane = Plane::start().await;
-    plane.add_server("tight", &pg, 4).await;
-    plane.create("rt-hot", "servicos", "tight").await;
-    let cold: Vec<String> = (0..16).map(|i| format!("rt-cold-{i}")).collect();
-    for s in &cold {
-        plane.create(s, "servicos", "tight").await;
-    }
+    let (plane, cold) = tight_server(&pg, "rt-hot", "rt-cold", 16).await;
     let router = Router::start(
         &plane,
         &[("TENANT_ROUTER__POOLS__DEFAULT_DEADLINE_MS", "10000")],
@@ -1177,13 +1189,7 @@ async fn a_burst_on_cold_tenants_does_not_starve_a_hot_one() {
 async fn a_write_keeps_its_connection_for_the_relay_of_its_events() {
     // Budget 4 (one permit kept free): three idle connections at most.
     let pg = pg_harness::PgServer::start().unwrap();
-    let plane = Plane::start().await;
-    plane.add_server("tight", &pg, 4).await;
-    plane.create("rt-writer", "servicos", "tight").await;
-    let readers: Vec<String> = (0..6).map(|i| format!("rt-reader-{i}")).collect();
-    for s in &readers {
-        plane.create(s, "servicos", "tight").await;
-    }
+    let (plane, readers) = tight_server(&pg, "rt-writer", "rt-reader", 6).await;
     // A tenant's events are relayed at most every 3 s, so the second write's relay waits.
     let router = Router::start(&plane, &[("TENANT_ROUTER__INBOX__RELAY_EVERY_MS", "3000")]).await;
     let token = plane_token_all();

@@ -260,27 +260,18 @@ impl Pools {
     }
 
     /// A place for a single-statement call on one of the tenant's connections, shared
-    /// with other such calls (see `lanes`), waiting at most until `deadline`. A `visit` of
-    /// the inbox is not counted as a use (see `get`).
-    pub async fn shared(
-        &self,
-        route: &pb::Route,
-        deadline: Instant,
-        visit: bool,
-    ) -> Result<Shared, GetError> {
+    /// with other such calls (see `lanes`), waiting at most until `deadline`. (The inbox's
+    /// visits take connections of their own: `get`.)
+    pub async fn shared(&self, route: &pb::Route, deadline: Instant) -> Result<Shared, GetError> {
         let mut pool = self.pool(route).await.map_err(GetError::Other)?;
-        if visit {
-            pool.pool.manager().visited();
-        } else {
-            pool.pool.manager().note_use();
-        }
+        pool.pool.manager().note_use();
         let started = Instant::now();
         let depth = self.cfg.pipeline_depth;
         let stuck = Duration::from_millis(self.cfg.stuck_after_ms);
         let mut pause = SATURATED_PAUSE_MIN;
         loop {
             if let Some(s) = pool.pick(depth, stuck, false) {
-                self.observe_handed(started, false, visit);
+                self.observe_handed(started, false, false);
                 return Ok(s);
             }
             if pool.exclusive_waits() {
@@ -298,7 +289,7 @@ impl Pools {
             match tokio::time::timeout(remaining, pool.pool.timeout_get(&NO_WAIT)).await {
                 Ok(Err(PoolError::Backend(ConnectError::Saturated) | PoolError::Timeout(_))) => {
                     if let Some(s) = pool.pick(depth, stuck, true) {
-                        self.observe_handed(started, false, visit);
+                        self.observe_handed(started, false, false);
                         return Ok(s);
                     }
                     // Every lane is stuck and no connection is to be had: look again soon.
@@ -314,7 +305,7 @@ impl Pools {
                     tokio::time::sleep(SATURATED_PAUSE_MIN).await;
                     pool = self.pool(route).await.map_err(GetError::Other)?;
                 }
-                Ok(got) => return Ok(pool.open_lane(self.handed(started, got, visit)?)),
+                Ok(got) => return Ok(pool.open_lane(self.handed(started, got, false)?)),
                 Err(_) => return Err(self.gave_up(started)),
             }
         }
